@@ -1,0 +1,87 @@
+//! Types shared by the eBPF programs and the userspace loader.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, with explicit padding and no `bool`, so both sides
+//! agree on the layout byte for byte. The `user` feature adds `aya::Pod` for the loader.
+#![no_std]
+
+/// Length of a task's `comm`, as in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// What an event records. One ring buffer carries every kind, so one drain serves every
+/// subcommand; the kind says how the aggregator keys it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    MinorFault = 1,
+    MajorFault = 2,
+}
+
+impl EventKind {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::MinorFault),
+            2 => Some(Self::MajorFault),
+            _ => None,
+        }
+    }
+}
+
+/// One sampled kernel event with its call stacks: who (tgid/tid/comm), where (address, stack
+/// ids into the `STACKS` map) and how much (`weight`: 1 per fault).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackEvent {
+    /// An [`EventKind`] as u32.
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Id in the `STACKS` map, or a negative errno when no user stack was taken.
+    pub user_stack_id: i32,
+    /// Id in the `STACKS` map, or a negative errno when no kernel stack was taken.
+    pub kernel_stack_id: i32,
+    pub _pad: u32,
+    /// The faulting address (faults), or 0.
+    pub addr: u64,
+    /// How much this event stands for (1 per fault).
+    pub weight: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// How the kernel side chooses which tasks to record (the `FILTER_MODE` global).
+pub mod filter_mode {
+    /// Every task on the machine.
+    pub const ALL: u32 = 0;
+    /// Tasks whose tgid is in the `TARGET_TGIDS` map.
+    pub const TGIDS: u32 = 1;
+    /// Tasks in the cgroup v2 `CGROUP_ID` (at level `CGROUP_LEVEL`) or below it.
+    pub const CGROUP: u32 = 2;
+}
+
+/// Bits of the `STACK_FLAGS` global: which stacks to take per event.
+pub mod stack_flags {
+    pub const USER: u32 = 1;
+    pub const KERNEL: u32 = 2;
+}
+
+/// Indices into the per-CPU `COUNTERS` array. The kernel counts what it could not deliver, so
+/// the report can say exactly how much was lost.
+pub mod counter {
+    /// Events that passed the filter.
+    pub const SEEN: u32 = 0;
+    /// Events dropped because the ring buffer was full.
+    pub const LOST: u32 = 1;
+    /// Stacks that could not be stored (stack map full or bucket collision).
+    pub const STACK_ERRORS: u32 = 2;
+    /// Children that could not be added to `TARGET_TGIDS` because it was full.
+    pub const TARGETS_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Default capacity of the target set: processes traced at once with `--follow-children`.
+pub const MAX_TARGETS: u32 = 16384;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data with explicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for super::StackEvent {}
+}

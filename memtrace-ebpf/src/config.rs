@@ -1,0 +1,43 @@
+//! Settings written by the loader into .rodata before the programs load: the verifier sees them
+//! as constants and prunes the branches they switch off, so an unused feature costs nothing.
+use core::ptr::read_volatile;
+
+#[unsafe(no_mangle)]
+static FILTER_MODE: u32 = 0;
+#[unsafe(no_mangle)]
+static STACK_FLAGS: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_ID: u64 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_LEVEL: u32 = 0;
+#[unsafe(no_mangle)]
+static FOLLOW_CHILDREN: u32 = 0;
+/// Wake the reader only once this many bytes wait in the ring buffer (the reader also polls on
+/// a timer), so a fault storm does not wake userspace once per event.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
+
+#[inline(always)]
+pub fn filter_mode() -> u32 {
+    unsafe { read_volatile(&FILTER_MODE) }
+}
+#[inline(always)]
+pub fn stack_flags() -> u32 {
+    unsafe { read_volatile(&STACK_FLAGS) }
+}
+#[inline(always)]
+pub fn cgroup_id() -> u64 {
+    unsafe { read_volatile(&CGROUP_ID) }
+}
+#[inline(always)]
+pub fn cgroup_level() -> u32 {
+    unsafe { read_volatile(&CGROUP_LEVEL) }
+}
+#[inline(always)]
+pub fn follow_children() -> bool {
+    unsafe { read_volatile(&FOLLOW_CHILDREN) != 0 }
+}
+#[inline(always)]
+pub fn wakeup_bytes() -> u64 {
+    unsafe { read_volatile(&WAKEUP_BYTES) }
+}

@@ -1,0 +1,71 @@
+//! The one event path: filter, count, take stacks, write a `StackEvent` to the ring buffer.
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    programs::tracing::StackIdContext,
+};
+use memtrace_common::{counter, stack_flags, EventKind, StackEvent, COMM_LEN};
+
+use crate::{
+    config, filter,
+    maps::{count, EVENTS, STACKS},
+};
+
+/// -EFAULT: no stack of that kind here (a fault taken in user mode has no kernel stack in the
+/// perf event's registers). Not an error worth counting.
+const EFAULT: i32 = -14;
+
+#[inline(always)]
+pub fn emit<C: StackIdContext>(ctx: &C, kind: EventKind, addr: u64, weight: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !filter::is_target(tgid) {
+        return;
+    }
+    count(counter::SEEN);
+    let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
+        count(counter::LOST);
+        return;
+    };
+    let flags = config::stack_flags();
+    let user_stack_id = if flags & stack_flags::USER != 0 {
+        stack_id(ctx, BPF_F_USER_STACK as u64)
+    } else {
+        EFAULT
+    };
+    let kernel_stack_id = if flags & stack_flags::KERNEL != 0 {
+        stack_id(ctx, 0)
+    } else {
+        EFAULT
+    };
+    entry.write(StackEvent {
+        kind: kind as u32,
+        tgid,
+        tid: pid_tgid as u32,
+        user_stack_id,
+        kernel_stack_id,
+        _pad: 0,
+        addr,
+        weight,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    });
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config::wakeup_bytes() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
+}
+
+#[inline(always)]
+fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            if err != EFAULT {
+                count(counter::STACK_ERRORS);
+            }
+            err
+        }
+    }
+}

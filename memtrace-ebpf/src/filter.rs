@@ -1,0 +1,18 @@
+//! The one target filter every hook asks: is the current task one we trace?
+use aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id;
+use memtrace_common::filter_mode;
+
+use crate::{config, maps::TARGET_TGIDS};
+
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    match config::filter_mode() {
+        filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(&tgid).is_some() },
+        filter_mode::CGROUP => {
+            // The ancestor at the target's level is the target itself for tasks in it or below.
+            let level = config::cgroup_level() as i32;
+            unsafe { bpf_get_current_ancestor_cgroup_id(level) == config::cgroup_id() }
+        }
+        _ => true,
+    }
+}

@@ -1,0 +1,42 @@
+//! `--follow-children`: a new process forked by a traced one joins the target set before it
+//! runs a single instruction (task:task_newtask fires in the parent, inside fork).
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::debug;
+use memtrace_common::counter;
+
+use crate::{
+    config, filter,
+    maps::{count, TARGET_TGIDS},
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+// Offsets in task:task_newtask's format (stable since the tracepoint's introduction).
+const PID_OFFSET: usize = 8;
+const CLONE_FLAGS_OFFSET: usize = 32;
+
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    if !config::follow_children() {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !filter::is_target(parent) {
+        return 0;
+    }
+    let Ok(clone_flags) = (unsafe { ctx.read_at::<u64>(CLONE_FLAGS_OFFSET) }) else {
+        return 0;
+    };
+    // A new thread shares its parent's tgid, which is already traced.
+    if clone_flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(PID_OFFSET) }) else {
+        return 0;
+    };
+    if TARGET_TGIDS.insert(&(child as u32), &1, 0).is_err() {
+        count(counter::TARGETS_FULL);
+        return 0;
+    }
+    debug!(&ctx, "following child {} of {}", child, parent);
+    0
+}

@@ -1,0 +1,30 @@
+//! Maps shared by every hook family. Sizes are defaults; the loader resizes them from options.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use memtrace_common::{counter, MAX_TARGETS};
+
+/// Every event, of every kind, for the one userspace drain.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// User and kernel stacks; events carry ids into it, not frames.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Per-CPU counters (see `memtrace_common::counter`), summed by the loader. The bpf target has
+/// no atomic add, and per-CPU slots need none.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The traced processes (tgids), when the filter mode is `TGIDS`.
+#[map]
+pub static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *slot += 1 };
+    }
+}

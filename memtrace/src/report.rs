@@ -1,0 +1,117 @@
+//! The report every subcommand produces and every output sink consumes. Sinks only read it; the
+//! aggregator and symbolizer fill it. Field names of the `Serialize` types are the public JSON
+//! contract: keep them, add freely.
+use serde::Serialize;
+
+/// One symbolized stack frame.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Frame {
+    /// Instruction address (absolute, in the process or the kernel).
+    pub address: u64,
+    /// Function name, demangled; `None` when no symbol covers the address.
+    pub function: Option<String>,
+    /// Offset of `address` from the function's start.
+    pub offset: u64,
+    /// Binary or library file name (`libc.so.6`, `[kernel]`, `[vdso]`), when known.
+    pub module: Option<String>,
+}
+
+impl Frame {
+    /// The frame's name as JSON `frames` and folded stacks show it: the function, or the
+    /// address in hex where no symbol covers it.
+    pub fn name(&self) -> String {
+        match &self.function {
+            Some(function) => function.clone(),
+            None => format!("{:#x}", self.address),
+        }
+    }
+}
+
+/// One call stack with how much was seen on it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StackRow {
+    pub pid: u32,
+    pub comm: String,
+    /// What was counted: "minor" / "major" for faults.
+    pub kind: String,
+    /// Events on this stack (rescaled when sampled).
+    pub count: u64,
+    /// User frames, innermost first: names only (the JSON contract).
+    pub frames: Vec<String>,
+    /// Kernel frames, innermost first: names only.
+    pub kernel_frames: Vec<String>,
+    /// The same frames with address, offset and module.
+    #[serde(rename = "frames_detail")]
+    pub user_detail: Vec<Frame>,
+    #[serde(rename = "kernel_frames_detail")]
+    pub kernel_detail: Vec<Frame>,
+}
+
+impl StackRow {
+    pub fn new(pid: u32, comm: String, kind: &str, count: u64, user: Vec<Frame>, kernel: Vec<Frame>) -> Self {
+        Self {
+            pid,
+            comm,
+            kind: kind.to_owned(),
+            count,
+            frames: user.iter().map(Frame::name).collect(),
+            kernel_frames: kernel.iter().map(Frame::name).collect(),
+            user_detail: user,
+            kernel_detail: kernel,
+        }
+    }
+}
+
+/// Per-process fault totals.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessRow {
+    pub pid: u32,
+    pub comm: String,
+    pub minor: u64,
+    pub major: u64,
+    pub minor_per_s: f64,
+    pub major_per_s: f64,
+}
+
+/// Faults per process and memory region (`[heap]`, `[stack]`, `[anon]`, `[vdso]`, a file path).
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionRow {
+    pub pid: u32,
+    pub region: String,
+    pub minor: u64,
+    pub major: u64,
+}
+
+/// How a `-- CMD` target ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandExit {
+    pub pid: u32,
+    /// The command line as given.
+    pub command: Vec<String>,
+    /// Exit code when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+}
+
+/// Everything `memtrace faults` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultReport {
+    pub command: &'static str,
+    pub duration_s: f64,
+    /// Events the kernel could not deliver (ring buffer full): when non-zero, every figure is a
+    /// lower bound.
+    pub lost_events: u64,
+    /// True when `--sample N` traced 1 in N faults: counts are estimates (rescaled by N).
+    pub sampled: bool,
+    pub sample_period: u64,
+    /// Stacks the kernel could not store (stack map full): those events have no stack.
+    pub stack_errors: u64,
+    /// What was traced, in words ("pid 123", "cgroup /sys/fs/cgroup/x", "system-wide").
+    pub target: String,
+    pub exit: Option<CommandExit>,
+    pub processes: Vec<ProcessRow>,
+    pub regions: Vec<RegionRow>,
+    /// All stacks, most events first; table and JSON show the first `--top`.
+    pub stacks: Vec<StackRow>,
+}
