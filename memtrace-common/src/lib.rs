@@ -10,10 +10,12 @@ pub const COMM_LEN: usize = 16;
 /// What an event records. One ring buffer carries every kind, so one drain serves every
 /// subcommand; the kind says how the aggregator keys it.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     MinorFault = 1,
     MajorFault = 2,
+    /// A traced process called exec: its memory map and comm are new from here on.
+    Exec = 3,
 }
 
 impl EventKind {
@@ -21,6 +23,7 @@ impl EventKind {
         match raw {
             1 => Some(Self::MinorFault),
             2 => Some(Self::MajorFault),
+            3 => Some(Self::Exec),
             _ => None,
         }
     }

@@ -22,5 +22,5 @@ pub fn major_fault(ctx: PerfEventContext) -> u32 {
 fn fault(ctx: &PerfEventContext, kind: EventKind) {
     // The faulting address is the sample's `addr` (perf_sw_event passes it).
     let addr = unsafe { (*ctx.ctx).addr };
-    emit(ctx, kind, addr, 1);
+    emit(ctx, kind, addr, 1, true);
 }

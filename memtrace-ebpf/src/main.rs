@@ -5,6 +5,7 @@
 
 mod config;
 mod emit;
+mod exec;
 mod faults;
 mod filter;
 mod follow;

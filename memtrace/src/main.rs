@@ -1,12 +1,75 @@
-//! memtrace: who pays for memory, and where.
-#![allow(dead_code)] // while the pipeline is assembled
-
+//! memtrace: who pays for memory, and where. This file only parses, runs, and maps errors to
+//! exit codes; see `commands/` for the subcommands.
+mod bpf;
+mod cli;
+mod commands;
+mod drain;
+mod error;
+mod events;
+mod launch;
 mod output;
+mod outputs;
+mod pipeline;
 mod procmaps;
+mod progress;
 mod report;
+mod session;
+mod stacks;
 mod symbolize;
+mod system;
+mod target;
+mod watch;
+
+use std::io::ErrorKind;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command};
 
 fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
-    println!("{}", obj.len());
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::exit(error::exit::OK),
+        Err(err) if is_broken_pipe(&err) => std::process::exit(error::exit::OK),
+        Err(err) => {
+            eprintln!("memtrace: {err:#}");
+            std::process::exit(error::exit_code(&err));
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Faults(args) => commands::faults::run(&args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "memtrace", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .parse_env("MEMTRACE_LOG")
+        .init();
+}
+
+/// `memtrace ... | head` closing the pipe early is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == ErrorKind::BrokenPipe)
 }

@@ -1,1 +1,452 @@
-//! (in progress)
+//! Snapshots of `/proc/PID/maps`, kept after the process exits: they classify fault addresses
+//! into regions and give the symbolizer the files behind executable mappings. A traced command
+//! often exits before the report is made, so nothing here may need the process to still exist.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use procfs::process::{MMPermissions, MMapPath, MemoryMap, Process};
+
+/// A miss re-reads maps at most this often per pid: a storm of faults on fresh mappings must
+/// not turn into one maps read per event.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The memory region an address falls in, as reports show it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Region {
+    Heap,
+    /// The main stack, and thread stacks where the kernel still labels them (before 4.5).
+    Stack,
+    Anon,
+    Vdso,
+    Vvar,
+    Vsyscall,
+    /// A file-backed mapping: the path as the kernel shows it (may end in " (deleted)").
+    File(String),
+    /// Any other pseudo path, shown as the kernel shows it (`[anon:name]`, `[uprobes]`, ...).
+    Other(String),
+    /// No mapping covers the address.
+    Unknown,
+}
+
+impl Region {
+    fn from_path(path: &MMapPath) -> Self {
+        match path {
+            MMapPath::Heap => Region::Heap,
+            MMapPath::Stack | MMapPath::TStack(_) => Region::Stack,
+            MMapPath::Anonymous => Region::Anon,
+            MMapPath::Vdso => Region::Vdso,
+            MMapPath::Vvar => Region::Vvar,
+            MMapPath::Vsyscall => Region::Vsyscall,
+            MMapPath::Path(path) => Region::File(path.to_string_lossy().into_owned()),
+            MMapPath::Vsys(key) => Region::Other(format!("/SYSV{key:08x}")),
+            MMapPath::Rollup => Region::Other("[rollup]".into()),
+            // procfs strips the brackets; put them back so `[anon:name]` reads as in maps.
+            MMapPath::Other(name) => Region::Other(format!("[{name}]")),
+        }
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Region::Heap => "[heap]",
+            Region::Stack => "[stack]",
+            Region::Anon => "[anon]",
+            Region::Vdso => "[vdso]",
+            Region::Vvar => "[vvar]",
+            Region::Vsyscall => "[vsyscall]",
+            Region::File(path) | Region::Other(path) => path,
+            Region::Unknown => "[unknown]",
+        })
+    }
+}
+
+/// Identity of a mapped file: (device major/minor, inode) as maps reports them. Unique while
+/// we hold the file open (an open inode is not reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: (i32, i32),
+    pub inode: u64,
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub start: u64,
+    /// Exclusive.
+    pub end: u64,
+    pub perms: MMPermissions,
+    /// Offset of `start` in the backing file.
+    pub offset: u64,
+    pub dev: (i32, i32),
+    pub inode: u64,
+    pub region: Region,
+    /// Kept open for executable file mappings so symbols resolve after the process exits.
+    file: Option<Arc<File>>,
+}
+
+impl Mapping {
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+
+    pub fn is_exec(&self) -> bool {
+        self.perms.contains(MMPermissions::EXECUTE)
+    }
+
+    /// Offset of `addr` in the backing file (meaningful for file-backed mappings).
+    pub fn file_offset(&self, addr: u64) -> u64 {
+        addr - self.start + self.offset
+    }
+
+    /// The backing file's identity, for file-backed mappings.
+    pub fn file_id(&self) -> Option<FileId> {
+        match self.region {
+            Region::File(_) if self.inode != 0 => Some(FileId {
+                dev: self.dev,
+                inode: self.inode,
+            }),
+            _ => None,
+        }
+    }
+
+    /// A path to the backing file that stays valid after the process exited and even when the
+    /// file was deleted: `/proc/self/fd/N` of our own open descriptor. Only executable file
+    /// mappings have one.
+    pub fn symbol_path(&self) -> Option<PathBuf> {
+        let file = self.file.as_ref()?;
+        Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+
+    /// Short module name for frames: the file name (`libc.so.6`), or the pseudo path
+    /// (`[vdso]`) for other mappings.
+    pub fn module(&self) -> String {
+        match &self.region {
+            Region::File(path) => {
+                let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+                Path::new(path).file_name().map_or_else(
+                    || path.to_owned(),
+                    |name| name.to_string_lossy().into_owned(),
+                )
+            }
+            region => region.to_string(),
+        }
+    }
+}
+
+/// The snapshot of one process: mappings sorted by start, never overlapping.
+#[derive(Debug)]
+pub struct ProcessMaps {
+    /// Start time (clock ticks after boot) of the process read last: tells pid reuse apart.
+    start_time: Option<u64>,
+    mappings: Vec<Mapping>,
+    read_at: Instant,
+    alive: bool,
+}
+
+impl ProcessMaps {
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.mappings
+    }
+
+    /// False once a read found the process gone (or a zombie): the snapshot is then final.
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    pub fn lookup(&self, addr: u64) -> Option<&Mapping> {
+        // Sorted and disjoint, so ends are sorted too.
+        let i = self.mappings.partition_point(|m| m.end <= addr);
+        self.mappings.get(i).filter(|m| m.start <= addr)
+    }
+
+    /// Take the fresh mappings, keeping old ones that no fresh one overlaps: a region unmapped
+    /// since is still the right answer for addresses recorded while it existed.
+    fn merge(&mut self, fresh: Vec<Mapping>) {
+        let old = std::mem::replace(&mut self.mappings, fresh);
+        let fresh = &self.mappings;
+        let kept: Vec<Mapping> = old
+            .into_iter()
+            .filter(|m| {
+                let i = fresh.partition_point(|n| n.end <= m.start);
+                !fresh.get(i).is_some_and(|n| n.start < m.end)
+            })
+            .collect();
+        if !kept.is_empty() {
+            self.mappings.extend(kept);
+            self.mappings.sort_by_key(|m| m.start);
+        }
+    }
+}
+
+/// Maps snapshots of many processes, plus the open executable files they share.
+#[derive(Debug, Default)]
+pub struct MapsCache {
+    procs: HashMap<u32, ProcessMaps>,
+    /// Weak: a file closes when the last snapshot using it is forgotten.
+    files: HashMap<FileId, Weak<File>>,
+}
+
+impl MapsCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Read `/proc/PID/maps` now and merge it into the snapshot (replacing it if the pid now
+    /// belongs to another process). False if the process is gone; the last snapshot stays.
+    pub fn capture(&mut self, pid: u32) -> bool {
+        let read = read_process(pid, &mut self.files);
+        let entry = self.procs.entry(pid).or_insert_with(|| ProcessMaps {
+            start_time: None,
+            mappings: Vec::new(),
+            read_at: Instant::now(),
+            alive: false,
+        });
+        entry.read_at = Instant::now();
+        match read {
+            Some((start_time, fresh)) => {
+                if entry.start_time != Some(start_time) {
+                    // First read, or the pid was reused: the old mappings are another process's.
+                    entry.mappings.clear();
+                    entry.start_time = Some(start_time);
+                }
+                entry.merge(fresh);
+                entry.alive = true;
+                true
+            }
+            None => {
+                entry.alive = false;
+                false
+            }
+        }
+    }
+
+    /// The region `addr` falls in. On a miss the snapshot is refreshed (rate-limited) while the
+    /// process lives; once it is gone, the last snapshot answers.
+    pub fn region(&mut self, pid: u32, addr: u64) -> Region {
+        if let Some(m) = self.lookup(pid, addr) {
+            return m.region.clone();
+        }
+        let due = match self.procs.get(&pid) {
+            None => true,
+            // A process never read successfully is retried too: it may just not exist yet.
+            Some(p) => {
+                (p.alive || p.start_time.is_none()) && p.read_at.elapsed() >= REFRESH_INTERVAL
+            }
+        };
+        if due {
+            self.capture(pid);
+        }
+        self.lookup(pid, addr)
+            .map_or(Region::Unknown, |m| m.region.clone())
+    }
+
+    /// The mapping covering `addr` in the snapshot, without refreshing.
+    pub fn lookup(&self, pid: u32, addr: u64) -> Option<&Mapping> {
+        self.procs.get(&pid)?.lookup(addr)
+    }
+
+    pub fn process(&self, pid: u32) -> Option<&ProcessMaps> {
+        self.procs.get(&pid)
+    }
+
+    /// Drop a process's snapshot; files no other snapshot uses are closed.
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+        self.files.retain(|_, file| file.strong_count() > 0);
+    }
+}
+
+/// The process's start time and sorted mappings; None if it is gone or a zombie (no maps left).
+fn read_process(pid: u32, files: &mut HashMap<FileId, Weak<File>>) -> Option<(u64, Vec<Mapping>)> {
+    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+    let stat = process.stat().ok()?;
+    if matches!(stat.state, 'Z' | 'X') {
+        return None;
+    }
+    let maps = process.maps().ok()?;
+    let mut mappings: Vec<Mapping> = maps.into_iter().map(|m| mapping(pid, m, files)).collect();
+    mappings.sort_by_key(|m| m.start);
+    Some((stat.starttime, mappings))
+}
+
+fn mapping(pid: u32, m: MemoryMap, files: &mut HashMap<FileId, Weak<File>>) -> Mapping {
+    let (start, end) = m.address;
+    let file = match &m.pathname {
+        MMapPath::Path(path) if m.perms.contains(MMPermissions::EXECUTE) && m.inode != 0 => {
+            let id = FileId {
+                dev: m.dev,
+                inode: m.inode,
+            };
+            open_shared(pid, start, end, path, id, files)
+        }
+        _ => None,
+    };
+    Mapping {
+        start,
+        end,
+        perms: m.perms,
+        offset: m.offset,
+        dev: m.dev,
+        inode: m.inode,
+        region: Region::from_path(&m.pathname),
+        file,
+    }
+}
+
+/// Open a mapped file once across all processes.
+fn open_shared(
+    pid: u32,
+    start: u64,
+    end: u64,
+    path: &Path,
+    id: FileId,
+    files: &mut HashMap<FileId, Weak<File>>,
+) -> Option<Arc<File>> {
+    if let Some(file) = files.get(&id).and_then(Weak::upgrade) {
+        return Some(file);
+    }
+    // map_files works for deleted files and across mount namespaces (needs CAP_SYS_ADMIN).
+    let file = File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+        .ok()
+        .or_else(|| open_by_path(pid, path, id.inode));
+    let file = Arc::new(file?);
+    files.insert(id, Arc::downgrade(&file));
+    Some(file)
+}
+
+/// Fallback without map_files: the path in the process's mount namespace, then in ours, taken
+/// only if it is still the same inode (the file may have been replaced since).
+fn open_by_path(pid: u32, path: &Path, inode: u64) -> Option<File> {
+    if path.to_string_lossy().ends_with(" (deleted)") {
+        return None;
+    }
+    let in_ns = Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").ok()?);
+    let found = [in_ns.as_path(), path].into_iter().find_map(|candidate| {
+        let file = File::open(candidate).ok()?;
+        (file.metadata().ok()?.ino() == inode).then_some(file)
+    });
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[inline(never)]
+    fn local_function() -> u32 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn own_process_regions() {
+        let pid = std::process::id();
+        let mut cache = MapsCache::new();
+        assert!(cache.capture(pid));
+
+        let exe = std::env::current_exe().unwrap();
+        let code = local_function as *const () as u64;
+        match cache.region(pid, code) {
+            Region::File(path) => assert_eq!(Path::new(&path), exe),
+            other => panic!("code address {code:#x} classified as {other}"),
+        }
+        let mapping = cache.lookup(pid, code).unwrap();
+        assert!(mapping.is_exec());
+        assert!(mapping.symbol_path().unwrap().exists());
+
+        let boxed = Box::new([0u8; 64]);
+        let heap = boxed.as_ptr() as u64;
+        assert_ne!(
+            cache.region(pid, heap),
+            Region::Unknown,
+            "heap address {heap:#x}"
+        );
+
+        // Test threads run on unlabeled (anonymous) thread stacks; AT_EXECFN points into the
+        // main thread's initial stack.
+        let on_stack = unsafe { libc::getauxval(libc::AT_EXECFN) };
+        assert_eq!(cache.region(pid, on_stack), Region::Stack);
+
+        assert_eq!(cache.region(pid, 0x10), Region::Unknown);
+    }
+
+    #[test]
+    fn unmapped_anon_region_is_remembered() {
+        let pid = std::process::id();
+        let page = 4096usize;
+        // Three PROT_NONE pages with a readable middle one: the middle gets a mapping line of
+        // its own that the kernel cannot merge with a neighbour.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let middle = base as usize + page;
+        assert_eq!(
+            unsafe { libc::mprotect(middle as *mut _, page, libc::PROT_READ) },
+            0
+        );
+
+        let mut cache = MapsCache::new();
+        assert!(cache.capture(pid));
+        assert_eq!(cache.region(pid, middle as u64 + 8), Region::Anon);
+
+        assert_eq!(unsafe { libc::munmap(middle as *mut _, page) }, 0);
+        assert!(cache.capture(pid));
+        assert_eq!(cache.region(pid, middle as u64 + 8), Region::Anon);
+
+        unsafe { libc::munmap(base, 3 * page) };
+    }
+
+    #[test]
+    fn snapshot_survives_exit() {
+        let mut child = Command::new("/bin/sleep").arg("5").spawn().unwrap();
+        let pid = child.id();
+        let mut cache = MapsCache::new();
+        // spawn returns once exec began, possibly before the kernel mapped the binary: poll.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let exec = loop {
+            assert!(cache.capture(pid));
+            let mappings = cache.process(pid).unwrap().mappings();
+            if let Some(m) = mappings
+                .iter()
+                .find(|m| m.is_exec() && m.module() == "sleep")
+            {
+                break m.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sleep's executable mapping never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        assert!(!cache.capture(pid));
+        let addr = exec.start + 0x10;
+        let found = cache.lookup(pid, addr).expect("mapping kept after exit");
+        assert_eq!(found.start, exec.start);
+        // The kept descriptor still reaches the file.
+        assert!(std::fs::metadata(found.symbol_path().unwrap()).is_ok());
+        assert!(matches!(cache.region(pid, addr), Region::File(p) if p.ends_with("/sleep")));
+
+        cache.forget(pid);
+        assert!(cache.lookup(pid, addr).is_none());
+    }
+}

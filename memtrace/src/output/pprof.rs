@@ -1,1 +1,371 @@
-//! (in progress)
+//! gzip'd pprof protobuf (github.com/google/pprof, proto/profile.proto), for `go tool pprof`,
+//! Grafana Pyroscope and the other tools that read it.
+use std::collections::HashMap;
+use std::io::Write;
+
+use flate2::{write::GzEncoder, Compression};
+use prost::Message;
+
+use crate::report::{FaultReport, Frame};
+
+/// Writes all stacks as one pprof profile: sample type ("faults", "count"), one sample per
+/// stack, labelled with pid, comm and kind.
+pub fn write(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
+    let profile = Builder::default().build(report);
+    let mut gz = GzEncoder::new(out, Compression::default());
+    gz.write_all(&profile.encode_to_vec())?;
+    gz.finish()?;
+    Ok(())
+}
+
+// The messages of profile.proto this sink uses, with its field numbers. Fields left out are
+// skipped by readers; prost decodes unknown ones without error.
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Profile {
+    #[prost(message, repeated, tag = "1")]
+    pub sample_type: Vec<ValueType>,
+    #[prost(message, repeated, tag = "2")]
+    pub sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    pub mapping: Vec<Mapping>,
+    #[prost(message, repeated, tag = "4")]
+    pub location: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    pub function: Vec<Function>,
+    /// Every string the profile refers to is an index here; index 0 is "".
+    #[prost(string, repeated, tag = "6")]
+    pub string_table: Vec<String>,
+    #[prost(int64, tag = "7")]
+    pub drop_frames: i64,
+    #[prost(int64, tag = "8")]
+    pub keep_frames: i64,
+    #[prost(int64, tag = "9")]
+    pub time_nanos: i64,
+    #[prost(int64, tag = "10")]
+    pub duration_nanos: i64,
+    #[prost(message, optional, tag = "11")]
+    pub period_type: Option<ValueType>,
+    #[prost(int64, tag = "12")]
+    pub period: i64,
+    #[prost(int64, repeated, tag = "13")]
+    pub comment: Vec<i64>,
+    #[prost(int64, tag = "14")]
+    pub default_sample_type: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ValueType {
+    #[prost(int64, tag = "1")]
+    pub r#type: i64,
+    #[prost(int64, tag = "2")]
+    pub unit: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sample {
+    /// Leaf first.
+    #[prost(uint64, repeated, tag = "1")]
+    pub location_id: Vec<u64>,
+    #[prost(int64, repeated, tag = "2")]
+    pub value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    pub label: Vec<Label>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Label {
+    #[prost(int64, tag = "1")]
+    pub key: i64,
+    #[prost(int64, tag = "2")]
+    pub str: i64,
+    #[prost(int64, tag = "3")]
+    pub num: i64,
+    #[prost(int64, tag = "4")]
+    pub num_unit: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Mapping {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    pub memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub file_offset: u64,
+    #[prost(int64, tag = "5")]
+    pub filename: i64,
+    #[prost(int64, tag = "6")]
+    pub build_id: i64,
+    #[prost(bool, tag = "7")]
+    pub has_functions: bool,
+    #[prost(bool, tag = "8")]
+    pub has_filenames: bool,
+    #[prost(bool, tag = "9")]
+    pub has_line_numbers: bool,
+    #[prost(bool, tag = "10")]
+    pub has_inline_frames: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Location {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub address: u64,
+    #[prost(message, repeated, tag = "4")]
+    pub line: Vec<Line>,
+    #[prost(bool, tag = "5")]
+    pub is_folded: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Line {
+    #[prost(uint64, tag = "1")]
+    pub function_id: u64,
+    #[prost(int64, tag = "2")]
+    pub line: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Function {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(int64, tag = "2")]
+    pub name: i64,
+    #[prost(int64, tag = "3")]
+    pub system_name: i64,
+    #[prost(int64, tag = "4")]
+    pub filename: i64,
+    #[prost(int64, tag = "5")]
+    pub start_line: i64,
+}
+
+/// Interns strings, functions and locations so each distinct one is stored once.
+#[derive(Default)]
+struct Builder {
+    profile: Profile,
+    strings: HashMap<String, i64>,
+    /// (name, module) -> function id.
+    functions: HashMap<(String, String), u64>,
+    /// (module, name, address) -> location id.
+    locations: HashMap<(String, String, u64), u64>,
+}
+
+impl Builder {
+    fn build(mut self, report: &FaultReport) -> Profile {
+        self.string(""); // index 0 must be the empty string
+        let faults = ValueType {
+            r#type: self.string("faults"),
+            unit: self.string("count"),
+        };
+        self.profile.sample_type = vec![faults.clone()];
+        self.profile.period_type = Some(faults);
+        self.profile.period = report.sample_period.max(1) as i64;
+        self.profile.duration_nanos = (report.duration_s * 1e9) as i64;
+        let mut comments = vec![format!("memtrace {}: {}", report.command, report.target)];
+        if report.lost_events > 0 {
+            comments.push(format!(
+                "{} events lost: all figures are lower bounds",
+                report.lost_events
+            ));
+        }
+        if report.sampled {
+            comments.push(format!(
+                "sampled 1 in {}: counts are estimates",
+                report.sample_period
+            ));
+        }
+        self.profile.comment = comments.iter().map(|c| self.string(c)).collect();
+
+        for stack in &report.stacks {
+            // Leaf first: kernel frames are the innermost when there are any.
+            let location_id = (stack.kernel_detail.iter().chain(&stack.user_detail))
+                .map(|frame| self.location(frame))
+                .collect();
+            let label = vec![
+                Label {
+                    key: self.string("pid"),
+                    num: stack.pid.into(),
+                    ..Default::default()
+                },
+                Label {
+                    key: self.string("comm"),
+                    str: self.string(&stack.comm),
+                    ..Default::default()
+                },
+                Label {
+                    key: self.string("kind"),
+                    str: self.string(&stack.kind),
+                    ..Default::default()
+                },
+            ];
+            let value = vec![i64::try_from(stack.count).unwrap_or(i64::MAX)];
+            self.profile.sample.push(Sample {
+                location_id,
+                value,
+                label,
+            });
+        }
+        self.profile
+    }
+
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&index) = self.strings.get(s) {
+            return index;
+        }
+        let index = self.profile.string_table.len() as i64;
+        self.profile.string_table.push(s.to_owned());
+        self.strings.insert(s.to_owned(), index);
+        index
+    }
+
+    fn location(&mut self, frame: &Frame) -> u64 {
+        let name = frame.name();
+        let module = frame.module.clone().unwrap_or_default();
+        let key = (module.clone(), name.clone(), frame.address);
+        if let Some(&id) = self.locations.get(&key) {
+            return id;
+        }
+        let function_id = self.function(name, module);
+        // No mapping: addresses come from many address spaces and are already symbolized.
+        let id = self.profile.location.len() as u64 + 1;
+        self.profile.location.push(Location {
+            id,
+            address: frame.address,
+            line: vec![Line {
+                function_id,
+                line: 0,
+            }],
+            ..Default::default()
+        });
+        self.locations.insert(key, id);
+        id
+    }
+
+    fn function(&mut self, name: String, module: String) -> u64 {
+        let key = (name, module);
+        if let Some(&id) = self.functions.get(&key) {
+            return id;
+        }
+        let id = self.profile.function.len() as u64 + 1;
+        let name = self.string(&key.0);
+        let filename = self.string(&key.1);
+        self.profile.function.push(Function {
+            id,
+            name,
+            system_name: name,
+            filename,
+            start_line: 0,
+        });
+        self.functions.insert(key, id);
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::testdata;
+    use flate2::read::GzDecoder;
+    use std::io::Read;
+
+    fn decode(report: &FaultReport) -> Profile {
+        let mut gz = Vec::new();
+        write(report, &mut gz).unwrap();
+        let mut raw = Vec::new();
+        GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
+        Profile::decode(&raw[..]).unwrap()
+    }
+
+    #[test]
+    fn round_trips() {
+        let report = testdata::report();
+        let p = decode(&report);
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        assert_eq!(p.string_table[0], "");
+        assert_eq!(
+            (s(p.sample_type[0].r#type), s(p.sample_type[0].unit)),
+            ("faults", "count")
+        );
+        assert_eq!(p.duration_nanos, 2_000_000_000);
+        assert_eq!(p.period, 1);
+
+        let values: Vec<i64> = p.sample.iter().map(|x| x.value[0]).collect();
+        assert_eq!(values, [39000, 1000, 10, 5, 2]);
+
+        // Leaf first, kernel before user; names and modules come back.
+        let function_of = |location_id: u64| {
+            let location = &p.location[location_id as usize - 1];
+            assert_eq!(location.id, location_id);
+            let function = &p.function[location.line[0].function_id as usize - 1];
+            (s(function.name), s(function.filename))
+        };
+        let names: Vec<_> = p.sample[0]
+            .location_id
+            .iter()
+            .map(|&id| function_of(id).0)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "handle_mm_fault",
+                "exc_page_fault",
+                "memset",
+                "fill_buffer",
+                "main"
+            ]
+        );
+        assert_eq!(
+            function_of(p.sample[3].location_id[0]),
+            ("0x40001234", "worker")
+        );
+
+        // Same frames share locations; pids 124 and 125 share theirs.
+        assert_eq!(p.sample[2].location_id, p.sample[3].location_id);
+        assert_eq!(p.location.len(), 2 + 3 + 2);
+        assert_eq!(p.function.len(), p.location.len());
+
+        let labels: Vec<_> = p.sample[4]
+            .label
+            .iter()
+            .map(|l| {
+                (
+                    s(l.key).to_owned(),
+                    if l.str != 0 {
+                        s(l.str).to_owned()
+                    } else {
+                        l.num.to_string()
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("pid".into(), "123".into()),
+                ("comm".into(), "server".into()),
+                ("kind".into(), "major".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_report_is_a_valid_profile() {
+        let mut report = testdata::report();
+        report.stacks.clear();
+        let p = decode(&report);
+        assert_eq!(p.string_table[0], "");
+        assert!(p.sample.is_empty());
+    }
+}
+#[cfg(test)]
+#[test]
+fn tmp_dump_for_go_pprof() {
+    let mut f = std::fs::File::create("/tmp/memtrace_out_test.pb.gz").unwrap();
+    write(&crate::output::testdata::report(), &mut f).unwrap();
+}

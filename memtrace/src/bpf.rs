@@ -1,0 +1,195 @@
+//! Loading the embedded eBPF object, configuring it and attaching its programs. Subcommands pick
+//! hooks here; everything downstream (drain, aggregation, output) is shared.
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent, TracePoint,
+    },
+    util::online_cpus,
+    Ebpf, EbpfLoader,
+};
+use memtrace_common::{counter, filter_mode, stack_flags};
+
+/// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+/// Which tasks the kernel side records.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// Every task.
+    All,
+    /// Tasks of these processes (more can be added while tracing).
+    Tgids(Vec<u32>),
+    /// Tasks in this cgroup v2 (by id, at this depth below the root) or below it.
+    Cgroup { id: u64, level: u32 },
+}
+
+/// Everything fixed at load time.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    pub filter: Filter,
+    pub follow_children: bool,
+    pub user_stacks: bool,
+    pub kernel_stacks: bool,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Stacks the stack map can hold.
+    pub stack_entries: u32,
+}
+
+impl KernelConfig {
+    /// Wake the reader once an eighth of the ring is filled; the reader's timer drains the rest.
+    fn wakeup_bytes(&self) -> u64 {
+        u64::from(self.ring_bytes / 8)
+    }
+}
+
+/// Kernel-side drops and errors, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelCounters {
+    pub seen: u64,
+    pub lost: u64,
+    pub stack_errors: u64,
+    pub targets_full: u64,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+}
+
+impl Tracer {
+    pub fn load(config: &KernelConfig) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this memtrace was built without its eBPF programs (MEMTRACE_SKIP_EBPF=1); rebuild it without that variable");
+        }
+        let (mode, cgroup_id, cgroup_level) = match config.filter {
+            Filter::All => (filter_mode::ALL, 0u64, 0u32),
+            Filter::Tgids(_) => (filter_mode::TGIDS, 0, 0),
+            Filter::Cgroup { id, level } => (filter_mode::CGROUP, id, level),
+        };
+        let stacks = if config.user_stacks { stack_flags::USER } else { 0 }
+            | if config.kernel_stacks { stack_flags::KERNEL } else { 0 };
+        let follow = u32::from(config.follow_children);
+        let wakeup = config.wakeup_bytes();
+        let ebpf = EbpfLoader::new()
+            .override_global("FILTER_MODE", &mode, true)
+            .override_global("STACK_FLAGS", &stacks, true)
+            .override_global("CGROUP_ID", &cgroup_id, true)
+            .override_global("CGROUP_LEVEL", &cgroup_level, true)
+            .override_global("FOLLOW_CHILDREN", &follow, true)
+            .override_global("WAKEUP_BYTES", &wakeup, true)
+            .map_max_entries("EVENTS", config.ring_bytes)
+            .map_max_entries("STACKS", config.stack_entries.max(1))
+            .load(OBJECT)
+            .context("loading the eBPF maps and programs failed")?;
+        let mut tracer = Self { ebpf };
+        if let Filter::Tgids(tgids) = &config.filter {
+            for &tgid in tgids {
+                tracer.add_target(tgid)?;
+            }
+        }
+        Ok(tracer)
+    }
+
+    /// Starts forwarding the eBPF programs' log records to `log` (seen with -v).
+    pub fn init_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                log::debug!("eBPF log not available: {err}");
+                None
+            }
+        }
+    }
+
+    pub fn add_target(&mut self, tgid: u32) -> Result<()> {
+        let mut targets: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("TARGET_TGIDS")?)?;
+        targets.insert(tgid, 1, 0).with_context(|| format!("adding pid {tgid} to the kernel filter"))
+    }
+
+    /// Attaches the page-fault programs on every CPU; `period` 1 records every fault, N one in N.
+    pub fn attach_faults(&mut self, minor: bool, major: bool, period: u64) -> Result<()> {
+        let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+        for (enabled, name, event) in [
+            (minor, "minor_fault", SoftwareEvent::PageFaultsMin),
+            (major, "major_fault", SoftwareEvent::PageFaultsMaj),
+        ] {
+            if !enabled {
+                continue;
+            }
+            let program: &mut PerfEvent = self.program(name)?.try_into()?;
+            program.load().with_context(|| format!("the kernel rejected the {name} program"))?;
+            for &cpu in &cpus {
+                program
+                    .attach(
+                        PerfEventConfig::Software(event),
+                        PerfEventScope::AllProcessesOneCpu { cpu },
+                        SamplePolicy::Period(period),
+                        false,
+                    )
+                    .with_context(|| format!("attaching {name} to the page-fault event on CPU {cpu}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches a tracepoint program (`category:name`).
+    pub fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
+        let tracepoint: &mut TracePoint = self.program(program)?.try_into()?;
+        tracepoint.load().with_context(|| format!("the kernel rejected the {program} program"))?;
+        tracepoint
+            .attach(category, name)
+            .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        Ok(())
+    }
+
+    /// The event ring buffer, for the drain (can be taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing or already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let map = self.ebpf.map("COUNTERS").context("COUNTERS map missing")?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let sum = |index: u32| -> Result<u64> {
+            Ok(counters.get(&index, 0)?.iter().sum())
+        };
+        Ok(KernelCounters {
+            seen: sum(counter::SEEN)?,
+            lost: sum(counter::LOST)?,
+            stack_errors: sum(counter::STACK_ERRORS)?,
+            targets_full: sum(counter::TARGETS_FULL)?,
+        })
+    }
+
+    /// A handle to read stacks by id.
+    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
+        let map = self.ebpf.map("STACKS").context("STACKS map missing")?;
+        Ok(StackTraceMap::try_from(map)?)
+    }
+
+    fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
+        self.ebpf.program_mut(name).with_context(|| format!("eBPF program {name} missing"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).with_context(|| format!("eBPF map {name} missing"))
+    }
+}
+
+/// Frames of stack `id` (innermost first), or none when the id is an error code.
+pub fn stack_frames(stacks: &StackTraceMap<&MapData>, id: i32) -> Vec<u64> {
+    if id < 0 {
+        return Vec::new();
+    }
+    match stacks.get(&(id as u32), 0) {
+        Ok(trace) => trace.frames().iter().map(|frame| frame.ip).collect(),
+        Err(err) => {
+            log::debug!("stack {id} unreadable: {err}");
+            Vec::new()
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Command-line definitions only: parsing and help text. Validation that needs the system
+//! (does the pid exist?) happens in `target`.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Who pays for memory, and where: page faults per process, region and call stack, \
+traced with eBPF.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  sudo memtrace faults --pid 1234 --duration 10s    faults of a running process for 10 s
+  sudo memtrace faults -- ./server --port 8080      trace a command from its first instruction
+  sudo memtrace faults --kind major --interval 1s   who waits on disk, live, system-wide
+  sudo memtrace faults --pid 1234 --flamegraph faults.svg --pprof faults.pb.gz
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input, 127 command not found.
+memtrace needs root (or CAP_BPF and CAP_PERFMON).";
+
+#[derive(Debug, Parser)]
+#[command(name = "memtrace", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Show memtrace's own diagnostics, including the eBPF programs' log (-vv for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Page faults, minor and major, per process, memory region and call stack.
+    #[command(after_help = FAULTS_HELP)]
+    Faults(FaultsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+const FAULTS_HELP: &str = "\
+What is counted:
+  minor  a page made present without I/O (first touch of fresh memory, copy-on-write, a page
+         already in the page cache). A high rate means allocation churn.
+  major  the page had to be read from disk (a file or swap). Any steady rate hurts latency.
+  The counts come from the kernel's own fault accounting (perf software events), the same
+  place getrusage() and /proc/PID/stat count, so they agree.
+
+Targets (choose one; default: the whole system):
+  --pid PID ...       running processes, all their threads
+  -- COMMAND ARGS...  start COMMAND, trace it from its first instruction, report when it exits
+  --cgroup PATH       every task in a cgroup v2 directory (a container) and below it
+
+The report: per process, per memory region ([heap], [stack], [anon], [vdso], or the mapped
+file's path), and the top call stacks split minor/major, with user and kernel frames.
+Kernel frames appear when the fault was taken inside the kernel (for example read() copying
+into untouched memory); a fault taken by user code has only user frames.
+
+Examples:
+  sudo memtrace faults --pid 1234 --duration 10s
+  sudo memtrace faults --top 5 --stacks user -- ./load-test.sh
+  sudo memtrace faults --cgroup /sys/fs/cgroup/system.slice/nginx.service --interval 1s
+  sudo memtrace faults --sample 100 --format json --output faults.json
+  sudo memtrace faults --pid 1234 --format folded | flamegraph.pl > faults.svg";
+
+/// Which processes to trace. Shared by every tracing subcommand.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Trace this process (all its threads); repeat for several.
+    #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid)]
+    pub pids: Vec<u32>,
+    /// Trace every task in this cgroup v2 directory and below it (e.g. a container).
+    #[arg(long, value_name = "PATH", conflicts_with = "pids")]
+    pub cgroup: Option<PathBuf>,
+    /// Also trace processes that the targets fork after tracing starts.
+    #[arg(long)]
+    pub follow_children: bool,
+    /// The command to start and trace (after `--`).
+    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "cgroup"])]
+    pub command: Vec<String>,
+}
+
+/// How long to trace and how to show progress.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Stop after this long (e.g. 500ms, 10s, 2m); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print one line per process every DURATION while tracing (e.g. 1s).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+}
+
+/// Where and how to write the report.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Report format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write the report to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write an interactive flame graph of the stacks (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+    /// Also write the stacks as a gzip'd pprof profile (for go tool pprof, Pyroscope, Parca).
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+    /// How many call stacks the table and JSON show.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FaultsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Which faults to trace.
+    #[arg(short, long, value_enum, default_value_t = Kind::All)]
+    pub kind: Kind,
+    /// Which call stacks to record per fault.
+    #[arg(short, long, value_enum, default_value_t = Stacks::Both)]
+    pub stacks: Stacks,
+    /// Trace 1 in N faults (counts are rescaled by N and marked as estimates).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    Minor,
+    Major,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Stacks {
+    User,
+    Kernel,
+    Both,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Folded,
+}
+
+fn parse_pid(text: &str) -> Result<u32, String> {
+    match text.parse::<i64>() {
+        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as u32),
+        Ok(_) => Err(format!("{text} is not a process id (pids are positive)")),
+        Err(_) => Err(format!("{text} is not a process id (expected a number, e.g. 1234)")),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration ({err}); try 500ms, 10s or 2m"))?;
+    if duration.is_zero() {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_must_be_positive_numbers() {
+        assert_eq!(parse_pid("1234"), Ok(1234));
+        assert!(parse_pid("0").is_err());
+        assert!(parse_pid("-5").is_err());
+        assert!(parse_pid("abc").is_err());
+        assert!(parse_pid("99999999999").is_err());
+    }
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn command_after_double_dash() {
+        let cli = Cli::try_parse_from(["memtrace", "faults", "--", "ls", "-l"]).unwrap();
+        let Command::Faults(args) = cli.command else { panic!() };
+        assert_eq!(args.target.command, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn pid_and_command_conflict() {
+        assert!(Cli::try_parse_from(["memtrace", "faults", "--pid", "1", "--", "ls"]).is_err());
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

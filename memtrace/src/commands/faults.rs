@@ -1,0 +1,245 @@
+//! `memtrace faults`: page faults per process, memory region and call stack.
+use std::{collections::HashMap, io::Write, time::Duration};
+
+use anyhow::Result;
+use memtrace_common::EventKind;
+
+use crate::{
+    bpf::KernelCounters,
+    cli::{FaultsArgs, Format, Kind, Stacks},
+    events::{comm_to_string, Event},
+    output,
+    outputs::Outputs,
+    pipeline::{self, StackChoice},
+    procmaps::{MapsCache, Region},
+    progress::Progress,
+    report::{FaultReport, ProcessRow, RegionRow},
+    session::Consumer,
+    stacks::{StackCounts, StackKey},
+    symbolize::Symbolizer,
+};
+
+/// Minor and major counts, indexed by `slot`.
+type Pair = [u64; 2];
+
+fn slot(kind: EventKind) -> Option<usize> {
+    match kind {
+        EventKind::MinorFault => Some(0),
+        EventKind::MajorFault => Some(1),
+        _ => None,
+    }
+}
+
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::MajorFault => "major",
+        _ => "minor",
+    }
+}
+
+struct ProcessEntry {
+    comm: String,
+    total: Pair,
+    interval: Pair,
+}
+
+/// Aggregates fault events as they are drained.
+struct FaultCounter {
+    maps: MapsCache,
+    processes: HashMap<u32, ProcessEntry>,
+    regions: HashMap<(u32, Region), Pair>,
+    stacks: StackCounts,
+    record_stacks: bool,
+    seen: u64,
+    undecodable: u64,
+    progress: Progress,
+}
+
+impl FaultCounter {
+    fn process(&mut self, event: &Event) -> &mut ProcessEntry {
+        let tgid = event.raw.tgid;
+        self.processes.entry(tgid).or_insert_with(|| ProcessEntry {
+            comm: process_comm(tgid).unwrap_or_else(|| event.comm()),
+            total: [0; 2],
+            interval: [0; 2],
+        })
+    }
+}
+
+/// The process's name (the thread group leader's comm), which the event's thread may not share.
+fn process_comm(tgid: u32) -> Option<String> {
+    let comm = std::fs::read(format!("/proc/{tgid}/comm")).ok()?;
+    Some(comm_to_string(comm.strip_suffix(b"\n").unwrap_or(&comm)))
+}
+
+impl Consumer for FaultCounter {
+    fn on_targets(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            self.maps.capture(pid);
+        }
+    }
+
+    fn on_record(&mut self, bytes: &[u8]) {
+        let Some(event) = Event::decode(bytes) else {
+            self.undecodable += 1;
+            return;
+        };
+        let tgid = event.raw.tgid;
+        let Some(slot) = slot(event.kind) else {
+            if event.kind == EventKind::Exec {
+                // A new program: its map and name replace the old ones.
+                self.maps.forget(tgid);
+                if let Some(entry) = self.processes.get_mut(&tgid) {
+                    entry.comm = process_comm(tgid).unwrap_or_else(|| event.comm());
+                }
+            }
+            return;
+        };
+        let weight = event.raw.weight;
+        self.seen += weight;
+        let entry = self.process(&event);
+        entry.total[slot] += weight;
+        entry.interval[slot] += weight;
+        let region = self.maps.region(tgid, event.raw.addr);
+        self.regions.entry((tgid, region)).or_default()[slot] += weight;
+        if self.record_stacks {
+            let key = StackKey {
+                tgid,
+                kind: event.kind,
+                user_stack_id: event.raw.user_stack_id,
+                kernel_stack_id: event.raw.kernel_stack_id,
+            };
+            self.stacks.add(key, weight);
+        }
+    }
+
+    fn on_tick(&mut self, elapsed: Duration, counters: KernelCounters) {
+        if let Some(interval) = self.progress.interval_due(elapsed) {
+            let seconds = interval.as_secs_f64();
+            let mut active: Vec<(&u32, &mut ProcessEntry)> =
+                self.processes.iter_mut().filter(|(_, e)| e.interval != [0, 0]).collect();
+            active.sort_by_key(|(_, e)| std::cmp::Reverse(e.interval[0] + e.interval[1]));
+            for (pid, entry) in active {
+                self.progress.interval_line(&format!(
+                    "{:>8.1}s  pid {pid:<7} {:<16} minor/s {:>10.0}  major/s {:>8.0}",
+                    elapsed.as_secs_f64(),
+                    entry.comm,
+                    entry.interval[0] as f64 / seconds,
+                    entry.interval[1] as f64 / seconds,
+                ));
+            }
+            for entry in self.processes.values_mut() {
+                entry.interval = [0, 0];
+            }
+        }
+        let text = format!("{} faults seen, {} lost", self.seen, counters.lost);
+        self.progress.status(elapsed, &text);
+    }
+}
+
+pub async fn run(args: &FaultsArgs) -> Result<()> {
+    let mut outputs = Outputs::open(&args.output)?;
+    let stacks = StackChoice {
+        user: matches!(args.stacks, Stacks::User | Stacks::Both),
+        kernel: matches!(args.stacks, Stacks::Kernel | Stacks::Both),
+    };
+    let mut counter = FaultCounter {
+        maps: MapsCache::new(),
+        processes: HashMap::new(),
+        regions: HashMap::new(),
+        stacks: StackCounts::default(),
+        record_stacks: stacks.user || stacks.kernel,
+        seen: 0,
+        undecodable: 0,
+        progress: Progress::new(args.run.interval),
+    };
+    let (minor, major) = (args.kind != Kind::Major, args.kind != Kind::Minor);
+    let period = args.sample;
+    let attach = |tracer: &mut crate::bpf::Tracer| tracer.attach_faults(minor, major, period);
+    let traced = pipeline::trace(&args.target, &args.run, stacks, &attach, &mut counter).await?;
+    counter.progress.finish();
+
+    let counters = traced.tracer.counters()?;
+    if counter.undecodable > 0 {
+        log::warn!("{} records could not be decoded and were skipped", counter.undecodable);
+    }
+    let seconds = traced.duration.as_secs_f64().max(1e-9);
+    let mut processes: Vec<ProcessRow> = counter
+        .processes
+        .iter()
+        .map(|(&pid, entry)| {
+            let [minor, major] = entry.total.map(|n| n * period);
+            ProcessRow {
+                pid,
+                comm: entry.comm.clone(),
+                minor,
+                major,
+                minor_per_s: minor as f64 / seconds,
+                major_per_s: major as f64 / seconds,
+            }
+        })
+        .collect();
+    processes.sort_by_key(|row| (std::cmp::Reverse(row.minor + row.major), row.pid));
+    let mut regions: Vec<RegionRow> = counter
+        .regions
+        .iter()
+        .map(|((pid, region), counts)| RegionRow {
+            pid: *pid,
+            region: region.to_string(),
+            minor: counts[0] * period,
+            major: counts[1] * period,
+        })
+        .collect();
+    regions.sort_by(|a, b| (b.minor + b.major).cmp(&(a.minor + a.major)).then(a.pid.cmp(&b.pid)).then(a.region.cmp(&b.region)));
+
+    // Every stack is needed for folded, flame graph and pprof output; otherwise only the top.
+    let all_stacks = args.output.format == Format::Folded
+        || args.output.flamegraph.is_some()
+        || args.output.pprof.is_some();
+    let comms: HashMap<u32, String> =
+        counter.processes.iter().map(|(&pid, e)| (pid, e.comm.clone())).collect();
+    let comm = |pid: u32| comms.get(&pid).cloned().unwrap_or_default();
+    let mut symbolizer = Symbolizer::new();
+    let stacks = counter.stacks.resolve(
+        &traced.tracer,
+        &mut symbolizer,
+        &counter.maps,
+        (!all_stacks).then_some(args.output.top),
+        period,
+        &comm,
+        &kind_name,
+    )?;
+
+    let report = FaultReport {
+        command: "faults",
+        duration_s: traced.duration.as_secs_f64(),
+        lost_events: counters.lost,
+        sampled: period > 1,
+        sample_period: period,
+        stack_errors: counters.stack_errors,
+        target: traced.target,
+        exit: traced.exit,
+        processes,
+        regions,
+        stacks,
+    };
+    write_report(&report, args, &mut outputs)
+}
+
+fn write_report(report: &FaultReport, args: &FaultsArgs, outputs: &mut Outputs) -> Result<()> {
+    match args.output.format {
+        Format::Table => output::table::write(report, args.output.top, &mut outputs.report)?,
+        Format::Json => output::json::write(report, args.output.top, &mut outputs.report)?,
+        Format::Folded => output::folded::write(report, &mut outputs.report)?,
+    }
+    outputs.report.flush()?;
+    if let Some(file) = outputs.flamegraph.as_mut() {
+        output::flamegraph::write(report, "memtrace faults", file)?;
+        file.flush()?;
+    }
+    if let Some(file) = outputs.pprof.as_mut() {
+        output::pprof::write(report, file)?;
+        file.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! One module per subcommand: each picks hooks, a consumer and sinks; the pipeline is shared.
+pub mod faults;

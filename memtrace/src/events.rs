@@ -1,0 +1,70 @@
+//! Decoding ring-buffer records. Records come from the kernel but are checked anyway: a record
+//! of the wrong size or an unknown kind is skipped and counted, never trusted.
+use memtrace_common::{EventKind, StackEvent};
+
+/// A decoded record.
+#[derive(Debug, Clone, Copy)]
+pub struct Event {
+    pub kind: EventKind,
+    pub raw: StackEvent,
+}
+
+impl Event {
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<StackEvent>() {
+            return None;
+        }
+        // SAFETY: the length is checked and StackEvent is plain data valid for any bytes.
+        let raw: StackEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Some(Self { kind: EventKind::from_raw(raw.kind)?, raw })
+    }
+
+    pub fn comm(&self) -> String {
+        comm_to_string(&self.raw.comm)
+    }
+}
+
+pub fn comm_to_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: u32) -> Vec<u8> {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"test");
+        let event = StackEvent {
+            kind,
+            tgid: 7,
+            tid: 8,
+            user_stack_id: 3,
+            kernel_stack_id: -14,
+            _pad: 0,
+            addr: 0x1000,
+            weight: 1,
+            comm,
+        };
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts((&event as *const StackEvent).cast(), std::mem::size_of::<StackEvent>())
+        };
+        bytes.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_fault() {
+        let event = Event::decode(&record(1)).unwrap();
+        assert_eq!(event.kind, EventKind::MinorFault);
+        assert_eq!((event.raw.tgid, event.raw.addr), (7, 0x1000));
+        assert_eq!(event.comm(), "test");
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(Event::decode(&record(1)[..20]).is_none());
+        assert!(Event::decode(&record(99)).is_none());
+        assert!(Event::decode(&[]).is_none());
+    }
+}

@@ -1,0 +1,41 @@
+//! The files a report goes to, opened before tracing starts so a bad path fails in a second,
+//! not after a ten-minute trace.
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::Path,
+};
+
+use anyhow::Result;
+
+use crate::{cli::OutputArgs, error::usage};
+
+pub struct Outputs {
+    /// The main report: `--output FILE` or standard output.
+    pub report: Box<dyn Write>,
+    pub flamegraph: Option<BufWriter<File>>,
+    pub pprof: Option<BufWriter<File>>,
+}
+
+impl Outputs {
+    pub fn open(args: &OutputArgs) -> Result<Self> {
+        let report: Box<dyn Write> = match &args.output {
+            Some(path) => Box::new(create(path, "--output")?),
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(Self {
+            report,
+            flamegraph: args.flamegraph.as_deref().map(|p| create(p, "--flamegraph")).transpose()?,
+            pprof: args.pprof.as_deref().map(|p| create(p, "--pprof")).transpose()?,
+        })
+    }
+}
+
+fn create(path: &Path, option: &str) -> Result<BufWriter<File>> {
+    if path.is_dir() {
+        return Err(usage(format!("{option} {}: is a directory; give a file name", path.display())));
+    }
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(|err| usage(format!("{option} {}: cannot write it ({err})", path.display())))
+}

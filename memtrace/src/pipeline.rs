@@ -1,0 +1,121 @@
+//! The flow every tracing subcommand shares: check privileges, resolve the target, load and
+//! attach, release a gated command, trace until a stop condition, collect how the command ended.
+//! A subcommand supplies only its hooks (`attach`) and its `Consumer`.
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::{
+    bpf::{KernelConfig, Tracer},
+    cli::{RunArgs, TargetArgs},
+    drain::Drain,
+    launch::ChildExit,
+    report::CommandExit,
+    session::{self, Consumer, StopReason, StopWhen},
+    system,
+    target::Target,
+    watch::ProcessWatch,
+};
+
+/// Ring buffer size: at a fault storm's ~500k events/s of 64 bytes, 8 MiB holds a quarter second.
+pub const RING_BYTES: u32 = 8 << 20;
+pub const STACK_ENTRIES: u32 = 16384;
+
+/// Which stacks the kernel side takes per event.
+#[derive(Debug, Clone, Copy)]
+pub struct StackChoice {
+    pub user: bool,
+    pub kernel: bool,
+}
+
+/// What a finished trace hands back to the subcommand.
+pub struct Traced {
+    pub tracer: Tracer,
+    pub target: String,
+    pub duration: Duration,
+    pub reason: StopReason,
+    pub exit: Option<CommandExit>,
+}
+
+pub async fn trace(
+    target_args: &TargetArgs,
+    run_args: &RunArgs,
+    stacks: StackChoice,
+    attach: &dyn Fn(&mut Tracer) -> Result<()>,
+    consumer: &mut dyn Consumer,
+) -> Result<Traced> {
+    let started = Instant::now();
+    system::check_privileges()?;
+    let target = Target::resolve(target_args)?;
+    system::ensure_tracefs()?;
+    system::raise_memlock_limit();
+
+    let config = KernelConfig {
+        filter: target.filter(),
+        follow_children: target_args.follow_children,
+        user_stacks: stacks.user,
+        kernel_stacks: stacks.kernel,
+        ring_bytes: RING_BYTES,
+        stack_entries: STACK_ENTRIES,
+    };
+    let mut tracer = Tracer::load(&config)?;
+    let logger = tracer.init_logger();
+    attach(&mut tracer)?;
+    tracer.attach_tracepoint("process_exec", "sched", "sched_process_exec")?;
+    if target_args.follow_children {
+        tracer.attach_tracepoint("task_newtask", "task", "task_newtask")?;
+    }
+    let mut drain = Drain::new(tracer.take_events()?)?;
+
+    let description = target.describe();
+    let (child, exits) = match target {
+        Target::Command(gated) => {
+            let child = gated.release()?;
+            let watch = ProcessWatch::new(child.pid);
+            (Some(child), watch.into_iter().collect())
+        }
+        Target::Pids(pids) => {
+            consumer.on_targets(&pids);
+            (None, pids.iter().filter_map(|&pid| ProcessWatch::new(pid)).collect())
+        }
+        _ => (None, Vec::new()),
+    };
+    eprintln!(
+        "memtrace: tracing {description}; attached in {} ms{}",
+        started.elapsed().as_millis(),
+        if child.is_some() { "" } else { "; Ctrl-C to stop" }
+    );
+
+    let stop = StopWhen { deadline: run_args.duration, exits };
+    let counters = || tracer_counters(&tracer);
+    let (reason, duration) = session::run(&mut drain, logger, consumer, &stop, &counters).await?;
+
+    let exit = child.map(|child| {
+        // After Ctrl-C the command got the signal too; give it a moment to finish.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let status = loop {
+            match child.try_wait() {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => break None,
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        CommandExit {
+            pid: child.pid,
+            command: child.argv.clone(),
+            exit_code: match status {
+                Some(ChildExit::Code(code)) => Some(code),
+                _ => None,
+            },
+            signal: match status {
+                Some(ChildExit::Signal(signal)) => Some(signal),
+                _ => None,
+            },
+        }
+    });
+    Ok(Traced { tracer, target: description, duration, reason, exit })
+}
+
+fn tracer_counters(tracer: &Tracer) -> crate::bpf::KernelCounters {
+    tracer.counters().unwrap_or_default()
+}

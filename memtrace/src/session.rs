@@ -1,0 +1,103 @@
+//! The tracing loop shared by every subcommand: drain the ring buffer on the kernel's wake-up or
+//! a short timer, tick the consumer, and stop on Ctrl-C / SIGTERM, a deadline, or the targets'
+//! exit, draining what is left before returning.
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{bpf::KernelCounters, drain::Drain, watch::ProcessWatch};
+
+/// How often the ring is drained even without a wake-up (wake-ups are batched by the kernel side).
+const TICK: Duration = Duration::from_millis(20);
+
+/// What a subcommand does with the records and the passing time.
+pub trait Consumer {
+    fn on_record(&mut self, bytes: &[u8]);
+    /// Called once before tracing with the processes given by pid (to capture their maps).
+    fn on_targets(&mut self, _pids: &[u32]) {}
+    /// Called about every 20 ms with the time since tracing started and the kernel's counters.
+    fn on_tick(&mut self, _elapsed: Duration, _counters: KernelCounters) {}
+}
+
+/// When to stop, besides Ctrl-C and SIGTERM.
+pub struct StopWhen {
+    pub deadline: Option<Duration>,
+    /// Stop once all of these have exited (empty: never).
+    pub exits: Vec<ProcessWatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Signal,
+    Deadline,
+    TargetsExited,
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Runs until a stop condition; `counters` reads the kernel-side counters for ticks.
+pub async fn run(
+    drain: &mut Drain,
+    logger: Option<Logger>,
+    consumer: &mut dyn Consumer,
+    stop: &StopWhen,
+    counters: &dyn Fn() -> KernelCounters,
+) -> Result<(StopReason, Duration)> {
+    let started = Instant::now();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    // SAFETY: the logger owns its ring buffer fd and lives inside the AsyncFd.
+    let mut logger = match logger {
+        Some(logger) => Some(unsafe { AsyncFd::register(logger) }.map_err(std::io::Error::from)?),
+        None => None,
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    let reason = loop {
+        tokio::select! {
+            result = drain.readable() => {
+                result?;
+                drain.drain_now(&mut |bytes| consumer.on_record(bytes));
+            }
+            _ = ticker.tick() => {
+                drain.drain_now(&mut |bytes| consumer.on_record(bytes));
+                let elapsed = started.elapsed();
+                consumer.on_tick(elapsed, counters());
+                if stop.deadline.is_some_and(|deadline| elapsed >= deadline) {
+                    break StopReason::Deadline;
+                }
+                if !stop.exits.is_empty() && stop.exits.iter().all(ProcessWatch::has_exited) {
+                    break StopReason::TargetsExited;
+                }
+            }
+            _ = interrupt.recv() => break StopReason::Signal,
+            _ = terminate.recv() => break StopReason::Signal,
+            Some(guard) = readable(&mut logger) => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    drain.drain_now(&mut |bytes| consumer.on_record(bytes));
+    if let Some(logger) = logger.as_mut() {
+        logger.get_mut().flush();
+    }
+    Ok((reason, elapsed))
+}
+
+/// The logger's readiness, or never when there is no logger.
+async fn readable(
+    logger: &mut Option<AsyncFd<Logger>>,
+) -> Option<std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, Logger>>> {
+    match logger {
+        Some(fd) => Some(fd.readable_mut().await),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,74 @@
+//! Counting events per call stack, and turning the stack ids into symbolized report rows once,
+//! at report time (each unique stack is read and symbolized once).
+use std::collections::HashMap;
+
+use anyhow::Result;
+use memtrace_common::EventKind;
+
+use crate::{
+    bpf::{self, Tracer},
+    procmaps::MapsCache,
+    report::StackRow,
+    symbolize::Symbolizer,
+};
+
+/// A stack as the kernel side identified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub kind: EventKind,
+    pub user_stack_id: i32,
+    pub kernel_stack_id: i32,
+}
+
+#[derive(Default)]
+pub struct StackCounts {
+    counts: HashMap<StackKey, u64>,
+}
+
+impl StackCounts {
+    pub fn add(&mut self, key: StackKey, weight: u64) {
+        *self.counts.entry(key).or_default() += weight;
+    }
+
+    /// The `limit` stacks with the most events (all with None), most first, symbolized.
+    /// `scale` multiplies counts (the sampling period); `comm` names a process; `kind_name`
+    /// names an event kind.
+    pub fn resolve(
+        &self,
+        tracer: &Tracer,
+        symbolizer: &mut Symbolizer,
+        maps: &MapsCache,
+        limit: Option<usize>,
+        scale: u64,
+        comm: &dyn Fn(u32) -> String,
+        kind_name: &dyn Fn(EventKind) -> &'static str,
+    ) -> Result<Vec<StackRow>> {
+        let mut sorted: Vec<(&StackKey, &u64)> = self.counts.iter().collect();
+        // Most first; ties broken by key so the output is deterministic.
+        sorted.sort_by(|a, b| {
+            b.1.cmp(a.1).then_with(|| {
+                (a.0.tgid, a.0.user_stack_id, a.0.kernel_stack_id)
+                    .cmp(&(b.0.tgid, b.0.user_stack_id, b.0.kernel_stack_id))
+            })
+        });
+        sorted.truncate(limit.unwrap_or(usize::MAX));
+        let stacks = tracer.stacks()?;
+        let rows = sorted
+            .into_iter()
+            .map(|(key, &count)| {
+                let user = bpf::stack_frames(&stacks, key.user_stack_id);
+                let kernel = bpf::stack_frames(&stacks, key.kernel_stack_id);
+                StackRow::new(
+                    key.tgid,
+                    comm(key.tgid),
+                    kind_name(key.kind),
+                    count * scale,
+                    symbolizer.user_frames(maps, key.tgid, &user),
+                    symbolizer.kernel_frames(&kernel),
+                )
+            })
+            .collect();
+        Ok(rows)
+    }
+}

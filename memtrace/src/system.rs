@@ -1,0 +1,64 @@
+//! What the kernel side needs from the system before anything loads: privileges, a locked-memory
+//! allowance, and tracefs (aya reads tracepoint ids from it).
+use std::{ffi::CString, fs, path::Path};
+
+use anyhow::{bail, Context, Result};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Fails with what is missing and what to do, before any eBPF work starts.
+pub fn check_privileges() -> Result<()> {
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let effective = effective_capabilities().unwrap_or(0);
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "permission denied: tracing needs root, or the capabilities CAP_BPF and CAP_PERFMON \
+         (missing: {}); run it with sudo",
+        missing.join(", ")
+    )
+}
+
+fn effective_capabilities() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|line| line.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so maps can be created.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("could not lift RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Mounts tracefs when it is missing (as bpftrace does), or says exactly what to run.
+pub fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    let target = CString::new(TRACEFS)?;
+    let fstype = CString::new("tracefs")?;
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(err).with_context(|| {
+            format!("tracefs is not mounted and mounting it failed; run: mount -t tracefs tracefs {TRACEFS}")
+        });
+    }
+    log::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
