@@ -16,7 +16,13 @@ use crate::{
 const EFAULT: i32 = -14;
 
 #[inline(always)]
-pub fn emit<C: StackIdContext>(ctx: &C, kind: EventKind, addr: u64, weight: u64, with_stacks: bool) {
+pub fn emit<C: StackIdContext>(
+    ctx: &C,
+    kind: EventKind,
+    addr: u64,
+    weight: u64,
+    with_stacks: bool,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !filter::is_target(tgid) {
@@ -27,7 +33,11 @@ pub fn emit<C: StackIdContext>(ctx: &C, kind: EventKind, addr: u64, weight: u64,
         count(counter::LOST);
         return;
     };
-    let flags = if with_stacks { config::stack_flags() } else { 0 };
+    let flags = if with_stacks {
+        config::stack_flags()
+    } else {
+        0
+    };
     let user_stack_id = if flags & stack_flags::USER != 0 {
         stack_id(ctx, BPF_F_USER_STACK as u64)
     } else {

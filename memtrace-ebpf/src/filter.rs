@@ -7,7 +7,7 @@ use crate::{config, maps::TARGET_TGIDS};
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     match config::filter_mode() {
-        filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(&tgid).is_some() },
+        filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(tgid).is_some() },
         filter_mode::CGROUP => {
             // The ancestor at the target's level is the target itself for tasks in it or below.
             let level = config::cgroup_level() as i32;

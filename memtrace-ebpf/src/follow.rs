@@ -1,6 +1,8 @@
 //! `--follow-children`: a new process forked by a traced one joins the target set before it
 //! runs a single instruction (task:task_newtask fires in the parent, inside fork).
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use aya_log_ebpf::debug;
 use memtrace_common::counter;
 
@@ -33,7 +35,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let Ok(child) = (unsafe { ctx.read_at::<i32>(PID_OFFSET) }) else {
         return 0;
     };
-    if TARGET_TGIDS.insert(&(child as u32), &1, 0).is_err() {
+    if TARGET_TGIDS.insert(child as u32, 1, 0).is_err() {
         count(counter::TARGETS_FULL);
         return 0;
     }

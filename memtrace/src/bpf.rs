@@ -49,6 +49,7 @@ impl KernelConfig {
 /// Kernel-side drops and errors, summed over CPUs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KernelCounters {
+    /// Events that passed the filter (delivered or lost).
     pub seen: u64,
     pub lost: u64,
     pub stack_errors: u64,
@@ -69,8 +70,15 @@ impl Tracer {
             Filter::Tgids(_) => (filter_mode::TGIDS, 0, 0),
             Filter::Cgroup { id, level } => (filter_mode::CGROUP, id, level),
         };
-        let stacks = if config.user_stacks { stack_flags::USER } else { 0 }
-            | if config.kernel_stacks { stack_flags::KERNEL } else { 0 };
+        let stacks = if config.user_stacks {
+            stack_flags::USER
+        } else {
+            0
+        } | if config.kernel_stacks {
+            stack_flags::KERNEL
+        } else {
+            0
+        };
         let follow = u32::from(config.follow_children);
         let wakeup = config.wakeup_bytes();
         let ebpf = EbpfLoader::new()
@@ -106,7 +114,9 @@ impl Tracer {
 
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
         let mut targets: HashMap<_, u32, u8> = HashMap::try_from(self.map_mut("TARGET_TGIDS")?)?;
-        targets.insert(tgid, 1, 0).with_context(|| format!("adding pid {tgid} to the kernel filter"))
+        targets
+            .insert(tgid, 1, 0)
+            .with_context(|| format!("adding pid {tgid} to the kernel filter"))
     }
 
     /// Attaches the page-fault programs on every CPU; `period` 1 records every fault, N one in N.
@@ -120,7 +130,9 @@ impl Tracer {
                 continue;
             }
             let program: &mut PerfEvent = self.program(name)?.try_into()?;
-            program.load().with_context(|| format!("the kernel rejected the {name} program"))?;
+            program
+                .load()
+                .with_context(|| format!("the kernel rejected the {name} program"))?;
             for &cpu in &cpus {
                 program
                     .attach(
@@ -129,7 +141,9 @@ impl Tracer {
                         SamplePolicy::Period(period),
                         false,
                     )
-                    .with_context(|| format!("attaching {name} to the page-fault event on CPU {cpu}"))?;
+                    .with_context(|| {
+                        format!("attaching {name} to the page-fault event on CPU {cpu}")
+                    })?;
             }
         }
         Ok(())
@@ -138,7 +152,9 @@ impl Tracer {
     /// Attaches a tracepoint program (`category:name`).
     pub fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
         let tracepoint: &mut TracePoint = self.program(program)?.try_into()?;
-        tracepoint.load().with_context(|| format!("the kernel rejected the {program} program"))?;
+        tracepoint
+            .load()
+            .with_context(|| format!("the kernel rejected the {program} program"))?;
         tracepoint
             .attach(category, name)
             .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
@@ -147,16 +163,17 @@ impl Tracer {
 
     /// The event ring buffer, for the drain (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing or already taken")?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("EVENTS map missing or already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {
         let map = self.ebpf.map("COUNTERS").context("COUNTERS map missing")?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        let sum = |index: u32| -> Result<u64> {
-            Ok(counters.get(&index, 0)?.iter().sum())
-        };
+        let sum = |index: u32| -> Result<u64> { Ok(counters.get(&index, 0)?.iter().sum()) };
         Ok(KernelCounters {
             seen: sum(counter::SEEN)?,
             lost: sum(counter::LOST)?,
@@ -172,11 +189,15 @@ impl Tracer {
     }
 
     fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
-        self.ebpf.program_mut(name).with_context(|| format!("eBPF program {name} missing"))
+        self.ebpf
+            .program_mut(name)
+            .with_context(|| format!("eBPF program {name} missing"))
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).with_context(|| format!("eBPF map {name} missing"))
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("eBPF map {name} missing"))
     }
 }
 

@@ -4,7 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const ABOUT: &str = "Who pays for memory, and where: page faults per process, region and call stack, \
+const ABOUT: &str =
+    "Who pays for memory, and where: page faults per process, region and call stack, \
 traced with eBPF.";
 
 const AFTER_HELP: &str = "\
@@ -31,7 +32,7 @@ pub struct Cli {
 pub enum Command {
     /// Page faults, minor and major, per process, memory region and call stack.
     #[command(after_help = FAULTS_HELP)]
-    Faults(FaultsArgs),
+    Faults(Box<FaultsArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -157,7 +158,9 @@ fn parse_pid(text: &str) -> Result<u32, String> {
     match text.parse::<i64>() {
         Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as u32),
         Ok(_) => Err(format!("{text} is not a process id (pids are positive)")),
-        Err(_) => Err(format!("{text} is not a process id (expected a number, e.g. 1234)")),
+        Err(_) => Err(format!(
+            "{text} is not a process id (expected a number, e.g. 1234)"
+        )),
     }
 }
 
@@ -195,7 +198,9 @@ mod tests {
     #[test]
     fn command_after_double_dash() {
         let cli = Cli::try_parse_from(["memtrace", "faults", "--", "ls", "-l"]).unwrap();
-        let Command::Faults(args) = cli.command else { panic!() };
+        let Command::Faults(args) = cli.command else {
+            panic!()
+        };
         assert_eq!(args.target.command, ["ls", "-l"]);
     }
 

@@ -16,7 +16,10 @@ impl Event {
         }
         // SAFETY: the length is checked and StackEvent is plain data valid for any bytes.
         let raw: StackEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Some(Self { kind: EventKind::from_raw(raw.kind)?, raw })
+        Some(Self {
+            kind: EventKind::from_raw(raw.kind)?,
+            raw,
+        })
     }
 
     pub fn comm(&self) -> String {
@@ -48,7 +51,10 @@ mod tests {
             comm,
         };
         let bytes: &[u8] = unsafe {
-            std::slice::from_raw_parts((&event as *const StackEvent).cast(), std::mem::size_of::<StackEvent>())
+            std::slice::from_raw_parts(
+                (&event as *const StackEvent).cast(),
+                std::mem::size_of::<StackEvent>(),
+            )
         };
         bytes.to_vec()
     }

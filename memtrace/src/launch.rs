@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{error::CommandNotFound, watch::ProcessWatch};
+use crate::error::CommandNotFound;
 
 /// A forked child waiting at the gate.
 pub struct GatedChild {
@@ -27,7 +27,6 @@ pub struct GatedChild {
 pub struct RunningChild {
     pub pid: u32,
     pub argv: Vec<String>,
-    pub watch: ProcessWatch,
 }
 
 /// How the child ended, from waitpid.
@@ -45,9 +44,14 @@ pub fn resolve_program(name: &str) -> Result<PathBuf> {
     };
     if name.contains('/') {
         let path = PathBuf::from(name);
-        return if is_executable(&path) { Ok(path) } else { Err(CommandNotFound(name.into()).into()) };
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(CommandNotFound(name.into()).into())
+        };
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let path_var =
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path_var)
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
@@ -64,10 +68,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 
 /// Forks the command; it waits at the gate until `release`.
 pub fn spawn_gated(argv: &[String]) -> Result<GatedChild> {
-    let Some(name) = argv.first() else { bail!("no command given") };
+    let Some(name) = argv.first() else {
+        bail!("no command given")
+    };
     let program = resolve_program(name)?;
     let program = CString::new(program.as_os_str().as_bytes())?;
-    let args: Vec<CString> = argv.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>()?;
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
     let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     arg_ptrs.push(std::ptr::null());
     let (gate_read, gate_write) = pipe()?;
@@ -100,7 +109,12 @@ pub fn spawn_gated(argv: &[String]) -> Result<GatedChild> {
 impl GatedChild {
     /// Lets the child exec; fails if exec failed.
     pub fn release(self) -> Result<RunningChild> {
-        let Self { pid, mut gate, mut exec_errors, argv } = self;
+        let Self {
+            pid,
+            mut gate,
+            mut exec_errors,
+            argv,
+        } = self;
         gate.write_all(&[1]).context("releasing the command")?;
         drop(gate);
         // The error pipe is close-on-exec: EOF means exec succeeded.
@@ -110,8 +124,7 @@ impl GatedChild {
             let error = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
             return Err(CommandNotFound(format!("{} ({error})", argv[0])).into());
         }
-        let watch = ProcessWatch::new(pid).context("the command vanished right after starting")?;
-        Ok(RunningChild { pid, argv, watch })
+        Ok(RunningChild { pid, argv })
     }
 }
 

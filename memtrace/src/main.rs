@@ -48,7 +48,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Faults(args) => commands::faults::run(&args).await,
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "memtrace", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "memtrace",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     }

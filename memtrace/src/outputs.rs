@@ -25,17 +25,31 @@ impl Outputs {
         };
         Ok(Self {
             report,
-            flamegraph: args.flamegraph.as_deref().map(|p| create(p, "--flamegraph")).transpose()?,
-            pprof: args.pprof.as_deref().map(|p| create(p, "--pprof")).transpose()?,
+            flamegraph: args
+                .flamegraph
+                .as_deref()
+                .map(|p| create(p, "--flamegraph"))
+                .transpose()?,
+            pprof: args
+                .pprof
+                .as_deref()
+                .map(|p| create(p, "--pprof"))
+                .transpose()?,
         })
     }
 }
 
 fn create(path: &Path, option: &str) -> Result<BufWriter<File>> {
     if path.is_dir() {
-        return Err(usage(format!("{option} {}: is a directory; give a file name", path.display())));
+        return Err(usage(format!(
+            "{option} {}: is a directory; give a file name",
+            path.display()
+        )));
     }
-    File::create(path)
-        .map(BufWriter::new)
-        .map_err(|err| usage(format!("{option} {}: cannot write it ({err})", path.display())))
+    File::create(path).map(BufWriter::new).map_err(|err| {
+        usage(format!(
+            "{option} {}: cannot write it ({err})",
+            path.display()
+        ))
+    })
 }

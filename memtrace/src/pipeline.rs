@@ -11,7 +11,7 @@ use crate::{
     drain::Drain,
     launch::ChildExit,
     report::CommandExit,
-    session::{self, Consumer, StopReason, StopWhen},
+    session::{self, Consumer, StopWhen},
     system,
     target::Target,
     watch::ProcessWatch,
@@ -33,7 +33,6 @@ pub struct Traced {
     pub tracer: Tracer,
     pub target: String,
     pub duration: Duration,
-    pub reason: StopReason,
     pub exit: Option<CommandExit>,
 }
 
@@ -76,17 +75,29 @@ pub async fn trace(
         }
         Target::Pids(pids) => {
             consumer.on_targets(&pids);
-            (None, pids.iter().filter_map(|&pid| ProcessWatch::new(pid)).collect())
+            (
+                None,
+                pids.iter()
+                    .filter_map(|&pid| ProcessWatch::new(pid))
+                    .collect(),
+            )
         }
         _ => (None, Vec::new()),
     };
     eprintln!(
         "memtrace: tracing {description}; attached in {} ms{}",
         started.elapsed().as_millis(),
-        if child.is_some() { "" } else { "; Ctrl-C to stop" }
+        if child.is_some() {
+            ""
+        } else {
+            "; Ctrl-C to stop"
+        }
     );
 
-    let stop = StopWhen { deadline: run_args.duration, exits };
+    let stop = StopWhen {
+        deadline: run_args.duration,
+        exits,
+    };
     let counters = || tracer_counters(&tracer);
     let (reason, duration) = session::run(&mut drain, logger, consumer, &stop, &counters).await?;
 
@@ -113,7 +124,19 @@ pub async fn trace(
             },
         }
     });
-    Ok(Traced { tracer, target: description, duration, reason, exit })
+    if counters().targets_full > 0 {
+        log::warn!(
+            "{} child processes were not traced: the target set is full",
+            counters().targets_full
+        );
+    }
+    log::debug!("stopped: {reason:?}");
+    Ok(Traced {
+        tracer,
+        target: description,
+        duration,
+        exit,
+    })
 }
 
 fn tracer_counters(tracer: &Tracer) -> crate::bpf::KernelCounters {

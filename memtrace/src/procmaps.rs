@@ -93,10 +93,6 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    pub fn contains(&self, addr: u64) -> bool {
-        (self.start..self.end).contains(&addr)
-    }
-
     pub fn is_exec(&self) -> bool {
         self.perms.contains(MMPermissions::EXECUTE)
     }
@@ -152,13 +148,9 @@ pub struct ProcessMaps {
 }
 
 impl ProcessMaps {
+    #[allow(dead_code)] // for callers walking a snapshot; the tests do
     pub fn mappings(&self) -> &[Mapping] {
         &self.mappings
-    }
-
-    /// False once a read found the process gone (or a zombie): the snapshot is then final.
-    pub fn is_alive(&self) -> bool {
-        self.alive
     }
 
     pub fn lookup(&self, addr: u64) -> Option<&Mapping> {
@@ -176,7 +168,7 @@ impl ProcessMaps {
             .into_iter()
             .filter(|m| {
                 let i = fresh.partition_point(|n| n.end <= m.start);
-                !fresh.get(i).is_some_and(|n| n.start < m.end)
+                fresh.get(i).is_none_or(|n| n.start >= m.end)
             })
             .collect();
         if !kept.is_empty() {
@@ -253,6 +245,7 @@ impl MapsCache {
         self.procs.get(&pid)?.lookup(addr)
     }
 
+    #[allow(dead_code)] // for callers walking a snapshot; the tests do
     pub fn process(&self, pid: u32) -> Option<&ProcessMaps> {
         self.procs.get(&pid)
     }
@@ -278,27 +271,23 @@ fn read_process(pid: u32, files: &mut HashMap<FileId, Weak<File>>) -> Option<(u6
 }
 
 fn mapping(pid: u32, m: MemoryMap, files: &mut HashMap<FileId, Weak<File>>) -> Mapping {
-    let (start, end) = m.address;
-    let file = match &m.pathname {
-        MMapPath::Path(path) if m.perms.contains(MMPermissions::EXECUTE) && m.inode != 0 => {
-            let id = FileId {
-                dev: m.dev,
-                inode: m.inode,
-            };
-            open_shared(pid, start, end, path, id, files)
-        }
-        _ => None,
-    };
-    Mapping {
-        start,
-        end,
+    let mut mapping = Mapping {
+        start: m.address.0,
+        end: m.address.1,
         perms: m.perms,
         offset: m.offset,
         dev: m.dev,
         inode: m.inode,
         region: Region::from_path(&m.pathname),
-        file,
+        file: None,
+    };
+    // Only code is symbolized, so only executable mappings keep their file open.
+    if let (MMapPath::Path(path), Some(id)) = (&m.pathname, mapping.file_id()) {
+        if mapping.is_exec() {
+            mapping.file = open_shared(pid, mapping.start, mapping.end, path, id, files);
+        }
     }
+    mapping
 }
 
 /// Open a mapped file once across all processes.

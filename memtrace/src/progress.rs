@@ -19,7 +19,12 @@ impl Progress {
     pub fn new(interval: Option<Duration>) -> Self {
         let status_line = interval.is_none() && std::io::stderr().is_terminal();
         let first = interval.unwrap_or(STATUS_EVERY);
-        Self { interval, status_line, next_at: first, drew_status: false }
+        Self {
+            interval,
+            status_line,
+            next_at: first,
+            drew_status: false,
+        }
     }
 
     /// True when an interval has ended at `elapsed` (the caller then prints its lines with
@@ -44,7 +49,11 @@ impl Progress {
         }
         self.next_at = elapsed + STATUS_EVERY;
         self.drew_status = true;
-        let _ = write!(std::io::stderr().lock(), "\r\x1b[K[{:>6.1}s] {text}", elapsed.as_secs_f64());
+        let _ = write!(
+            std::io::stderr().lock(),
+            "\r\x1b[K[{:>6.1}s] {text}",
+            elapsed.as_secs_f64()
+        );
     }
 
     /// Clears the status line before the report is written.

@@ -48,7 +48,14 @@ pub struct StackRow {
 }
 
 impl StackRow {
-    pub fn new(pid: u32, comm: String, kind: &str, count: u64, user: Vec<Frame>, kernel: Vec<Frame>) -> Self {
+    pub fn new(
+        pid: u32,
+        comm: String,
+        kind: &str,
+        count: u64,
+        user: Vec<Frame>,
+        kernel: Vec<Frame>,
+    ) -> Self {
         Self {
             pid,
             comm,

@@ -32,8 +32,8 @@ impl StackCounts {
     }
 
     /// The `limit` stacks with the most events (all with None), most first, symbolized.
-    /// `scale` multiplies counts (the sampling period); `comm` names a process; `kind_name`
-    /// names an event kind.
+    /// `scale` multiplies counts (the sampling period); `label` gives a stack's process name
+    /// and the name of its event kind.
     pub fn resolve(
         &self,
         tracer: &Tracer,
@@ -41,15 +41,17 @@ impl StackCounts {
         maps: &MapsCache,
         limit: Option<usize>,
         scale: u64,
-        comm: &dyn Fn(u32) -> String,
-        kind_name: &dyn Fn(EventKind) -> &'static str,
+        label: &dyn Fn(&StackKey) -> (String, &'static str),
     ) -> Result<Vec<StackRow>> {
         let mut sorted: Vec<(&StackKey, &u64)> = self.counts.iter().collect();
         // Most first; ties broken by key so the output is deterministic.
         sorted.sort_by(|a, b| {
             b.1.cmp(a.1).then_with(|| {
-                (a.0.tgid, a.0.user_stack_id, a.0.kernel_stack_id)
-                    .cmp(&(b.0.tgid, b.0.user_stack_id, b.0.kernel_stack_id))
+                (a.0.tgid, a.0.user_stack_id, a.0.kernel_stack_id).cmp(&(
+                    b.0.tgid,
+                    b.0.user_stack_id,
+                    b.0.kernel_stack_id,
+                ))
             })
         });
         sorted.truncate(limit.unwrap_or(usize::MAX));
@@ -59,10 +61,11 @@ impl StackCounts {
             .map(|(key, &count)| {
                 let user = bpf::stack_frames(&stacks, key.user_stack_id);
                 let kernel = bpf::stack_frames(&stacks, key.kernel_stack_id);
+                let (comm, kind) = label(key);
                 StackRow::new(
                     key.tgid,
-                    comm(key.tgid),
-                    kind_name(key.kind),
+                    comm,
+                    kind,
                     count * scale,
                     symbolizer.user_frames(maps, key.tgid, &user),
                     symbolizer.kernel_frames(&kernel),

@@ -26,7 +26,11 @@ impl Target {
         }
         if let Some(path) = &args.cgroup {
             let (id, level) = cgroup_identity(path)?;
-            return Ok(Self::Cgroup { path: path.clone(), id, level });
+            return Ok(Self::Cgroup {
+                path: path.clone(),
+                id,
+                level,
+            });
         }
         if !args.pids.is_empty() {
             for &pid in &args.pids {
@@ -35,7 +39,9 @@ impl Target {
             return Ok(Self::Pids(args.pids.clone()));
         }
         if args.follow_children {
-            return Err(usage("--follow-children needs a target: --pid PID or -- COMMAND"));
+            return Err(usage(
+                "--follow-children needs a target: --pid PID or -- COMMAND",
+            ));
         }
         Ok(Self::System)
     }
@@ -44,7 +50,10 @@ impl Target {
         match self {
             Self::System => Filter::All,
             Self::Pids(pids) => Filter::Tgids(pids.clone()),
-            Self::Cgroup { id, level, .. } => Filter::Cgroup { id: *id, level: *level },
+            Self::Cgroup { id, level, .. } => Filter::Cgroup {
+                id: *id,
+                level: *level,
+            },
             Self::Command(child) => Filter::Tgids(vec![child.pid]),
         }
     }
@@ -137,6 +146,9 @@ mod tests {
     #[test]
     fn non_cgroup_directory_is_refused() {
         let err = cgroup_identity(Path::new("/tmp")).unwrap_err();
-        assert!(err.to_string().contains("not a cgroup v2 directory"), "{err}");
+        assert!(
+            err.to_string().contains("not a cgroup v2 directory"),
+            "{err}"
+        );
     }
 }

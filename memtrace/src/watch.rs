@@ -12,16 +12,25 @@ impl ProcessWatch {
     pub fn new(pid: u32) -> Option<Self> {
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if fd >= 0 {
-            return Some(Self { pid, pidfd: Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }) });
+            return Some(Self {
+                pid,
+                pidfd: Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+            });
         }
         // Kernels without pidfd_open (before 5.3): fall back to /proc.
-        std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(Self { pid, pidfd: None })
+        std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then_some(Self { pid, pidfd: None })
     }
 
     pub fn has_exited(&self) -> bool {
         match &self.pidfd {
             Some(fd) => {
-                let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                let mut poll = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 unsafe { libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLIN != 0 }
             }
             None => !std::path::Path::new(&format!("/proc/{}", self.pid)).exists(),

@@ -50,7 +50,8 @@ struct FaultCounter {
     regions: HashMap<(u32, Region), Pair>,
     stacks: StackCounts,
     record_stacks: bool,
-    seen: u64,
+    /// The sampling period: each event stands for this many faults.
+    period: u64,
     undecodable: u64,
     progress: Progress,
 }
@@ -96,7 +97,6 @@ impl Consumer for FaultCounter {
             return;
         };
         let weight = event.raw.weight;
-        self.seen += weight;
         let entry = self.process(&event);
         entry.total[slot] += weight;
         entry.interval[slot] += weight;
@@ -116,8 +116,11 @@ impl Consumer for FaultCounter {
     fn on_tick(&mut self, elapsed: Duration, counters: KernelCounters) {
         if let Some(interval) = self.progress.interval_due(elapsed) {
             let seconds = interval.as_secs_f64();
-            let mut active: Vec<(&u32, &mut ProcessEntry)> =
-                self.processes.iter_mut().filter(|(_, e)| e.interval != [0, 0]).collect();
+            let mut active: Vec<(&u32, &mut ProcessEntry)> = self
+                .processes
+                .iter_mut()
+                .filter(|(_, e)| e.interval != [0, 0])
+                .collect();
             active.sort_by_key(|(_, e)| std::cmp::Reverse(e.interval[0] + e.interval[1]));
             for (pid, entry) in active {
                 self.progress.interval_line(&format!(
@@ -132,7 +135,11 @@ impl Consumer for FaultCounter {
                 entry.interval = [0, 0];
             }
         }
-        let text = format!("{} faults seen, {} lost", self.seen, counters.lost);
+        let text = format!(
+            "{} faults seen, {} lost",
+            counters.seen * self.period,
+            counters.lost
+        );
         self.progress.status(elapsed, &text);
     }
 }
@@ -149,7 +156,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         regions: HashMap::new(),
         stacks: StackCounts::default(),
         record_stacks: stacks.user || stacks.kernel,
-        seen: 0,
+        period: args.sample,
         undecodable: 0,
         progress: Progress::new(args.run.interval),
     };
@@ -161,7 +168,10 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
 
     let counters = traced.tracer.counters()?;
     if counter.undecodable > 0 {
-        log::warn!("{} records could not be decoded and were skipped", counter.undecodable);
+        log::warn!(
+            "{} records could not be decoded and were skipped",
+            counter.undecodable
+        );
     }
     let seconds = traced.duration.as_secs_f64().max(1e-9);
     let mut processes: Vec<ProcessRow> = counter
@@ -190,15 +200,28 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
             major: counts[1] * period,
         })
         .collect();
-    regions.sort_by(|a, b| (b.minor + b.major).cmp(&(a.minor + a.major)).then(a.pid.cmp(&b.pid)).then(a.region.cmp(&b.region)));
+    regions.sort_by(|a, b| {
+        (b.minor + b.major)
+            .cmp(&(a.minor + a.major))
+            .then(a.pid.cmp(&b.pid))
+            .then(a.region.cmp(&b.region))
+    });
 
     // Every stack is needed for folded, flame graph and pprof output; otherwise only the top.
     let all_stacks = args.output.format == Format::Folded
         || args.output.flamegraph.is_some()
         || args.output.pprof.is_some();
-    let comms: HashMap<u32, String> =
-        counter.processes.iter().map(|(&pid, e)| (pid, e.comm.clone())).collect();
-    let comm = |pid: u32| comms.get(&pid).cloned().unwrap_or_default();
+    let comms: HashMap<u32, String> = counter
+        .processes
+        .iter()
+        .map(|(&pid, e)| (pid, e.comm.clone()))
+        .collect();
+    let label = |key: &StackKey| {
+        (
+            comms.get(&key.tgid).cloned().unwrap_or_default(),
+            kind_name(key.kind),
+        )
+    };
     let mut symbolizer = Symbolizer::new();
     let stacks = counter.stacks.resolve(
         &traced.tracer,
@@ -206,8 +229,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         &counter.maps,
         (!all_stacks).then_some(args.output.top),
         period,
-        &comm,
-        &kind_name,
+        &label,
     )?;
 
     let report = FaultReport {

@@ -363,9 +363,3 @@ mod tests {
         assert!(p.sample.is_empty());
     }
 }
-#[cfg(test)]
-#[test]
-fn tmp_dump_for_go_pprof() {
-    let mut f = std::fs::File::create("/tmp/memtrace_out_test.pb.gz").unwrap();
-    write(&crate::output::testdata::report(), &mut f).unwrap();
-}

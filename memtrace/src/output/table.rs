@@ -214,7 +214,6 @@ mod tests {
     #[test]
     fn shows_sections_and_frames() {
         let text = table(&testdata::report(), 10);
-        println!("{text}");
         for expected in [
             "pid 123",
             "exited with status 0",

@@ -1,0 +1,68 @@
+//! Compiles the C workloads in `workloads/` with gcc into `<workspace target>/workloads/`,
+//! a folder that does not depend on the profile, and tells the crate where it is.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const WORKLOADS: &[&str] = &[
+    "fault_touch",
+    "fault_file",
+    "fault_threads",
+    "fault_fork",
+    "fault_storm",
+    "demo",
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest_dir.parent().unwrap();
+    let target_dir = match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir), // join keeps an absolute path as it is
+        None => workspace.join("target"),
+    };
+    let out_dir = target_dir.join("workloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    println!("cargo:rerun-if-changed=workloads/common.h");
+    println!("cargo:rustc-env=WORKLOADS_DIR={}", out_dir.display());
+    println!(
+        "cargo:rustc-env=MEMTRACE_TARGET_DIR={}",
+        target_dir.display()
+    );
+    // "debug" or "release": where memtrace_bin() looks for a memtrace of the same profile.
+    println!(
+        "cargo:rustc-env=MEMTRACE_PROFILE={}",
+        env::var("PROFILE").unwrap()
+    );
+    for name in WORKLOADS {
+        let src = manifest_dir.join(format!("workloads/{name}.c"));
+        println!("cargo:rerun-if-changed={}", src.display());
+        compile(&src, &out_dir.join(name));
+    }
+}
+
+fn compile(src: &Path, dest: &Path) {
+    // Build under a unique name, then rename: debug and release builds may run at once.
+    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+    let output = Command::new("gcc")
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+        ])
+        .args(["-Wall", "-pthread", "-o"])
+        .arg(&tmp)
+        .arg(src)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gcc ({e}): install it (`cargo xtask setup`)"));
+    for line in String::from_utf8_lossy(&output.stderr).lines() {
+        println!("cargo:warning={line}");
+    }
+    assert!(output.status.success(), "gcc failed on {}", src.display());
+    std::fs::rename(&tmp, dest).unwrap();
+}

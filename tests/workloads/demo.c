@@ -1,0 +1,112 @@
+/* demo [TICKS] [--wait] [--linger]     (default TICKS: 100, about 1.5 s)
+ *
+ * The README's demo: a small "leaky service" to look at with `memtrace faults -- demo`.
+ *   load_config()     writes a config file, drops it from the page cache and reads it back
+ *                     through mmap (major faults, on a disk-backed $TMPDIR or /var/tmp);
+ *   handle_requests() serves a few requests per tick: serve_request() mallocs a buffer of
+ *                     varying size (4 KiB .. 1 MiB) and touches it; every 8th one is leaked;
+ *   grow_cache()      keeps growing one anonymous mapping (mremap) and touches the new part.
+ * The main phase is the whole run. JSON extras: "ticks", "requests", "leaked_bytes",
+ * "cache_bytes", "config_lines".
+ */
+#include "common.h"
+#include <fcntl.h>
+#include <sys/mman.h>
+
+static const char *usage = "demo [TICKS] [--wait] [--linger]";
+
+#define CONFIG_PAGES 64
+#define CACHE_STEP (256 << 10)
+
+static size_t leaked_bytes, requests;
+static char *cache;
+static size_t cache_bytes;
+
+__attribute__((noinline)) size_t load_config(void)
+{
+	const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp";
+	char path[4096];
+	snprintf(path, sizeof path, "%s/memtrace-demo-XXXXXX", dir);
+	int fd = mkstemp(path);
+	if (fd < 0)
+		die(path);
+	unlink(path);
+	size_t len = CONFIG_PAGES * page_size();
+	FILE *f = fdopen(fd, "w+");
+	for (size_t i = 0; (size_t)ftell(f) < len; i++)
+		fprintf(f, "worker.%zu.buffer_kib = %zu\n", i, 4 + i % 1024);
+	fflush(f);
+	fsync(fd);
+	posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+
+	char *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	madvise(p, len, MADV_RANDOM);
+	size_t lines = 0;
+	for (size_t i = 0; i < len; i++)
+		lines += p[i] == '\n';
+	munmap(p, len);
+	fclose(f);
+	return lines;
+}
+
+__attribute__((noinline)) void serve_request(size_t size)
+{
+	char *buf = malloc(size);
+	if (!buf)
+		die("malloc");
+	memset(buf, (int)requests, size);
+	requests++;
+	if (requests % 8 == 0)
+		leaked_bytes += size; /* the bug: this path forgets to free */
+	else
+		free(buf);
+}
+
+__attribute__((noinline)) void handle_requests(size_t tick)
+{
+	static const size_t kib[] = {4, 16, 64, 200, 512, 1024, 48, 300};
+	for (size_t i = 0; i < 4; i++)
+		serve_request(kib[(tick * 3 + i) % 8] << 10);
+}
+
+__attribute__((noinline)) void grow_cache(void)
+{
+	size_t new_bytes = cache_bytes + CACHE_STEP;
+	char *p = cache ? mremap(cache, cache_bytes, new_bytes, MREMAP_MAYMOVE)
+			: mmap(NULL, new_bytes, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die("grow_cache");
+	madvise(p, new_bytes, MADV_NOHUGEPAGE);
+	memset(p + cache_bytes, 0x5a, CACHE_STEP);
+	cache = p;
+	cache_bytes = new_bytes;
+}
+
+int main(int argc, char **argv)
+{
+	argc = parse_common_flags(argc, argv, usage);
+	if (argc > 2)
+		usage_exit(usage);
+	size_t ticks = arg_ulong(argc, argv, 1, 100, usage);
+
+	wait_for_go();
+	struct phase ph;
+	phase_begin(&ph);
+	size_t lines = load_config();
+	for (size_t t = 0; t < ticks; t++) {
+		handle_requests(t);
+		grow_cache();
+		usleep(15000);
+	}
+	phase_end(&ph);
+
+	print_json(&ph,
+		   "\"ticks\":%zu,\"requests\":%zu,\"leaked_bytes\":%zu,\"cache_bytes\":%zu,"
+		   "\"config_lines\":%zu",
+		   ticks, requests, leaked_bytes, cache_bytes, lines);
+	linger();
+	return 0;
+}
