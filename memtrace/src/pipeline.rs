@@ -31,6 +31,7 @@ pub struct StackChoice {
 /// What a finished trace hands back to the subcommand.
 pub struct Traced {
     pub tracer: Tracer,
+    pub attach_ms: f64,
     pub target: String,
     pub duration: Duration,
     pub exit: Option<CommandExit>,
@@ -69,6 +70,9 @@ pub async fn trace(
     let description = target.describe();
     let (child, exits) = match target {
         Target::Command(gated) => {
+            // Its map now is memtrace's own image (forked, not yet exec'd): faults before exec
+            // classify against it; the exec event then replaces it with the command's.
+            consumer.on_targets(&[gated.pid]);
             let child = gated.release()?;
             let watch = ProcessWatch::new(child.pid);
             (Some(child), watch.into_iter().collect())
@@ -84,9 +88,9 @@ pub async fn trace(
         }
         _ => (None, Vec::new()),
     };
+    let attach_ms = started.elapsed().as_secs_f64() * 1e3;
     eprintln!(
-        "memtrace: tracing {description}; attached in {} ms{}",
-        started.elapsed().as_millis(),
+        "memtrace: tracing {description}; attached in {attach_ms:.0} ms{}",
         if child.is_some() {
             ""
         } else {
@@ -133,6 +137,7 @@ pub async fn trace(
     log::debug!("stopped: {reason:?}");
     Ok(Traced {
         tracer,
+        attach_ms,
         target: description,
         duration,
         exit,

@@ -101,6 +101,31 @@ pub struct CommandExit {
     pub signal: Option<i32>,
 }
 
+/// What tracing cost memtrace itself, so users can judge the price of leaving it on.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TracerCost {
+    /// From memtrace's start until the eBPF programs were attached.
+    pub attach_ms: f64,
+    /// memtrace's own CPU time (user + system), whole run.
+    pub cpu_s: f64,
+    /// memtrace's own peak resident memory.
+    pub max_rss_kb: u64,
+}
+
+impl TracerCost {
+    /// memtrace's usage so far, from getrusage(RUSAGE_SELF).
+    pub fn measure(attach_ms: f64) -> Self {
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Self {
+            attach_ms,
+            cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            max_rss_kb: usage.ru_maxrss as u64,
+        }
+    }
+}
+
 /// Everything `memtrace faults` found.
 #[derive(Clone, Debug, Serialize)]
 pub struct FaultReport {
@@ -117,6 +142,7 @@ pub struct FaultReport {
     /// What was traced, in words ("pid 123", "cgroup /sys/fs/cgroup/x", "system-wide").
     pub target: String,
     pub exit: Option<CommandExit>,
+    pub tracer: TracerCost,
     pub processes: Vec<ProcessRow>,
     pub regions: Vec<RegionRow>,
     /// All stacks, most events first; table and JSON show the first `--top`.

@@ -4,9 +4,16 @@
 //! Tests panic with context rather than return `Result`.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    ffi::OsStr,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
@@ -195,4 +202,276 @@ pub fn scratch_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(TARGET_DIR).join("tmp");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(format!("{name}.{}", std::process::id()))
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests that run memtrace (each run attaches to every CPU, and a concurrent
+/// run's workload would disturb the counts). Hold the guard for the whole test; a test that
+/// panicked while holding it does not poison the others.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A scratch directory under `<workspace target>/tmp/`, removed (with its contents) on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A fresh, empty directory named after `name`, this process and a counter.
+    pub fn new(name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = scratch_path(&format!("{name}.d{n}"));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// How long any one memtrace run in the tests may take before it is killed as hung.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A finished process: its status and everything it wrote.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The exit code; panics (with the output) if a signal ended the process.
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {}\n{}", self.status, self.describe()))
+    }
+
+    /// Status, stdout and stderr, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Reads all of `pipe` on a thread.
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits for `child` until `timeout`; on timeout kills it and returns None.
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `cmd` to completion (stdin null, output captured); panics with the output if it takes
+/// longer than [`RUN_TIMEOUT`].
+pub fn run_command(cmd: &mut Command) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = read_all(child.stdout.take().unwrap());
+    let stderr = read_all(child.stderr.take().unwrap());
+    let status = wait_timeout(&mut child, RUN_TIMEOUT);
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    match status {
+        Some(status) => Run {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{cmd:?} hung for {RUN_TIMEOUT:?} and was killed\n--- stdout ---\n{stdout}\n\
+             --- stderr ---\n{stderr}"
+        ),
+    }
+}
+
+/// Runs the memtrace binary under test with `args` to completion.
+pub fn memtrace<S: AsRef<OsStr>>(args: &[S]) -> Run {
+    run_command(Command::new(memtrace_bin()).args(args))
+}
+
+/// A memtrace started in the background (stdin null, stdout and stderr captured), e.g. to trace
+/// a pid or a cgroup until it is sent SIGINT. Killed on drop if still running.
+pub struct Background {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+    stderr_thread: Option<JoinHandle<()>>,
+    stdout_thread: Option<JoinHandle<String>>,
+}
+
+/// Starts memtrace with `args` in the background.
+pub fn spawn_memtrace<S: AsRef<OsStr>>(args: &[S]) -> Background {
+    let mut child = Command::new(memtrace_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", memtrace_bin().display()));
+    let stdout = read_all(child.stdout.take().unwrap());
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (send, stderr_lines) = mpsc::channel();
+    let stderr_thread = std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Background {
+        child,
+        stderr_lines,
+        stderr_seen: Vec::new(),
+        stderr_thread: Some(stderr_thread),
+        stdout_thread: Some(stdout),
+    }
+}
+
+impl Background {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (up to a minute) for memtrace's `memtrace: tracing ...` line on stderr, printed
+    /// once its eBPF programs are attached; panics with its stderr if it exits or hangs first.
+    pub fn wait_attached(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let attached = line.starts_with("memtrace: tracing");
+                    self.stderr_seen.push(line);
+                    if attached {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "memtrace printed no `memtrace: tracing` line within a minute; stderr so \
+                     far:\n{}",
+                    self.stderr_seen.join("\n")
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().unwrap();
+                    panic!(
+                        "memtrace ended ({status}) before attaching; stderr:\n{}",
+                        self.stderr_seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to memtrace.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet, so its
+        // pid cannot have been reused.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {signal}): {}",
+            self.child.id(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for memtrace to exit (killing it after [`RUN_TIMEOUT`]) and returns its output.
+    pub fn wait(mut self) -> Run {
+        let status = wait_timeout(&mut self.child, RUN_TIMEOUT);
+        if let Some(thread) = self.stderr_thread.take() {
+            let _ = thread.join();
+        }
+        self.stderr_seen.extend(self.stderr_lines.try_iter());
+        let stdout = self
+            .stdout_thread
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        let mut stderr = self.stderr_seen.join("\n");
+        if !stderr.is_empty() {
+            stderr.push('\n');
+        }
+        match status {
+            Some(status) => Run {
+                status,
+                stdout,
+                stderr,
+            },
+            None => panic!(
+                "memtrace hung for {RUN_TIMEOUT:?} after it was told to stop, and was killed\n\
+                 --- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+            ),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // A panicking test leaves no tracer behind (a no-op after wait()).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True when `name` is an executable file in a directory of `$PATH`.
+pub fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let candidate = dir.join(name);
+            candidate.is_file()
+                && std::fs::metadata(&candidate).is_ok_and(|m| {
+                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+        })
+    })
+}
+
+/// True when running in CI (`CI=true`), where missing tools fail tests instead of skipping them.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }

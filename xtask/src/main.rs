@@ -1,5 +1,6 @@
 //! memtrace's developer and CI chores: `cargo xtask <setup|demo|test|ci|bench>`.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -33,7 +34,7 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Benchmarks (not yet implemented).
+    /// Overhead benchmarks, side by side with bpftrace and perf (needs root); writes BENCHMARKS.md.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -47,10 +48,7 @@ fn main() -> ExitCode {
         Task::Demo => demo(),
         Task::Test { cargo_test_args } => setup::setup().and_then(|()| test(&cargo_test_args)),
         Task::Ci { cargo_test_args } => ci(&cargo_test_args),
-        Task::Bench { .. } => {
-            eprintln!("xtask bench: not yet implemented");
-            Ok(ExitCode::FAILURE)
-        }
+        Task::Bench { args } => bench::bench(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: error: {e:#}");

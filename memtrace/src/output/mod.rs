@@ -8,7 +8,9 @@ pub mod table;
 /// A small hand-made report shared by the sinks' unit tests.
 #[cfg(test)]
 pub(crate) mod testdata {
-    use crate::report::{CommandExit, FaultReport, Frame, ProcessRow, RegionRow, StackRow};
+    use crate::report::{
+        CommandExit, FaultReport, Frame, ProcessRow, RegionRow, StackRow, TracerCost,
+    };
 
     pub fn frame(address: u64, function: Option<&str>, offset: u64, module: &str) -> Frame {
         Frame {
@@ -62,6 +64,11 @@ pub(crate) mod testdata {
                 exit_code: Some(0),
                 signal: None,
             }),
+            tracer: TracerCost {
+                attach_ms: 80.0,
+                cpu_s: 0.5,
+                max_rss_kb: 20000,
+            },
             processes: vec![
                 ProcessRow {
                     pid: 123,

@@ -13,6 +13,14 @@ pub fn write(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::R
     processes(report, out)?;
     regions(report, out)?;
     stacks(report, top, out)?;
+    let cost = &report.tracer;
+    writeln!(
+        out,
+        "\nmemtrace itself: attached in {:.0} ms, {:.2} s CPU, {} MiB peak RSS",
+        cost.attach_ms,
+        cost.cpu_s,
+        cost.max_rss_kb / 1024
+    )?;
     Ok(())
 }
 

@@ -1,0 +1,278 @@
+//! `cargo xtask bench [faults]`: overhead measured as ratios in one run, side by side: the
+//! workload untraced, under memtrace, and under bpftrace and perf doing the same work. Runs are
+//! interleaved round by round so drift on the machine touches every tool alike. The workload
+//! times its own loop, so tool start-up and report writing are not counted. Figures go to
+//! BENCHMARKS.md between markers, replacing the previous run's.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{cargo, run, setup, target_dir, workspace_root};
+
+const ROUNDS: usize = 5;
+/// The fault storm of issue #2: 512 MiB of fresh anonymous memory touched 4 times (~524k faults).
+const STORM_ARGS: [&str; 2] = ["512", "4"];
+
+/// One way of running the workload.
+struct Config {
+    name: &'static str,
+    records: &'static str,
+    /// argv before the workload's argv; empty for untraced.
+    prefix: Vec<String>,
+    /// memtrace's JSON report path, for its own cost figures.
+    report: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Samples {
+    elapsed: Vec<f64>,
+    attach_ms: Vec<f64>,
+    cpu_s: Vec<f64>,
+    max_rss_kb: Vec<f64>,
+    lost: u64,
+}
+
+pub fn bench(which: &[String]) -> Result<()> {
+    match which.first().map(String::as_str) {
+        None | Some("faults") => faults(),
+        Some(other) => bail!("unknown benchmark {other:?}; available: faults"),
+    }
+}
+
+fn faults() -> Result<()> {
+    if !crate::is_root() {
+        bail!("benchmarks trace with eBPF: run them as root");
+    }
+    setup::setup()?;
+    run(&mut cargo("build --release -p memtrace -p tests"))?;
+    let target = target_dir();
+    let memtrace = target
+        .join("release/memtrace")
+        .to_string_lossy()
+        .into_owned();
+    let storm = target.join("workloads/fault_storm");
+    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let report = |name: &str| scratch.join(name);
+    let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+
+    let mut configs = vec![
+        Config {
+            name: "untraced",
+            records: "-",
+            prefix: vec![],
+            report: None,
+        },
+        Config {
+            name: "memtrace faults",
+            records: "every fault: user + kernel stack, address, region",
+            prefix: words(&format!(
+                "{memtrace} faults --format json --output {} --",
+                report("stacks.json").display()
+            )),
+            report: Some(report("stacks.json")),
+        },
+        Config {
+            name: "memtrace faults --stacks user",
+            records: "every fault: user stack, address, region",
+            prefix: words(&format!(
+                "{memtrace} faults --stacks user --format json --output {} --",
+                report("user.json").display()
+            )),
+            report: Some(report("user.json")),
+        },
+        Config {
+            name: "memtrace faults --stacks none",
+            records: "every fault: address, region (no stacks)",
+            prefix: words(&format!(
+                "{memtrace} faults --stacks none --format json --output {} --",
+                report("none.json").display()
+            )),
+            report: Some(report("none.json")),
+        },
+        Config {
+            name: "memtrace faults --sample 100",
+            records: "1 in 100 faults: user + kernel stack, address, region",
+            prefix: words(&format!(
+                "{memtrace} faults --sample 100 --format json --output {} --",
+                report("sampled.json").display()
+            )),
+            report: Some(report("sampled.json")),
+        },
+        Config {
+            name: "bpftrace",
+            records: "every fault: count per user + kernel stack",
+            prefix: vec![
+                "bpftrace".into(),
+                "-e".into(),
+                "software:page-faults:1 /pid == cpid/ { @[kstack, ustack] = count(); }".into(),
+                "-c".into(),
+            ],
+            report: None,
+        },
+        Config {
+            name: "perf record -e page-faults -c 1 -g",
+            records: "every fault: user + kernel stack, address",
+            prefix: words(&format!(
+                "perf record -q -e page-faults -c 1 -g -o {} --",
+                report("perf.data").display()
+            )),
+            report: None,
+        },
+    ];
+    // bpftrace takes the command as one string after -c.
+    let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
+    for round in 1..=ROUNDS {
+        eprintln!("round {round}/{ROUNDS}");
+        for (config, samples) in configs.iter_mut().zip(samples.iter_mut()) {
+            let elapsed = run_once(config, &storm, samples)?;
+            eprintln!("  {:<38} {elapsed:.3} s", config.name);
+            samples.elapsed.push(elapsed);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let table = faults_table(&configs, &samples);
+    println!("{table}");
+    write_section("faults", &table)
+}
+
+/// Runs the storm once under `config`; returns its own loop time.
+fn run_once(config: &Config, storm: &Path, samples: &mut Samples) -> Result<f64> {
+    let storm_cmd = std::iter::once(storm.to_string_lossy().into_owned())
+        .chain(STORM_ARGS.iter().map(|s| s.to_string()));
+    let argv: Vec<String> = if config.name == "bpftrace" {
+        let mut argv = config.prefix.clone();
+        argv.push(storm_cmd.collect::<Vec<_>>().join(" "));
+        argv
+    } else {
+        config.prefix.iter().cloned().chain(storm_cmd).collect()
+    };
+    let output = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {}", argv[0]))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("{\"pid\""))
+        .with_context(|| {
+            format!(
+                "{}: no workload figures in its output; stderr: {}",
+                config.name,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let figures: Value = serde_json::from_str(line)?;
+    if let Some(path) = &config.report {
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("{}: report unreadable", config.name))?;
+        let tracer = &report["tracer"];
+        samples
+            .attach_ms
+            .push(tracer["attach_ms"].as_f64().unwrap_or(f64::NAN));
+        samples
+            .cpu_s
+            .push(tracer["cpu_s"].as_f64().unwrap_or(f64::NAN));
+        samples
+            .max_rss_kb
+            .push(tracer["max_rss_kb"].as_f64().unwrap_or(f64::NAN));
+        samples.lost += report["lost_events"].as_u64().unwrap_or(0);
+    }
+    figures["elapsed_s"]
+        .as_f64()
+        .context("workload JSON without elapsed_s")
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[n / 2],
+    }
+}
+
+fn faults_table(configs: &[Config], samples: &[Samples]) -> String {
+    let baseline = median(&samples[0].elapsed);
+    let mut table = String::from(
+        "| tool | records | loop time (median) | vs untraced | attach | CPU | peak RSS | lost |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (config, s) in configs.iter().zip(samples) {
+        let time = median(&s.elapsed);
+        let own = |values: &[f64], f: &dyn Fn(f64) -> String| {
+            if values.is_empty() {
+                "-".to_owned()
+            } else {
+                f(median(values))
+            }
+        };
+        table += &format!(
+            "| {} | {} | {:.3} s | {:.2}x | {} | {} | {} | {} |\n",
+            config.name,
+            config.records,
+            time,
+            time / baseline,
+            own(&s.attach_ms, &|v| format!("{v:.0} ms")),
+            own(&s.cpu_s, &|v| format!("{v:.2} s")),
+            own(&s.max_rss_kb, &|v| format!("{:.0} MiB", v / 1024.0)),
+            if config.report.is_some() {
+                s.lost.to_string()
+            } else {
+                "-".into()
+            },
+        );
+    }
+    table
+}
+
+/// Replaces the `name` section of BENCHMARKS.md (between its markers) with `table`.
+fn write_section(name: &str, table: &str) -> Result<()> {
+    let path = workspace_root().join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (begin, end) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let uname = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let section = format!(
+        "{begin}\nMeasured by `cargo xtask bench {name}` on {}: Linux {uname}, {cpus} CPUs; \
+         the workload `fault_storm {}` (its own loop time), {ROUNDS} interleaved rounds, medians. \
+         attach, CPU and peak RSS are memtrace's own (from its report).\n\n{table}{end}",
+        today(),
+        STORM_ARGS.join(" "),
+    );
+    let updated = match (existing.find(&begin), existing.find(&end)) {
+        (Some(start), Some(stop)) => format!(
+            "{}{section}{}",
+            &existing[..start],
+            &existing[stop + end.len()..]
+        ),
+        _ => format!("{}\n{section}\n", existing.trim_end()),
+    };
+    std::fs::write(&path, updated)?;
+    println!("updated {}", path.display());
+    Ok(())
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
