@@ -42,12 +42,27 @@ pub struct StackEvent {
     pub user_stack_id: i32,
     /// Id in the `STACKS` map, or a negative errno when no kernel stack was taken.
     pub kernel_stack_id: i32,
-    pub _pad: u32,
+    /// For a fault the kernel served from a file (`filemap_fault`): the file's device, as the
+    /// kernel encodes it (major << 20 | minor); 0 otherwise.
+    pub file_dev: u32,
     /// The faulting address (faults), or 0.
     pub addr: u64,
+    /// The file's inode number when `file_dev` is set. Taken at fault time, so the region is
+    /// right even when the mapping is gone before userspace reads the process's maps.
+    pub file_ino: u64,
     /// How much this event stands for (1 per fault).
     pub weight: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// A file fault in progress on a thread, from `filemap:mm_filemap_fault`, picked up by the
+/// perf fault event that follows on the same thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileTag {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
 }
 
 /// How the kernel side chooses which tasks to record (the `FILTER_MODE` global).
@@ -87,4 +102,6 @@ pub const MAX_TARGETS: u32 = 16384;
 mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding, valid for any bit pattern.
     unsafe impl aya::Pod for super::StackEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FileTag {}
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use memtrace_common::{counter, stack_flags, EventKind, StackEvent, COMM_LEN};
 
 use crate::{
-    config, filter,
+    config, filetag, filter,
     maps::{count, EVENTS, STACKS},
 };
 
@@ -23,12 +23,27 @@ pub fn emit<C: StackIdContext>(
     weight: u64,
     with_stacks: bool,
 ) {
+    emit_with_file(ctx, kind, addr, weight, with_stacks, false)
+}
+
+/// `emit`, and for faults (`file_fault`) the file the fault was served from, if any.
+#[inline(always)]
+pub fn emit_with_file<C: StackIdContext>(
+    ctx: &C,
+    kind: EventKind,
+    addr: u64,
+    weight: u64,
+    with_stacks: bool,
+    file_fault: bool,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !filter::is_target(tgid) {
         return;
     }
     count(counter::SEEN);
+    let tid = pid_tgid as u32;
+    let file = if file_fault { filetag::take(tid) } else { None };
     let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
         count(counter::LOST);
         return;
@@ -51,11 +66,12 @@ pub fn emit<C: StackIdContext>(
     entry.write(StackEvent {
         kind: kind as u32,
         tgid,
-        tid: pid_tgid as u32,
+        tid,
         user_stack_id,
         kernel_stack_id,
-        _pad: 0,
+        file_dev: file.map_or(0, |f| f.dev),
         addr,
+        file_ino: file.map_or(0, |f| f.ino),
         weight,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     });

@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
 use memtrace_common::EventKind;
 
-use crate::emit::emit;
+use crate::emit::emit_with_file;
 
 #[perf_event]
 pub fn minor_fault(ctx: PerfEventContext) -> u32 {
@@ -22,5 +22,5 @@ pub fn major_fault(ctx: PerfEventContext) -> u32 {
 fn fault(ctx: &PerfEventContext, kind: EventKind) {
     // The faulting address is the sample's `addr` (perf_sw_event passes it).
     let addr = unsafe { (*ctx.ctx).addr };
-    emit(ctx, kind, addr, 1, true);
+    emit_with_file(ctx, kind, addr, 1, true, true);
 }

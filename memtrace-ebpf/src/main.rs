@@ -8,6 +8,7 @@ mod config;
 mod emit;
 mod exec;
 mod faults;
+mod filetag;
 mod filter;
 mod follow;
 mod maps;

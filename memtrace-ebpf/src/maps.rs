@@ -1,9 +1,9 @@
 //! Maps shared by every hook family. Sizes are defaults; the loader resizes them from options.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use memtrace_common::{counter, MAX_TARGETS};
+use memtrace_common::{counter, FileTag, MAX_TARGETS};
 
 /// Every event, of every kind, for the one userspace drain.
 #[map]
@@ -21,6 +21,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// The traced processes (tgids), when the filter mode is `TGIDS`.
 #[map]
 pub static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// File faults in progress, by thread id (see `filetag`). LRU: a tag whose fault never
+/// completed (the task was killed) ages out instead of filling the map.
+#[map]
+pub static FILE_FAULTS: LruHashMap<u32, FileTag> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn count(index: u32) {

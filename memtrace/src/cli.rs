@@ -54,7 +54,9 @@ Targets (choose one; default: the whole system):
   --cgroup PATH       every task in a cgroup v2 directory (a container) and below it
 
 The report: per process, per memory region ([heap], [stack], [anon], [vdso], or the mapped
-file's path), and the top call stacks split minor/major, with user and kernel frames.
+file's path, named by the kernel at fault time; [anon, since unmapped] for anonymous memory
+whose mapping was gone before memtrace could read the process's maps, such as freed buffers),
+and the top call stacks split minor/major, with user and kernel frames.
 Kernel frames appear when the fault was taken inside the kernel (for example read() copying
 into untouched memory); a fault taken by user code has only user frames.
 

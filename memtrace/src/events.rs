@@ -45,8 +45,9 @@ mod tests {
             tid: 8,
             user_stack_id: 3,
             kernel_stack_id: -14,
-            _pad: 0,
+            file_dev: 0,
             addr: 0x1000,
+            file_ino: 0,
             weight: 1,
             comm,
         };

@@ -31,7 +31,8 @@ pub enum Region {
     File(String),
     /// Any other pseudo path, shown as the kernel shows it (`[anon:name]`, `[uprobes]`, ...).
     Other(String),
-    /// No mapping covers the address.
+    /// No snapshot covers the address: the mapping was made and removed before memtrace could
+    /// read the process's maps (short-lived buffers, a file mapped briefly).
     Unknown,
 }
 
@@ -63,7 +64,7 @@ impl fmt::Display for Region {
             Region::Vvar => "[vvar]",
             Region::Vsyscall => "[vsyscall]",
             Region::File(path) | Region::Other(path) => path,
-            Region::Unknown => "[unknown]",
+            Region::Unknown => "[unmapped]",
         })
     }
 }
@@ -248,6 +249,17 @@ impl MapsCache {
     #[allow(dead_code)] // for callers walking a snapshot; the tests do
     pub fn process(&self, pid: u32) -> Option<&ProcessMaps> {
         self.procs.get(&pid)
+    }
+
+    /// The path of a file by identity, from any snapshot that maps it.
+    pub fn file_path(&self, id: FileId) -> Option<&str> {
+        self.procs
+            .values()
+            .flat_map(|p| p.mappings())
+            .find_map(|m| match &m.region {
+                Region::File(path) if m.file_id() == Some(id) => Some(path.as_str()),
+                _ => None,
+            })
     }
 
     /// Drop a process's snapshot; files no other snapshot uses are closed.

@@ -11,13 +11,16 @@ use crate::{
     output,
     outputs::Outputs,
     pipeline::{self, StackChoice},
-    procmaps::{MapsCache, Region},
+    procmaps::{FileId, MapsCache, Region},
     progress::Progress,
     report::{FaultReport, ProcessRow, RegionRow, TracerCost},
     session::Consumer,
     stacks::{StackCounts, StackKey},
     symbolize::Symbolizer,
 };
+
+/// The region of anonymous memory whose mapping was gone before memtrace read the maps.
+const ANON_UNMAPPED: &str = "[anon, since unmapped]";
 
 /// Minor and major counts, indexed by `slot`.
 type Pair = [u64; 2];
@@ -48,6 +51,8 @@ struct FaultCounter {
     maps: MapsCache,
     processes: HashMap<u32, ProcessEntry>,
     regions: HashMap<(u32, Region), Pair>,
+    /// Files the kernel said faults were served from, by identity, once resolved to a region.
+    files: HashMap<FileId, Region>,
     stacks: StackCounts,
     record_stacks: bool,
     /// The sampling period: each event stands for this many faults.
@@ -65,6 +70,54 @@ impl FaultCounter {
             interval: [0; 2],
         })
     }
+}
+
+impl FaultCounter {
+    /// The region of a fault. When the kernel named the file the fault was served from, that
+    /// wins over the maps snapshot, which may be newer than the fault (the mapping replaced).
+    fn region(&mut self, event: &Event) -> Region {
+        let (tgid, addr) = (event.raw.tgid, event.raw.addr);
+        let Some(id) = file_id(event) else {
+            return match self.maps.region(tgid, addr) {
+                // Not served from a file (the kernel would have said), mapped and unmapped
+                // before memtrace read the maps: short-lived anonymous memory, like a freed
+                // malloc buffer.
+                Region::Unknown => Region::Other(ANON_UNMAPPED.to_owned()),
+                region => region,
+            };
+        };
+        if let Some(mapping) = self.maps.lookup(tgid, addr) {
+            if mapping.file_id() == Some(id) {
+                return mapping.region.clone();
+            }
+        }
+        if let Some(region) = self.files.get(&id) {
+            return region.clone();
+        }
+        // A mapping memtrace has not seen yet: read the maps once for this file.
+        self.maps.capture(tgid);
+        let region = match self.maps.file_path(id) {
+            Some(path) => Region::File(path.to_owned()),
+            None => Region::Other(format!(
+                "[file {}:{} inode {}, unmapped before memtrace saw it]",
+                id.dev.0, id.dev.1, id.inode
+            )),
+        };
+        self.files.insert(id, region.clone());
+        region
+    }
+}
+
+/// The file identity the kernel attached to a fault, in the form /proc/PID/maps uses.
+fn file_id(event: &Event) -> Option<FileId> {
+    (event.raw.file_dev != 0 || event.raw.file_ino != 0).then(|| FileId {
+        // The kernel's dev_t: major in the top 12 bits, minor in the low 20.
+        dev: (
+            (event.raw.file_dev >> 20) as i32,
+            (event.raw.file_dev & 0xf_ffff) as i32,
+        ),
+        inode: event.raw.file_ino,
+    })
 }
 
 /// The process's name (the thread group leader's comm), which the event's thread may not share.
@@ -100,7 +153,7 @@ impl Consumer for FaultCounter {
         let entry = self.process(&event);
         entry.total[slot] += weight;
         entry.interval[slot] += weight;
-        let region = self.maps.region(tgid, event.raw.addr);
+        let region = self.region(&event);
         self.regions.entry((tgid, region)).or_default()[slot] += weight;
         if self.record_stacks {
             let key = StackKey {
@@ -154,6 +207,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         maps: MapsCache::new(),
         processes: HashMap::new(),
         regions: HashMap::new(),
+        files: HashMap::new(),
         stacks: StackCounts::default(),
         record_stacks: stacks.user || stacks.kernel,
         period: args.sample,
@@ -162,7 +216,11 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     };
     let (minor, major) = (args.kind != Kind::Major, args.kind != Kind::Minor);
     let period = args.sample;
-    let attach = |tracer: &mut crate::bpf::Tracer| tracer.attach_faults(minor, major, period);
+    let attach = |tracer: &mut crate::bpf::Tracer| {
+        // Names the file each file-served fault came from, at fault time.
+        tracer.attach_tracepoint("filemap_fault", "filemap", "mm_filemap_fault")?;
+        tracer.attach_faults(minor, major, period)
+    };
     let traced = pipeline::trace(&args.target, &args.run, stacks, &attach, &mut counter).await?;
     counter.progress.finish();
 

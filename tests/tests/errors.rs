@@ -1,0 +1,303 @@
+//! memtrace's errors: each case checks the exit code (0 ok, 1 runtime failure, 2 usage or bad
+//! input, 127 command not found) and the words of the message on stderr.
+//!
+//! Cases rejected by the argument parser do not need root; the others do (memtrace checks its
+//! privileges before the target).
+
+use std::{fs, path::Path, process::Command};
+
+use tests::{memtrace, memtrace_bin, run_command, serial, spawn_memtrace, Run, TempDir};
+
+/// Runs `memtrace faults <args>` and checks its exit code and that stderr contains every one of
+/// `words`; returns the run.
+fn expect_failure(args: &[&str], code: i32, words: &[&str]) -> Run {
+    let mut argv = vec!["faults"];
+    argv.extend(args.iter().copied());
+    let run = memtrace(&argv);
+    assert_eq!(
+        run.code(),
+        code,
+        "memtrace {argv:?}: expected exit {code}\n{}",
+        run.describe()
+    );
+    for word in words {
+        assert!(
+            run.stderr.contains(word),
+            "memtrace {argv:?}: stderr lacks {word:?}\n{}",
+            run.describe()
+        );
+    }
+    run
+}
+
+/// A valid pid with no process: near pid_max, checked against /proc.
+fn unused_pid() -> u32 {
+    let max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("/proc/sys/kernel/pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max");
+    (1..max)
+        .rev()
+        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .expect("a free pid")
+}
+
+#[test]
+fn missing_pid() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let pid = unused_pid().to_string();
+    expect_failure(
+        &["--pid", &pid],
+        2,
+        &[&format!("memtrace: no process with pid {pid}")],
+    );
+}
+
+#[test]
+fn malformed_pids() {
+    let _serial = serial();
+    expect_failure(&["--pid", "0"], 2, &["0 is not a process id", "positive"]);
+    // clap takes `-5` for an option...
+    expect_failure(&["--pid", "-5"], 2, &["-5"]);
+    // ...and with `=` it reaches the pid parser.
+    expect_failure(&["--pid=-5"], 2, &["-5 is not a process id", "positive"]);
+    expect_failure(
+        &["--pid", "abc"],
+        2,
+        &["abc is not a process id", "expected a number"],
+    );
+    expect_failure(&["--pid", "99999999999"], 2, &["99999999999"]);
+}
+
+/// A kernel thread's pid: kthreadd (2) where visible, else any with PF_KTHREAD in /proc.
+fn kernel_thread() -> Option<u32> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let is_kthread = |pid: u32| {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let flags: u64 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(6)?
+            .parse()
+            .ok()?;
+        Some(flags & PF_KTHREAD != 0)
+    };
+    if is_kthread(2) == Some(true) {
+        return Some(2);
+    }
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| is_kthread(pid) == Some(true))
+}
+
+#[test]
+fn kernel_thread_pid() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let Some(pid) = kernel_thread() else {
+        panic!("no kernel thread visible in /proc (a pid namespace?); cannot test --pid on one");
+    };
+    let pid = pid.to_string();
+    expect_failure(
+        &["--pid", &pid],
+        2,
+        &[&format!("memtrace: pid {pid} is a kernel thread")],
+    );
+}
+
+#[test]
+fn bad_durations_and_sample() {
+    let _serial = serial();
+    expect_failure(&["--duration", "soon"], 2, &["\"soon\" is not a duration"]);
+    expect_failure(
+        &["--duration", "0s"],
+        2,
+        &["a duration must be more than zero"],
+    );
+    expect_failure(&["--duration", "-1s"], 2, &["-1"]);
+    expect_failure(&["--duration=-1s"], 2, &["\"-1s\" is not a duration"]);
+    expect_failure(
+        &["--interval", "0s"],
+        2,
+        &["a duration must be more than zero"],
+    );
+    expect_failure(&["--sample", "0"], 2, &["--sample", "0 is not in 1.."]);
+}
+
+#[test]
+fn command_not_found() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    expect_failure(
+        &["--", "/nonexistent/cmd"],
+        127,
+        &["memtrace: /nonexistent/cmd: command not found"],
+    );
+    expect_failure(
+        &["--", "definitely-not-a-command-xyz"],
+        127,
+        &["memtrace: definitely-not-a-command-xyz: command not found"],
+    );
+}
+
+#[test]
+fn unwritable_output() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let run = expect_failure(
+        &["--output", "/nonexistent-dir/x.json", "--", "true"],
+        2,
+        &[
+            "memtrace: --output /nonexistent-dir/x.json",
+            "cannot write it",
+        ],
+    );
+    assert!(
+        !run.stderr.contains("tracing"),
+        "memtrace traced before checking its output file\n{}",
+        run.describe()
+    );
+    let dir = TempDir::new("output_dir");
+    let dir_arg = dir.path().to_str().unwrap();
+    expect_failure(
+        &["--output", dir_arg, "--duration", "1s"],
+        2,
+        &[
+            &format!("memtrace: --output {dir_arg}: is a directory"),
+            "give a file name",
+        ],
+    );
+    expect_failure(
+        &["--output", "/tmp", "--duration", "1s"],
+        2,
+        &["memtrace: --output /tmp: is a directory"],
+    );
+    expect_failure(
+        &["--flamegraph", "/nonexistent-dir/f.svg", "--", "true"],
+        2,
+        &["--flamegraph /nonexistent-dir/f.svg", "cannot write it"],
+    );
+    expect_failure(
+        &["--pprof", "/nonexistent-dir/f.pb.gz", "--", "true"],
+        2,
+        &["--pprof /nonexistent-dir/f.pb.gz", "cannot write it"],
+    );
+}
+
+#[test]
+fn not_a_cgroup() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    expect_failure(
+        &["--cgroup", "/tmp"],
+        2,
+        &["memtrace: /tmp is not a cgroup v2 directory"],
+    );
+    expect_failure(
+        &["--cgroup", "/nonexistent-cgroup"],
+        2,
+        &["memtrace: cgroup /nonexistent-cgroup"],
+    );
+}
+
+#[test]
+fn unprivileged_user_is_told_what_to_do() {
+    if !tests::require_root() {
+        return;
+    }
+    if !tests::on_path("setpriv") {
+        if tests::in_ci() {
+            panic!("`setpriv` (util-linux) is not on PATH and CI=true");
+        }
+        eprintln!("skipped: `setpriv` (util-linux) is not on PATH");
+        return;
+    }
+    let _serial = serial();
+    let run = run_command(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(memtrace_bin())
+            .args(["faults", "--duration", "1s"])
+            .current_dir("/"),
+    );
+    assert_eq!(
+        run.code(),
+        1,
+        "memtrace as nobody: expected exit 1\n{}",
+        run.describe()
+    );
+    for word in ["memtrace: permission denied", "root", "CAP_BPF", "sudo"] {
+        assert!(
+            run.stderr.contains(word),
+            "memtrace as nobody: stderr lacks {word:?}\n{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
+fn sigterm_while_tracing_system_wide_writes_the_report() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("sigterm");
+    let out = dir.join("report.json");
+    let mut tracer = spawn_memtrace(&[
+        "faults",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    tracer.signal(libc::SIGTERM);
+    let run = tracer.wait();
+    assert_eq!(run.code(), 0, "memtrace after SIGTERM\n{}", run.describe());
+    let text = fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("no report at {}: {e}\n{}", out.display(), run.describe()));
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
+    assert_eq!(report["command"], "faults", "{text}");
+    assert_eq!(report["target"], "system-wide", "{text}");
+    assert!(report["exit"].is_null(), "{text}");
+}
+
+#[test]
+fn follow_children_needs_a_target() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    expect_failure(
+        &["--follow-children", "--duration", "1s"],
+        2,
+        &["memtrace: --follow-children needs a target"],
+    );
+}
+
+#[test]
+fn pid_and_command_conflict() {
+    let _serial = serial();
+    expect_failure(&["--pid", "1", "--", "true"], 2, &["cannot be used with"]);
+}

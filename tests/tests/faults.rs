@@ -1,0 +1,720 @@
+//! `memtrace faults` against the workloads, checked against their own getrusage figures (the
+//! JSON line each prints) and /proc. Every test that runs memtrace holds `tests::serial()`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+use tests::{
+    memtrace, parse_report, run_command, scratch_path, serial, spawn_memtrace, spawn_waiting,
+    workload, Report, Run, TempDir,
+};
+
+/// A memtrace run with its JSON report (from `--output`) and the workload's JSON line (from
+/// memtrace's stdout, which the `-- COMMAND` inherits).
+struct Traced {
+    run: Run,
+    report: Value,
+    workload: Report,
+}
+
+impl Traced {
+    /// Everything needed to understand a failure.
+    fn context(&self) -> String {
+        format!(
+            "{}\n--- report ---\n{}\n--- workload ---\n{:?}",
+            self.run.describe(),
+            serde_json::to_string_pretty(&self.report).unwrap(),
+            self.workload
+        )
+    }
+}
+
+/// `memtrace faults --format json --output FILE <extra> -- <workload> <args>`; checks that it
+/// succeeded and parses both reports.
+fn trace_command(extra: &[&str], name: &str, args: &[&str]) -> Traced {
+    let dir = TempDir::new(name);
+    let out = dir.join("report.json");
+    let mut argv: Vec<String> = vec!["faults".into(), "--format".into(), "json".into()];
+    argv.push("--output".into());
+    argv.push(out.to_str().unwrap().into());
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv.push("--".into());
+    argv.push(workload(name).to_str().unwrap().into());
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let run = memtrace(&argv);
+    assert_eq!(
+        run.code(),
+        0,
+        "memtrace {argv:?} failed\n{}",
+        run.describe()
+    );
+    let report = read_json(&out, &run);
+    let workload = parse_report(&run.stdout)
+        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
+    Traced {
+        run,
+        report,
+        workload,
+    }
+}
+
+fn read_json(path: &Path, run: &Run) -> Value {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no report at {}: {e}\n{}", path.display(), run.describe()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()))
+}
+
+fn u64_of(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {key:?} in {value}"))
+}
+
+fn array<'a>(report: &'a Value, key: &str) -> &'a Vec<Value> {
+    report[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array {key:?} in report {report}"))
+}
+
+/// The `processes` row of `pid`, if any.
+fn process_row(report: &Value, pid: u32) -> Option<&Value> {
+    array(report, "processes")
+        .iter()
+        .find(|row| row["pid"].as_u64() == Some(u64::from(pid)))
+}
+
+/// `kind` ("minor"/"major") of the `processes` row of `pid`; panics if there is no row.
+fn process_count(t: &Traced, pid: u32, kind: &str) -> u64 {
+    let row = process_row(&t.report, pid)
+        .unwrap_or_else(|| panic!("no process row for pid {pid}\n{}", t.context()));
+    u64_of(row, kind)
+}
+
+/// The stack of `kind` with the highest count (of `pid` when given).
+fn top_stack<'a>(t: &'a Traced, kind: &str, pid: Option<u32>) -> &'a Value {
+    array(&t.report, "stacks")
+        .iter()
+        .filter(|s| s["kind"] == kind)
+        .filter(|s| pid.is_none_or(|pid| s["pid"].as_u64() == Some(u64::from(pid))))
+        .max_by_key(|s| u64_of(s, "count"))
+        .unwrap_or_else(|| panic!("no {kind} stack\n{}", t.context()))
+}
+
+/// The names in a stack's `frames` (user frames, innermost first).
+fn frames(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .unwrap_or_else(|| panic!("stack without frames: {stack}"))
+        .iter()
+        .map(|f| f.as_str().expect("frame name"))
+        .collect()
+}
+
+fn has_frame(stack: &Value, function: &str) -> bool {
+    frames(stack).iter().any(|f| f.contains(function))
+}
+
+/// The `regions` row of `pid` with the most faults of `kind`.
+fn top_region<'a>(t: &'a Traced, pid: u32, kind: &str) -> &'a Value {
+    array(&t.report, "regions")
+        .iter()
+        .filter(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+        .max_by_key(|r| u64_of(r, kind))
+        .unwrap_or_else(|| panic!("no region rows for pid {pid}\n{}", t.context()))
+}
+
+/// `|measured - expected| <= fraction * expected`.
+fn within(measured: u64, expected: u64, fraction: f64) -> bool {
+    (measured as f64 - expected as f64).abs() <= fraction * expected as f64
+}
+
+#[test]
+fn minor_faults_match_getrusage_for_command() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace_command(&[], "fault_touch", &["20000"]);
+    let pid = t.workload.pid;
+    assert_eq!(u64_of(&t.report, "lost_events"), 0, "{}", t.context());
+    let minor = process_count(&t, pid, "minor");
+    assert!(
+        within(minor, t.workload.minflt, 0.02),
+        "memtrace counted {minor} minor faults for pid {pid}, getrusage says {} (more than 2% \
+         apart)\n{}",
+        t.workload.minflt,
+        t.context()
+    );
+    let stack = top_stack(&t, "minor", Some(pid));
+    assert!(
+        has_frame(stack, "touch_pages"),
+        "top minor stack lacks touch_pages: {stack}\n{}",
+        t.context()
+    );
+    let region = top_region(&t, pid, "minor");
+    assert_eq!(
+        region["region"],
+        "[anon]",
+        "region with most minor faults\n{}",
+        t.context()
+    );
+    let exit = &t.report["exit"];
+    assert_eq!(exit["exit_code"], 0, "exit\n{}", t.context());
+    assert_eq!(exit["pid"], pid, "exit.pid\n{}", t.context());
+}
+
+/// Removes a file on drop (the test may fail before its end).
+struct RemoveFile(PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn major_faults_match_getrusage() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let file = RemoveFile(scratch_path("major_faults"));
+    let path = file.0.to_str().unwrap();
+    let t = trace_command(&["--kind", "major"], "fault_file", &[path, "4096", "4"]);
+    let pid = t.workload.pid;
+    let resident = t.workload.u64("resident_before");
+    assert_eq!(
+        resident,
+        0,
+        "fault_file could not drop {path} from the page cache ({resident} pages still resident), \
+         so its reads were not all major faults; is {path} on tmpfs?\n{}",
+        t.context()
+    );
+    assert_eq!(u64_of(&t.report, "lost_events"), 0, "{}", t.context());
+    let major = process_count(&t, pid, "major");
+    assert!(
+        within(major, t.workload.majflt, 0.02),
+        "memtrace counted {major} major faults for pid {pid}, getrusage says {} (more than 2% \
+         apart)\n{}",
+        t.workload.majflt,
+        t.context()
+    );
+    assert!(
+        major >= t.workload.u64("reads"),
+        "fewer major faults ({major}) than pages read\n{}",
+        t.context()
+    );
+    let stack = top_stack(&t, "major", Some(pid));
+    assert!(
+        has_frame(stack, "read_file_pages"),
+        "top major stack lacks read_file_pages: {stack}\n{}",
+        t.context()
+    );
+    let region = top_region(&t, pid, "major");
+    let name = region["region"].as_str().unwrap_or_default();
+    // /proc/PID/maps names the file by its real path (the target dir may be behind a symlink).
+    let real = fs::canonicalize(&file.0).unwrap();
+    assert!(
+        name.starts_with(path) || name.starts_with(real.to_str().unwrap()),
+        "region with most major faults is {name:?}, not {path:?}\n{}",
+        t.context()
+    );
+}
+
+#[test]
+fn pid_of_running_process() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("pid_of_running_process");
+    let out = dir.join("report.json");
+    let mut w = spawn_waiting("fault_touch", &["20000"]);
+    let pid = w.pid.to_string();
+    let out_arg = out.to_str().unwrap();
+    let mut tracer = spawn_memtrace(&[
+        "faults", "--pid", &pid, "--format", "json", "--output", out_arg,
+    ]);
+    tracer.wait_attached();
+    let workload = w.go();
+    tracer.signal(libc::SIGINT);
+    let run = tracer.wait();
+    assert_eq!(run.code(), 0, "memtrace after SIGINT\n{}", run.describe());
+    let t = Traced {
+        report: read_json(&out, &run),
+        run,
+        workload,
+    };
+    assert_phase_counted(&t, w.pid);
+    let stack = top_stack(&t, "minor", Some(w.pid));
+    assert!(
+        has_frame(stack, "touch_pages"),
+        "top minor stack lacks touch_pages: {stack}\n{}",
+        t.context()
+    );
+    w.finish();
+}
+
+/// For a process traced only around its main phase: memtrace saw the phase's faults and little
+/// else (the workload's own stdin/stdout work around the phase).
+fn assert_phase_counted(t: &Traced, pid: u32) {
+    let phase = t.workload.phase_minflt;
+    let minor = process_count(t, pid, "minor");
+    let most = (phase as f64 * 1.02) as u64 + 50;
+    assert!(
+        minor >= phase && minor <= most,
+        "memtrace counted {minor} minor faults for pid {pid}; the phase had {phase} (by \
+         getrusage), so expected {phase}..={most}\n{}",
+        t.context()
+    );
+}
+
+#[test]
+fn command_exits_before_report_keeps_symbols() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace_command(&[], "fault_touch", &["5000"]);
+    let pid = t.workload.pid;
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the workload should be gone (reaped by memtrace)"
+    );
+    let stack = top_stack(&t, "minor", Some(pid));
+    for function in ["touch_pages", "main"] {
+        assert!(
+            frames(stack).contains(&function),
+            "top minor stack lacks {function}: {stack}\n{}",
+            t.context()
+        );
+    }
+}
+
+#[test]
+fn threads() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace_command(&[], "fault_threads", &["4", "5000"]);
+    let pid = t.workload.pid;
+    let rows = array(&t.report, "processes");
+    assert_eq!(
+        rows.len(),
+        1,
+        "expected one process row (the thread group {pid}), not one per thread\n{}",
+        t.context()
+    );
+    assert_eq!(rows[0]["pid"], pid, "{}", t.context());
+    for tid in t.workload.pids("tids") {
+        assert!(
+            process_row(&t.report, tid).is_none(),
+            "a row for thread {tid}\n{}",
+            t.context()
+        );
+    }
+    let minor = process_count(&t, pid, "minor");
+    assert!(
+        within(minor, t.workload.minflt, 0.02),
+        "memtrace counted {minor} minor faults for pid {pid}, getrusage says {} (more than 2% \
+         apart)\n{}",
+        t.workload.minflt,
+        t.context()
+    );
+    let stack = top_stack(&t, "minor", Some(pid));
+    assert!(
+        has_frame(stack, "thread_touch_pages"),
+        "top minor stack lacks thread_touch_pages: {stack}\n{}",
+        t.context()
+    );
+}
+
+#[test]
+fn follow_children() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace_command(&["--follow-children"], "fault_fork", &["3", "5000"]);
+    let children = t.workload.pids("children");
+    assert_eq!(children.len(), 3, "{}", t.context());
+    assert_eq!(u64_of(&t.report, "lost_events"), 0, "{}", t.context());
+    let sum: u64 = children
+        .iter()
+        .map(|&child| process_count(&t, child, "minor"))
+        .sum();
+    let expected = t.workload.u64("children_minflt");
+    assert!(
+        within(sum, expected, 0.02),
+        "the children's rows add up to {sum} minor faults, getrusage(RUSAGE_CHILDREN) says \
+         {expected} (more than 2% apart)\n{}",
+        t.context()
+    );
+    let stack = top_stack(&t, "minor", None);
+    assert!(
+        has_frame(stack, "child_touch_pages"),
+        "top minor stack lacks child_touch_pages: {stack}\n{}",
+        t.context()
+    );
+
+    // Without --follow-children only the command itself is traced.
+    let t = trace_command(&[], "fault_fork", &["3", "5000"]);
+    assert!(
+        process_row(&t.report, t.workload.pid).is_some(),
+        "no row for the command itself\n{}",
+        t.context()
+    );
+    for child in t.workload.pids("children") {
+        assert!(
+            process_row(&t.report, child).is_none(),
+            "child {child} was traced without --follow-children\n{}",
+            t.context()
+        );
+    }
+}
+
+#[test]
+fn no_lost_events_at_storm_rate() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace_command(&[], "fault_storm", &["256", "2"]);
+    let pid = t.workload.pid;
+    assert_eq!(
+        u64_of(&t.report, "lost_events"),
+        0,
+        "events lost at {:.0} faults/s\n{}",
+        t.workload.phase_minflt as f64 / t.workload.elapsed_s,
+        t.context()
+    );
+    let minor = process_count(&t, pid, "minor");
+    assert!(
+        within(minor, t.workload.minflt, 0.02),
+        "memtrace counted {minor} minor faults for pid {pid}, getrusage says {} (more than 2% \
+         apart)\n{}",
+        t.workload.minflt,
+        t.context()
+    );
+}
+
+/// Runs `memtrace faults <extra> -- fault_touch 5000`, the report to `out`; returns the run
+/// (whose stdout holds the workload's JSON line).
+fn trace_touch_to(extra: &[&str]) -> Run {
+    let mut argv = vec!["faults"];
+    argv.extend(extra.iter().copied());
+    let touch = workload("fault_touch");
+    argv.extend(["--", touch.to_str().unwrap(), "5000"]);
+    let run = memtrace(&argv);
+    assert_eq!(
+        run.code(),
+        0,
+        "memtrace {argv:?} failed\n{}",
+        run.describe()
+    );
+    run
+}
+
+#[test]
+fn folded_output_parses() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("folded");
+    let out = dir.join("faults.folded");
+    let run = trace_touch_to(&["--format", "folded", "--output", out.to_str().unwrap()]);
+    let text = fs::read_to_string(&out).unwrap();
+    let context = || format!("--- folded ---\n{text}\n{}", run.describe());
+    let mut lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        lines += 1;
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no count in folded line {line:?}\n{}", context()));
+        let count: u64 = count.parse().unwrap_or_else(|_| {
+            panic!("count {count:?} is not a number in {line:?}\n{}", context())
+        });
+        assert!(count > 0, "zero count in {line:?}\n{}", context());
+        for frame in stack.split(';') {
+            assert!(
+                !frame.is_empty() && frame.trim() == frame,
+                "empty frame or spaces around `;` in {line:?}\n{}",
+                context()
+            );
+        }
+    }
+    assert!(lines > 0, "no folded lines\n{}", context());
+    assert!(
+        text.lines().any(|l| l.contains("touch_pages")),
+        "no folded stack with touch_pages\n{}",
+        context()
+    );
+}
+
+#[test]
+fn flamegraph_svg_is_well_formed() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("flamegraph");
+    let svg = dir.join("faults.svg");
+    let run = trace_touch_to(&[
+        "--format",
+        "json",
+        "--output",
+        dir.join("report.json").to_str().unwrap(),
+        "--flamegraph",
+        svg.to_str().unwrap(),
+    ]);
+    let text = fs::read_to_string(&svg).unwrap_or_else(|e| {
+        panic!(
+            "no flame graph at {}: {e}\n{}",
+            svg.display(),
+            run.describe()
+        )
+    });
+    let start = text.trim_start();
+    assert!(
+        start.starts_with("<?xml") || start.starts_with("<svg"),
+        "not an SVG: {:?}\n{}",
+        &text[..text.len().min(200)],
+        run.describe()
+    );
+    assert!(text.contains("</svg>"), "no </svg>\n{}", run.describe());
+    assert!(
+        text.contains("touch_pages"),
+        "flame graph lacks touch_pages\n{}",
+        run.describe()
+    );
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&text, options).unwrap_or_else(|e| {
+        panic!(
+            "flame graph is not well-formed XML: {e}\n{}",
+            run.describe()
+        )
+    });
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+}
+
+#[test]
+fn pprof_is_readable_by_go_tool_pprof() {
+    if !tests::require_root() {
+        return;
+    }
+    if !tests::on_path("go") {
+        if tests::in_ci() {
+            panic!("`go` is not on PATH and CI=true: `cargo xtask setup` installs golang-go");
+        }
+        eprintln!("skipped: `go` is not on PATH (install golang-go to include this test)");
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("pprof");
+    let profile = dir.join("faults.pb.gz");
+    let run = trace_touch_to(&[
+        "--format",
+        "json",
+        "--output",
+        dir.join("report.json").to_str().unwrap(),
+        "--pprof",
+        profile.to_str().unwrap(),
+    ]);
+    let home = dir.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let pprof = run_command(
+        Command::new("go")
+            .args(["tool", "pprof", "-top"])
+            .arg(&profile)
+            .env("HOME", &home)
+            .env("GOCACHE", home.join("gocache"))
+            .env("PPROF_TMPDIR", &home)
+            .env("GOTOOLCHAIN", "local"),
+    );
+    assert_eq!(
+        pprof.code(),
+        0,
+        "go tool pprof -top failed\n{}\n--- memtrace ---\n{}",
+        pprof.describe(),
+        run.describe()
+    );
+    assert!(
+        pprof.stdout.contains("touch_pages"),
+        "go tool pprof -top does not show touch_pages\n{}\n--- memtrace ---\n{}",
+        pprof.describe(),
+        run.describe()
+    );
+}
+
+#[test]
+fn sampling_rescales() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace_command(&["--sample", "10"], "fault_touch", &["20000"]);
+    let pid = t.workload.pid;
+    assert_eq!(t.report["sampled"], true, "{}", t.context());
+    assert_eq!(t.report["sample_period"], 10, "{}", t.context());
+    let minor = process_count(&t, pid, "minor");
+    assert!(
+        within(minor, t.workload.minflt, 0.10),
+        "sampled estimate {minor} is more than 10% from getrusage's {}\n{}",
+        t.workload.minflt,
+        t.context()
+    );
+}
+
+#[test]
+fn interval_lines() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    // 256 MiB six times (~400k faults): over a second here, several 200 ms intervals even on a
+    // much faster machine, with a modest peak of memory.
+    let t = trace_command(&["--interval", "200ms"], "fault_storm", &["256", "6"]);
+    assert!(
+        t.workload.elapsed_s > 0.25,
+        "the storm took only {} s, barely one 200 ms interval: the test needs a bigger workload \
+         on this machine\n{}",
+        t.workload.elapsed_s,
+        t.context()
+    );
+    let lines: Vec<&str> = t
+        .run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("minor/s"))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no `minor/s` interval line on stderr over {} s of faults\n{}",
+        t.workload.elapsed_s,
+        t.context()
+    );
+    let pid = t.workload.pid.to_string();
+    assert!(
+        lines.iter().any(|l| l.contains(&pid)),
+        "no interval line names pid {pid}\n{}",
+        t.context()
+    );
+}
+
+/// A cgroup v2 directory made for one test: on drop, moves `pid` back to where it was and
+/// removes the directory (also when the test fails).
+struct TestCgroup {
+    dir: PathBuf,
+    /// The process moved into it and the cgroup.procs file it came from.
+    moved: Option<(u32, PathBuf)>,
+}
+
+impl TestCgroup {
+    fn create() -> Self {
+        let mount = cgroup2_mount().expect("no cgroup2 mount in /proc/mounts");
+        let dir = mount.join(format!("memtrace-test-{}", std::process::id()));
+        let _ = fs::remove_dir(&dir); // a leftover of a killed run, if empty
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self { dir, moved: None }
+    }
+
+    /// Moves `pid` into the cgroup.
+    fn enter(&mut self, pid: u32) {
+        let mount = cgroup2_mount().unwrap();
+        // "0::/path" is the process's cgroup v2 membership.
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/")
+            .trim_start_matches('/');
+        let from = mount.join(rel).join("cgroup.procs");
+        self.moved = Some((pid, from));
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Some((pid, from)) = self.moved.take() {
+            let back = pid.to_string();
+            if fs::write(&from, &back).is_err() {
+                // Its old cgroup may be gone: the root always takes it.
+                let root = cgroup2_mount().unwrap().join("cgroup.procs");
+                let _ = fs::write(root, &back);
+            }
+        }
+        // An exiting task leaves the cgroup a moment after it is reaped.
+        for _ in 0..200 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        eprintln!("warning: could not remove {}", self.dir.display());
+    }
+}
+
+/// Where cgroup2 is mounted (`/sys/fs/cgroup` on a unified host).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+#[test]
+fn cgroup() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("cgroup");
+    let out = dir.join("report.json");
+    let mut w = spawn_waiting("fault_touch", &["20000"]);
+    // Declared after the workload, so dropped first: the workload leaves the cgroup before it
+    // is killed.
+    let mut cgroup = TestCgroup::create();
+    cgroup.enter(w.pid);
+    let mut tracer = spawn_memtrace(&[
+        "faults",
+        "--cgroup",
+        cgroup.dir.to_str().unwrap(),
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    let workload = w.go();
+    tracer.signal(libc::SIGINT);
+    let run = tracer.wait();
+    assert_eq!(run.code(), 0, "memtrace after SIGINT\n{}", run.describe());
+    let t = Traced {
+        report: read_json(&out, &run),
+        run,
+        workload,
+    };
+    assert_phase_counted(&t, w.pid);
+    let stack = top_stack(&t, "minor", Some(w.pid));
+    assert!(
+        has_frame(stack, "touch_pages"),
+        "top minor stack lacks touch_pages: {stack}\n{}",
+        t.context()
+    );
+    drop(cgroup);
+    w.finish();
+}
