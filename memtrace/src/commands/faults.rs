@@ -110,7 +110,7 @@ impl FaultCounter {
 
 /// The file identity the kernel attached to a fault, in the form /proc/PID/maps uses.
 fn file_id(event: &Event) -> Option<FileId> {
-    (event.raw.file_dev != 0 || event.raw.file_ino != 0).then(|| FileId {
+    (event.raw.file_dev != 0 || event.raw.file_ino != 0).then_some(FileId {
         // The kernel's dev_t: major in the top 12 bits, minor in the low 20.
         dev: (
             (event.raw.file_dev >> 20) as i32,
