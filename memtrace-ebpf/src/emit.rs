@@ -15,27 +15,22 @@ use crate::{
 /// perf event's registers). Not an error worth counting.
 const EFAULT: i32 = -14;
 
-#[inline(always)]
-pub fn emit<C: StackIdContext>(
-    ctx: &C,
-    kind: EventKind,
-    addr: u64,
-    weight: u64,
-    with_stacks: bool,
-) {
-    emit_with_file(ctx, kind, addr, weight, with_stacks, false)
+/// What a hook asks `emit` to record.
+pub struct Record {
+    pub kind: EventKind,
+    pub addr: u64,
+    pub weight: u64,
+    /// Take the stacks the user asked for (`STACK_FLAGS`).
+    pub stacks: bool,
+    /// The kernel stack could have frames (false for a fault taken in user mode, where the
+    /// registers are the user's and the walk would only fail, at a cost).
+    pub kernel_frames: bool,
+    /// Attach the file this fault was served from (see `filetag`).
+    pub file_fault: bool,
 }
 
-/// `emit`, and for faults (`file_fault`) the file the fault was served from, if any.
 #[inline(always)]
-pub fn emit_with_file<C: StackIdContext>(
-    ctx: &C,
-    kind: EventKind,
-    addr: u64,
-    weight: u64,
-    with_stacks: bool,
-    file_fault: bool,
-) {
+pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !filter::is_target(tgid) {
@@ -43,12 +38,16 @@ pub fn emit_with_file<C: StackIdContext>(
     }
     count(counter::SEEN);
     let tid = pid_tgid as u32;
-    let file = if file_fault { filetag::take(tid) } else { None };
+    let file = if record.file_fault {
+        filetag::take(tid)
+    } else {
+        None
+    };
     let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
         count(counter::LOST);
         return;
     };
-    let flags = if with_stacks {
+    let flags = if record.stacks {
         config::stack_flags()
     } else {
         0
@@ -58,21 +57,21 @@ pub fn emit_with_file<C: StackIdContext>(
     } else {
         EFAULT
     };
-    let kernel_stack_id = if flags & stack_flags::KERNEL != 0 {
+    let kernel_stack_id = if flags & stack_flags::KERNEL != 0 && record.kernel_frames {
         stack_id(ctx, 0)
     } else {
         EFAULT
     };
     entry.write(StackEvent {
-        kind: kind as u32,
+        kind: record.kind as u32,
         tgid,
         tid,
         user_stack_id,
         kernel_stack_id,
         file_dev: file.map_or(0, |f| f.dev),
-        addr,
+        addr: record.addr,
         file_ino: file.map_or(0, |f| f.ino),
-        weight,
+        weight: record.weight,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     });
     let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config::wakeup_bytes() {

@@ -2,10 +2,18 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::EventKind;
 
-use crate::emit::emit;
+use crate::emit::{emit, Record};
 
 #[tracepoint]
 pub fn process_exec(ctx: TracePointContext) -> u32 {
-    emit(&ctx, EventKind::Exec, 0, 0, false);
+    let record = Record {
+        kind: EventKind::Exec,
+        addr: 0,
+        weight: 0,
+        stacks: false,
+        kernel_frames: false,
+        file_fault: false,
+    };
+    emit(&ctx, record);
     0
 }

@@ -77,7 +77,48 @@ fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
     let mut test = cargo("test --workspace --exclude memtrace-ebpf --release");
     test.args(cargo_test_args);
     test.env("MEMTRACE_BIN", target_dir().join("release/memtrace"));
-    status(&mut test)
+    println!("$ {}", show(&test));
+    let mut child = test
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", show(&test)))?;
+    // Stream the output, adding up every binary's "test result:" line, so the run closes on
+    // one plain total rather than on the last (often empty) binary's line.
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let code = child.wait()?.code();
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    Ok(match code {
+        Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        None => ExitCode::FAILURE,
+    })
+}
+
+/// Sums of cargo test's `test result: ok. N passed; M failed; ...` lines.
+#[derive(Default, Debug, PartialEq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        let count = |word: &str| {
+            rest.split(['.', ';'])
+                .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        self.passed += count(" passed");
+        self.failed += count(" failed");
+    }
 }
 
 fn ci(cargo_test_args: &[String]) -> Result<ExitCode> {
@@ -161,6 +202,22 @@ mod tests {
             panic!("not the test task");
         };
         assert_eq!(cargo_test_args, ["--test", "t", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn totals_add_up_test_result_lines() {
+        let mut totals = Totals::default();
+        totals.add("test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 5.81s");
+        totals
+            .add("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add("running 3 tests");
+        assert_eq!(
+            totals,
+            Totals {
+                passed: 15,
+                failed: 1
+            }
+        );
     }
 
     #[test]
