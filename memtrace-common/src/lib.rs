@@ -38,13 +38,14 @@ pub struct StackEvent {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
-    /// Id in the `STACKS` map, or a negative errno when no user stack was taken.
-    pub user_stack_id: i32,
     /// Id in the `STACKS` map, or a negative errno when no kernel stack was taken.
     pub kernel_stack_id: i32,
     /// For a fault the kernel served from a file (`filemap_fault`): the file's device, as the
     /// kernel encodes it (major << 20 | minor); 0 otherwise.
     pub file_dev: u32,
+    pub _pad: u32,
+    /// Key in the `USER_STACKS` map (a hash of the frames), or 0 when no user stack was taken.
+    pub user_stack: u64,
     /// The faulting address (faults), or 0.
     pub addr: u64,
     /// The file's inode number when `file_dev` is set. Taken at fault time, so the region is
@@ -53,6 +54,17 @@ pub struct StackEvent {
     /// How much this event stands for (1 per fault).
     pub weight: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// Frames kept per user stack.
+pub const USER_STACK_DEPTH: usize = 64;
+
+/// A user stack: the instruction pointer, then return addresses, innermost first; zeros after
+/// the last frame. Stored in `USER_STACKS` under a hash of its frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    pub frames: [u64; USER_STACK_DEPTH],
 }
 
 /// A file fault in progress on a thread, from `filemap:mm_filemap_fault`, picked up by the
@@ -104,4 +116,6 @@ mod pod {
     unsafe impl aya::Pod for super::StackEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FileTag {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UserStack {}
 }

@@ -1,6 +1,6 @@
 //! The one event path: filter, count, take stacks, write a `StackEvent` to the ring buffer.
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     programs::tracing::StackIdContext,
 };
@@ -9,6 +9,7 @@ use memtrace_common::{counter, stack_flags, EventKind, StackEvent, COMM_LEN};
 use crate::{
     config, filetag, filter,
     maps::{count, EVENTS, STACKS},
+    ustack::{self, UserRegs},
 };
 
 /// -EFAULT: no stack of that kind here (a fault taken in user mode has no kernel stack in the
@@ -22,9 +23,10 @@ pub struct Record {
     pub weight: u64,
     /// Take the stacks the user asked for (`STACK_FLAGS`).
     pub stacks: bool,
-    /// The kernel stack could have frames (false for a fault taken in user mode, where the
-    /// registers are the user's and the walk would only fail, at a cost).
-    pub kernel_frames: bool,
+    /// The user's registers when the event happened in user mode: the user stack is walked
+    /// from them and there is no kernel stack. None: in the kernel (or unknown); the kernel
+    /// walks both stacks.
+    pub user_regs: Option<UserRegs>,
     /// Attach the file this fault was served from (see `filetag`).
     pub file_fault: bool,
 }
@@ -52,12 +54,14 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     } else {
         0
     };
-    let user_stack_id = if flags & stack_flags::USER != 0 {
-        stack_id(ctx, BPF_F_USER_STACK as u64)
+    let user_stack = if flags & stack_flags::USER == 0 {
+        0
+    } else if let Some(regs) = &record.user_regs {
+        ustack::walk(regs)
     } else {
-        EFAULT
+        ustack::from_kernel(ctx)
     };
-    let kernel_stack_id = if flags & stack_flags::KERNEL != 0 && record.kernel_frames {
+    let kernel_stack_id = if flags & stack_flags::KERNEL != 0 && record.user_regs.is_none() {
         stack_id(ctx, 0)
     } else {
         EFAULT
@@ -66,9 +70,10 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
         kind: record.kind as u32,
         tgid,
         tid,
-        user_stack_id,
         kernel_stack_id,
         file_dev: file.map_or(0, |f| f.dev),
+        _pad: 0,
+        user_stack,
         addr: record.addr,
         file_ino: file.map_or(0, |f| f.ino),
         weight: record.weight,

@@ -11,7 +11,7 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
         addr: 0,
         weight: 0,
         stacks: false,
-        kernel_frames: false,
+        user_regs: None,
         file_fault: false,
     };
     emit(&ctx, record);

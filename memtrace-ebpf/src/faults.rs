@@ -4,7 +4,10 @@
 use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
 use memtrace_common::EventKind;
 
-use crate::emit::{emit, Record};
+use crate::{
+    emit::{emit, Record},
+    ustack::UserRegs,
+};
 
 #[perf_event]
 pub fn minor_fault(ctx: PerfEventContext) -> u32 {
@@ -27,25 +30,20 @@ fn fault(ctx: &PerfEventContext, kind: EventKind) {
         addr,
         weight: 1,
         stacks: true,
-        kernel_frames: !taken_in_user_mode(ctx),
+        user_regs: user_mode_regs(ctx),
         file_fault: true,
     };
     emit(ctx, record);
 }
 
-/// A fault taken by user code: the perf event carries the user's registers (CS privilege
-/// level 3 on x86-64). Elsewhere, assume it may be kernel mode and let the walk decide.
+/// The user's registers, for a fault taken by user code: the perf event then carries them
+/// (CS privilege level 3 on x86-64, the only architecture the programs are built for).
 #[inline(always)]
-fn taken_in_user_mode(ctx: &PerfEventContext) -> bool {
-    #[cfg(target_arch = "bpf")]
-    {
-        // The programs are built for x86-64 hosts (aya-build's bpf_target_arch follows the
-        // host); `cs` is the x86-64 pt_regs field.
-        unsafe { (*ctx.ctx).regs.cs & 3 == 3 }
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        let _ = ctx;
-        false
-    }
+fn user_mode_regs(ctx: &PerfEventContext) -> Option<UserRegs> {
+    let regs = unsafe { &(*ctx.ctx).regs };
+    (regs.cs & 3 == 3).then_some(UserRegs {
+        ip: regs.rip,
+        sp: regs.rsp,
+        fp: regs.rbp,
+    })
 }

@@ -12,6 +12,7 @@ mod filetag;
 mod filter;
 mod follow;
 mod maps;
+mod ustack;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use memtrace_common::{counter, FileTag, MAX_TARGETS};
+use memtrace_common::{counter, FileTag, UserStack, MAX_TARGETS};
 
 /// Every event, of every kind, for the one userspace drain.
 #[map]
@@ -12,6 +12,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// User and kernel stacks; events carry ids into it, not frames.
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// User stacks by the hash of their frames (see `ustack`); events carry the hash.
+#[map]
+pub static USER_STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(16384, 0);
+
+/// Room to assemble one user stack (too big for the 512-byte BPF stack).
+#[map]
+pub static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters (see `memtrace_common::counter`), summed by the loader. The bpf target has
 /// no atomic add, and per-CPU slots need none.

@@ -10,7 +10,7 @@ use aya::{
     util::online_cpus,
     Ebpf, EbpfLoader,
 };
-use memtrace_common::{counter, filter_mode, stack_flags};
+use memtrace_common::{counter, filter_mode, stack_flags, UserStack};
 
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -90,6 +90,7 @@ impl Tracer {
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
+            .map_max_entries("USER_STACKS", config.stack_entries.max(1))
             .load(OBJECT)
             .context("loading the eBPF maps and programs failed")?;
         let mut tracer = Self { ebpf };
@@ -182,7 +183,16 @@ impl Tracer {
         })
     }
 
-    /// A handle to read stacks by id.
+    /// A handle to read user stacks by key.
+    pub fn user_stacks(&self) -> Result<HashMap<&MapData, u64, UserStack>> {
+        let map = self
+            .ebpf
+            .map("USER_STACKS")
+            .context("USER_STACKS map missing")?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// A handle to read (kernel) stacks by id.
     pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
         let map = self.ebpf.map("STACKS").context("STACKS map missing")?;
         Ok(StackTraceMap::try_from(map)?)
@@ -198,6 +208,25 @@ impl Tracer {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("eBPF map {name} missing"))
+    }
+}
+
+/// Frames of user stack `key` (innermost first), or none for key 0.
+pub fn user_stack_frames(stacks: &HashMap<&MapData, u64, UserStack>, key: u64) -> Vec<u64> {
+    if key == 0 {
+        return Vec::new();
+    }
+    match stacks.get(&key, 0) {
+        Ok(stack) => stack
+            .frames
+            .iter()
+            .copied()
+            .take_while(|&ip| ip != 0)
+            .collect(),
+        Err(err) => {
+            log::debug!("user stack {key:#x} unreadable: {err}");
+            Vec::new()
+        }
     }
 }
 

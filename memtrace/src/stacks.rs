@@ -17,7 +17,8 @@ use crate::{
 pub struct StackKey {
     pub tgid: u32,
     pub kind: EventKind,
-    pub user_stack_id: i32,
+    /// Key in `USER_STACKS` (0: none).
+    pub user_stack: u64,
     pub kernel_stack_id: i32,
 }
 
@@ -47,19 +48,20 @@ impl StackCounts {
         // Most first; ties broken by key so the output is deterministic.
         sorted.sort_by(|a, b| {
             b.1.cmp(a.1).then_with(|| {
-                (a.0.tgid, a.0.user_stack_id, a.0.kernel_stack_id).cmp(&(
+                (a.0.tgid, a.0.user_stack, a.0.kernel_stack_id).cmp(&(
                     b.0.tgid,
-                    b.0.user_stack_id,
+                    b.0.user_stack,
                     b.0.kernel_stack_id,
                 ))
             })
         });
         sorted.truncate(limit.unwrap_or(usize::MAX));
         let stacks = tracer.stacks()?;
+        let user_stacks = tracer.user_stacks()?;
         let rows = sorted
             .into_iter()
             .map(|(key, &count)| {
-                let user = bpf::stack_frames(&stacks, key.user_stack_id);
+                let user = bpf::user_stack_frames(&user_stacks, key.user_stack);
                 let kernel = bpf::stack_frames(&stacks, key.kernel_stack_id);
                 let (comm, kind) = label(key);
                 StackRow::new(

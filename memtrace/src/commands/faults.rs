@@ -159,7 +159,7 @@ impl Consumer for FaultCounter {
             let key = StackKey {
                 tgid,
                 kind: event.kind,
-                user_stack_id: event.raw.user_stack_id,
+                user_stack: event.raw.user_stack,
                 kernel_stack_id: event.raw.kernel_stack_id,
             };
             self.stacks.add(key, weight);

@@ -1,0 +1,128 @@
+//! User stacks, walked here rather than by bpf_get_stackid. The kernel's walk follows the
+//! frame-pointer chain until a read fails; where the chain enters code built without frame
+//! pointers (most libcs), the last saved "frame pointer" is an arbitrary value, and reading it
+//! costs an in-kernel page fault and exception fixup, on every event. This walk stops where the
+//! chain stops being plausible (misaligned, below the stack pointer, not moving up the stack),
+//! which ends in the same place for free. Stacks are stored once, under a hash of their frames.
+use aya_ebpf::{bindings::BPF_F_USER_STACK, helpers::bpf_probe_read_user};
+use memtrace_common::{counter, UserStack, USER_STACK_DEPTH};
+
+use crate::maps::{count, STACK_SCRATCH, USER_STACKS};
+
+/// A frame pointer further than this above the stack pointer is not on this thread's stack.
+const MAX_STACK_SPAN: u64 = 1 << 30;
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = -17;
+
+/// The user registers a walk starts from.
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub fp: u64,
+}
+
+/// Walks the frame-pointer chain from `regs`; returns the stack's key in `USER_STACKS`.
+#[inline(always)]
+pub fn walk(regs: &UserRegs) -> u64 {
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let frames = unsafe { &mut (*stack).frames };
+    clear(frames);
+    frames[0] = regs.ip;
+    let mut hash = mix(SEED, regs.ip);
+    let mut fp = regs.fp;
+    // Straight-line with one exit per frame, so the verifier's work stays small.
+    for frame in frames.iter_mut().skip(1) {
+        let Some((next_fp, return_address)) = next_frame(fp, regs.sp) else {
+            break;
+        };
+        *frame = return_address;
+        hash = mix(hash, return_address);
+        // The caller's frame is higher up the stack; anything else ends the chain after this
+        // frame (the caller was built without frame pointers).
+        if next_fp <= fp {
+            break;
+        }
+        fp = next_fp;
+    }
+    store(stack, hash)
+}
+
+/// The caller's frame pointer and our return address, if `fp` plausibly is a frame.
+#[inline(always)]
+fn next_frame(fp: u64, sp: u64) -> Option<(u64, u64)> {
+    if fp & 7 != 0 || fp < sp || fp - sp > MAX_STACK_SPAN {
+        return None;
+    }
+    let record = unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()?;
+    (record[1] != 0).then_some((record[0], record[1]))
+}
+
+/// Stores the user stack the kernel walks (faults taken in kernel mode, where the perf
+/// event's registers are the kernel's); returns its key.
+#[inline(always)]
+pub fn from_kernel<C: aya_ebpf::EbpfContext>(ctx: &C) -> u64 {
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let frames = unsafe { &mut (*stack).frames };
+    clear(frames);
+    let size = core::mem::size_of::<UserStack>() as u32;
+    let written = unsafe {
+        aya_ebpf::helpers::generated::bpf_get_stack(
+            ctx.as_ptr(),
+            stack.cast(),
+            size,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if written <= 0 {
+        return 0;
+    }
+    let mut hash = SEED;
+    for &frame in frames.iter() {
+        if frame == 0 {
+            break;
+        }
+        hash = mix(hash, frame);
+    }
+    store(stack, hash)
+}
+
+const SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One FNV-1a step over a whole frame.
+#[inline(always)]
+fn mix(hash: u64, frame: u64) -> u64 {
+    (hash ^ frame).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Zeros the scratch frames, so frames past the end read as 0 and equal stacks are equal.
+#[inline(always)]
+fn clear(frames: &mut [u64; USER_STACK_DEPTH]) {
+    for frame in frames.iter_mut() {
+        *frame = 0;
+    }
+}
+
+/// Stores the stack in the scratch slot under `hash`; returns its key, 0 when it cannot.
+#[inline(always)]
+fn store(stack: *mut UserStack, hash: u64) -> u64 {
+    // 0 is kept for "no stack".
+    let key = hash | 1;
+    if unsafe { USER_STACKS.get(key) }.is_some() {
+        return key;
+    }
+    // By reference: a 512-byte value would not fit on the 512-byte BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = USER_STACKS.insert(key, unsafe { &*stack }, BPF_NOEXIST);
+    match inserted {
+        Ok(()) => key,
+        Err(err) if err == EEXIST => key, // stored meanwhile by another CPU
+        Err(_) => {
+            count(counter::STACK_ERRORS);
+            0
+        }
+    }
+}
