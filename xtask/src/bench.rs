@@ -104,6 +104,17 @@ fn faults() -> Result<()> {
             report: Some(report("sampled.json")),
         },
         Config {
+            name: "bpftrace, empty program",
+            records: "nothing: the floor cost of running any eBPF program on every fault",
+            prefix: vec![
+                "bpftrace".into(),
+                "-e".into(),
+                "software:page-faults:1 /pid == cpid/ { }".into(),
+                "-c".into(),
+            ],
+            report: None,
+        },
+        Config {
             name: "bpftrace",
             records: "every fault: count per user + kernel stack",
             prefix: vec![
@@ -124,7 +135,6 @@ fn faults() -> Result<()> {
             report: None,
         },
     ];
-    // bpftrace takes the command as one string after -c.
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
     for round in 1..=ROUNDS {
         eprintln!("round {round}/{ROUNDS}");
@@ -142,9 +152,10 @@ fn faults() -> Result<()> {
 
 /// Runs the storm once under `config`; returns its own loop time.
 fn run_once(config: &Config, storm: &Path, samples: &mut Samples) -> Result<f64> {
+    // bpftrace takes the command as one string after -c.
     let storm_cmd = std::iter::once(storm.to_string_lossy().into_owned())
         .chain(STORM_ARGS.iter().map(|s| s.to_string()));
-    let argv: Vec<String> = if config.name == "bpftrace" {
+    let argv: Vec<String> = if config.prefix.first().is_some_and(|p| p == "bpftrace") {
         let mut argv = config.prefix.clone();
         argv.push(storm_cmd.collect::<Vec<_>>().join(" "));
         argv
