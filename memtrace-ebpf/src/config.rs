@@ -12,6 +12,9 @@ static CGROUP_ID: u64 = 0;
 static CGROUP_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static FOLLOW_CHILDREN: u32 = 0;
+/// memtrace's own process, never traced: its work on events would make more events.
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
 /// Wake the reader only once this many bytes wait in the ring buffer (the reader also polls on
 /// a timer), so a fault storm does not wake userspace once per event.
 #[unsafe(no_mangle)]
@@ -36,6 +39,10 @@ pub fn cgroup_level() -> u32 {
 #[inline(always)]
 pub fn follow_children() -> bool {
     unsafe { read_volatile(&FOLLOW_CHILDREN) != 0 }
+}
+#[inline(always)]
+pub fn self_tgid() -> u32 {
+    unsafe { read_volatile(&SELF_TGID) }
 }
 #[inline(always)]
 pub fn wakeup_bytes() -> u64 {

@@ -8,11 +8,12 @@ use crate::{config, maps::TARGET_TGIDS};
 pub fn is_target(tgid: u32) -> bool {
     match config::filter_mode() {
         filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(tgid).is_some() },
-        filter_mode::CGROUP => {
+        filter_mode::CGROUP if tgid != config::self_tgid() => {
             // The ancestor at the target's level is the target itself for tasks in it or below.
             let level = config::cgroup_level() as i32;
             unsafe { bpf_get_current_ancestor_cgroup_id(level) == config::cgroup_id() }
         }
-        _ => true,
+        filter_mode::CGROUP => false,
+        _ => tgid != config::self_tgid(),
     }
 }

@@ -42,3 +42,15 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     debug!(&ctx, "following child {} of {}", child, parent);
     0
 }
+
+/// A followed process leaves the target set when its thread-group leader exits
+/// (sched:sched_process_exit fires per thread; `group_dead` is not in older kernels' format).
+#[tracepoint]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 == tgid {
+        let _ = TARGET_TGIDS.remove(tgid);
+    }
+    0
+}

@@ -81,6 +81,7 @@ impl Tracer {
         };
         let follow = u32::from(config.follow_children);
         let wakeup = config.wakeup_bytes();
+        let self_tgid = std::process::id();
         let ebpf = EbpfLoader::new()
             .override_global("FILTER_MODE", &mode, true)
             .override_global("STACK_FLAGS", &stacks, true)
@@ -88,6 +89,7 @@ impl Tracer {
             .override_global("CGROUP_LEVEL", &cgroup_level, true)
             .override_global("FOLLOW_CHILDREN", &follow, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
+            .override_global("SELF_TGID", &self_tgid, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))

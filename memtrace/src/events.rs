@@ -1,6 +1,8 @@
 //! Decoding ring-buffer records. Records come from the kernel but are checked anyway: a record
-//! of the wrong size or an unknown kind is skipped and counted, never trusted.
-use memtrace_common::{EventKind, StackEvent};
+//! of the wrong size or an unknown kind is skipped and counted, never trusted. Fields are read
+//! in order with `bytes::Buf`, so decoding needs no unsafe code and cannot read past the end.
+use bytes::Buf;
+use memtrace_common::{EventKind, StackEvent, COMM_LEN};
 
 /// A decoded record.
 #[derive(Debug, Clone, Copy)]
@@ -10,12 +12,25 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
+    pub fn decode(mut bytes: &[u8]) -> Option<Self> {
         if bytes.len() < std::mem::size_of::<StackEvent>() {
             return None;
         }
-        // SAFETY: the length is checked and StackEvent is plain data valid for any bytes.
-        let raw: StackEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        // Native byte order and the #[repr(C)] field order of StackEvent.
+        let mut raw = StackEvent {
+            kind: bytes.get_u32_ne(),
+            tgid: bytes.get_u32_ne(),
+            tid: bytes.get_u32_ne(),
+            kernel_stack_id: bytes.get_i32_ne(),
+            file_dev: bytes.get_u32_ne(),
+            _pad: bytes.get_u32_ne(),
+            user_stack: bytes.get_u64_ne(),
+            addr: bytes.get_u64_ne(),
+            file_ino: bytes.get_u64_ne(),
+            weight: bytes.get_u64_ne(),
+            comm: [0; COMM_LEN],
+        };
+        bytes.copy_to_slice(&mut raw.comm);
         Some(Self {
             kind: EventKind::from_raw(raw.kind)?,
             raw,
@@ -65,7 +80,11 @@ mod tests {
     fn decodes_a_fault() {
         let event = Event::decode(&record(1)).unwrap();
         assert_eq!(event.kind, EventKind::MinorFault);
-        assert_eq!((event.raw.tgid, event.raw.addr), (7, 0x1000));
+        assert_eq!(
+            (event.raw.tgid, event.raw.addr, event.raw.user_stack),
+            (7, 0x1000, 3)
+        );
+        assert_eq!(event.raw.kernel_stack_id, -14);
         assert_eq!(event.comm(), "test");
     }
 

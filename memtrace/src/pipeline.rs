@@ -49,6 +49,7 @@ pub async fn trace(
     let target = Target::resolve(target_args)?;
     system::ensure_tracefs()?;
     system::raise_memlock_limit();
+    system::raise_open_files_limit();
 
     let config = KernelConfig {
         filter: target.filter(),
@@ -64,6 +65,7 @@ pub async fn trace(
     tracer.attach_tracepoint("process_exec", "sched", "sched_process_exec")?;
     if target_args.follow_children {
         tracer.attach_tracepoint("task_newtask", "task", "task_newtask")?;
+        tracer.attach_tracepoint("process_exit", "sched", "sched_process_exit")?;
     }
     let mut drain = Drain::new(tracer.take_events()?)?;
 

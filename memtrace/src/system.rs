@@ -51,6 +51,22 @@ pub fn raise_memlock_limit() {
     }
 }
 
+/// The symbolizer keeps every binary and library it reads open (so symbols resolve after a
+/// process exits); system-wide that is many files. Use the hard limit for open files.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Mounts tracefs when it is missing (as bpftrace does), or says exactly what to run.
 pub fn ensure_tracefs() -> Result<()> {
     if Path::new(TRACEFS).join("events").is_dir() {

@@ -270,7 +270,10 @@ fn sigterm_while_tracing_system_wide_writes_the_report() {
         out.to_str().unwrap(),
     ]);
     tracer.wait_attached();
+    // Something to see: a workload faulting while memtrace traces the whole system.
+    let workload = tests::run_workload("fault_touch", &["2000"]);
     std::thread::sleep(std::time::Duration::from_millis(200));
+    let memtrace_pid = tracer.pid();
     tracer.signal(libc::SIGTERM);
     let run = tracer.wait();
     assert_eq!(run.code(), 0, "memtrace after SIGTERM\n{}", run.describe());
@@ -281,6 +284,22 @@ fn sigterm_while_tracing_system_wide_writes_the_report() {
     assert_eq!(report["command"], "faults", "{text}");
     assert_eq!(report["target"], "system-wide", "{text}");
     assert!(report["exit"].is_null(), "{text}");
+    let pids: Vec<u64> = report["processes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no processes in {text}"))
+        .iter()
+        .filter_map(|row| row["pid"].as_u64())
+        .collect();
+    assert!(
+        pids.contains(&u64::from(workload.pid)),
+        "the workload {} is not in the system-wide report: {text}",
+        workload.pid
+    );
+    // memtrace never traces itself: its work on events would make more events.
+    assert!(
+        !pids.contains(&u64::from(memtrace_pid)),
+        "memtrace traced itself (pid {memtrace_pid}): {text}"
+    );
 }
 
 #[test]

@@ -4,8 +4,8 @@ use std::io::Write;
 
 use crate::report::{FaultReport, Frame};
 
-/// Regions shown; the rest are counted in a "(N more)" line.
-const MAX_REGIONS: usize = 20;
+/// Rows shown in the process and region tables; the rest are counted in a "(N more)" line.
+const MAX_ROWS: usize = 20;
 
 /// Writes the report for a terminal, showing the first `top` stacks.
 pub fn write(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -83,7 +83,7 @@ fn processes(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     let a = approx(report);
-    let rows = report.processes.iter().map(|p| {
+    let rows = report.processes.iter().take(MAX_ROWS).map(|p| {
         vec![
             p.pid.to_string(),
             p.comm.clone(),
@@ -99,7 +99,16 @@ fn processes(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
         &head,
         &[true, false, true, true, true, true],
         rows.collect(),
-    )
+    )?;
+    more(out, report.processes.len())
+}
+
+/// The "(N more)" line under a table cut at MAX_ROWS.
+fn more(out: &mut dyn Write, total: usize) -> anyhow::Result<()> {
+    if total > MAX_ROWS {
+        writeln!(out, "  ({} more)", total - MAX_ROWS)?;
+    }
+    Ok(())
 }
 
 fn regions(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -111,7 +120,7 @@ fn regions(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut sorted: Vec<_> = report.regions.iter().collect();
     sorted.sort_by_key(|r| std::cmp::Reverse(r.minor + r.major));
     let a = approx(report);
-    let rows = sorted.iter().take(MAX_REGIONS).map(|r| {
+    let rows = sorted.iter().take(MAX_ROWS).map(|r| {
         vec![
             r.pid.to_string(),
             r.region.clone(),
@@ -125,10 +134,7 @@ fn regions(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
         &[true, false, true, true],
         rows.collect(),
     )?;
-    if sorted.len() > MAX_REGIONS {
-        writeln!(out, "  ({} more)", sorted.len() - MAX_REGIONS)?;
-    }
-    Ok(())
+    more(out, sorted.len())
 }
 
 fn stacks(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::Result<()> {
