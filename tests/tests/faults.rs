@@ -232,32 +232,44 @@ fn pid_of_running_process() {
         return;
     }
     let _serial = serial();
-    let dir = TempDir::new("pid_of_running_process");
-    let out = dir.join("report.json");
     let mut w = spawn_waiting("fault_touch", &["20000"]);
     let pid = w.pid.to_string();
-    let out_arg = out.to_str().unwrap();
-    let mut tracer = spawn_memtrace(&[
-        "faults", "--pid", &pid, "--format", "json", "--output", out_arg,
-    ]);
+    let t = trace_running(&mut w, &["--pid", &pid]);
+    assert_touch_phase_traced(&t, w.pid);
+    w.finish();
+}
+
+/// Traces the waiting workload `w` with `memtrace faults <target> --format json`: waits until
+/// memtrace is attached, releases the workload, stops memtrace with SIGINT once the workload
+/// reported, and checks memtrace exited 0.
+fn trace_running(w: &mut tests::Waiting, target: &[&str]) -> Traced {
+    let dir = TempDir::new("trace_running");
+    let out = dir.join("report.json");
+    let mut args = vec!["faults"];
+    args.extend_from_slice(target);
+    args.extend_from_slice(&["--format", "json", "--output", out.to_str().unwrap()]);
+    let mut tracer = spawn_memtrace(&args);
     tracer.wait_attached();
     let workload = w.go();
     tracer.signal(libc::SIGINT);
     let run = tracer.wait();
     assert_eq!(run.code(), 0, "memtrace after SIGINT\n{}", run.describe());
-    let t = Traced {
+    Traced {
         report: read_json(&out, &run),
         run,
         workload,
-    };
-    assert_phase_counted(&t, w.pid);
-    let stack = top_stack(&t, "minor", Some(w.pid));
+    }
+}
+
+/// The touch phase of fault_touch `pid` was counted, on a stack that names touch_pages.
+fn assert_touch_phase_traced(t: &Traced, pid: u32) {
+    assert_phase_counted(t, pid);
+    let stack = top_stack(t, "minor", Some(pid));
     assert!(
         has_frame(stack, "touch_pages"),
         "top minor stack lacks touch_pages: {stack}\n{}",
         t.context()
     );
-    w.finish();
 }
 
 /// For a process traced only around its main phase: memtrace saw the phase's faults and little
@@ -682,39 +694,13 @@ fn cgroup() {
         return;
     }
     let _serial = serial();
-    let dir = TempDir::new("cgroup");
-    let out = dir.join("report.json");
     let mut w = spawn_waiting("fault_touch", &["20000"]);
     // Declared after the workload, so dropped first: the workload leaves the cgroup before it
     // is killed.
     let mut cgroup = TestCgroup::create();
     cgroup.enter(w.pid);
-    let mut tracer = spawn_memtrace(&[
-        "faults",
-        "--cgroup",
-        cgroup.dir.to_str().unwrap(),
-        "--format",
-        "json",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    tracer.wait_attached();
-    let workload = w.go();
-    tracer.signal(libc::SIGINT);
-    let run = tracer.wait();
-    assert_eq!(run.code(), 0, "memtrace after SIGINT\n{}", run.describe());
-    let t = Traced {
-        report: read_json(&out, &run),
-        run,
-        workload,
-    };
-    assert_phase_counted(&t, w.pid);
-    let stack = top_stack(&t, "minor", Some(w.pid));
-    assert!(
-        has_frame(stack, "touch_pages"),
-        "top minor stack lacks touch_pages: {stack}\n{}",
-        t.context()
-    );
+    let t = trace_running(&mut w, &["--cgroup", cgroup.dir.to_str().unwrap()]);
+    assert_touch_phase_traced(&t, w.pid);
     drop(cgroup);
     w.finish();
 }

@@ -19,7 +19,7 @@ const STORM_ARGS: [&str; 2] = ["512", "4"];
 
 /// One way of running the workload.
 struct Config {
-    name: &'static str,
+    name: String,
     records: &'static str,
     /// argv before the workload's argv; empty for untraced.
     prefix: Vec<String>,
@@ -57,54 +57,37 @@ fn faults() -> Result<()> {
     let storm = target.join("workloads/fault_storm");
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let report = |name: &str| scratch.join(name);
     let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    // memtrace with extra options, its JSON report in the scratch folder.
+    let memtrace_config = |options: &'static str, records: &'static str| {
+        let report = scratch.join(format!("report{}.json", options.replace(' ', "_")));
+        Config {
+            name: format!("memtrace faults {options}").trim_end().to_owned(),
+            records,
+            prefix: words(&format!(
+                "{memtrace} faults {options} --format json --output {} --",
+                report.display()
+            )),
+            report: Some(report),
+        }
+    };
 
     let mut configs = vec![
         Config {
-            name: "untraced",
+            name: "untraced".into(),
             records: "-",
             prefix: vec![],
             report: None,
         },
+        memtrace_config("", "every fault: user + kernel stack, address, region"),
+        memtrace_config("--stacks user", "every fault: user stack, address, region"),
+        memtrace_config("--stacks none", "every fault: address, region (no stacks)"),
+        memtrace_config(
+            "--sample 100",
+            "1 in 100 faults: user + kernel stack, address, region",
+        ),
         Config {
-            name: "memtrace faults",
-            records: "every fault: user + kernel stack, address, region",
-            prefix: words(&format!(
-                "{memtrace} faults --format json --output {} --",
-                report("stacks.json").display()
-            )),
-            report: Some(report("stacks.json")),
-        },
-        Config {
-            name: "memtrace faults --stacks user",
-            records: "every fault: user stack, address, region",
-            prefix: words(&format!(
-                "{memtrace} faults --stacks user --format json --output {} --",
-                report("user.json").display()
-            )),
-            report: Some(report("user.json")),
-        },
-        Config {
-            name: "memtrace faults --stacks none",
-            records: "every fault: address, region (no stacks)",
-            prefix: words(&format!(
-                "{memtrace} faults --stacks none --format json --output {} --",
-                report("none.json").display()
-            )),
-            report: Some(report("none.json")),
-        },
-        Config {
-            name: "memtrace faults --sample 100",
-            records: "1 in 100 faults: user + kernel stack, address, region",
-            prefix: words(&format!(
-                "{memtrace} faults --sample 100 --format json --output {} --",
-                report("sampled.json").display()
-            )),
-            report: Some(report("sampled.json")),
-        },
-        Config {
-            name: "bpftrace, empty program",
+            name: "bpftrace, empty program".into(),
             records: "nothing: the floor cost of running any eBPF program on every fault",
             prefix: vec![
                 "bpftrace".into(),
@@ -115,7 +98,7 @@ fn faults() -> Result<()> {
             report: None,
         },
         Config {
-            name: "bpftrace",
+            name: "bpftrace".into(),
             records: "every fault: count per user + kernel stack",
             prefix: vec![
                 "bpftrace".into(),
@@ -126,11 +109,11 @@ fn faults() -> Result<()> {
             report: None,
         },
         Config {
-            name: "perf record -e page-faults -c 1 -g",
+            name: "perf record -e page-faults -c 1 -g".into(),
             records: "every fault: user + kernel stack, address",
             prefix: words(&format!(
                 "perf record -q -e page-faults -c 1 -g -o {} --",
-                report("perf.data").display()
+                scratch.join("perf.data").display()
             )),
             report: None,
         },
