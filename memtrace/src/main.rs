@@ -6,6 +6,7 @@ mod commands;
 mod drain;
 mod error;
 mod events;
+mod features;
 mod launch;
 mod output;
 mod outputs;

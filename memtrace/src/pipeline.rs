@@ -9,6 +9,7 @@ use crate::{
     bpf::{KernelConfig, Tracer},
     cli::{RunArgs, TargetArgs},
     drain::Drain,
+    features,
     launch::ChildExit,
     report::CommandExit,
     session::{self, Consumer, StopWhen},
@@ -51,6 +52,7 @@ pub async fn trace(
     system::raise_memlock_limit();
     system::raise_open_files_limit();
 
+    features::check(matches!(target, Target::Cgroup { .. }))?;
     let config = KernelConfig {
         filter: target.filter(),
         follow_children: target_args.follow_children,
