@@ -16,6 +16,9 @@ pub enum EventKind {
     MajorFault = 2,
     /// A traced process called exec: its memory map and comm are new from here on.
     Exec = 3,
+    /// A traced process forked a new process, whose pid is in `addr`: until it execs, the
+    /// child's memory map is a copy of its parent's.
+    Fork = 4,
 }
 
 impl EventKind {
@@ -24,6 +27,7 @@ impl EventKind {
             1 => Some(Self::MinorFault),
             2 => Some(Self::MajorFault),
             3 => Some(Self::Exec),
+            4 => Some(Self::Fork),
             _ => None,
         }
     }

@@ -29,6 +29,9 @@ pub struct Record {
     pub user_regs: Option<UserRegs>,
     /// Attach the file this fault was served from (see `filetag`).
     pub file_fault: bool,
+    /// Wake the reader now, not when the batch fills: for rare events userspace must act on
+    /// while the process still lives (an exec: read the new memory map).
+    pub urgent: bool,
 }
 
 #[inline(always)]
@@ -79,11 +82,12 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
         weight: record.weight,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     });
-    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config::wakeup_bytes() {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let wakeup =
+        if record.urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config::wakeup_bytes() {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
     entry.submit(wakeup as u64);
 }
 

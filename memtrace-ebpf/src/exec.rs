@@ -13,6 +13,7 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
         stacks: false,
         user_regs: None,
         file_fault: false,
+        urgent: true,
     };
     emit(&ctx, record);
     0

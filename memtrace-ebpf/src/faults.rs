@@ -32,6 +32,7 @@ fn fault(ctx: &PerfEventContext, kind: EventKind) {
         stacks: true,
         user_regs: user_mode_regs(ctx),
         file_fault: true,
+        urgent: false,
     };
     emit(ctx, record);
 }

@@ -1,13 +1,17 @@
-//! `--follow-children`: a new process forked by a traced one joins the target set before it
-//! runs a single instruction (task:task_newtask fires in the parent, inside fork).
+//! New processes of traced ones (task:task_newtask fires in the parent, inside fork, before
+//! the child runs a single instruction): userspace hears of each fork (the child's memory map
+//! starts as a copy of the parent's), and with `--follow-children` the child joins the target
+//! set.
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use memtrace_common::counter;
+use memtrace_common::{counter, EventKind};
 
 use crate::{
-    config, filter,
+    config,
+    emit::{emit, Record},
+    filter,
     maps::{count, TARGET_TGIDS},
 };
 
@@ -18,9 +22,6 @@ const CLONE_FLAGS_OFFSET: usize = 32;
 
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    if !config::follow_children() {
-        return 0;
-    }
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !filter::is_target(parent) {
         return 0;
@@ -35,6 +36,19 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let Ok(child) = (unsafe { ctx.read_at::<i32>(PID_OFFSET) }) else {
         return 0;
     };
+    let record = Record {
+        kind: EventKind::Fork,
+        addr: child as u64,
+        weight: 0,
+        stacks: false,
+        user_regs: None,
+        file_fault: false,
+        urgent: true,
+    };
+    emit(&ctx, record);
+    if !config::follow_children() {
+        return 0;
+    }
     if TARGET_TGIDS.insert(child as u32, 1, 0).is_err() {
         count(counter::TARGETS_FULL);
         return 0;

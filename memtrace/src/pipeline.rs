@@ -65,8 +65,8 @@ pub async fn trace(
     let logger = tracer.init_logger();
     attach(&mut tracer)?;
     tracer.attach_tracepoint("process_exec", "sched", "sched_process_exec")?;
+    tracer.attach_tracepoint("task_newtask", "task", "task_newtask")?;
     if target_args.follow_children {
-        tracer.attach_tracepoint("task_newtask", "task", "task_newtask")?;
         tracer.attach_tracepoint("process_exit", "sched", "sched_process_exit")?;
     }
     let mut drain = Drain::new(tracer.take_events()?)?;

@@ -146,6 +146,9 @@ pub struct ProcessMaps {
     mappings: Vec<Mapping>,
     read_at: Instant,
     alive: bool,
+    /// A copy of the parent's snapshot, made at fork: the first read of the child's own maps
+    /// merges into it rather than treating the new start time as pid reuse.
+    inherited: bool,
 }
 
 impl ProcessMaps {
@@ -185,6 +188,11 @@ pub struct MapsCache {
     procs: HashMap<u32, ProcessMaps>,
     /// Weak: a file closes when the last snapshot using it is forgotten.
     files: HashMap<FileId, Weak<File>>,
+    /// Execs seen per pid: each exec starts a new address space (a new generation).
+    generations: HashMap<u32, u32>,
+    /// Snapshots of address spaces an exec replaced, by (pid, generation): stacks recorded
+    /// before the exec are symbolized against them.
+    retired: HashMap<(u32, u32), ProcessMaps>,
 }
 
 impl MapsCache {
@@ -201,11 +209,12 @@ impl MapsCache {
             mappings: Vec::new(),
             read_at: Instant::now(),
             alive: false,
+            inherited: false,
         });
         entry.read_at = Instant::now();
         match read {
             Some((start_time, fresh)) => {
-                if entry.start_time != Some(start_time) {
+                if entry.start_time != Some(start_time) && !std::mem::take(&mut entry.inherited) {
                     // First read, or the pid was reused: the old mappings are another process's.
                     entry.mappings.clear();
                     entry.start_time = Some(start_time);
@@ -246,6 +255,51 @@ impl MapsCache {
         self.procs.get(&pid)?.lookup(addr)
     }
 
+    /// `child` was forked from `parent`: until it execs, its address space is a copy of the
+    /// parent's (the child usually execs within microseconds, before its own maps can be read).
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        if !self.procs.contains_key(&parent) {
+            self.capture(parent);
+        }
+        let Some(parent_maps) = self.procs.get(&parent) else {
+            return;
+        };
+        let copy = ProcessMaps {
+            start_time: None,
+            mappings: parent_maps.mappings.clone(),
+            read_at: Instant::now(),
+            alive: true,
+            inherited: true,
+        };
+        self.procs.insert(child, copy);
+        // A reused pid: the new process starts at generation 0 again.
+        self.generations.remove(&child);
+        self.retired.retain(|&(pid, _), _| pid != child);
+    }
+
+    /// The process called exec: its snapshot so far is retired (kept for what was recorded
+    /// before) and the next capture starts a new generation.
+    pub fn exec(&mut self, pid: u32) {
+        let generation = self.generations.entry(pid).or_default();
+        if let Some(old) = self.procs.remove(&pid) {
+            self.retired.insert((pid, *generation), old);
+        }
+        *generation += 1;
+    }
+
+    /// How many execs of `pid` memtrace has seen: the generation of its current address space.
+    pub fn generation(&self, pid: u32) -> u32 {
+        self.generations.get(&pid).copied().unwrap_or(0)
+    }
+
+    /// `lookup` in the address space `pid` had in `generation`.
+    pub fn lookup_in(&self, pid: u32, generation: u32, addr: u64) -> Option<&Mapping> {
+        if generation == self.generation(pid) {
+            return self.lookup(pid, addr);
+        }
+        self.retired.get(&(pid, generation))?.lookup(addr)
+    }
+
     #[allow(dead_code)] // for callers walking a snapshot; the tests do
     pub fn process(&self, pid: u32) -> Option<&ProcessMaps> {
         self.procs.get(&pid)
@@ -260,12 +314,6 @@ impl MapsCache {
                 Region::File(path) if m.file_id() == Some(id) => Some(path.as_str()),
                 _ => None,
             })
-    }
-
-    /// Drop a process's snapshot; files no other snapshot uses are closed.
-    pub fn forget(&mut self, pid: u32) {
-        self.procs.remove(&pid);
-        self.files.retain(|_, file| file.strong_count() > 0);
     }
 }
 
@@ -447,7 +495,13 @@ mod tests {
         assert!(std::fs::metadata(found.symbol_path().unwrap()).is_ok());
         assert!(matches!(cache.region(pid, addr), Region::File(p) if p.ends_with("/sleep")));
 
-        cache.forget(pid);
+        // After an exec the current address space is new, the old one is kept by generation.
+        assert_eq!(cache.generation(pid), 0);
+        cache.exec(pid);
+        assert_eq!(cache.generation(pid), 1);
         assert!(cache.lookup(pid, addr).is_none());
+        assert!(cache.lookup_in(pid, 1, addr).is_none());
+        let old = cache.lookup_in(pid, 0, addr).expect("old generation kept");
+        assert_eq!(old.start, exec.start);
     }
 }

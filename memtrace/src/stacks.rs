@@ -16,6 +16,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StackKey {
     pub tgid: u32,
+    /// The exec generation of the process when the stack was recorded (`MapsCache::exec`).
+    pub generation: u32,
     pub kind: EventKind,
     /// Key in `USER_STACKS` (0: none).
     pub user_stack: u64,
@@ -69,7 +71,7 @@ impl StackCounts {
                     comm,
                     kind,
                     count * scale,
-                    symbolizer.user_frames(maps, key.tgid, &user),
+                    symbolizer.user_frames(maps, key.tgid, key.generation, &user),
                     symbolizer.kernel_frames(&kernel),
                 )
             })

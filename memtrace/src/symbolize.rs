@@ -60,14 +60,21 @@ impl Symbolizer {
         }
     }
 
-    /// Frames for user addresses of `pid`, in the order given, resolved through the snapshot in
-    /// `maps` (no refresh: capture before the process exits). Addresses are symbolized as given
-    /// (return addresses are not adjusted).
-    pub fn user_frames(&mut self, maps: &MapsCache, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+    /// Frames for user addresses of `pid` in its address space `generation` (see
+    /// `MapsCache::exec`), in the order given, resolved through the snapshot in `maps` (no
+    /// refresh: capture before the process exits). Addresses are symbolized as given (return
+    /// addresses are not adjusted).
+    pub fn user_frames(
+        &mut self,
+        maps: &MapsCache,
+        pid: u32,
+        generation: u32,
+        addrs: &[u64],
+    ) -> Vec<Frame> {
         // Gather what is not cached yet, one batch per file.
         let mut batches: HashMap<PathBuf, (FileId, String, Vec<u64>)> = HashMap::new();
         for &addr in addrs {
-            let Some(m) = maps.lookup(pid, addr) else {
+            let Some(m) = maps.lookup_in(pid, generation, addr) else {
                 continue;
             };
             let (Some(id), Some(path)) = (m.file_id(), m.symbol_path()) else {
@@ -97,7 +104,7 @@ impl Symbolizer {
         addrs
             .iter()
             .map(|&addr| {
-                let Some(m) = maps.lookup(pid, addr) else {
+                let Some(m) = maps.lookup_in(pid, generation, addr) else {
                     return Resolved::default().frame(addr);
                 };
                 let cached = m
@@ -201,7 +208,7 @@ mod tests {
         let (maps, pid) = own_maps();
         let addr = known_function_for_symbolization as *const () as u64;
         let mut symbolizer = Symbolizer::new();
-        let frames = symbolizer.user_frames(&maps, pid, &[addr, addr + 1, addr]);
+        let frames = symbolizer.user_frames(&maps, pid, 0, &[addr, addr + 1, addr]);
         let name = frames[0].function.as_deref().unwrap_or_default();
         assert!(
             name.contains("known_function_for_symbolization"),
@@ -223,7 +230,7 @@ mod tests {
     fn libc_function_and_unmapped() {
         let (maps, pid) = own_maps();
         let addr = libc::malloc as *const () as u64;
-        let frames = Symbolizer::new().user_frames(&maps, pid, &[addr, 0x10]);
+        let frames = Symbolizer::new().user_frames(&maps, pid, 0, &[addr, 0x10]);
         let name = frames[0].function.as_deref().unwrap_or_default();
         assert!(name.contains("malloc"), "{:?}", frames[0]);
         assert!(
@@ -295,7 +302,7 @@ mod tests {
         child.wait().unwrap();
         assert!(!maps.capture(pid));
 
-        let frames = Symbolizer::new().user_frames(&maps, pid, &[child_malloc, sleep_code]);
+        let frames = Symbolizer::new().user_frames(&maps, pid, 0, &[child_malloc, sleep_code]);
         let name = frames[0].function.as_deref().unwrap_or_default();
         assert!(name.contains("malloc"), "{:?}", frames[0]);
         assert!(frames[0]

@@ -391,6 +391,64 @@ fn follow_children() {
     }
 }
 
+/// A shell forks a child that execs the workload. Before its exec the child runs the shell's
+/// code in a copy of the shell's memory (its copy-on-write faults hit the shell's pages); those
+/// faults must be classified in that address space, not in the workload's that replaces it.
+#[test]
+fn forked_child_faults_before_exec_are_in_the_parents_address_space() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("forked_child");
+    let out = dir.join("report.json");
+    let bash = fs::canonicalize("/bin/bash").expect("bash is installed");
+    // `; true` keeps bash from exec'ing the workload in place: it forks a child first.
+    let script = format!("{} 3000; true", workload("fault_touch").display());
+    let run = memtrace(&[
+        "faults",
+        "--follow-children",
+        "--format",
+        "json",
+        "--top",
+        "1000",
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        "bash",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let t = Traced {
+        report: read_json(&out, &run),
+        workload: parse_report(&run.stdout)
+            .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe())),
+        run,
+    };
+    let child = t.workload.pid;
+    assert!(
+        within(process_count(&t, child, "minor"), t.workload.minflt, 0.02),
+        "the forked child's faults differ from its getrusage by more than 2%\n{}",
+        t.context()
+    );
+    let shell_region = array(&t.report, "regions")
+        .iter()
+        .any(|row| row["pid"] == child && row["region"].as_str() == bash.to_str());
+    assert!(
+        shell_region,
+        "no faults of the child {child} in {} (its copy-on-write faults before exec)\n{}",
+        bash.display(),
+        t.context()
+    );
+    let stack = top_stack(&t, "minor", Some(child));
+    assert!(
+        has_frame(stack, "touch_pages"),
+        "top minor stack lacks touch_pages: {stack}\n{}",
+        t.context()
+    );
+}
+
 #[test]
 fn no_lost_events_at_storm_rate() {
     if !tests::require_root() {

@@ -140,9 +140,15 @@ impl Consumer for FaultCounter {
         };
         let tgid = event.raw.tgid;
         let Some(slot) = slot(event.kind) else {
+            if event.kind == EventKind::Fork {
+                self.maps.fork(tgid, event.raw.addr as u32);
+            }
             if event.kind == EventKind::Exec {
-                // A new program: its map and name replace the old ones.
-                self.maps.forget(tgid);
+                // A new program: its map and name replace the old ones (the old map is kept
+                // for the stacks recorded before).
+                self.maps.exec(tgid);
+                // Read the new map now: a short-lived program may be gone by the next fault.
+                self.maps.capture(tgid);
                 if let Some(entry) = self.processes.get_mut(&tgid) {
                     entry.comm = process_comm(tgid).unwrap_or_else(|| event.comm());
                 }
@@ -158,6 +164,7 @@ impl Consumer for FaultCounter {
         if self.record_stacks {
             let key = StackKey {
                 tgid,
+                generation: self.maps.generation(tgid),
                 kind: event.kind,
                 user_stack: event.raw.user_stack,
                 kernel_stack_id: event.raw.kernel_stack_id,
