@@ -12,6 +12,11 @@ static CGROUP_ID: u64 = 0;
 static CGROUP_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static FOLLOW_CHILDREN: u32 = 0;
+/// 1 when filemap:mm_filemap_fault tags are collected: only when every fault runs a program
+/// that takes its tag (all kinds, no sampling); otherwise a leftover tag could be taken by a
+/// later, unrelated fault of the same thread.
+#[unsafe(no_mangle)]
+static FILE_TAGS: u32 = 0;
 /// memtrace's own process, never traced: its work on events would make more events.
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
@@ -39,6 +44,10 @@ pub fn cgroup_level() -> u32 {
 #[inline(always)]
 pub fn follow_children() -> bool {
     unsafe { read_volatile(&FOLLOW_CHILDREN) != 0 }
+}
+#[inline(always)]
+pub fn file_tags() -> bool {
+    unsafe { read_volatile(&FILE_TAGS) != 0 }
 }
 #[inline(always)]
 pub fn self_tgid() -> u32 {

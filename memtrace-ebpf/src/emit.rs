@@ -43,7 +43,7 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     }
     count(counter::SEEN);
     let tid = pid_tgid as u32;
-    let file = if record.file_fault {
+    let file = if record.file_fault && config::file_tags() {
         filetag::take(tid)
     } else {
         None

@@ -31,6 +31,9 @@ pub enum Filter {
 pub struct KernelConfig {
     pub filter: Filter,
     pub follow_children: bool,
+    /// Name the file each file fault was served from, in the kernel (see memtrace-ebpf's
+    /// `filetag`). Only sound when every fault's program runs (all kinds, no sampling).
+    pub file_tags: bool,
     pub user_stacks: bool,
     pub kernel_stacks: bool,
     /// Ring buffer size in bytes (a power of two, at least one page).
@@ -82,6 +85,7 @@ impl Tracer {
         let follow = u32::from(config.follow_children);
         let wakeup = config.wakeup_bytes();
         let self_tgid = std::process::id();
+        let file_tags = u32::from(config.file_tags);
         let ebpf = EbpfLoader::new()
             .override_global("FILTER_MODE", &mode, true)
             .override_global("STACK_FLAGS", &stacks, true)
@@ -90,6 +94,7 @@ impl Tracer {
             .override_global("FOLLOW_CHILDREN", &follow, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("FILE_TAGS", &file_tags, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))

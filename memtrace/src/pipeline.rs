@@ -22,11 +22,13 @@ use crate::{
 pub const RING_BYTES: u32 = 8 << 20;
 pub const STACK_ENTRIES: u32 = 16384;
 
-/// Which stacks the kernel side takes per event.
+/// What a subcommand asks of the kernel side beyond its hooks.
 #[derive(Debug, Clone, Copy)]
-pub struct StackChoice {
-    pub user: bool,
-    pub kernel: bool,
+pub struct KernelOptions {
+    pub user_stacks: bool,
+    pub kernel_stacks: bool,
+    /// Name the file of each file fault in the kernel (see `KernelConfig::file_tags`).
+    pub file_tags: bool,
 }
 
 /// What a finished trace hands back to the subcommand.
@@ -41,7 +43,7 @@ pub struct Traced {
 pub async fn trace(
     target_args: &TargetArgs,
     run_args: &RunArgs,
-    stacks: StackChoice,
+    options: KernelOptions,
     attach: &dyn Fn(&mut Tracer) -> Result<()>,
     consumer: &mut dyn Consumer,
 ) -> Result<Traced> {
@@ -56,10 +58,16 @@ pub async fn trace(
     let config = KernelConfig {
         filter: target.filter(),
         follow_children: target_args.follow_children,
-        user_stacks: stacks.user,
-        kernel_stacks: stacks.kernel,
+        file_tags: options.file_tags,
+        user_stacks: options.user_stacks,
+        kernel_stacks: options.kernel_stacks,
         ring_bytes: RING_BYTES,
-        stack_entries: STACK_ENTRIES,
+        // No stacks, no need for the stack maps' memory (the kernel needs at least one entry).
+        stack_entries: if options.user_stacks || options.kernel_stacks {
+            STACK_ENTRIES
+        } else {
+            1
+        },
     };
     let mut tracer = Tracer::load(&config)?;
     let logger = tracer.init_logger();

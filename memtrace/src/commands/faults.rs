@@ -10,7 +10,7 @@ use crate::{
     events::{comm_to_string, Event},
     output,
     outputs::Outputs,
-    pipeline::{self, StackChoice},
+    pipeline::{self, KernelOptions},
     procmaps::{FileId, MapsCache, Region},
     progress::Progress,
     report::{FaultReport, ProcessRow, RegionRow, TracerCost},
@@ -206,9 +206,11 @@ impl Consumer for FaultCounter {
 
 pub async fn run(args: &FaultsArgs) -> Result<()> {
     let mut outputs = Outputs::open(&args.output)?;
-    let stacks = StackChoice {
-        user: matches!(args.stacks, Stacks::User | Stacks::Both),
-        kernel: matches!(args.stacks, Stacks::Kernel | Stacks::Both),
+    let options = KernelOptions {
+        user_stacks: matches!(args.stacks, Stacks::User | Stacks::Both),
+        kernel_stacks: matches!(args.stacks, Stacks::Kernel | Stacks::Both),
+        // A file fault's tag is taken by the fault's own program: every fault must run one.
+        file_tags: args.kind == Kind::All && args.sample == 1,
     };
     let mut counter = FaultCounter {
         maps: MapsCache::new(),
@@ -216,7 +218,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         regions: HashMap::new(),
         files: HashMap::new(),
         stacks: StackCounts::default(),
-        record_stacks: stacks.user || stacks.kernel,
+        record_stacks: options.user_stacks || options.kernel_stacks,
         period: args.sample,
         undecodable: 0,
         progress: Progress::new(args.run.interval),
@@ -224,11 +226,13 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     let (minor, major) = (args.kind != Kind::Major, args.kind != Kind::Minor);
     let period = args.sample;
     let attach = |tracer: &mut crate::bpf::Tracer| {
-        // Names the file each file-served fault came from, at fault time.
-        tracer.attach_tracepoint("filemap_fault", "filemap", "mm_filemap_fault")?;
+        if options.file_tags {
+            // Names the file each file-served fault came from, at fault time.
+            tracer.attach_tracepoint("filemap_fault", "filemap", "mm_filemap_fault")?;
+        }
         tracer.attach_faults(minor, major, period)
     };
-    let traced = pipeline::trace(&args.target, &args.run, stacks, &attach, &mut counter).await?;
+    let traced = pipeline::trace(&args.target, &args.run, options, &attach, &mut counter).await?;
     counter.progress.finish();
 
     let counters = traced.tracer.counters()?;
