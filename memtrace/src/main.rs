@@ -60,14 +60,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// -v: memtrace's own diagnostics and its eBPF programs' log (their records carry memtrace's
+/// module paths); -vv: everything, aya's loader included.
 fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
+    let (ours, others) = match verbose {
+        0 => (log::LevelFilter::Warn, log::LevelFilter::Warn),
+        1 => (log::LevelFilter::Debug, log::LevelFilter::Warn),
+        _ => (log::LevelFilter::Trace, log::LevelFilter::Trace),
     };
     env_logger::Builder::new()
-        .filter_level(level)
+        .filter_level(others)
+        .filter_module("memtrace", ours)
         .format_timestamp(None)
         .parse_env("MEMTRACE_LOG")
         .init();
