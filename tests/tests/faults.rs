@@ -449,6 +449,80 @@ fn forked_child_faults_before_exec_are_in_the_parents_address_space() {
     );
 }
 
+/// `read()` into a fresh 8 MiB buffer: the kernel's copy takes every one of its 2048 page
+/// faults, in kernel mode, so those stacks carry kernel frames (the read path).
+#[test]
+fn kernel_frames_for_faults_taken_in_the_kernel() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("kernel_frames");
+    let out = dir.join("report.json");
+    let run = memtrace(&[
+        "faults",
+        "--kind",
+        "minor",
+        "--format",
+        "json",
+        "--top",
+        "1000",
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=8M",
+        "count=1",
+        "status=none",
+    ]);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let report = read_json(&out, &run);
+    let in_read = |s: &&Value| {
+        s["kernel_frames"].as_array().is_some_and(|k| {
+            k.iter()
+                .any(|f| f.as_str().is_some_and(|f| f.contains("vfs_read")))
+        })
+    };
+    let faults: u64 = array(&report, "stacks")
+        .iter()
+        .filter(in_read)
+        .map(|s| u64_of(s, "count"))
+        .sum();
+    let pages = 8 * 1024 * 1024 / 4096;
+    assert!(
+        (pages..=pages + pages / 50).contains(&faults),
+        "{faults} faults on stacks through vfs_read, expected the buffer's {pages} pages\n{}\n{}",
+        serde_json::to_string_pretty(&report).unwrap(),
+        run.describe()
+    );
+}
+
+/// Without stacks the counts are the same, and no stack is reported.
+#[test]
+fn stacks_none_still_counts_exactly() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace_command(&["--stacks", "none"], "fault_touch", &["5000"]);
+    let minor = process_count(&t, t.workload.pid, "minor");
+    assert!(
+        within(minor, t.workload.minflt, 0.02),
+        "{minor} minor faults, getrusage says {}\n{}",
+        t.workload.minflt,
+        t.context()
+    );
+    assert!(array(&t.report, "stacks").is_empty(), "{}", t.context());
+    assert_eq!(
+        top_region(&t, t.workload.pid, "minor")["region"],
+        "[anon]",
+        "{}",
+        t.context()
+    );
+}
+
 #[test]
 fn no_lost_events_at_storm_rate() {
     if !tests::require_root() {
