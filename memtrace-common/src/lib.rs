@@ -19,6 +19,9 @@ pub enum EventKind {
     /// A traced process forked a new process, whose pid is in `addr`: until it execs, the
     /// child's memory map is a copy of its parent's.
     Fork = 4,
+    /// Pages of the current process brought back from swap (`weight`), with the user stack of
+    /// the fault that needed them.
+    SwapIn = 5,
 }
 
 impl EventKind {
@@ -28,6 +31,7 @@ impl EventKind {
             2 => Some(Self::MajorFault),
             3 => Some(Self::Exec),
             4 => Some(Self::Fork),
+            5 => Some(Self::SwapIn),
             _ => None,
         }
     }
@@ -81,6 +85,30 @@ pub struct FileTag {
     pub ino: u64,
 }
 
+/// Swap traffic of one process (the owner of the pages), counted in the kernel, summed over
+/// CPUs by the loader. All in pages.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SwapCounts {
+    /// Pages written to swap (what /proc/vmstat counts as pswpout).
+    pub out_written: u64,
+    /// Pages unmapped to swap, written or not: a clean page still in the swap cache leaves
+    /// again without I/O. This minus `swapped_in` and `freed` follows VmSwap.
+    pub out_unmapped: u64,
+    /// Pages brought back by swap-in faults (from disk or the swap cache).
+    pub swapped_in: u64,
+    /// Swap entries freed without coming back (unmapped memory, exit).
+    pub freed: u64,
+}
+
+/// A reclaimer's last unmap of a process's page to swap, waiting for the write that follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StagedSwapOut {
+    pub owner: u32,
+    pub pages: u32,
+}
+
 /// How the kernel side chooses which tasks to record (the `FILTER_MODE` global).
 pub mod filter_mode {
     /// Every task on the machine.
@@ -122,4 +150,6 @@ mod pod {
     unsafe impl aya::Pod for super::FileTag {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UserStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SwapCounts {}
 }

@@ -17,6 +17,11 @@ static FOLLOW_CHILDREN: u32 = 0;
 /// later, unrelated fault of the same thread.
 #[unsafe(no_mangle)]
 static FILE_TAGS: u32 = 0;
+/// do_swap_page's address range, from kallsyms (0, 0 when not found).
+#[unsafe(no_mangle)]
+static DO_SWAP_PAGE_START: u64 = 0;
+#[unsafe(no_mangle)]
+static DO_SWAP_PAGE_END: u64 = 0;
 /// memtrace's own process, never traced: its work on events would make more events.
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
@@ -48,6 +53,15 @@ pub fn follow_children() -> bool {
 #[inline(always)]
 pub fn file_tags() -> bool {
     unsafe { read_volatile(&FILE_TAGS) != 0 }
+}
+#[inline(always)]
+pub fn do_swap_page() -> (u64, u64) {
+    unsafe {
+        (
+            read_volatile(&DO_SWAP_PAGE_START),
+            read_volatile(&DO_SWAP_PAGE_END),
+        )
+    }
 }
 #[inline(always)]
 pub fn self_tgid() -> u32 {

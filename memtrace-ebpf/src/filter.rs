@@ -4,6 +4,17 @@ use memtrace_common::filter_mode;
 
 use crate::{config, maps::TARGET_TGIDS};
 
+/// For events about another process's pages (reclaim runs in kswapd or any process): is the
+/// owner traced? Its cgroup cannot be checked from here; a cgroup filter takes the current task.
+#[inline(always)]
+pub fn is_owner_target(owner: u32) -> bool {
+    match config::filter_mode() {
+        filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(owner).is_some() },
+        filter_mode::CGROUP => is_target(owner),
+        _ => owner != config::self_tgid(),
+    }
+}
+
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     match config::filter_mode() {

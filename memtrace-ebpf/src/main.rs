@@ -12,6 +12,7 @@ mod filetag;
 mod filter;
 mod follow;
 mod maps;
+mod swap;
 mod ustack;
 
 #[cfg(target_arch = "bpf")]

@@ -1,9 +1,9 @@
 //! Maps shared by every hook family. Sizes are defaults; the loader resizes them from options.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
-use memtrace_common::{counter, FileTag, UserStack, MAX_TARGETS};
+use memtrace_common::{counter, FileTag, StagedSwapOut, SwapCounts, UserStack, MAX_TARGETS};
 
 /// Every event, of every kind, for the one userspace drain.
 #[map]
@@ -34,6 +34,23 @@ pub static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGET
 /// completed (the task was killed) ages out instead of filling the map.
 #[map]
 pub static FILE_FAULTS: LruHashMap<u32, FileTag> = LruHashMap::with_max_entries(4096, 0);
+
+/// Swap traffic per owning process (tgid; 0: owner not known yet), see `swap`.
+#[map]
+pub static SWAP_COUNTS: PerCpuHashMap<u32, SwapCounts> =
+    PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Which process an mm (by kmem:rss_stat's hashed id) belongs to.
+#[map]
+pub static MM_OWNERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Each mm's last MM_SWAPENTS total in bytes, to turn totals into changes.
+#[map]
+pub static MM_SWAP_TOTALS: LruHashMap<u32, i64> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// A reclaiming thread's last unmap to swap, by thread id, until its write.
+#[map]
+pub static SWAP_STAGED: LruHashMap<u32, StagedSwapOut> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn count(index: u32) {

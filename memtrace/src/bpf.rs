@@ -2,7 +2,7 @@
 //! hooks here; everything downstream (drain, aggregation, output) is shared.
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         PerfEvent, TracePoint,
@@ -10,7 +10,7 @@ use aya::{
     util::online_cpus,
     Ebpf, EbpfLoader,
 };
-use memtrace_common::{counter, filter_mode, stack_flags, UserStack};
+use memtrace_common::{counter, filter_mode, stack_flags, SwapCounts, UserStack};
 
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -40,6 +40,8 @@ pub struct KernelConfig {
     pub ring_bytes: u32,
     /// Stacks the stack map can hold.
     pub stack_entries: u32,
+    /// do_swap_page's address range (kallsyms), for telling swap-ins from freed swap entries.
+    pub do_swap_page: Option<(u64, u64)>,
 }
 
 impl KernelConfig {
@@ -86,6 +88,7 @@ impl Tracer {
         let wakeup = config.wakeup_bytes();
         let self_tgid = std::process::id();
         let file_tags = u32::from(config.file_tags);
+        let (swap_page_start, swap_page_end) = config.do_swap_page.unwrap_or((0, 0));
         let ebpf = EbpfLoader::new()
             .override_global("FILTER_MODE", &mode, true)
             .override_global("STACK_FLAGS", &stacks, true)
@@ -95,6 +98,8 @@ impl Tracer {
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("FILE_TAGS", &file_tags, true)
+            .override_global("DO_SWAP_PAGE_START", &swap_page_start, true)
+            .override_global("DO_SWAP_PAGE_END", &swap_page_end, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))
@@ -190,6 +195,28 @@ impl Tracer {
         })
     }
 
+    /// Swap traffic per owning process (pid 0: not attributed yet), summed over CPUs.
+    #[allow(dead_code)] // read by `memtrace swap`, being built (issue #3)
+    pub fn swap_counts(&self) -> Result<std::collections::HashMap<u32, SwapCounts>> {
+        let map = self
+            .ebpf
+            .map("SWAP_COUNTS")
+            .context("SWAP_COUNTS map missing")?;
+        let counts: PerCpuHashMap<_, u32, SwapCounts> = PerCpuHashMap::try_from(map)?;
+        let mut totals = std::collections::HashMap::new();
+        for entry in counts.iter() {
+            let (pid, per_cpu) = entry?;
+            let total: &mut SwapCounts = totals.entry(pid).or_default();
+            for cpu in per_cpu.iter() {
+                total.out_written += cpu.out_written;
+                total.out_unmapped += cpu.out_unmapped;
+                total.swapped_in += cpu.swapped_in;
+                total.freed += cpu.freed;
+            }
+        }
+        Ok(totals)
+    }
+
     /// A handle to read user stacks by key.
     pub fn user_stacks(&self) -> Result<HashMap<&MapData, u64, UserStack>> {
         let map = self
@@ -216,6 +243,14 @@ impl Tracer {
             .map_mut(name)
             .with_context(|| format!("eBPF map {name} missing"))
     }
+}
+
+/// The address range of kernel function `name`: its address up to the next symbol's.
+pub fn kernel_function_range(name: &str) -> Option<(u64, u64)> {
+    let symbols = aya::util::kernel_symbols().ok()?;
+    let (&start, _) = symbols.iter().find(|(_, symbol)| symbol.as_str() == name)?;
+    let (&end, _) = symbols.range(start + 1..).next()?;
+    (start != 0).then_some((start, end))
 }
 
 /// Frames of user stack `key` (innermost first), or none for key 0.

@@ -11,6 +11,7 @@ mod launch;
 mod output;
 mod outputs;
 mod pipeline;
+mod processes;
 mod procmaps;
 mod progress;
 mod report;

@@ -29,6 +29,8 @@ pub struct KernelOptions {
     pub kernel_stacks: bool,
     /// Name the file of each file fault in the kernel (see `KernelConfig::file_tags`).
     pub file_tags: bool,
+    /// Tell swap-ins from freed swap entries (needs do_swap_page's address, from kallsyms).
+    pub swap: bool,
 }
 
 /// What a finished trace hands back to the subcommand.
@@ -62,6 +64,11 @@ pub async fn trace(
         user_stacks: options.user_stacks,
         kernel_stacks: options.kernel_stacks,
         ring_bytes: RING_BYTES,
+        do_swap_page: if options.swap {
+            crate::bpf::kernel_function_range("do_swap_page")
+        } else {
+            None
+        },
         // No stacks, no need for the stack maps' memory (the kernel needs at least one entry).
         stack_entries: if options.user_stacks || options.kernel_stacks {
             STACK_ENTRIES
@@ -114,8 +121,7 @@ pub async fn trace(
         deadline: run_args.duration,
         exits,
     };
-    let counters = || tracer_counters(&tracer);
-    let (reason, duration) = session::run(&mut drain, logger, consumer, &stop, &counters).await?;
+    let (reason, duration) = session::run(&mut drain, logger, consumer, &stop, &tracer).await?;
 
     let exit = child.map(|child| {
         // After Ctrl-C the command got the signal too; give it a moment to finish.
@@ -140,11 +146,9 @@ pub async fn trace(
             },
         }
     });
-    if counters().targets_full > 0 {
-        log::warn!(
-            "{} child processes were not traced: the target set is full",
-            counters().targets_full
-        );
+    let targets_full = tracer.counters().map_or(0, |c| c.targets_full);
+    if targets_full > 0 {
+        log::warn!("{targets_full} child processes were not traced: the target set is full");
     }
     log::debug!("stopped: {reason:?}");
     Ok(Traced {
@@ -154,8 +158,4 @@ pub async fn trace(
         duration,
         exit,
     })
-}
-
-fn tracer_counters(tracer: &Tracer) -> crate::bpf::KernelCounters {
-    tracer.counters().unwrap_or_default()
 }

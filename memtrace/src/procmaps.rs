@@ -144,7 +144,8 @@ pub struct ProcessMaps {
     /// Start time (clock ticks after boot) of the process read last: tells pid reuse apart.
     start_time: Option<u64>,
     mappings: Vec<Mapping>,
-    read_at: Instant,
+    /// When maps were last read; None when the next miss may read them at once.
+    read_at: Option<Instant>,
     alive: bool,
     /// A copy of the parent's snapshot, made at fork: the first read of the child's own maps
     /// merges into it rather than treating the new start time as pid reuse.
@@ -196,10 +197,6 @@ pub struct MapsCache {
 }
 
 impl MapsCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Read `/proc/PID/maps` now and merge it into the snapshot (replacing it if the pid now
     /// belongs to another process). False if the process is gone; the last snapshot stays.
     pub fn capture(&mut self, pid: u32) -> bool {
@@ -207,11 +204,11 @@ impl MapsCache {
         let entry = self.procs.entry(pid).or_insert_with(|| ProcessMaps {
             start_time: None,
             mappings: Vec::new(),
-            read_at: Instant::now(),
+            read_at: None,
             alive: false,
             inherited: false,
         });
-        entry.read_at = Instant::now();
+        entry.read_at = Some(Instant::now());
         match read {
             Some((start_time, fresh)) => {
                 if entry.start_time != Some(start_time) && !std::mem::take(&mut entry.inherited) {
@@ -240,7 +237,8 @@ impl MapsCache {
             None => true,
             // A process never read successfully is retried too: it may just not exist yet.
             Some(p) => {
-                (p.alive || p.start_time.is_none()) && p.read_at.elapsed() >= REFRESH_INTERVAL
+                (p.alive || p.start_time.is_none())
+                    && p.read_at.is_none_or(|at| at.elapsed() >= REFRESH_INTERVAL)
             }
         };
         if due {
@@ -267,7 +265,7 @@ impl MapsCache {
         let copy = ProcessMaps {
             start_time: None,
             mappings: parent_maps.mappings.clone(),
-            read_at: Instant::now(),
+            read_at: None,
             alive: true,
             inherited: true,
         };
@@ -275,6 +273,14 @@ impl MapsCache {
         // A reused pid: the new process starts at generation 0 again.
         self.generations.remove(&child);
         self.retired.retain(|&(pid, _), _| pid != child);
+    }
+
+    /// The snapshot is known to be incomplete (read at exec, before the dynamic loader mapped
+    /// the libraries): the next miss reads the maps again without waiting out the rate limit.
+    pub fn expect_changes(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.read_at = None;
+        }
     }
 
     /// The process called exec: its snapshot so far is retired (kept for what was recorded
@@ -398,7 +404,7 @@ mod tests {
     #[test]
     fn own_process_regions() {
         let pid = std::process::id();
-        let mut cache = MapsCache::new();
+        let mut cache = MapsCache::default();
         assert!(cache.capture(pid));
 
         let exe = std::env::current_exe().unwrap();
@@ -450,7 +456,7 @@ mod tests {
             0
         );
 
-        let mut cache = MapsCache::new();
+        let mut cache = MapsCache::default();
         assert!(cache.capture(pid));
         assert_eq!(cache.region(pid, middle as u64 + 8), Region::Anon);
 
@@ -465,7 +471,7 @@ mod tests {
     fn snapshot_survives_exit() {
         let mut child = Command::new("/bin/sleep").arg("5").spawn().unwrap();
         let pid = child.id();
-        let mut cache = MapsCache::new();
+        let mut cache = MapsCache::default();
         // spawn returns once exec began, possibly before the kernel mapped the binary: poll.
         let deadline = Instant::now() + Duration::from_secs(5);
         let exec = loop {

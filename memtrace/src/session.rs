@@ -9,18 +9,19 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
-use crate::{bpf::KernelCounters, drain::Drain, watch::ProcessWatch};
+use crate::{bpf::Tracer, drain::Drain, watch::ProcessWatch};
 
 /// How often the ring is drained even without a wake-up (wake-ups are batched by the kernel side).
-const TICK: Duration = Duration::from_millis(20);
+const TICK: Duration = Duration::from_millis(5);
 
 /// What a subcommand does with the records and the passing time.
 pub trait Consumer {
     fn on_record(&mut self, bytes: &[u8]);
     /// Called once before tracing with the processes given by pid (to capture their maps).
     fn on_targets(&mut self, _pids: &[u32]) {}
-    /// Called about every 20 ms with the time since tracing started and the kernel's counters.
-    fn on_tick(&mut self, _elapsed: Duration, _counters: KernelCounters) {}
+    /// Called about every 5 ms (the drain tick) with the time since tracing started; `tracer` gives the
+    /// kernel's counters and maps.
+    fn on_tick(&mut self, _elapsed: Duration, _tracer: &Tracer) {}
 }
 
 /// When to stop, besides Ctrl-C and SIGTERM.
@@ -39,13 +40,13 @@ pub enum StopReason {
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-/// Runs until a stop condition; `counters` reads the kernel-side counters for ticks.
+/// Runs until a stop condition.
 pub async fn run(
     drain: &mut Drain,
     logger: Option<Logger>,
     consumer: &mut dyn Consumer,
     stop: &StopWhen,
-    counters: &dyn Fn() -> KernelCounters,
+    tracer: &Tracer,
 ) -> Result<(StopReason, Duration)> {
     let started = Instant::now();
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -67,7 +68,7 @@ pub async fn run(
             _ = ticker.tick() => {
                 drain.drain_now(&mut |bytes| consumer.on_record(bytes));
                 let elapsed = started.elapsed();
-                consumer.on_tick(elapsed, counters());
+                consumer.on_tick(elapsed, tracer);
                 if stop.deadline.is_some_and(|deadline| elapsed >= deadline) {
                     break StopReason::Deadline;
                 }

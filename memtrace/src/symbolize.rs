@@ -198,7 +198,7 @@ mod tests {
 
     fn own_maps() -> (MapsCache, u32) {
         let pid = std::process::id();
-        let mut maps = MapsCache::new();
+        let mut maps = MapsCache::default();
         assert!(maps.capture(pid));
         (maps, pid)
     }

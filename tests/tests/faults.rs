@@ -506,7 +506,7 @@ fn stacks_none_still_counts_exactly() {
         return;
     }
     let _serial = serial();
-    let t = trace_command(&["--stacks", "none"], "fault_touch", &["5000"]);
+    let t = trace_command(&["--stacks", "none"], "fault_touch", &["20000"]);
     let minor = process_count(&t, t.workload.pid, "minor");
     assert!(
         within(minor, t.workload.minflt, 0.02),

@@ -5,13 +5,14 @@ use anyhow::Result;
 use memtrace_common::EventKind;
 
 use crate::{
-    bpf::KernelCounters,
+    bpf::Tracer,
     cli::{FaultsArgs, Format, Kind, Stacks},
-    events::{comm_to_string, Event},
+    events::Event,
     output,
     outputs::Outputs,
     pipeline::{self, KernelOptions},
-    procmaps::{FileId, MapsCache, Region},
+    processes::Processes,
+    procmaps::{FileId, Region},
     progress::Progress,
     report::{FaultReport, ProcessRow, RegionRow, TracerCost},
     session::Consumer,
@@ -40,15 +41,15 @@ fn kind_name(kind: EventKind) -> &'static str {
     }
 }
 
+#[derive(Default)]
 struct ProcessEntry {
-    comm: String,
     total: Pair,
     interval: Pair,
 }
 
 /// Aggregates fault events as they are drained.
 struct FaultCounter {
-    maps: MapsCache,
+    known: Processes,
     processes: HashMap<u32, ProcessEntry>,
     regions: HashMap<(u32, Region), Pair>,
     /// Files the kernel said faults were served from, by identity, once resolved to a region.
@@ -62,23 +63,12 @@ struct FaultCounter {
 }
 
 impl FaultCounter {
-    fn process(&mut self, event: &Event) -> &mut ProcessEntry {
-        let tgid = event.raw.tgid;
-        self.processes.entry(tgid).or_insert_with(|| ProcessEntry {
-            comm: process_comm(tgid).unwrap_or_else(|| event.comm()),
-            total: [0; 2],
-            interval: [0; 2],
-        })
-    }
-}
-
-impl FaultCounter {
     /// The region of a fault. When the kernel named the file the fault was served from, that
     /// wins over the maps snapshot, which may be newer than the fault (the mapping replaced).
     fn region(&mut self, event: &Event) -> Region {
         let (tgid, addr) = (event.raw.tgid, event.raw.addr);
         let Some(id) = file_id(event) else {
-            return match self.maps.region(tgid, addr) {
+            return match self.known.maps.region(tgid, addr) {
                 // Not served from a file (the kernel would have said), mapped and unmapped
                 // before memtrace read the maps: short-lived anonymous memory, like a freed
                 // malloc buffer.
@@ -86,7 +76,7 @@ impl FaultCounter {
                 region => region,
             };
         };
-        if let Some(mapping) = self.maps.lookup(tgid, addr) {
+        if let Some(mapping) = self.known.maps.lookup(tgid, addr) {
             if mapping.file_id() == Some(id) {
                 return mapping.region.clone();
             }
@@ -95,8 +85,8 @@ impl FaultCounter {
             return region.clone();
         }
         // A mapping memtrace has not seen yet: read the maps once for this file.
-        self.maps.capture(tgid);
-        let region = match self.maps.file_path(id) {
+        self.known.maps.capture(tgid);
+        let region = match self.known.maps.file_path(id) {
             Some(path) => Region::File(path.to_owned()),
             None => Region::Other(format!(
                 "[file {}:{} inode {}, unmapped before memtrace saw it]",
@@ -120,17 +110,9 @@ fn file_id(event: &Event) -> Option<FileId> {
     })
 }
 
-/// The process's name (the thread group leader's comm), which the event's thread may not share.
-fn process_comm(tgid: u32) -> Option<String> {
-    let comm = std::fs::read(format!("/proc/{tgid}/comm")).ok()?;
-    Some(comm_to_string(comm.strip_suffix(b"\n").unwrap_or(&comm)))
-}
-
 impl Consumer for FaultCounter {
     fn on_targets(&mut self, pids: &[u32]) {
-        for &pid in pids {
-            self.maps.capture(pid);
-        }
+        self.known.capture(pids);
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
@@ -139,54 +121,39 @@ impl Consumer for FaultCounter {
             return;
         };
         let tgid = event.raw.tgid;
+        if self.known.on_lifecycle(&event) {
+            return;
+        }
         let Some(slot) = slot(event.kind) else {
-            if event.kind == EventKind::Fork {
-                self.maps.fork(tgid, event.raw.addr as u32);
-            }
-            if event.kind == EventKind::Exec {
-                // A new program: its map and name replace the old ones (the old map is kept
-                // for the stacks recorded before).
-                self.maps.exec(tgid);
-                // Read the new map now: a short-lived program may be gone by the next fault.
-                self.maps.capture(tgid);
-                if let Some(entry) = self.processes.get_mut(&tgid) {
-                    entry.comm = process_comm(tgid).unwrap_or_else(|| event.comm());
-                }
-            }
             return;
         };
         let weight = event.raw.weight;
-        let entry = self.process(&event);
+        self.known.comm(&event);
+        let entry = self.processes.entry(tgid).or_default();
         entry.total[slot] += weight;
         entry.interval[slot] += weight;
         let region = self.region(&event);
         self.regions.entry((tgid, region)).or_default()[slot] += weight;
         if self.record_stacks {
-            let key = StackKey {
-                tgid,
-                generation: self.maps.generation(tgid),
-                kind: event.kind,
-                user_stack: event.raw.user_stack,
-                kernel_stack_id: event.raw.kernel_stack_id,
-            };
-            self.stacks.add(key, weight);
+            self.stacks.add(self.known.stack_key(&event), weight);
         }
     }
 
-    fn on_tick(&mut self, elapsed: Duration, counters: KernelCounters) {
+    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+        let counters = tracer.counters().unwrap_or_default();
         if let Some(interval) = self.progress.interval_due(elapsed) {
             let seconds = interval.as_secs_f64();
-            let mut active: Vec<(&u32, &mut ProcessEntry)> = self
+            let mut active: Vec<(&u32, &ProcessEntry)> = self
                 .processes
-                .iter_mut()
+                .iter()
                 .filter(|(_, e)| e.interval != [0, 0])
                 .collect();
             active.sort_by_key(|(_, e)| std::cmp::Reverse(e.interval[0] + e.interval[1]));
-            for (pid, entry) in active {
+            for (&pid, entry) in active {
                 self.progress.interval_line(&format!(
                     "{:>8.1}s  pid {pid:<7} {:<16} minor/s {:>10.0}  major/s {:>8.0}",
                     elapsed.as_secs_f64(),
-                    entry.comm,
+                    self.known.name(pid),
                     entry.interval[0] as f64 / seconds,
                     entry.interval[1] as f64 / seconds,
                 ));
@@ -211,9 +178,10 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         kernel_stacks: matches!(args.stacks, Stacks::Kernel | Stacks::Both),
         // A file fault's tag is taken by the fault's own program: every fault must run one.
         file_tags: args.kind == Kind::All && args.sample == 1,
+        swap: false,
     };
     let mut counter = FaultCounter {
-        maps: MapsCache::new(),
+        known: Processes::default(),
         processes: HashMap::new(),
         regions: HashMap::new(),
         files: HashMap::new(),
@@ -225,7 +193,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     };
     let (minor, major) = (args.kind != Kind::Major, args.kind != Kind::Minor);
     let period = args.sample;
-    let attach = |tracer: &mut crate::bpf::Tracer| {
+    let attach = |tracer: &mut Tracer| {
         if options.file_tags {
             // Names the file each file-served fault came from, at fault time.
             tracer.attach_tracepoint("filemap_fault", "filemap", "mm_filemap_fault")?;
@@ -250,7 +218,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
             let [minor, major] = entry.total.map(|n| n * period);
             ProcessRow {
                 pid,
-                comm: entry.comm.clone(),
+                comm: counter.known.name(pid),
                 minor,
                 major,
                 minor_per_s: minor as f64 / seconds,
@@ -280,22 +248,12 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     let all_stacks = args.output.format == Format::Folded
         || args.output.flamegraph.is_some()
         || args.output.pprof.is_some();
-    let comms: HashMap<u32, String> = counter
-        .processes
-        .iter()
-        .map(|(&pid, e)| (pid, e.comm.clone()))
-        .collect();
-    let label = |key: &StackKey| {
-        (
-            comms.get(&key.tgid).cloned().unwrap_or_default(),
-            kind_name(key.kind),
-        )
-    };
+    let label = |key: &StackKey| (counter.known.name(key.tgid), kind_name(key.kind));
     let mut symbolizer = Symbolizer::new();
     let stacks = counter.stacks.resolve(
         &traced.tracer,
         &mut symbolizer,
-        &counter.maps,
+        &counter.known.maps,
         (!all_stacks).then_some(args.output.top),
         period,
         &label,

@@ -1,0 +1,79 @@
+//! What every subcommand's consumer keeps about the processes it sees: their memory maps (one
+//! snapshot per exec generation, see `procmaps`) and their names, kept current by the fork and
+//! exec events every trace carries.
+use std::collections::HashMap;
+
+use memtrace_common::EventKind;
+
+use crate::{
+    events::{comm_to_string, Event},
+    procmaps::MapsCache,
+    stacks::StackKey,
+};
+
+#[derive(Default)]
+pub struct Processes {
+    pub maps: MapsCache,
+    comms: HashMap<u32, String>,
+}
+
+impl Processes {
+    /// Processes given by pid: their maps are read now, while they surely exist.
+    pub fn capture(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            self.maps.capture(pid);
+        }
+    }
+
+    /// Applies a fork or exec event; false for any other event.
+    pub fn on_lifecycle(&mut self, event: &Event) -> bool {
+        let tgid = event.raw.tgid;
+        match event.kind {
+            EventKind::Fork => self.maps.fork(tgid, event.raw.addr as u32),
+            EventKind::Exec => {
+                // A new program: its map and name replace the old ones (the old map is kept
+                // for the stacks recorded before). Read the new map now: a short-lived program
+                // may be gone by its next event.
+                self.maps.exec(tgid);
+                self.maps.capture(tgid);
+                self.maps.expect_changes(tgid);
+                if self.comms.contains_key(&tgid) {
+                    self.comms
+                        .insert(tgid, read_comm(tgid).unwrap_or_else(|| event.comm()));
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The event's process name: its thread group leader's comm (read once), or the event's
+    /// thread name when the process is already gone.
+    pub fn comm(&mut self, event: &Event) -> &str {
+        let tgid = event.raw.tgid;
+        self.comms
+            .entry(tgid)
+            .or_insert_with(|| read_comm(tgid).unwrap_or_else(|| event.comm()))
+    }
+
+    /// The name known for `pid` (empty if none).
+    pub fn name(&self, pid: u32) -> String {
+        self.comms.get(&pid).cloned().unwrap_or_default()
+    }
+
+    /// The stack key of an event, in its process's current exec generation.
+    pub fn stack_key(&self, event: &Event) -> StackKey {
+        StackKey {
+            tgid: event.raw.tgid,
+            generation: self.maps.generation(event.raw.tgid),
+            kind: event.kind,
+            user_stack: event.raw.user_stack,
+            kernel_stack_id: event.raw.kernel_stack_id,
+        }
+    }
+}
+
+fn read_comm(tgid: u32) -> Option<String> {
+    let comm = std::fs::read(format!("/proc/{tgid}/comm")).ok()?;
+    Some(comm_to_string(comm.strip_suffix(b"\n").unwrap_or(&comm)))
+}
