@@ -13,6 +13,7 @@ const WORKLOADS: &[&str] = &[
     "fault_threads",
     "fault_fork",
     "fault_storm",
+    "swap_cycle",
     "demo",
 ];
 

@@ -196,7 +196,6 @@ impl Tracer {
     }
 
     /// Swap traffic per owning process (pid 0: not attributed yet), summed over CPUs.
-    #[allow(dead_code)] // read by `memtrace swap`, being built (issue #3)
     pub fn swap_counts(&self) -> Result<std::collections::HashMap<u32, SwapCounts>> {
         let map = self
             .ebpf

@@ -15,7 +15,8 @@ Examples:
   sudo memtrace faults --kind major --interval 1s   who waits on disk, live, system-wide
   sudo memtrace faults --pid 1234 --flamegraph faults.svg --pprof faults.pb.gz
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input, 127 command not found.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input, 3 a gate failed (swap),
+127 command not found.
 memtrace needs root (or CAP_BPF and CAP_PERFMON).";
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,10 @@ pub enum Command {
     /// Page faults, minor and major, per process, memory region and call stack.
     #[command(after_help = FAULTS_HELP)]
     Faults(Box<FaultsArgs>),
+    /// Swap traffic per process (credited to the pages' owner), system swap and memory
+    /// pressure, thrashing; gates for load-test pipelines.
+    #[command(after_help = SWAP_HELP)]
+    Swap(Box<SwapArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -67,8 +72,30 @@ Examples:
   sudo memtrace faults --sample 100 --format json --output faults.json
   sudo memtrace faults --pid 1234 --format folded | flamegraph.pl > faults.svg";
 
+const SWAP_HELP: &str = "\
+What is counted, per process that owns the pages (whoever runs reclaim: kswapd, another
+process, or itself):
+  out       pages written to swap (the kernel's pswpout)
+  in        pages brought back by the process's swap-in faults (from disk or the swap cache)
+  unmapped  pages unmapped to swap, written or not: a clean page still in the swap cache
+            leaves again without I/O. unmapped - in - freed follows VmSwap.
+System lines: pswpin/s and pswpout/s (/proc/vmstat), swap used, PSI memory some/full (avg10).
+
+Thrashing: one process both swapping out (unmapped) and in at 100 pages/s or more for 2
+intervals in a row, or PSI memory full avg10 at 10% or more.
+
+Gates (exit code 3 when one fails; the report says which and when):
+  --max-swap-in-rate N    traced processes' swap-in above N pages/s in any interval
+  --max-swap-out-rate N   traced processes' swap-out (written) above N pages/s
+  --fail-on-thrashing     thrashing was seen
+
+Examples:
+  sudo memtrace swap                                   live, system-wide, every second
+  sudo memtrace swap --format json -- ./load-test.sh   a load test and its children
+  sudo memtrace swap --max-swap-in-rate 1000 --fail-on-thrashing -- ./load-test.sh";
+
 /// Which processes to trace. Shared by every tracing subcommand.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// Trace this process (all its threads); repeat for several.
     #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid)]
@@ -132,6 +159,42 @@ pub struct FaultsArgs {
     pub sample: u64,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SwapArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the live table every DURATION.
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Report format.
+    #[arg(short, long, value_enum, default_value_t = SwapFormat::Table)]
+    pub format: SwapFormat,
+    /// Write the report to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// How many swap-in stacks the report shows.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// Fail (exit 3) when the traced processes swap in faster than this in any interval.
+    #[arg(long, value_name = "PAGES_PER_S")]
+    pub max_swap_in_rate: Option<f64>,
+    /// Fail (exit 3) when the traced processes swap out (written) faster than this.
+    #[arg(long, value_name = "PAGES_PER_S")]
+    pub max_swap_out_rate: Option<f64>,
+    /// Fail (exit 3) when thrashing is seen.
+    #[arg(long)]
+    pub fail_on_thrashing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SwapFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -17,7 +17,9 @@ mod progress;
 mod report;
 mod session;
 mod stacks;
+mod swap_report;
 mod symbolize;
+mod sysmem;
 mod system;
 mod target;
 mod watch;
@@ -49,6 +51,7 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Faults(args) => commands::faults::run(&args).await,
+        Command::Swap(args) => commands::swap::run(&args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -19,10 +19,7 @@ pub struct Outputs {
 
 impl Outputs {
     pub fn open(args: &OutputArgs) -> Result<Self> {
-        let report: Box<dyn Write> = match &args.output {
-            Some(path) => Box::new(create(path, "--output")?),
-            None => Box::new(std::io::stdout()),
-        };
+        let report = report_writer(args.output.as_deref())?;
         Ok(Self {
             report,
             flamegraph: args
@@ -37,6 +34,14 @@ impl Outputs {
                 .transpose()?,
         })
     }
+}
+
+/// Only the main report's destination: `--output FILE` or standard output.
+pub fn report_writer(path: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(path) => Box::new(create(path, "--output")?),
+        None => Box::new(std::io::stdout()),
+    })
 }
 
 fn create(path: &Path, option: &str) -> Result<BufWriter<File>> {

@@ -1,2 +1,3 @@
 //! One module per subcommand: each picks hooks, a consumer and sinks; the pipeline is shared.
 pub mod faults;
+pub mod swap;

@@ -1,4 +1,4 @@
-//! Pretty JSON of the report; the field names of `crate::report` are the contract.
+//! Pretty JSON of reports; the field names of the report types are the contract.
 use std::io::Write;
 
 use crate::report::FaultReport;
@@ -9,7 +9,12 @@ pub fn write(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::R
     // listing them here; it is made once per run, so its cost does not matter.
     let mut shown = report.clone();
     shown.stacks.truncate(top);
-    serde_json::to_writer_pretty(&mut *out, &shown)?;
+    write_value(&shown, out)
+}
+
+/// Any report as pretty JSON, with a trailing newline.
+pub fn write_value(report: &impl serde::Serialize, out: &mut dyn Write) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, report)?;
     writeln!(out)?;
     Ok(())
 }

@@ -3,6 +3,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod json;
 pub mod pprof;
+pub mod swap;
 pub mod table;
 
 /// A small hand-made report shared by the sinks' unit tests.

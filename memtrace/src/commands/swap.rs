@@ -1,0 +1,373 @@
+//! `memtrace swap`: who swaps out, who waits on swap-in, and is the machine thrashing.
+//! Counters are kept in the kernel per owning process (see memtrace-ebpf's `swap`); each
+//! interval they are read and set beside the kernel's system-wide figures.
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Result;
+use memtrace_common::{EventKind, SwapCounts};
+
+use crate::{
+    bpf::Tracer,
+    cli::{RunArgs, SwapArgs, SwapFormat},
+    error::GateFailed,
+    events::Event,
+    output, outputs,
+    pipeline::{self, KernelOptions},
+    processes::Processes,
+    progress::Progress,
+    report::TracerCost,
+    session::Consumer,
+    stacks::{StackCounts, StackKey},
+    swap_report::{Gate, SwapInterval, SwapProcessRow, SwapReport, SwapSystem, Thrashing},
+    symbolize::Symbolizer,
+    sysmem::{self, SystemSample},
+};
+
+/// Thrashing, as the help and README define it: one process both swapping out and in at this
+/// many pages/s or more, for this many consecutive intervals; or PSI memory "full" (every
+/// non-idle task stalled on memory) at this share of time or more.
+pub const THRASH_RATE: f64 = 100.0;
+pub const THRASH_INTERVALS: u32 = 2;
+pub const THRASH_PSI_FULL: f64 = 10.0;
+
+/// Everything gathered while tracing.
+struct SwapWatch {
+    known: Processes,
+    stacks: StackCounts,
+    major_faults: HashMap<u32, u64>,
+    /// Kernel counters at the last interval's end.
+    last_counts: HashMap<u32, SwapCounts>,
+    last_system: SystemSample,
+    /// Consecutive intervals each process swapped both ways at THRASH_RATE.
+    thrash_streak: HashMap<u32, u32>,
+    thrashing: Option<Thrashing>,
+    intervals: Vec<SwapInterval>,
+    /// Last VmSwap seen per process (kept after it exits).
+    vmswap: HashMap<u32, u64>,
+    progress: Progress,
+    undecodable: u64,
+}
+
+impl Consumer for SwapWatch {
+    fn on_targets(&mut self, pids: &[u32]) {
+        self.known.capture(pids);
+    }
+
+    fn on_record(&mut self, bytes: &[u8]) {
+        let Some(event) = Event::decode(bytes) else {
+            self.undecodable += 1;
+            return;
+        };
+        if self.known.on_lifecycle(&event) {
+            return;
+        }
+        self.known.comm(&event);
+        self.known.refresh(&event);
+        match event.kind {
+            EventKind::SwapIn => self
+                .stacks
+                .add(self.known.stack_key(&event), event.raw.weight),
+            EventKind::MajorFault => *self.major_faults.entry(event.raw.tgid).or_default() += 1,
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+        let Some(interval) = self.progress.interval_due(elapsed) else {
+            return;
+        };
+        let counts = tracer.swap_counts().unwrap_or_default();
+        let system = SystemSample::read();
+        self.close_interval(
+            elapsed.as_secs_f64(),
+            interval.as_secs_f64(),
+            &counts,
+            system,
+        );
+        self.last_counts = counts;
+        self.last_system = system;
+    }
+}
+
+impl SwapWatch {
+    /// Records the interval ending at `t` (seconds), prints its live lines, checks thrashing.
+    fn close_interval(
+        &mut self,
+        t: f64,
+        seconds: f64,
+        counts: &HashMap<u32, SwapCounts>,
+        system: SystemSample,
+    ) {
+        let (mut swap_in, mut swap_out) = (0, 0);
+        let mut lines = Vec::new();
+        for (&pid, now) in counts {
+            let before = self.last_counts.get(&pid).copied().unwrap_or_default();
+            let written = now.out_written - before.out_written;
+            let unmapped = now.out_unmapped - before.out_unmapped;
+            let back = now.swapped_in - before.swapped_in;
+            swap_in += back;
+            swap_out += written;
+            let (in_rate, out_rate) = (back as f64 / seconds, unmapped as f64 / seconds);
+            let streak = self.thrash_streak.entry(pid).or_default();
+            *streak = if in_rate >= THRASH_RATE && out_rate >= THRASH_RATE {
+                *streak + 1
+            } else {
+                0
+            };
+            if *streak >= THRASH_INTERVALS && self.thrashing.is_none() {
+                self.thrashing = Some(Thrashing {
+                    t,
+                    reason: format!(
+                        "pid {pid} ({}) swapped out {out_rate:.0} and in {in_rate:.0} pages/s \
+                         for {streak} intervals in a row",
+                        self.known.name(pid)
+                    ),
+                });
+            }
+            if pid != 0 {
+                if let Some(kb) = sysmem::vmswap_kb(pid) {
+                    self.vmswap.insert(pid, kb);
+                }
+            }
+            if written + unmapped + back > 0 {
+                lines.push((
+                    pid,
+                    out_rate,
+                    back as f64 / seconds,
+                    written as f64 / seconds,
+                ));
+            }
+        }
+        if system.psi_full_avg10 >= THRASH_PSI_FULL && self.thrashing.is_none() {
+            self.thrashing = Some(Thrashing {
+                t,
+                reason: format!("PSI memory full avg10 at {:.1}%", system.psi_full_avg10),
+            });
+        }
+        let delta = |now: u64, before: u64| now.saturating_sub(before);
+        let row = SwapInterval {
+            t,
+            swap_in_pages: swap_in,
+            swap_out_pages: swap_out,
+            pswpin: delta(system.pswpin, self.last_system.pswpin),
+            pswpout: delta(system.pswpout, self.last_system.pswpout),
+            psi_some_avg10: system.psi_some_avg10,
+            psi_full_avg10: system.psi_full_avg10,
+        };
+        self.progress.interval_line(&format!(
+            "{t:>8.1}s  system pswpin/s {:>8.0}  pswpout/s {:>8.0}  swap used {:>8} KiB  \
+             PSI some {:>5.1}% full {:>5.1}%{}",
+            row.pswpin as f64 / seconds,
+            row.pswpout as f64 / seconds,
+            system.swap_total_kb - system.swap_free_kb,
+            system.psi_some_avg10,
+            system.psi_full_avg10,
+            if self.thrashing.is_some() {
+                "  THRASHING"
+            } else {
+                ""
+            },
+        ));
+        lines.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+        for (pid, unmapped_rate, in_rate, written_rate) in lines {
+            self.progress.interval_line(&format!(
+                "{:>10}  pid {pid:<7} {:<16} out/s {unmapped_rate:>8.0} (written {written_rate:.0})  \
+                 in/s {in_rate:>8.0}  VmSwap {:>8} KiB",
+                "",
+                self.known.name(pid),
+                self.vmswap.get(&pid).copied().unwrap_or(0),
+            ));
+        }
+        self.intervals.push(row);
+    }
+}
+
+pub async fn run(args: &SwapArgs) -> Result<()> {
+    let mut out = outputs::report_writer(args.output.as_deref())?;
+    let start = SystemSample::read();
+    if start.swap_total_kb == 0 {
+        eprintln!(
+            "memtrace: no swap is configured (SwapTotal is 0): no process can swap; \
+             major faults and memory pressure are still reported"
+        );
+    }
+    // A command's children are its load: follow them.
+    let mut target = args.target.clone();
+    target.follow_children |= !target.command.is_empty();
+    let run_args = RunArgs {
+        duration: args.duration,
+        interval: Some(args.interval),
+    };
+    let options = KernelOptions {
+        user_stacks: true, // for swap-in stacks, the only events with stacks here
+        kernel_stacks: false,
+        file_tags: false,
+        swap: true,
+    };
+    let attach = |tracer: &mut Tracer| {
+        tracer.attach_tracepoint("swap_rss_stat", "kmem", "rss_stat")?;
+        tracer.attach_tracepoint("swap_write_folio", "vmscan", "mm_vmscan_write_folio")?;
+        tracer.attach_faults(false, true, 1)
+    };
+    let mut watch = SwapWatch {
+        known: Processes::default(),
+        stacks: StackCounts::default(),
+        major_faults: HashMap::new(),
+        last_counts: HashMap::new(),
+        last_system: start,
+        thrash_streak: HashMap::new(),
+        thrashing: None,
+        intervals: Vec::new(),
+        vmswap: HashMap::new(),
+        progress: Progress::new(Some(args.interval)),
+        undecodable: 0,
+    };
+    let traced = pipeline::trace(&target, &run_args, options, &attach, &mut watch).await?;
+
+    // The last, partial interval, so totals include everything up to the stop.
+    let counts = traced.tracer.swap_counts()?;
+    let end = SystemSample::read();
+    let elapsed = traced.duration.as_secs_f64();
+    let since = watch.intervals.last().map_or(0.0, |i| i.t);
+    if elapsed > since {
+        watch.close_interval(elapsed, (elapsed - since).max(1e-3), &counts, end);
+    }
+    let report = build_report(args, watch, &traced, &counts, start, end)?;
+    match args.format {
+        SwapFormat::Table => output::swap::write(&report, &mut out)?,
+        SwapFormat::Json => output::json::write_value(&report, &mut out)?,
+    }
+    out.flush()?;
+    let failed: Vec<String> = report
+        .gates
+        .iter()
+        .filter(|g| g.failed)
+        .map(|g| format!("{} (limit {}, worst {:.0})", g.gate, g.limit, g.worst))
+        .collect();
+    if !failed.is_empty() {
+        return Err(GateFailed(format!("gate failed: {}", failed.join(", "))).into());
+    }
+    Ok(())
+}
+
+fn build_report(
+    args: &SwapArgs,
+    watch: SwapWatch,
+    traced: &pipeline::Traced,
+    counts: &HashMap<u32, SwapCounts>,
+    start: SystemSample,
+    end: SystemSample,
+) -> Result<SwapReport> {
+    let mut pids: Vec<u32> = counts
+        .keys()
+        .chain(watch.major_faults.keys())
+        .copied()
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let mut processes: Vec<SwapProcessRow> = pids
+        .into_iter()
+        .map(|pid| {
+            let c = counts.get(&pid).copied().unwrap_or_default();
+            SwapProcessRow {
+                pid,
+                comm: if pid == 0 {
+                    "[unattributed]".into()
+                } else {
+                    watch.known.name(pid)
+                },
+                swap_out_pages: c.out_written,
+                swap_in_pages: c.swapped_in,
+                swap_out_unmapped_pages: c.out_unmapped,
+                swap_freed_pages: c.freed,
+                major_faults: watch.major_faults.get(&pid).copied().unwrap_or(0),
+                vmswap_kb: sysmem::vmswap_kb(pid)
+                    .or_else(|| watch.vmswap.get(&pid).copied())
+                    .unwrap_or(0),
+            }
+        })
+        .collect();
+    processes.sort_by_key(|p| (std::cmp::Reverse(p.swap_out_pages + p.swap_in_pages), p.pid));
+
+    let label = |key: &StackKey| (watch.known.name(key.tgid), "swap_in");
+    let mut symbolizer = Symbolizer::new();
+    let stacks = watch.stacks.resolve(
+        &traced.tracer,
+        &mut symbolizer,
+        &watch.known.maps,
+        Some(args.top),
+        1,
+        &label,
+    )?;
+    let seconds_of = |i: &SwapInterval, prev: f64| (i.t - prev).max(1e-3);
+    let worst = |value: &dyn Fn(&SwapInterval) -> u64| {
+        let mut prev = 0.0;
+        let mut worst: (f64, Option<f64>) = (0.0, None);
+        for i in &watch.intervals {
+            let rate = value(i) as f64 / seconds_of(i, prev);
+            if rate > worst.0 {
+                worst = (rate, Some(i.t));
+            }
+            prev = i.t;
+        }
+        worst
+    };
+    let mut gates = Vec::new();
+    for (gate, limit, value) in [
+        (
+            "max-swap-in-rate",
+            args.max_swap_in_rate,
+            &(|i: &SwapInterval| i.swap_in_pages) as &dyn Fn(&SwapInterval) -> u64,
+        ),
+        (
+            "max-swap-out-rate",
+            args.max_swap_out_rate,
+            &|i: &SwapInterval| i.swap_out_pages,
+        ),
+    ] {
+        if let Some(limit) = limit {
+            let (rate, at) = worst(value);
+            gates.push(Gate {
+                gate,
+                limit,
+                worst: rate,
+                failed: rate > limit,
+                at_s: at.filter(|_| rate > limit),
+            });
+        }
+    }
+    if args.fail_on_thrashing {
+        let at = watch.thrashing.as_ref().map(|t| t.t);
+        gates.push(Gate {
+            gate: "fail-on-thrashing",
+            limit: 0.0,
+            worst: f64::from(u8::from(at.is_some())),
+            failed: at.is_some(),
+            at_s: at,
+        });
+    }
+    let counters = traced.tracer.counters()?;
+    Ok(SwapReport {
+        command: "swap",
+        duration_s: traced.duration.as_secs_f64(),
+        lost_events: counters.lost,
+        thrashing: watch.thrashing.is_some(),
+        thrashing_detail: watch.thrashing,
+        target: traced.target.clone(),
+        exit: traced.exit.clone(),
+        tracer: TracerCost::measure(traced.attach_ms),
+        processes,
+        system: SwapSystem {
+            pswpin: end.pswpin.saturating_sub(start.pswpin),
+            pswpout: end.pswpout.saturating_sub(start.pswpout),
+            swap_configured: end.swap_total_kb > 0,
+            swap_total_kb: end.swap_total_kb,
+            swap_used_kb: end.swap_total_kb - end.swap_free_kb,
+            psi_some_avg10: end.psi_some_avg10,
+            psi_full_avg10: end.psi_full_avg10,
+        },
+        intervals: watch.intervals,
+        stacks,
+        gates,
+    })
+}
