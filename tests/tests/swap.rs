@@ -110,11 +110,25 @@ fn run_ok(program: &str, args: &[&str]) {
     assert!(status.success(), "{program} {args:?} failed: {status}");
 }
 
-/// A swap run: memtrace's JSON report and the workload's own figures.
+/// A swap run: memtrace's JSON report, the workload's own figures, and the kernel's swap
+/// counters read by the test itself around the run.
 struct Traced {
     run: Run,
     report: Value,
     workload: Report,
+    /// (pswpin, pswpout) deltas from /proc/vmstat over the run.
+    vmstat: (u64, u64),
+}
+
+/// /proc/vmstat's (pswpin, pswpout).
+fn vmstat_swap() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/vmstat").expect("/proc/vmstat");
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("pswpin"), get("pswpout"))
 }
 
 impl Traced {
@@ -154,7 +168,9 @@ fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], passes: u32) -> Traced {
     ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", &script]);
+    let before = vmstat_swap();
     let run = memtrace(&args);
+    let after = vmstat_swap();
     let text =
         fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
     let report = serde_json::from_str(&text)
@@ -165,6 +181,7 @@ fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], passes: u32) -> Traced {
         run,
         report,
         workload,
+        vmstat: (after.0 - before.0, after.1 - before.1),
     }
 }
 
@@ -196,6 +213,14 @@ fn swap_traffic_is_credited_to_the_owner() {
     );
     let row = t.row();
     let system = &t.report["system"];
+    // The system line is the kernel's own counters over the run.
+    let (vm_in, vm_out) = t.vmstat;
+    assert!(
+        within(u64_of(system, "pswpin"), vm_in, 0.01)
+            && within(u64_of(system, "pswpout"), vm_out, 0.01),
+        "system line differs from /proc/vmstat deltas (pswpin {vm_in}, pswpout {vm_out})\n{}",
+        t.context()
+    );
     let (out, pswpout) = (u64_of(row, "swap_out_pages"), u64_of(system, "pswpout"));
     assert!(pswpout > 0, "nothing swapped out\n{}", t.context());
     assert!(

@@ -35,6 +35,8 @@ struct SwapWatch {
     known: Processes,
     stacks: StackCounts,
     major_faults: HashMap<u32, u64>,
+    /// Major faults at the last interval's end.
+    last_major_faults: HashMap<u32, u64>,
     /// Kernel counters at the last interval's end.
     last_counts: HashMap<u32, SwapCounts>,
     last_system: SystemSample,
@@ -100,6 +102,7 @@ impl SwapWatch {
     ) {
         let (mut swap_in, mut swap_out) = (0, 0);
         let mut lines = Vec::new();
+        let majors = |pid: u32, faults: &HashMap<u32, u64>| faults.get(&pid).copied().unwrap_or(0);
         for (&pid, now) in counts {
             let before = self.last_counts.get(&pid).copied().unwrap_or_default();
             let written = now.out_written - before.out_written;
@@ -129,15 +132,13 @@ impl SwapWatch {
                     self.vmswap.insert(pid, kb);
                 }
             }
-            if written + unmapped + back > 0 {
-                lines.push((
-                    pid,
-                    out_rate,
-                    back as f64 / seconds,
-                    written as f64 / seconds,
-                ));
+            let major = majors(pid, &self.major_faults) - majors(pid, &self.last_major_faults);
+            if written + unmapped + back + major > 0 {
+                let (written_rate, major_rate) = (written as f64 / seconds, major as f64 / seconds);
+                lines.push((pid, out_rate, in_rate, written_rate, major_rate));
             }
         }
+        self.last_major_faults = self.major_faults.clone();
         if system.psi_full_avg10 >= THRASH_PSI_FULL && self.thrashing.is_none() {
             self.thrashing = Some(Thrashing {
                 t,
@@ -169,10 +170,10 @@ impl SwapWatch {
             },
         ));
         lines.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
-        for (pid, unmapped_rate, in_rate, written_rate) in lines {
+        for (pid, unmapped_rate, in_rate, written_rate, major_rate) in lines {
             self.progress.interval_line(&format!(
                 "{:>10}  pid {pid:<7} {:<16} out/s {unmapped_rate:>8.0} (written {written_rate:.0})  \
-                 in/s {in_rate:>8.0}  VmSwap {:>8} KiB",
+                 in/s {in_rate:>8.0}  majflt/s {major_rate:>7.0}  VmSwap {:>8} KiB",
                 "",
                 self.known.name(pid),
                 self.vmswap.get(&pid).copied().unwrap_or(0),
@@ -213,6 +214,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         known: Processes::default(),
         stacks: StackCounts::default(),
         major_faults: HashMap::new(),
+        last_major_faults: HashMap::new(),
         last_counts: HashMap::new(),
         last_system: start,
         thrash_streak: HashMap::new(),
