@@ -19,9 +19,6 @@ pub enum EventKind {
     /// A traced process forked a new process, whose pid is in `addr`: until it execs, the
     /// child's memory map is a copy of its parent's.
     Fork = 4,
-    /// Pages of the current process brought back from swap (`weight`), with the user stack of
-    /// the fault that needed them.
-    SwapIn = 5,
 }
 
 impl EventKind {
@@ -31,7 +28,6 @@ impl EventKind {
             2 => Some(Self::MajorFault),
             3 => Some(Self::Exec),
             4 => Some(Self::Fork),
-            5 => Some(Self::SwapIn),
             _ => None,
         }
     }

@@ -6,19 +6,20 @@
 //! - an increase is a page unmapped to swap; the reclaimer's next vmscan:mm_vmscan_write_folio
 //!   of an anonymous folio writes it (pswpout), so the write is credited to that owner;
 //! - a decrease inside do_swap_page (its address range comes from kallsyms) is a swap-in, by the
-//!   owner itself, with its user stack; any other decrease frees swap entries (munmap, exit).
+//!   owner itself; any other decrease frees swap entries (munmap, exit).
+//!
+//! Only counters here: the stacks of swap-ins that waited on I/O come from the major-fault
+//! program, whose user-stack walk is far cheaper than a walk from this tracepoint.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_stack},
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext,
 };
-use memtrace_common::{EventKind, StagedSwapOut, SwapCounts};
+use memtrace_common::{StagedSwapOut, SwapCounts};
 
 use crate::{
-    config,
-    emit::{emit, Record},
-    filter,
+    config, filter,
     maps::{MM_OWNERS, MM_SWAP_TOTALS, SWAP_COUNTS, SWAP_STAGED},
 };
 
@@ -33,7 +34,7 @@ const RECLAIM_WB_ANON: i32 = 1;
 const PAGE_SHIFT: i64 = 12;
 /// Kernel frames searched for do_swap_page: the tracepoint sits in add_mm_counter, inlined
 /// into it, so it is among the first few.
-const FRAMES: usize = 6;
+const FRAMES: usize = 4;
 
 #[tracepoint]
 pub fn swap_rss_stat(ctx: TracePointContext) -> u32 {
@@ -53,19 +54,24 @@ pub fn swap_rss_stat(ctx: TracePointContext) -> u32 {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let current = (pid_tgid >> 32) as u32;
+    // Map updates take a lock, lookups do not: values are updated in place, and inserted only
+    // the first time a key is seen.
+    let known_owner = unsafe { MM_OWNERS.get(mm_id) }.copied();
     let owner = if curr != 0 {
-        let _ = MM_OWNERS.insert(mm_id, current, 0);
+        if known_owner != Some(current) {
+            let _ = MM_OWNERS.insert(mm_id, current, 0);
+        }
         current
     } else {
         // 0: an mm never seen changing in its own context (its pages are still counted).
-        unsafe { MM_OWNERS.get(mm_id) }.copied().unwrap_or(0)
+        known_owner.unwrap_or(0)
     };
-    let previous = unsafe { MM_SWAP_TOTALS.get(mm_id) }.copied();
-    let _ = MM_SWAP_TOTALS.insert(mm_id, total, 0);
     // The first change seen has no baseline: it only sets one.
-    let Some(previous) = previous else {
+    let Some(last) = MM_SWAP_TOTALS.get_ptr_mut(mm_id) else {
+        let _ = MM_SWAP_TOTALS.insert(mm_id, total, 0);
         return 0;
     };
+    let previous = unsafe { core::mem::replace(&mut *last, total) };
     if !filter::is_owner_target(owner) {
         return 0;
     }
@@ -76,21 +82,16 @@ pub fn swap_rss_stat(ctx: TracePointContext) -> u32 {
             owner,
             pages: pages as u32,
         };
-        let _ = SWAP_STAGED.insert(pid_tgid as u32, staged, 0);
+        match SWAP_STAGED.get_ptr_mut(pid_tgid as u32) {
+            Some(slot) => unsafe { *slot = staged },
+            None => {
+                let _ = SWAP_STAGED.insert(pid_tgid as u32, staged, 0);
+            }
+        }
     } else if pages < 0 {
         let pages = (-pages) as u64;
         if curr != 0 && in_do_swap_page(&ctx) {
             add(owner, |c| c.swapped_in += pages);
-            let record = Record {
-                kind: EventKind::SwapIn,
-                addr: 0,
-                weight: pages,
-                stacks: true,
-                user_regs: None,
-                file_fault: false,
-                urgent: false,
-            };
-            emit(&ctx, record);
         } else {
             add(owner, |c| c.freed += pages);
         }
@@ -107,11 +108,14 @@ pub fn swap_write_folio(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(staged) = (unsafe { SWAP_STAGED.get(tid) }).copied() else {
+    let Some(slot) = SWAP_STAGED.get_ptr_mut(tid) else {
         return 0;
     };
-    let _ = SWAP_STAGED.remove(tid);
-    add(staged.owner, |c| c.out_written += u64::from(staged.pages));
+    // Taken: pages 0 marks the slot empty until the thread's next unmap to swap.
+    let staged = unsafe { core::mem::replace(&mut *slot, StagedSwapOut { owner: 0, pages: 0 }) };
+    if staged.pages > 0 {
+        add(staged.owner, |c| c.out_written += u64::from(staged.pages));
+    }
     0
 }
 

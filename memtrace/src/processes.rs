@@ -47,12 +47,6 @@ impl Processes {
         true
     }
 
-    /// Keeps the process's map current for events that carry no address to look up (after an
-    /// exec, the libraries are mapped only after the exec event).
-    pub fn refresh(&mut self, event: &Event) {
-        self.maps.refresh_if_expected(event.raw.tgid);
-    }
-
     /// The event's process name: its thread group leader's comm (read once), or the event's
     /// thread name when the process is already gone.
     pub fn comm(&mut self, event: &Event) -> &str {

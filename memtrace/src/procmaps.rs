@@ -283,18 +283,6 @@ impl MapsCache {
         }
     }
 
-    /// Reads the maps again if an exec left them incomplete (see `expect_changes`) and the
-    /// process lives: consumers without addresses to look up call this on each event.
-    pub fn refresh_if_expected(&mut self, pid: u32) {
-        if self
-            .procs
-            .get(&pid)
-            .is_some_and(|p| p.alive && p.read_at.is_none())
-        {
-            self.capture(pid);
-        }
-    }
-
     /// The process called exec: its snapshot so far is retired (kept for what was recorded
     /// before) and the next capture starts a new generation.
     pub fn exec(&mut self, pid: u32) {

@@ -80,7 +80,8 @@ pub struct SwapReport {
     pub processes: Vec<SwapProcessRow>,
     pub system: SwapSystem,
     pub intervals: Vec<SwapInterval>,
-    /// Swap-in stacks: which code paths waited on pages coming back.
+    /// Swap-in stacks: which code paths waited on pages read back from swap (major faults
+    /// outside file mappings), `count` in faults.
     pub stacks: Vec<StackRow>,
     pub gates: Vec<Gate>,
 }

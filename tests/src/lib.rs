@@ -3,6 +3,8 @@
 //!
 //! Tests panic with context rather than return `Result`.
 
+pub mod swap_env;
+
 use std::{
     ffi::OsStr,
     io::{BufRead, BufReader, Read, Write},

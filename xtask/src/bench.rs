@@ -38,8 +38,10 @@ struct Samples {
 
 pub fn bench(which: &[String]) -> Result<()> {
     match which.first().map(String::as_str) {
-        None | Some("faults") => faults(),
-        Some(other) => bail!("unknown benchmark {other:?}; available: faults"),
+        None => faults().and_then(|()| swap()),
+        Some("faults") => faults(),
+        Some("swap") => swap(),
+        Some(other) => bail!("unknown benchmark {other:?}; available: faults, swap"),
     }
 }
 
@@ -72,7 +74,7 @@ fn faults() -> Result<()> {
         }
     };
 
-    let mut configs = vec![
+    let configs = vec![
         Config {
             name: "untraced".into(),
             records: "-",
@@ -118,32 +120,105 @@ fn faults() -> Result<()> {
             report: None,
         },
     ];
+    let samples = measure(&configs, &storm_argv(&storm))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let table = table(&configs, &samples);
+    println!("{table}");
+    let what = format!(
+        "the workload `fault_storm {}` (its own loop time)",
+        STORM_ARGS.join(" ")
+    );
+    write_section("faults", &what, &table)
+}
+
+/// `memtrace swap` on the fault storm (every fault runs its rss_stat program) and on a swap
+/// workload: twice a 64 MiB memory cgroup's limit touched, then read back twice, on a swap file.
+fn swap() -> Result<()> {
+    if !crate::is_root() {
+        bail!("benchmarks trace with eBPF: run them as root");
+    }
+    setup::setup()?;
+    run(&mut cargo("build --release -p memtrace -p tests"))?;
+    let target = target_dir();
+    let memtrace = target
+        .join("release/memtrace")
+        .to_string_lossy()
+        .into_owned();
+    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let report = scratch.join("swap.json");
+    let configs = [
+        Config {
+            name: "untraced".into(),
+            records: "-",
+            prefix: vec![],
+            report: None,
+        },
+        Config {
+            name: "memtrace swap".into(),
+            records: "swap out/in per owner, system lines each second, swap-in stacks",
+            prefix: [memtrace.as_str(), "swap", "--format", "json", "--output"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain([report.to_string_lossy().into_owned(), "--".to_owned()])
+                .collect(),
+            report: Some(report),
+        },
+    ];
+    let storm = measure(&configs, &storm_argv(&target.join("workloads/fault_storm")))?;
+    let _swap_file = tests::swap_env::SwapFile::create(512);
+    let cgroup = tests::swap_env::MemoryCgroup::create(64);
+    let cycle = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!(
+            "echo $$ > {} && exec {} 128 2",
+            cgroup.procs().display(),
+            target.join("workloads/swap_cycle").display()
+        ),
+    ];
+    let swapping = measure(&configs, &cycle)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let tables = format!(
+        "On the fault storm (`fault_storm {}`):\n\n{}\nOn the swap workload (`swap_cycle 128 2` in a \
+         64 MiB memory cgroup, 512 MiB swap file):\n\n{}",
+        STORM_ARGS.join(" "),
+        table(&configs, &storm),
+        table(&configs, &swapping)
+    );
+    println!("{tables}");
+    write_section("swap", "each workload's own run time", &tables)
+}
+
+fn storm_argv(storm: &Path) -> Vec<String> {
+    std::iter::once(storm.to_string_lossy().into_owned())
+        .chain(STORM_ARGS.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+/// Runs `workload` under every config, round by round; the samples per config.
+fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
     for round in 1..=ROUNDS {
         eprintln!("round {round}/{ROUNDS}");
-        for (config, samples) in configs.iter_mut().zip(samples.iter_mut()) {
-            let elapsed = run_once(config, &storm, samples)?;
+        for (config, samples) in configs.iter().zip(samples.iter_mut()) {
+            let elapsed = run_once(config, workload, samples)?;
             eprintln!("  {:<38} {elapsed:.3} s", config.name);
             samples.elapsed.push(elapsed);
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
-    let table = faults_table(&configs, &samples);
-    println!("{table}");
-    write_section("faults", &table)
+    Ok(samples)
 }
 
-/// Runs the storm once under `config`; returns its own loop time.
-fn run_once(config: &Config, storm: &Path, samples: &mut Samples) -> Result<f64> {
+/// Runs the workload once under `config`; returns its own phase time.
+fn run_once(config: &Config, workload: &[String], samples: &mut Samples) -> Result<f64> {
     // bpftrace takes the command as one string after -c.
-    let storm_cmd = std::iter::once(storm.to_string_lossy().into_owned())
-        .chain(STORM_ARGS.iter().map(|s| s.to_string()));
     let argv: Vec<String> = if config.prefix.first().is_some_and(|p| p == "bpftrace") {
         let mut argv = config.prefix.clone();
-        argv.push(storm_cmd.collect::<Vec<_>>().join(" "));
+        argv.push(workload.join(" "));
         argv
     } else {
-        config.prefix.iter().cloned().chain(storm_cmd).collect()
+        config.prefix.iter().chain(workload).cloned().collect()
     };
     let output = Command::new(&argv[0])
         .args(&argv[1..])
@@ -193,7 +268,7 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn faults_table(configs: &[Config], samples: &[Samples]) -> String {
+fn table(configs: &[Config], samples: &[Samples]) -> String {
     let baseline = median(&samples[0].elapsed);
     let mut table = String::from(
         "| tool | records | loop time (median) | vs untraced | attach | CPU | peak RSS | lost |\n\
@@ -227,8 +302,9 @@ fn faults_table(configs: &[Config], samples: &[Samples]) -> String {
     table
 }
 
-/// Replaces the `name` section of BENCHMARKS.md (between its markers) with `table`.
-fn write_section(name: &str, table: &str) -> Result<()> {
+/// Replaces the `name` section of BENCHMARKS.md (between its markers); `what` says what was
+/// timed.
+fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
     let path = workspace_root().join("BENCHMARKS.md");
     let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let (begin, end) = (
@@ -245,10 +321,9 @@ fn write_section(name: &str, table: &str) -> Result<()> {
         .unwrap_or(0);
     let section = format!(
         "{begin}\nMeasured by `cargo xtask bench {name}` on {}: Linux {uname}, {cpus} CPUs; \
-         the workload `fault_storm {}` (its own loop time), {ROUNDS} interleaved rounds, medians. \
+         {what}, {ROUNDS} interleaved rounds, medians. \
          attach, CPU and peak RSS are memtrace's own (from its report).\n\n{table}{end}",
         today(),
-        STORM_ARGS.join(" "),
     );
     let updated = match (existing.find(&begin), existing.find(&end)) {
         (Some(start), Some(stop)) => format!(

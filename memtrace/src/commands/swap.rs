@@ -14,6 +14,7 @@ use crate::{
     output, outputs,
     pipeline::{self, KernelOptions},
     processes::Processes,
+    procmaps::Region,
     progress::Progress,
     report::TracerCost,
     session::Consumer,
@@ -64,13 +65,15 @@ impl Consumer for SwapWatch {
             return;
         }
         self.known.comm(&event);
-        self.known.refresh(&event);
-        match event.kind {
-            EventKind::SwapIn => self
-                .stacks
-                .add(self.known.stack_key(&event), event.raw.weight),
-            EventKind::MajorFault => *self.major_faults.entry(event.raw.tgid).or_default() += 1,
-            _ => {}
+        if event.kind != EventKind::MajorFault {
+            return;
+        }
+        *self.major_faults.entry(event.raw.tgid).or_default() += 1;
+        // A major fault outside any file mapping read the page back from swap: its stack is
+        // a code path that waited on swap-in.
+        let region = self.known.maps.region(event.raw.tgid, event.raw.addr);
+        if !matches!(region, Region::File(_)) {
+            self.stacks.add(self.known.stack_key(&event), 1);
         }
     }
 
