@@ -34,6 +34,22 @@ pub struct Record {
     pub urgent: bool,
 }
 
+impl Record {
+    /// A process's life event (fork, exec): no stacks, no weight, read by userspace at once.
+    #[inline(always)]
+    pub fn lifecycle(kind: EventKind, addr: u64) -> Self {
+        Self {
+            kind,
+            addr,
+            weight: 0,
+            stacks: false,
+            user_regs: None,
+            file_fault: false,
+            urgent: true,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     let pid_tgid = bpf_get_current_pid_tgid();

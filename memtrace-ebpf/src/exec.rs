@@ -6,15 +6,6 @@ use crate::emit::{emit, Record};
 
 #[tracepoint]
 pub fn process_exec(ctx: TracePointContext) -> u32 {
-    let record = Record {
-        kind: EventKind::Exec,
-        addr: 0,
-        weight: 0,
-        stacks: false,
-        user_regs: None,
-        file_fault: false,
-        urgent: true,
-    };
-    emit(&ctx, record);
+    emit(&ctx, Record::lifecycle(EventKind::Exec, 0));
     0
 }

@@ -36,16 +36,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let Ok(child) = (unsafe { ctx.read_at::<i32>(PID_OFFSET) }) else {
         return 0;
     };
-    let record = Record {
-        kind: EventKind::Fork,
-        addr: child as u64,
-        weight: 0,
-        stacks: false,
-        user_regs: None,
-        file_fault: false,
-        urgent: true,
-    };
-    emit(&ctx, record);
+    emit(&ctx, Record::lifecycle(EventKind::Fork, child as u64));
     if !config::follow_children() {
         return 0;
     }

@@ -46,16 +46,7 @@ pub fn bench(which: &[String]) -> Result<()> {
 }
 
 fn faults() -> Result<()> {
-    if !crate::is_root() {
-        bail!("benchmarks trace with eBPF: run them as root");
-    }
-    setup::setup()?;
-    run(&mut cargo("build --release -p memtrace -p tests"))?;
-    let target = target_dir();
-    let memtrace = target
-        .join("release/memtrace")
-        .to_string_lossy()
-        .into_owned();
+    let (target, memtrace) = prepare()?;
     let storm = target.join("workloads/fault_storm");
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -134,16 +125,7 @@ fn faults() -> Result<()> {
 /// `memtrace swap` on the fault storm (every fault runs its rss_stat program) and on a swap
 /// workload: twice a 64 MiB memory cgroup's limit touched, then read back twice, on a swap file.
 fn swap() -> Result<()> {
-    if !crate::is_root() {
-        bail!("benchmarks trace with eBPF: run them as root");
-    }
-    setup::setup()?;
-    run(&mut cargo("build --release -p memtrace -p tests"))?;
-    let target = target_dir();
-    let memtrace = target
-        .join("release/memtrace")
-        .to_string_lossy()
-        .into_owned();
+    let (target, memtrace) = prepare()?;
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let report = scratch.join("swap.json");
@@ -188,6 +170,21 @@ fn swap() -> Result<()> {
     );
     println!("{tables}");
     write_section("swap", "each workload's own run time", &tables)
+}
+
+/// Root check, set-up and a release build; the target folder and memtrace's path.
+fn prepare() -> Result<(PathBuf, String)> {
+    if !crate::is_root() {
+        bail!("benchmarks trace with eBPF: run them as root");
+    }
+    setup::setup()?;
+    run(&mut cargo("build --release -p memtrace -p tests"))?;
+    let target = target_dir();
+    let memtrace = target
+        .join("release/memtrace")
+        .to_string_lossy()
+        .into_owned();
+    Ok((target, memtrace))
 }
 
 fn storm_argv(storm: &Path) -> Vec<String> {

@@ -6,6 +6,22 @@ pub mod pprof;
 pub mod swap;
 pub mod table;
 
+use crate::report::CommandExit;
+
+/// How a traced command ended, as the table reports say it.
+pub fn exit_line(exit: &CommandExit) -> String {
+    let how = match (exit.exit_code, exit.signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended (status unknown)".to_owned(),
+    };
+    format!(
+        "command `{}` (pid {}) {how}",
+        exit.command.join(" "),
+        exit.pid
+    )
+}
+
 /// A small hand-made report shared by the sinks' unit tests.
 #[cfg(test)]
 pub(crate) mod testdata {

@@ -10,17 +10,7 @@ pub fn write(report: &SwapReport, out: &mut dyn Write) -> anyhow::Result<()> {
         report.target, report.duration_s
     )?;
     if let Some(exit) = &report.exit {
-        let how = match (exit.exit_code, exit.signal) {
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(signal)) => format!("killed by signal {signal}"),
-            (None, None) => "ended (status unknown)".to_owned(),
-        };
-        writeln!(
-            out,
-            "command `{}` (pid {}) {how}",
-            exit.command.join(" "),
-            exit.pid
-        )?;
+        writeln!(out, "{}", super::exit_line(exit))?;
     }
     if report.lost_events > 0 {
         writeln!(
