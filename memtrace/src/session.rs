@@ -11,8 +11,15 @@ use tokio::{
 
 use crate::{bpf::Tracer, drain::Drain, watch::ProcessWatch};
 
-/// How often the ring is drained even without a wake-up (wake-ups are batched by the kernel side).
+/// How often the ring is drained even without a wake-up (wake-ups are batched by the kernel
+/// side). Short while events are few, so a short-lived process's events are read while its
+/// memory map can still be read.
 const TICK: Duration = Duration::from_millis(5);
+/// While events pour in (a drain found at least BUSY_RECORDS), timer drains wait this long:
+/// draining in small batches keeps the reader on the writer's hot cache lines, which slows the
+/// traced program (measured: 1.60x vs 1.46x on the fault storm).
+const BUSY_TICK: Duration = Duration::from_millis(20);
+const BUSY_RECORDS: usize = 1024;
 
 /// What a subcommand does with the records and the passing time.
 pub trait Consumer {
@@ -58,6 +65,7 @@ pub async fn run(
     };
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut busy, mut last_drain) = (false, Instant::now());
 
     let reason = loop {
         tokio::select! {
@@ -66,7 +74,10 @@ pub async fn run(
                 drain.drain_now(&mut |bytes| consumer.on_record(bytes));
             }
             _ = ticker.tick() => {
-                drain.drain_now(&mut |bytes| consumer.on_record(bytes));
+                if !busy || last_drain.elapsed() >= BUSY_TICK {
+                    busy = drain.drain_now(&mut |bytes| consumer.on_record(bytes)) >= BUSY_RECORDS;
+                    last_drain = Instant::now();
+                }
                 let elapsed = started.elapsed();
                 consumer.on_tick(elapsed, tracer);
                 if stop.deadline.is_some_and(|deadline| elapsed >= deadline) {
