@@ -10,7 +10,7 @@ use aya::{
     util::online_cpus,
     Ebpf, EbpfLoader,
 };
-use memtrace_common::{counter, filter_mode, stack_flags, SwapCounts, UserStack};
+use memtrace_common::{counter, filter_mode, stack_flags, SwapCounts, UserStack, MAX_TARGETS};
 
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -40,6 +40,8 @@ pub struct KernelConfig {
     pub ring_bytes: u32,
     /// Stacks the stack map can hold.
     pub stack_entries: u32,
+    /// Swap accounting is used (its maps get their full size).
+    pub swap: bool,
     /// do_swap_page's address range (kallsyms), for telling swap-ins from freed swap entries.
     pub do_swap_page: Option<(u64, u64)>,
 }
@@ -89,6 +91,10 @@ impl Tracer {
         let self_tgid = std::process::id();
         let file_tags = u32::from(config.file_tags);
         let (swap_page_start, swap_page_end) = config.do_swap_page.unwrap_or((0, 0));
+        // Maps a subcommand does not use get one entry: they are created (and preallocated)
+        // at load whether used or not.
+        let sized = |used: bool, entries: u32| if used { entries } else { 1 };
+        let swap_entries = sized(config.swap, MAX_TARGETS);
         let ebpf = EbpfLoader::new()
             .override_global("FILTER_MODE", &mode, true)
             .override_global("STACK_FLAGS", &stacks, true)
@@ -103,6 +109,11 @@ impl Tracer {
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))
+            .map_max_entries("FILE_FAULTS", sized(config.file_tags, 4096))
+            .map_max_entries("SWAP_COUNTS", swap_entries)
+            .map_max_entries("MM_OWNERS", swap_entries)
+            .map_max_entries("MM_SWAP_TOTALS", swap_entries)
+            .map_max_entries("SWAP_STAGED", sized(config.swap, 4096))
             .load(OBJECT)
             .context("loading the eBPF maps and programs failed")?;
         let mut tracer = Self { ebpf };

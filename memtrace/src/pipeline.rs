@@ -64,6 +64,7 @@ pub async fn trace(
         user_stacks: options.user_stacks,
         kernel_stacks: options.kernel_stacks,
         ring_bytes: RING_BYTES,
+        swap: options.swap,
         do_swap_page: if options.swap {
             crate::bpf::kernel_function_range("do_swap_page")
         } else {
@@ -76,7 +77,12 @@ pub async fn trace(
             1
         },
     };
+    log::debug!("checked, {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     let mut tracer = Tracer::load(&config)?;
+    log::debug!(
+        "maps created, {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     let logger = tracer.init_logger();
     attach(&mut tracer)?;
     tracer.attach_tracepoint("process_exec", "sched", "sched_process_exec")?;
