@@ -36,15 +36,34 @@ impl Traced {
 /// `memtrace faults --format json --output FILE <extra> -- <workload> <args>`; checks that it
 /// succeeded and parses both reports.
 fn trace_command(extra: &[&str], name: &str, args: &[&str]) -> Traced {
-    let dir = TempDir::new(name);
+    let program = workload(name);
+    let mut command = vec![program.to_str().unwrap()];
+    command.extend_from_slice(args);
+    let (run, report) = trace_json(extra, &command);
+    let workload = parse_report(&run.stdout)
+        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
+    Traced {
+        run,
+        report,
+        workload,
+    }
+}
+
+/// `memtrace faults --format json --output FILE <extra> -- <command>`; checks that it succeeded
+/// and returns the run and its JSON report.
+fn trace_json(extra: &[&str], command: &[&str]) -> (Run, Value) {
+    let dir = TempDir::new("trace");
     let out = dir.join("report.json");
-    let mut argv: Vec<String> = vec!["faults".into(), "--format".into(), "json".into()];
-    argv.push("--output".into());
-    argv.push(out.to_str().unwrap().into());
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    argv.push("--".into());
-    argv.push(workload(name).to_str().unwrap().into());
-    argv.extend(args.iter().map(|s| s.to_string()));
+    let mut argv = vec![
+        "faults",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(extra);
+    argv.push("--");
+    argv.extend_from_slice(command);
     let run = memtrace(&argv);
     assert_eq!(
         run.code(),
@@ -53,13 +72,7 @@ fn trace_command(extra: &[&str], name: &str, args: &[&str]) -> Traced {
         run.describe()
     );
     let report = read_json(&out, &run);
-    let workload = parse_report(&run.stdout)
-        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
-    Traced {
-        run,
-        report,
-        workload,
-    }
+    (run, report)
 }
 
 fn read_json(path: &Path, run: &Run) -> Value {
@@ -400,28 +413,15 @@ fn forked_child_faults_before_exec_are_in_the_parents_address_space() {
         return;
     }
     let _serial = serial();
-    let dir = TempDir::new("forked_child");
-    let out = dir.join("report.json");
     let bash = fs::canonicalize("/bin/bash").expect("bash is installed");
     // `; true` keeps bash from exec'ing the workload in place: it forks a child first.
     let script = format!("{} 3000; true", workload("fault_touch").display());
-    let run = memtrace(&[
-        "faults",
-        "--follow-children",
-        "--format",
-        "json",
-        "--top",
-        "1000",
-        "--output",
-        out.to_str().unwrap(),
-        "--",
-        "bash",
-        "-c",
-        &script,
-    ]);
-    assert_eq!(run.code(), 0, "{}", run.describe());
+    let (run, report) = trace_json(
+        &["--follow-children", "--top", "1000"],
+        &["bash", "-c", &script],
+    );
     let t = Traced {
-        report: read_json(&out, &run),
+        report,
         workload: parse_report(&run.stdout)
             .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe())),
         run,
@@ -457,28 +457,17 @@ fn kernel_frames_for_faults_taken_in_the_kernel() {
         return;
     }
     let _serial = serial();
-    let dir = TempDir::new("kernel_frames");
-    let out = dir.join("report.json");
-    let run = memtrace(&[
-        "faults",
-        "--kind",
-        "minor",
-        "--format",
-        "json",
-        "--top",
-        "1000",
-        "--output",
-        out.to_str().unwrap(),
-        "--",
-        "dd",
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=8M",
-        "count=1",
-        "status=none",
-    ]);
-    assert_eq!(run.code(), 0, "{}", run.describe());
-    let report = read_json(&out, &run);
+    let (run, report) = trace_json(
+        &["--kind", "minor", "--top", "1000"],
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=8M",
+            "count=1",
+            "status=none",
+        ],
+    );
     let in_read = |s: &&Value| {
         s["kernel_frames"].as_array().is_some_and(|k| {
             k.iter()
