@@ -15,6 +15,8 @@ use crate::{
 pub struct Processes {
     pub maps: MapsCache,
     comms: HashMap<u32, String>,
+    /// Records that did not decode (skipped, reported at the end).
+    undecodable: u64,
 }
 
 impl Processes {
@@ -25,8 +27,32 @@ impl Processes {
         }
     }
 
+    /// Every consumer's first step with a record: decode it, apply it if it is a fork or exec,
+    /// note its process's name. The event, when it is one the consumer should count.
+    pub fn admit(&mut self, bytes: &[u8]) -> Option<Event> {
+        let Some(event) = Event::decode(bytes) else {
+            self.undecodable += 1;
+            return None;
+        };
+        if self.on_lifecycle(&event) {
+            return None;
+        }
+        self.comm(&event);
+        Some(event)
+    }
+
+    /// Says how many records were skipped, if any.
+    pub fn report_undecodable(&self) {
+        if self.undecodable > 0 {
+            log::warn!(
+                "{} records could not be decoded and were skipped",
+                self.undecodable
+            );
+        }
+    }
+
     /// Applies a fork or exec event; false for any other event.
-    pub fn on_lifecycle(&mut self, event: &Event) -> bool {
+    fn on_lifecycle(&mut self, event: &Event) -> bool {
         let tgid = event.raw.tgid;
         match event.kind {
             EventKind::Fork => self.maps.fork(tgid, event.raw.addr as u32),

@@ -58,7 +58,6 @@ struct FaultCounter {
     record_stacks: bool,
     /// The sampling period: each event stands for this many faults.
     period: u64,
-    undecodable: u64,
     progress: Progress,
 }
 
@@ -116,19 +115,14 @@ impl Consumer for FaultCounter {
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
-        let Some(event) = Event::decode(bytes) else {
-            self.undecodable += 1;
+        let Some(event) = self.known.admit(bytes) else {
             return;
         };
         let tgid = event.raw.tgid;
-        if self.known.on_lifecycle(&event) {
-            return;
-        }
         let Some(slot) = slot(event.kind) else {
             return;
         };
         let weight = event.raw.weight;
-        self.known.comm(&event);
         let entry = self.processes.entry(tgid).or_default();
         entry.total[slot] += weight;
         entry.interval[slot] += weight;
@@ -188,7 +182,6 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         stacks: StackCounts::default(),
         record_stacks: options.user_stacks || options.kernel_stacks,
         period: args.sample,
-        undecodable: 0,
         progress: Progress::new(args.run.interval),
     };
     let (minor, major) = (args.kind != Kind::Major, args.kind != Kind::Minor);
@@ -204,12 +197,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     counter.progress.finish();
 
     let counters = traced.tracer.counters()?;
-    if counter.undecodable > 0 {
-        log::warn!(
-            "{} records could not be decoded and were skipped",
-            counter.undecodable
-        );
-    }
+    counter.known.report_undecodable();
     let seconds = traced.duration.as_secs_f64().max(1e-9);
     let mut processes: Vec<ProcessRow> = counter
         .processes

@@ -10,7 +10,6 @@ use crate::{
     bpf::Tracer,
     cli::{RunArgs, SwapArgs, SwapFormat},
     error::GateFailed,
-    events::Event,
     output, outputs,
     pipeline::{self, KernelOptions},
     processes::Processes,
@@ -48,7 +47,6 @@ struct SwapWatch {
     /// Last VmSwap seen per process (kept after it exits).
     vmswap: HashMap<u32, u64>,
     progress: Progress,
-    undecodable: u64,
 }
 
 impl Consumer for SwapWatch {
@@ -57,14 +55,9 @@ impl Consumer for SwapWatch {
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
-        let Some(event) = Event::decode(bytes) else {
-            self.undecodable += 1;
+        let Some(event) = self.known.admit(bytes) else {
             return;
         };
-        if self.known.on_lifecycle(&event) {
-            return;
-        }
-        self.known.comm(&event);
         if event.kind != EventKind::MajorFault {
             return;
         }
@@ -225,7 +218,6 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         intervals: Vec::new(),
         vmswap: HashMap::new(),
         progress: Progress::new(Some(args.interval)),
-        undecodable: 0,
     };
     let traced = pipeline::trace(&target, &run_args, options, &attach, &mut watch).await?;
 
@@ -237,6 +229,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
     if elapsed > since {
         watch.close_interval(elapsed, (elapsed - since).max(1e-3), &counts, end);
     }
+    watch.known.report_undecodable();
     let report = build_report(args, watch, &traced, &counts, start, end)?;
     match args.format {
         SwapFormat::Table => output::swap::write(&report, &mut out)?,

@@ -8,8 +8,24 @@ pub mod table;
 
 use crate::report::CommandExit;
 
+/// The first lines of every table report: what was traced for how long, and how a traced
+/// command ended.
+pub fn title(
+    out: &mut dyn std::io::Write,
+    command: &str,
+    target: &str,
+    duration_s: f64,
+    exit: Option<&CommandExit>,
+) -> anyhow::Result<()> {
+    writeln!(out, "memtrace {command}: {target}, {duration_s:.2}s")?;
+    if let Some(exit) = exit {
+        writeln!(out, "{}", exit_line(exit))?;
+    }
+    Ok(())
+}
+
 /// How a traced command ended, as the table reports say it.
-pub fn exit_line(exit: &CommandExit) -> String {
+fn exit_line(exit: &CommandExit) -> String {
     let how = match (exit.exit_code, exit.signal) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),

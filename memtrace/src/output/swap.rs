@@ -4,14 +4,13 @@ use std::io::Write;
 use crate::swap_report::SwapReport;
 
 pub fn write(report: &SwapReport, out: &mut dyn Write) -> anyhow::Result<()> {
-    writeln!(
+    super::title(
         out,
-        "memtrace swap: {}, {:.2}s",
-        report.target, report.duration_s
+        report.command,
+        &report.target,
+        report.duration_s,
+        report.exit.as_ref(),
     )?;
-    if let Some(exit) = &report.exit {
-        writeln!(out, "{}", super::exit_line(exit))?;
-    }
     if report.lost_events > 0 {
         writeln!(
             out,

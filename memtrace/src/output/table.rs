@@ -34,14 +34,13 @@ fn approx(report: &FaultReport) -> &'static str {
 }
 
 fn header(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
-    writeln!(
+    super::title(
         out,
-        "memtrace {}: {}, {:.2}s",
-        report.command, report.target, report.duration_s
+        report.command,
+        &report.target,
+        report.duration_s,
+        report.exit.as_ref(),
     )?;
-    if let Some(exit) = &report.exit {
-        writeln!(out, "{}", super::exit_line(exit))?;
-    }
     if report.lost_events > 0 {
         writeln!(
             out,
