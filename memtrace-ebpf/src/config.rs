@@ -22,6 +22,20 @@ static FILE_TAGS: u32 = 0;
 static DO_SWAP_PAGE_START: u64 = 0;
 #[unsafe(no_mangle)]
 static DO_SWAP_PAGE_END: u64 = 0;
+/// Kernel struct offsets for the swap program (see memtrace's `kernel_layout`).
+#[unsafe(no_mangle)]
+static MM_SWAP_COUNTER: u64 = 0;
+#[unsafe(no_mangle)]
+static COUNTER_COUNT: u64 = 0;
+#[unsafe(no_mangle)]
+static COUNTER_PERCPU: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_MM: u64 = 0;
+#[unsafe(no_mangle)]
+static ARRAY_PERCPU_BASE: u64 = 0;
+/// Possible CPUs: how many per-CPU parts a counter has.
+#[unsafe(no_mangle)]
+static NR_CPUS: u32 = 0;
 /// memtrace's own process, never traced: its work on events would make more events.
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
@@ -70,4 +84,32 @@ pub fn self_tgid() -> u32 {
 #[inline(always)]
 pub fn wakeup_bytes() -> u64 {
     unsafe { read_volatile(&WAKEUP_BYTES) }
+}
+
+/// Byte offsets in kernel structs (see memtrace's `kernel_layout::SwapLayout`).
+pub struct SwapLayout {
+    pub swap_counter: u64,
+    pub counter_count: u64,
+    pub counter_percpu: u64,
+    pub task_mm: u64,
+}
+
+#[inline(always)]
+pub fn swap_layout() -> SwapLayout {
+    unsafe {
+        SwapLayout {
+            swap_counter: read_volatile(&MM_SWAP_COUNTER),
+            counter_count: read_volatile(&COUNTER_COUNT),
+            counter_percpu: read_volatile(&COUNTER_PERCPU),
+            task_mm: read_volatile(&TASK_MM),
+        }
+    }
+}
+#[inline(always)]
+pub fn array_percpu_base() -> u64 {
+    unsafe { read_volatile(&ARRAY_PERCPU_BASE) }
+}
+#[inline(always)]
+pub fn nr_cpus() -> u32 {
+    unsafe { read_volatile(&NR_CPUS) }
 }

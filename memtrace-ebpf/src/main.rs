@@ -12,6 +12,7 @@ mod filetag;
 mod filter;
 mod follow;
 mod maps;
+mod percpu;
 mod swap;
 mod ustack;
 

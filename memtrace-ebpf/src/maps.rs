@@ -1,7 +1,7 @@
 //! Maps shared by every hook family. Sizes are defaults; the loader resizes them from options.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use memtrace_common::{counter, FileTag, StagedSwapOut, SwapCounts, UserStack, MAX_TARGETS};
 
@@ -40,13 +40,25 @@ pub static FILE_FAULTS: LruHashMap<u32, FileTag> = LruHashMap::with_max_entries(
 pub static SWAP_COUNTS: PerCpuHashMap<u32, SwapCounts> =
     PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// Which process an mm (by kmem:rss_stat's hashed id) belongs to.
+/// Which process an mm (by address) belongs to.
 #[map]
-pub static MM_OWNERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+pub static MM_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// Each mm's last MM_SWAPENTS total in bytes, to turn totals into changes.
+/// Each mm's last swap-entry total in pages, to turn totals into changes.
 #[map]
-pub static MM_SWAP_TOTALS: LruHashMap<u32, i64> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+pub static MM_SWAP_TOTALS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Each CPU's per-CPU offset (0: not known), learnt by `percpu` before the swap program runs.
+#[map]
+pub static CPU_OFFSETS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// One per-CPU value whose address on each CPU gives away that CPU's per-CPU offset.
+#[map]
+pub static PERCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where `percpu` turns kernel addresses into plain numbers (see there).
+#[map]
+pub static ADDRESS_SCRATCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// A reclaiming thread's last unmap to swap, by thread id, until its write.
 #[map]

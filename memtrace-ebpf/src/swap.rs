@@ -1,8 +1,9 @@
 //! Swap traffic, credited to the process that owns the pages, whoever runs reclaim.
 //!
-//! kmem:rss_stat reports each change of an mm's MM_SWAPENTS counter (its exact new total, with
-//! a hashed mm id, and whether the mm is the current task's). Owners are learnt from changes
-//! made in their own context. Then:
+//! The raw `rss_stat` tracepoint fires on each change of an mm's RSS counters, with the mm and
+//! which counter changed. For the swap-entry counter the program reads the mm's new total and
+//! whether the mm is the current task's; owners are learnt from changes made in their own
+//! context. Then:
 //! - an increase is a page unmapped to swap; the reclaimer's next vmscan:mm_vmscan_write_folio
 //!   of an anonymous folio writes it (pswpout), so the write is credited to that owner;
 //! - a decrease inside do_swap_page (its address range comes from kallsyms) is a swap-in, by the
@@ -11,55 +12,52 @@
 //! Only counters here: the stacks of swap-ins that waited on I/O come from the major-fault
 //! program, whose user-stack walk is far cheaper than a walk from this tracepoint.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_stack},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        generated::bpf_get_stack,
+    },
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use memtrace_common::{StagedSwapOut, SwapCounts};
 
 use crate::{
     config, filter,
-    maps::{MM_OWNERS, MM_SWAP_TOTALS, SWAP_COUNTS, SWAP_STAGED},
+    maps::{CPU_OFFSETS, MM_OWNERS, MM_SWAP_TOTALS, SWAP_COUNTS, SWAP_STAGED},
 };
 
-// Offsets in kmem:rss_stat's format (mm_id, curr, member, size) and mm_vmscan_write_folio's.
-const MM_ID_OFFSET: usize = 8;
-const CURR_OFFSET: usize = 12;
-const MEMBER_OFFSET: usize = 16;
-const SIZE_OFFSET: usize = 24;
+// Offset in vmscan:mm_vmscan_write_folio's format.
 const RECLAIM_FLAGS_OFFSET: usize = 16;
-const MM_SWAPENTS: i32 = 2;
+const MM_SWAPENTS: u64 = 2;
 const RECLAIM_WB_ANON: i32 = 1;
-const PAGE_SHIFT: i64 = 12;
-/// Kernel frames searched for do_swap_page: the tracepoint sits in add_mm_counter, inlined
-/// into it, so it is among the first few.
-const FRAMES: usize = 4;
+/// Bound for the verifier; the loop stops at the machine's possible CPUs.
+const MAX_CPUS: u32 = 4096;
 
-#[tracepoint]
-pub fn swap_rss_stat(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "rss_stat")]
+pub fn swap_rss_stat(ctx: RawTracePointContext) -> i32 {
     // Every change of every RSS counter lands here: leave early for all but swap entries.
-    let Ok(member) = (unsafe { ctx.read_at::<i32>(MEMBER_OFFSET) }) else {
-        return 0;
-    };
+    let member: u64 = ctx.arg(1);
     if member != MM_SWAPENTS {
         return 0;
     }
-    let (Ok(mm_id), Ok(curr), Ok(total)) = (
-        unsafe { ctx.read_at::<u32>(MM_ID_OFFSET) },
-        unsafe { ctx.read_at::<u32>(CURR_OFFSET) },
-        unsafe { ctx.read_at::<i64>(SIZE_OFFSET) },
-    ) else {
+    let mm: u64 = ctx.arg(0);
+    let layout = config::swap_layout();
+    let Some(total) = swap_entries(mm, &layout) else {
         return 0;
     };
+    let task = unsafe { bpf_get_current_task() };
+    let current_mm =
+        unsafe { bpf_probe_read_kernel((task + layout.task_mm) as *const u64) }.unwrap_or(0);
+    let own = current_mm == mm;
     let pid_tgid = bpf_get_current_pid_tgid();
     let current = (pid_tgid >> 32) as u32;
     // Map updates take a lock, lookups do not: values are updated in place, and inserted only
     // the first time a key is seen.
-    let known_owner = unsafe { MM_OWNERS.get(mm_id) }.copied();
-    let owner = if curr != 0 {
+    let known_owner = unsafe { MM_OWNERS.get(mm) }.copied();
+    let owner = if own {
         if known_owner != Some(current) {
-            let _ = MM_OWNERS.insert(mm_id, current, 0);
+            let _ = MM_OWNERS.insert(mm, current, 0);
         }
         current
     } else {
@@ -67,15 +65,15 @@ pub fn swap_rss_stat(ctx: TracePointContext) -> u32 {
         known_owner.unwrap_or(0)
     };
     // The first change seen has no baseline: it only sets one.
-    let Some(last) = MM_SWAP_TOTALS.get_ptr_mut(mm_id) else {
-        let _ = MM_SWAP_TOTALS.insert(mm_id, total, 0);
+    let Some(last) = MM_SWAP_TOTALS.get_ptr_mut(mm) else {
+        let _ = MM_SWAP_TOTALS.insert(mm, total, 0);
         return 0;
     };
     let previous = unsafe { core::mem::replace(&mut *last, total) };
     if !filter::is_owner_target(owner) {
         return 0;
     }
-    let pages = (total - previous) >> PAGE_SHIFT;
+    let pages = total - previous;
     if pages > 0 {
         add(owner, |c| c.out_unmapped += pages as u64);
         let staged = StagedSwapOut {
@@ -90,13 +88,37 @@ pub fn swap_rss_stat(ctx: TracePointContext) -> u32 {
         }
     } else if pages < 0 {
         let pages = (-pages) as u64;
-        if curr != 0 && in_do_swap_page(&ctx) {
+        if own && in_do_swap_page(&ctx) {
             add(owner, |c| c.swapped_in += pages);
         } else {
             add(owner, |c| c.freed += pages);
         }
     }
     0
+}
+
+/// The mm's swap entries now, in pages: what percpu_counter_sum computes (the shared count
+/// plus each CPU's part), read without its lock. A racing fold can be seen twice or not at all
+/// for one event; the next event's total is right again, so only that change is off.
+#[inline(always)]
+fn swap_entries(mm: u64, layout: &config::SwapLayout) -> Option<i64> {
+    let counter = mm + layout.swap_counter;
+    let read = |address: u64| unsafe { bpf_probe_read_kernel(address as *const i64) }.ok();
+    let mut total = read(counter + layout.counter_count)?;
+    let per_cpu = read(counter + layout.counter_percpu)? as u64;
+    let cpus = config::nr_cpus();
+    for cpu in 0..MAX_CPUS {
+        if cpu >= cpus {
+            break;
+        }
+        let offset = CPU_OFFSETS.get(cpu).copied().unwrap_or(0);
+        if offset == 0 {
+            continue; // a CPU that was offline when the offsets were learnt: its part is 0
+        }
+        let part = unsafe { bpf_probe_read_kernel(per_cpu.wrapping_add(offset) as *const i32) };
+        total += i64::from(part.unwrap_or(0));
+    }
+    Some(total.max(0))
 }
 
 #[tracepoint]
@@ -119,9 +141,13 @@ pub fn swap_write_folio(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Kernel frames searched for do_swap_page: the program's own frames (bpf_trace_run2,
+/// __traceiter_rss_stat, mm_trace_rss_stat) come first.
+const FRAMES: usize = 4;
+
 /// Whether the current kernel stack passes through do_swap_page.
 #[inline(always)]
-fn in_do_swap_page(ctx: &TracePointContext) -> bool {
+fn in_do_swap_page(ctx: &RawTracePointContext) -> bool {
     let (start, end) = config::do_swap_page();
     if start == 0 {
         return true; // not found in kallsyms: a decrease in the owner's context counts

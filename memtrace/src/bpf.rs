@@ -1,11 +1,12 @@
 //! Loading the embedded eBPF object, configuring it and attaching its programs. Subcommands pick
 //! hooks here; everything downstream (drain, aggregation, output) is shared.
+use crate::kernel_layout::SwapLayout;
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        PerfEvent, TracePoint,
+        PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint,
     },
     util::online_cpus,
     Ebpf, EbpfLoader,
@@ -40,10 +41,9 @@ pub struct KernelConfig {
     pub ring_bytes: u32,
     /// Stacks the stack map can hold.
     pub stack_entries: u32,
-    /// Swap accounting is used (its maps get their full size).
-    pub swap: bool,
-    /// do_swap_page's address range (kallsyms), for telling swap-ins from freed swap entries.
-    pub do_swap_page: Option<(u64, u64)>,
+    /// Swap accounting: where the kernel keeps the counters it reads (None: not used, and its
+    /// maps get one entry).
+    pub swap: Option<SwapLayout>,
 }
 
 impl KernelConfig {
@@ -90,11 +90,23 @@ impl Tracer {
         let wakeup = config.wakeup_bytes();
         let self_tgid = std::process::id();
         let file_tags = u32::from(config.file_tags);
-        let (swap_page_start, swap_page_end) = config.do_swap_page.unwrap_or((0, 0));
         // Maps a subcommand does not use get one entry: they are created (and preallocated)
         // at load whether used or not.
         let sized = |used: bool, entries: u32| if used { entries } else { 1 };
-        let swap_entries = sized(config.swap, MAX_TARGETS);
+        let swap = config.swap.is_some();
+        let swap_entries = sized(swap, MAX_TARGETS);
+        let layout = config.swap.unwrap_or(SwapLayout {
+            swap_counter: 0,
+            counter_count: 0,
+            counter_percpu: 0,
+            task_mm: 0,
+            array_percpu_base: 0,
+            do_swap_page: None,
+        });
+        let swap_page = layout.do_swap_page.unwrap_or((0, 0));
+        let possible_cpus = aya::util::nr_cpus()
+            .map_err(|(what, err)| anyhow::anyhow!("reading {what}: {err}"))?
+            as u32;
         let ebpf = EbpfLoader::new()
             .override_global("FILTER_MODE", &mode, true)
             .override_global("STACK_FLAGS", &stacks, true)
@@ -104,8 +116,18 @@ impl Tracer {
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("FILE_TAGS", &file_tags, true)
-            .override_global("DO_SWAP_PAGE_START", &swap_page_start, true)
-            .override_global("DO_SWAP_PAGE_END", &swap_page_end, true)
+            .override_global("DO_SWAP_PAGE_START", &swap_page.0, true)
+            .override_global("DO_SWAP_PAGE_END", &swap_page.1, true)
+            .override_global("MM_SWAP_COUNTER", &u64::from(layout.swap_counter), true)
+            .override_global("COUNTER_COUNT", &u64::from(layout.counter_count), true)
+            .override_global("COUNTER_PERCPU", &u64::from(layout.counter_percpu), true)
+            .override_global("TASK_MM", &u64::from(layout.task_mm), true)
+            .override_global(
+                "ARRAY_PERCPU_BASE",
+                &u64::from(layout.array_percpu_base),
+                true,
+            )
+            .override_global("NR_CPUS", &possible_cpus, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))
@@ -113,10 +135,14 @@ impl Tracer {
             .map_max_entries("SWAP_COUNTS", swap_entries)
             .map_max_entries("MM_OWNERS", swap_entries)
             .map_max_entries("MM_SWAP_TOTALS", swap_entries)
-            .map_max_entries("SWAP_STAGED", sized(config.swap, 4096))
+            .map_max_entries("SWAP_STAGED", sized(swap, 4096))
+            .map_max_entries("CPU_OFFSETS", sized(swap, possible_cpus))
             .load(OBJECT)
             .context("loading the eBPF maps and programs failed")?;
         let mut tracer = Self { ebpf };
+        if swap {
+            tracer.learn_cpu_offsets()?;
+        }
         if let Filter::Tgids(tgids) = &config.filter {
             for &tgid in tgids {
                 tracer.add_target(tgid)?;
@@ -185,6 +211,48 @@ impl Tracer {
         Ok(())
     }
 
+    pub fn attach_raw_tracepoint(&mut self, program: &str, name: &str) -> Result<()> {
+        let tracepoint: &mut RawTracePoint = self.program(program)?.try_into()?;
+        tracepoint
+            .load()
+            .with_context(|| format!("the kernel rejected the {program} program"))?;
+        tracepoint
+            .attach(name)
+            .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+        Ok(())
+    }
+
+    /// Runs memtrace-ebpf's `learn_cpu_offset` on each online CPU, so programs can read the
+    /// per-CPU parts of kernel counters (see there).
+    fn learn_cpu_offsets(&mut self) -> Result<()> {
+        let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("reading {what}: {err}"))?;
+        let program: &mut RawTracePoint = self.program("learn_cpu_offset")?.try_into()?;
+        program
+            .load()
+            .context("the kernel rejected the learn_cpu_offset program")?;
+        for &cpu in &cpus {
+            let mut options = RawTracePointRunOptions::new();
+            options.cpu = Some(cpu);
+            let result = program
+                .test_run(options)
+                .with_context(|| format!("learning CPU {cpu}'s per-CPU offset"))?;
+            if result.return_value != 0 {
+                bail!("could not learn CPU {cpu}'s per-CPU offset");
+            }
+        }
+        let offsets: Array<_, u64> = Array::try_from(self.map("CPU_OFFSETS")?)?;
+        let mut seen = std::collections::HashSet::new();
+        for &cpu in &cpus {
+            let offset = offsets.get(&cpu, 0)?;
+            // Distinct and non-zero, or the reading went wrong: refuse rather than miscount.
+            if offset == 0 || !seen.insert(offset) {
+                bail!("CPU {cpu}'s per-CPU offset came out as {offset:#x}: this kernel's per-CPU layout is not supported");
+            }
+            log::debug!("CPU {cpu}: per-CPU offset {offset:#x}");
+        }
+        Ok(())
+    }
+
     /// The event ring buffer, for the drain (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
@@ -248,19 +316,17 @@ impl Tracer {
             .with_context(|| format!("eBPF program {name} missing"))
     }
 
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("eBPF map {name} missing"))
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("eBPF map {name} missing"))
     }
-}
-
-/// The address range of kernel function `name`: its address up to the next symbol's.
-pub fn kernel_function_range(name: &str) -> Option<(u64, u64)> {
-    let symbols = aya::util::kernel_symbols().ok()?;
-    let (&start, _) = symbols.iter().find(|(_, symbol)| symbol.as_str() == name)?;
-    let (&end, _) = symbols.range(start + 1..).next()?;
-    (start != 0).then_some((start, end))
 }
 
 /// Frames of user stack `key` (innermost first), or none for key 0.

@@ -83,11 +83,15 @@ pub fn spawn_gated(argv: &[String]) -> Result<GatedChild> {
     let (error_read, error_write) = pipe()?;
     use std::os::fd::AsRawFd;
     let (gate_fd, error_fd) = (gate_read.as_raw_fd(), error_write.as_raw_fd());
+    let (gate_writer_fd, error_reader_fd) = (gate_write.as_raw_fd(), error_read.as_raw_fd());
 
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()).context("fork"),
         0 => unsafe {
-            // In the child: only async-signal-safe calls until exec.
+            // In the child: only async-signal-safe calls until exec. Without the parent's ends
+            // of the pipes, the gate reads EOF as soon as memtrace is gone (an error, a kill).
+            libc::close(gate_writer_fd);
+            libc::close(error_reader_fd);
             let mut byte = 0u8;
             if libc::read(gate_fd, (&mut byte as *mut u8).cast(), 1) != 1 {
                 libc::_exit(126); // memtrace went away before releasing us

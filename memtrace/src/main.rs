@@ -1,12 +1,14 @@
 //! memtrace: who pays for memory, and where. This file only parses, runs, and maps errors to
 //! exit codes; see `commands/` for the subcommands.
 mod bpf;
+mod btf;
 mod cli;
 mod commands;
 mod drain;
 mod error;
 mod events;
 mod features;
+mod kernel_layout;
 mod launch;
 mod output;
 mod outputs;

@@ -29,7 +29,7 @@ pub struct KernelOptions {
     pub kernel_stacks: bool,
     /// Name the file of each file fault in the kernel (see `KernelConfig::file_tags`).
     pub file_tags: bool,
-    /// Tell swap-ins from freed swap entries (needs do_swap_page's address, from kallsyms).
+    /// Count swap traffic per owner (reads kernel structs: their layout comes from BTF).
     pub swap: bool,
 }
 
@@ -64,9 +64,8 @@ pub async fn trace(
         user_stacks: options.user_stacks,
         kernel_stacks: options.kernel_stacks,
         ring_bytes: RING_BYTES,
-        swap: options.swap,
-        do_swap_page: if options.swap {
-            crate::bpf::kernel_function_range("do_swap_page")
+        swap: if options.swap {
+            Some(crate::kernel_layout::SwapLayout::discover()?)
         } else {
             None
         },

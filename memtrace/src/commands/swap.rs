@@ -202,7 +202,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         swap: true,
     };
     let attach = |tracer: &mut Tracer| {
-        tracer.attach_tracepoint("swap_rss_stat", "kmem", "rss_stat")?;
+        tracer.attach_raw_tracepoint("swap_rss_stat", "rss_stat")?;
         tracer.attach_tracepoint("swap_write_folio", "vmscan", "mm_vmscan_write_folio")?;
         tracer.attach_faults(false, true, 1)
     };
