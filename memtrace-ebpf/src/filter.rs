@@ -5,12 +5,13 @@ use memtrace_common::filter_mode;
 use crate::{config, maps::TARGET_TGIDS};
 
 /// For events about another process's pages (reclaim runs in kswapd or any process): is the
-/// owner traced? Its cgroup cannot be checked from here; a cgroup filter takes the current task.
+/// owner traced? A cgroup cannot be checked from another task: `in_cgroup` is what the owner's
+/// own last event found (see `swap`).
 #[inline(always)]
-pub fn is_owner_target(owner: u32) -> bool {
+pub fn is_owner_target(owner: u32, in_cgroup: bool) -> bool {
     match config::filter_mode() {
         filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(owner).is_some() },
-        filter_mode::CGROUP => is_target(owner),
+        filter_mode::CGROUP => in_cgroup,
         _ => owner != config::self_tgid(),
     }
 }

@@ -40,9 +40,16 @@ pub static FILE_FAULTS: LruHashMap<u32, FileTag> = LruHashMap::with_max_entries(
 pub static SWAP_COUNTS: PerCpuHashMap<u32, SwapCounts> =
     PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// Which process an mm (by address) belongs to.
+/// Which process an mm (by address) belongs to, learnt from its own changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MmOwner {
+    pub tgid: u32,
+    /// 1 when the owner was in the traced cgroup (cgroup filter only).
+    pub in_cgroup: u32,
+}
+
 #[map]
-pub static MM_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+pub static MM_OWNERS: LruHashMap<u64, MmOwner> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Each mm's last swap-entry total in pages, to turn totals into changes.
 #[map]

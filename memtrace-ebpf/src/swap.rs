@@ -20,11 +20,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use memtrace_common::{StagedSwapOut, SwapCounts};
+use memtrace_common::{filter_mode, StagedSwapOut, SwapCounts};
 
 use crate::{
     config, filter,
-    maps::{CPU_OFFSETS, MM_OWNERS, MM_SWAP_TOTALS, SWAP_COUNTS, SWAP_STAGED},
+    maps::{MmOwner, CPU_OFFSETS, MM_OWNERS, MM_SWAP_TOTALS, SWAP_COUNTS, SWAP_STAGED},
 };
 
 // Offset in vmscan:mm_vmscan_write_folio's format.
@@ -56,13 +56,22 @@ pub fn swap_rss_stat(ctx: RawTracePointContext) -> i32 {
     // the first time a key is seen.
     let known_owner = unsafe { MM_OWNERS.get(mm) }.copied();
     let owner = if own {
-        if known_owner != Some(current) {
-            let _ = MM_OWNERS.insert(mm, current, 0);
+        let seen = MmOwner {
+            tgid: current,
+            in_cgroup: u32::from(
+                config::filter_mode() == filter_mode::CGROUP && filter::is_target(current),
+            ),
+        };
+        if known_owner != Some(seen) {
+            let _ = MM_OWNERS.insert(mm, seen, 0);
         }
-        current
+        seen
     } else {
-        // 0: an mm never seen changing in its own context (its pages are still counted).
-        known_owner.unwrap_or(0)
+        // tgid 0: an mm never seen changing in its own context (its pages are still counted).
+        known_owner.unwrap_or(MmOwner {
+            tgid: 0,
+            in_cgroup: 0,
+        })
     };
     // The first change seen has no baseline: it only sets one.
     let Some(last) = MM_SWAP_TOTALS.get_ptr_mut(mm) else {
@@ -70,9 +79,10 @@ pub fn swap_rss_stat(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let previous = unsafe { core::mem::replace(&mut *last, total) };
-    if !filter::is_owner_target(owner) {
+    if !filter::is_owner_target(owner.tgid, owner.in_cgroup != 0) {
         return 0;
     }
+    let owner = owner.tgid;
     let pages = total - previous;
     if pages > 0 {
         add(owner, |c| c.out_unmapped += pages as u64);

@@ -81,8 +81,9 @@ process, or itself):
             leaves again without I/O. unmapped - in - freed follows VmSwap.
 System lines: pswpin/s and pswpout/s (/proc/vmstat), swap used, PSI memory some/full (avg10).
 
-Thrashing: one process both swapping out (unmapped) and in at 100 pages/s or more for 2
-intervals in a row, or PSI memory full avg10 at 10% or more.
+Thrashing: one process both swapping out (unmapped) and in at --thrash-rate pages/s or more
+(default 100) for --thrash-intervals intervals in a row (default 2), or PSI memory full
+avg10 at --thrash-psi-full % or more (default 10).
 
 Gates (exit code 3 when one fails; the report says which and when):
   --max-swap-in-rate N    traced processes' swap-in above N pages/s in any interval
@@ -189,6 +190,22 @@ pub struct SwapArgs {
     /// Fail (exit 3) when thrashing is seen.
     #[arg(long)]
     pub fail_on_thrashing: bool,
+    #[command(flatten)]
+    pub thrashing: ThrashingArgs,
+}
+
+/// When swapping counts as thrashing (see `memtrace swap --help`).
+#[derive(Debug, Clone, Copy, Args, serde::Serialize)]
+pub struct ThrashingArgs {
+    /// Thrashing: one process swapping both out and in at this many pages/s or more...
+    #[arg(long, value_name = "PAGES_PER_S", default_value_t = 100.0, value_parser = parse_positive)]
+    pub thrash_rate: f64,
+    /// ...for this many intervals in a row.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub thrash_intervals: u32,
+    /// Thrashing too: PSI memory "full" avg10 (every non-idle task stalled) at this % or more.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0, value_parser = parse_positive)]
+    pub thrash_psi_full: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -217,6 +234,13 @@ pub enum Format {
     Table,
     Json,
     Folded,
+}
+
+fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value.is_finite() => Ok(value),
+        _ => Err(format!("{text} is not a positive number")),
+    }
 }
 
 fn parse_pid(text: &str) -> Result<u32, String> {

@@ -42,6 +42,18 @@ impl Progress {
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
 
+    /// One interval's live table: on a terminal it replaces the previous one, like top;
+    /// otherwise (a log, a pipe) the tables follow each other, like vmstat.
+    pub fn interval_table(&self, lines: &[String]) {
+        let mut err = std::io::stderr().lock();
+        if err.is_terminal() {
+            let _ = write!(err, "\x1b[H\x1b[2J");
+        }
+        for line in lines {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+
     /// Redraws the status line (rate-limited; only on a terminal without --interval).
     pub fn status(&mut self, elapsed: Duration, text: &str) {
         if !self.status_line || elapsed < self.next_at {

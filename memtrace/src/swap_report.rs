@@ -2,7 +2,10 @@
 //! contract (issue #3): keep them, add freely.
 use serde::Serialize;
 
-use crate::report::{CommandExit, StackRow, TracerCost};
+use crate::{
+    cli::ThrashingArgs,
+    report::{CommandExit, StackRow, TracerCost},
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SwapProcessRow {
@@ -74,6 +77,8 @@ pub struct SwapReport {
     pub lost_events: u64,
     pub thrashing: bool,
     pub thrashing_detail: Option<Thrashing>,
+    /// The thresholds thrashing was judged by (flags --thrash-*).
+    pub thrashing_thresholds: ThrashingArgs,
     pub target: String,
     pub exit: Option<CommandExit>,
     pub tracer: TracerCost,

@@ -114,6 +114,25 @@ fn kernel_thread_pid() {
 }
 
 #[test]
+fn bad_thrashing_thresholds() {
+    let _serial = serial();
+    for (flag, words) in [
+        ("--thrash-rate=-5", "-5 is not a positive number"),
+        ("--thrash-rate=lots", "lots is not a positive number"),
+        ("--thrash-psi-full=0", "0 is not a positive number"),
+        ("--thrash-intervals=0", "0 is not in 1.."),
+    ] {
+        let run = memtrace(&["swap", flag]);
+        assert_eq!(run.code(), 2, "memtrace swap {flag}\n{}", run.describe());
+        assert!(
+            run.stderr.contains(words),
+            "memtrace swap {flag}: stderr lacks {words:?}\n{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
 fn bad_durations_and_sample() {
     let _serial = serial();
     expect_failure(&["--duration", "soon"], 2, &["\"soon\" is not a duration"]);

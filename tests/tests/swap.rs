@@ -205,6 +205,37 @@ fn swapping_out_once_is_not_thrashing() {
 }
 
 #[test]
+fn thrashing_thresholds_are_the_users() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let _swap = SwapFile::create(512);
+    let cgroup = MemoryCgroup::create(LIMIT_MIB);
+    // The cycling workload thrashes by the defaults (see swap_traffic_is_credited_to_the_owner);
+    // thresholds above anything it reaches must say it does not.
+    let t = trace_swap(
+        &cgroup,
+        &[
+            "--thrash-rate",
+            "1000000000",
+            "--thrash-psi-full",
+            "100",
+            "--thrash-intervals",
+            "3",
+        ],
+        2,
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert!(u64_of(t.row(), "swap_in_pages") > 0, "{}", t.context());
+    assert_eq!(t.report["thrashing"], false, "{}", t.context());
+    let thresholds = &t.report["thrashing_thresholds"];
+    assert_eq!(thresholds["thrash_rate"], 1e9, "{}", t.context());
+    assert_eq!(thresholds["thrash_intervals"], 3, "{}", t.context());
+    assert_eq!(thresholds["thrash_psi_full"], 100.0, "{}", t.context());
+}
+
+#[test]
 fn no_swap_is_said_plainly() {
     if !tests::require_root() {
         return;

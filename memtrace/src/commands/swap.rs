@@ -8,7 +8,7 @@ use memtrace_common::{EventKind, SwapCounts};
 
 use crate::{
     bpf::Tracer,
-    cli::{RunArgs, SwapArgs, SwapFormat},
+    cli::{RunArgs, SwapArgs, SwapFormat, ThrashingArgs},
     error::GateFailed,
     output, outputs,
     pipeline::{self, KernelOptions},
@@ -23,15 +23,13 @@ use crate::{
     sysmem::{self, SystemSample},
 };
 
-/// Thrashing, as the help and README define it: one process both swapping out and in at this
-/// many pages/s or more, for this many consecutive intervals; or PSI memory "full" (every
-/// non-idle task stalled on memory) at this share of time or more.
-pub const THRASH_RATE: f64 = 100.0;
-pub const THRASH_INTERVALS: u32 = 2;
-pub const THRASH_PSI_FULL: f64 = 10.0;
+/// Processes shown in the live table (the busiest).
+const LIVE_ROWS: usize = 20;
 
 /// Everything gathered while tracing.
 struct SwapWatch {
+    /// When swapping counts as thrashing (the help and README define it).
+    thresholds: ThrashingArgs,
     known: Processes,
     stacks: StackCounts,
     major_faults: HashMap<u32, u64>,
@@ -40,7 +38,7 @@ struct SwapWatch {
     /// Kernel counters at the last interval's end.
     last_counts: HashMap<u32, SwapCounts>,
     last_system: SystemSample,
-    /// Consecutive intervals each process swapped both ways at THRASH_RATE.
+    /// Consecutive intervals each process swapped both ways at the thrashing rate.
     thrash_streak: HashMap<u32, u32>,
     thrashing: Option<Thrashing>,
     intervals: Vec<SwapInterval>,
@@ -108,12 +106,13 @@ impl SwapWatch {
             swap_out += written;
             let (in_rate, out_rate) = (back as f64 / seconds, unmapped as f64 / seconds);
             let streak = self.thrash_streak.entry(pid).or_default();
-            *streak = if in_rate >= THRASH_RATE && out_rate >= THRASH_RATE {
+            let limit = self.thresholds.thrash_rate;
+            *streak = if in_rate >= limit && out_rate >= limit {
                 *streak + 1
             } else {
                 0
             };
-            if *streak >= THRASH_INTERVALS && self.thrashing.is_none() {
+            if *streak >= self.thresholds.thrash_intervals && self.thrashing.is_none() {
                 self.thrashing = Some(Thrashing {
                     t,
                     reason: format!(
@@ -135,7 +134,7 @@ impl SwapWatch {
             }
         }
         self.last_major_faults = self.major_faults.clone();
-        if system.psi_full_avg10 >= THRASH_PSI_FULL && self.thrashing.is_none() {
+        if system.psi_full_avg10 >= self.thresholds.thrash_psi_full && self.thrashing.is_none() {
             self.thrashing = Some(Thrashing {
                 t,
                 reason: format!("PSI memory full avg10 at {:.1}%", system.psi_full_avg10),
@@ -151,30 +150,39 @@ impl SwapWatch {
             psi_some_avg10: system.psi_some_avg10,
             psi_full_avg10: system.psi_full_avg10,
         };
-        self.progress.interval_line(&format!(
-            "{t:>8.1}s  system pswpin/s {:>8.0}  pswpout/s {:>8.0}  swap used {:>8} KiB  \
-             PSI some {:>5.1}% full {:>5.1}%{}",
-            row.pswpin as f64 / seconds,
-            row.pswpout as f64 / seconds,
-            system.swap_total_kb - system.swap_free_kb,
-            system.psi_some_avg10,
-            system.psi_full_avg10,
-            if self.thrashing.is_some() {
-                "  THRASHING"
-            } else {
-                ""
-            },
-        ));
         lines.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
-        for (pid, unmapped_rate, in_rate, written_rate, major_rate) in lines {
-            self.progress.interval_line(&format!(
-                "{:>10}  pid {pid:<7} {:<16} out/s {unmapped_rate:>8.0} (written {written_rate:.0})  \
-                 in/s {in_rate:>8.0}  majflt/s {major_rate:>7.0}  VmSwap {:>8} KiB",
-                "",
+        let mut table = vec![
+            format!(
+                "memtrace swap {t:>7.1}s  system: pswpin/s {:.0}  pswpout/s {:.0}  swap used {} of {} KiB  \
+                 PSI memory some {:.1}% full {:.1}%{}",
+                row.pswpin as f64 / seconds,
+                row.pswpout as f64 / seconds,
+                system.swap_total_kb - system.swap_free_kb,
+                system.swap_total_kb,
+                system.psi_some_avg10,
+                system.psi_full_avg10,
+                if self.thrashing.is_some() {
+                    "  THRASHING"
+                } else {
+                    ""
+                },
+            ),
+            format!(
+                "{:>8} {:<16} {:>9} {:>10} {:>9} {:>9} {:>11}",
+                "PID", "COMM", "OUT/s", "UNMAPPED/s", "IN/s", "MAJFLT/s", "VMSWAP KiB"
+            ),
+        ];
+        for (pid, unmapped_rate, in_rate, written_rate, major_rate) in
+            lines.into_iter().take(LIVE_ROWS)
+        {
+            table.push(format!(
+                "{pid:>8} {:<16} {written_rate:>9.0} {unmapped_rate:>10.0} {in_rate:>9.0} \
+                 {major_rate:>9.0} {:>11}",
                 self.known.name(pid),
                 self.vmswap.get(&pid).copied().unwrap_or(0),
             ));
         }
+        self.progress.interval_table(&table);
         self.intervals.push(row);
     }
 }
@@ -207,6 +215,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         tracer.attach_faults(false, true, 1)
     };
     let mut watch = SwapWatch {
+        thresholds: args.thrashing,
         known: Processes::default(),
         stacks: StackCounts::default(),
         major_faults: HashMap::new(),
@@ -351,6 +360,7 @@ fn build_report(
         lost_events: counters.lost,
         thrashing: watch.thrashing.is_some(),
         thrashing_detail: watch.thrashing,
+        thrashing_thresholds: args.thrashing,
         target: traced.target.clone(),
         exit: traced.exit.clone(),
         tracer: TracerCost::measure(traced.attach_ms),

@@ -85,7 +85,7 @@ pub fn write(report: &SwapReport, out: &mut dyn Write) -> anyhow::Result<()> {
     for (n, stack) in report.stacks.iter().enumerate() {
         writeln!(
             out,
-            "#{}  {} pages  pid {} ({})",
+            "#{}  {} major faults  pid {} ({})",
             n + 1,
             stack.count,
             stack.pid,
