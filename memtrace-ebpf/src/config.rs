@@ -33,6 +33,9 @@ static COUNTER_PERCPU: u64 = 0;
 static TASK_MM: u64 = 0;
 #[unsafe(no_mangle)]
 static ARRAY_PERCPU_BASE: u64 = 0;
+/// pt_regs.orig_ax (x86-64 only; 0 elsewhere): see `swap::in_user_fault`.
+#[unsafe(no_mangle)]
+static ORIG_AX: u64 = 0;
 /// Possible CPUs: how many per-CPU parts a counter has.
 #[unsafe(no_mangle)]
 static NR_CPUS: u32 = 0;
@@ -112,4 +115,8 @@ pub fn array_percpu_base() -> u64 {
 #[inline(always)]
 pub fn nr_cpus() -> u32 {
     unsafe { read_volatile(&NR_CPUS) }
+}
+#[inline(always)]
+pub fn orig_ax_offset() -> u64 {
+    unsafe { read_volatile(&ORIG_AX) }
 }

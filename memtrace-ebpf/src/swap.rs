@@ -14,7 +14,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-        generated::bpf_get_stack,
+        generated::{bpf_get_current_task_btf, bpf_get_stack, bpf_task_pt_regs},
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -98,7 +98,7 @@ pub fn swap_rss_stat(ctx: RawTracePointContext) -> i32 {
         }
     } else if pages < 0 {
         let pages = (-pages) as u64;
-        if own && in_do_swap_page(&ctx) {
+        if own && (in_user_fault() || in_do_swap_page(&ctx)) {
             add(owner, |c| c.swapped_in += pages);
         } else {
             add(owner, |c| c.freed += pages);
@@ -149,6 +149,26 @@ pub fn swap_write_folio(ctx: TracePointContext) -> u32 {
         add(staged.owner, |c| c.out_written += u64::from(staged.pages));
     }
     0
+}
+
+/// Whether the current task entered the kernel through an exception (a page fault) rather
+/// than a syscall. On x86-64, pt_regs.orig_ax at the top of the task's kernel stack holds the
+/// syscall number for a syscall and -1 for an exception or interrupt. A swap-entry drop in the
+/// owner's context outside any syscall can only be do_swap_page's: munmap, madvise and the
+/// like are syscalls, and exit runs without the mm. This spares the kernel-stack walk for
+/// almost every swap-in; the walk stays for faults taken inside syscalls (read() into
+/// swapped-out memory, for example).
+#[inline(always)]
+fn in_user_fault() -> bool {
+    let offset = config::orig_ax_offset();
+    if offset == 0 {
+        return false; // not x86-64
+    }
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let Ok(orig_ax) = (unsafe { bpf_probe_read_kernel((regs + offset) as *const i64) }) else {
+        return false;
+    };
+    orig_ax == -1
 }
 
 /// Kernel frames searched for do_swap_page: the program's own frames (bpf_trace_run2,

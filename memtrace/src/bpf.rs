@@ -101,6 +101,7 @@ impl Tracer {
             counter_percpu: 0,
             task_mm: 0,
             array_percpu_base: 0,
+            fault_error_code: None,
             do_swap_page: None,
         });
         let swap_page = layout.do_swap_page.unwrap_or((0, 0));
@@ -128,6 +129,11 @@ impl Tracer {
                 true,
             )
             .override_global("NR_CPUS", &possible_cpus, true)
+            .override_global(
+                "ORIG_AX",
+                &u64::from(layout.fault_error_code.unwrap_or(0)),
+                true,
+            )
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))

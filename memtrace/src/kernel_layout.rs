@@ -26,6 +26,9 @@ pub struct SwapLayout {
     /// bpf_array.pptrs: the per-CPU base of one of memtrace's own maps, from which each CPU's
     /// per-CPU offset is learnt (see memtrace-ebpf's `percpu`).
     pub array_percpu_base: u32,
+    /// pt_regs.orig_ax, where x86-64 keeps a page fault's error code (None on other
+    /// architectures): tells swap-ins in user-mode faults without a kernel-stack walk.
+    pub fault_error_code: Option<u32>,
     /// do_swap_page's address range (kallsyms), for telling swap-ins from freed swap entries.
     pub do_swap_page: Option<(u64, u64)>,
 }
@@ -57,6 +60,10 @@ impl SwapLayout {
             counter_percpu: btf.struct_member("percpu_counter", "counters")?.offset,
             task_mm: btf.struct_member("task_struct", "mm")?.offset,
             array_percpu_base: btf.struct_member("bpf_array", "pptrs")?.offset,
+            fault_error_code: cfg!(target_arch = "x86_64")
+                .then(|| btf.struct_member("pt_regs", "orig_ax").ok())
+                .flatten()
+                .map(|m| m.offset),
             do_swap_page: kernel_function_range("do_swap_page"),
         })
     }

@@ -54,13 +54,13 @@ impl Traced {
     }
 }
 
-/// `memtrace swap <extra> --format json -- swap_cycle MIB PASSES`, the workload put into
-/// `cgroup` before it execs.
-fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], passes: u32) -> Traced {
+/// `memtrace swap <extra> --format json -- swap_cycle MIB <workload_args>` (PASSES [unmap]),
+/// the workload put into `cgroup` before it execs.
+fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], workload_args: &str) -> Traced {
     let dir = TempDir::new("swap");
     let out = dir.join("report.json");
     let script = format!(
-        "echo $$ > {} && exec {} {WORKLOAD_MIB} {passes}",
+        "echo $$ > {} && exec {} {WORKLOAD_MIB} {workload_args}",
         cgroup.procs().display(),
         workload("swap_cycle").display()
     );
@@ -109,7 +109,7 @@ fn swap_traffic_is_credited_to_the_owner() {
     let _swap = SwapFile::create(512);
     let cgroup = MemoryCgroup::create(LIMIT_MIB);
     // The gate must fire on this workload: exit 3, report still written.
-    let t = trace_swap(&cgroup, &["--max-swap-in-rate", "1"], 2);
+    let t = trace_swap(&cgroup, &["--max-swap-in-rate", "1"], "2");
     assert_eq!(
         t.run.code(),
         3,
@@ -188,7 +188,7 @@ fn swapping_out_once_is_not_thrashing() {
     let t = trace_swap(
         &cgroup,
         &["--max-swap-in-rate", "1000000000", "--fail-on-thrashing"],
-        0,
+        "0",
     );
     assert_eq!(t.run.code(), 0, "no gate should fail\n{}", t.context());
     assert!(u64_of(t.row(), "swap_out_pages") > 0, "{}", t.context());
@@ -200,6 +200,64 @@ fn swapping_out_once_is_not_thrashing() {
             .iter()
             .all(|g| g["failed"] == false),
         "{}",
+        t.context()
+    );
+}
+
+#[test]
+fn unmapped_swap_is_freed_not_swapped_in() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let _swap = SwapFile::create(512);
+    let cgroup = MemoryCgroup::create(LIMIT_MIB);
+    // Swapped out once, then munmap'd: the process's own context drops its swap entries, in a
+    // syscall, not in a fault.
+    let t = trace_swap(&cgroup, &[], "0 unmap");
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let row = t.row();
+    let vmswap_kb = t.workload.u64("vmswap_kb");
+    assert!(vmswap_kb > 0, "nothing was in swap\n{}", t.context());
+    assert!(
+        t.workload.u64("vmswap_after_kb") * 100 <= vmswap_kb,
+        "munmap left swap\n{}",
+        t.context()
+    );
+    let freed_kb = u64_of(row, "swap_freed_pages") * 4;
+    assert!(
+        within(freed_kb, vmswap_kb, 0.10),
+        "freed {freed_kb} KiB, the workload had {vmswap_kb} KiB in swap before munmap\n{}",
+        t.context()
+    );
+    let (swap_in, pswpin) = (u64_of(row, "swap_in_pages"), t.vmstat.0);
+    assert!(
+        within(swap_in, pswpin, 0.10) || swap_in <= 100,
+        "{swap_in} pages counted as swap-in, /proc/vmstat pswpin says {pswpin}\n{}",
+        t.context()
+    );
+}
+
+#[test]
+fn swap_ins_inside_syscalls_are_counted() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let _swap = SwapFile::create(512);
+    let cgroup = MemoryCgroup::create(LIMIT_MIB);
+    // read(2) into swapped-out memory: the kernel faults the pages back in inside the syscall.
+    let t = trace_swap(&cgroup, &[], "1 syscall");
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let (swap_in, pswpin) = (u64_of(t.row(), "swap_in_pages"), t.vmstat.0);
+    assert!(
+        pswpin > 1000,
+        "too little swap-in to judge\n{}",
+        t.context()
+    );
+    assert!(
+        within(swap_in, pswpin, 0.10),
+        "workload swapped in {swap_in} pages, /proc/vmstat pswpin says {pswpin}\n{}",
         t.context()
     );
 }
@@ -224,7 +282,7 @@ fn thrashing_thresholds_are_the_users() {
             "--thrash-intervals",
             "3",
         ],
-        2,
+        "2",
     );
     assert_eq!(t.run.code(), 0, "{}", t.context());
     assert!(u64_of(t.row(), "swap_in_pages") > 0, "{}", t.context());

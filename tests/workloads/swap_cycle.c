@@ -1,15 +1,21 @@
-/* swap_cycle MIB PASSES [--wait] [--linger]
+/* swap_cycle MIB PASSES [unmap|syscall] [--wait] [--linger]
  *
  * Touches MIB MiB of fresh anonymous memory in touch_pages(), then reads one byte of every page
  * back PASSES times in read_back(). Run in a memory cgroup smaller than MIB with swap on, the
  * touch swaps out and every pass swaps in (and out again): PASSES >= 1 cycles a working set
  * larger than the limit (thrashing), PASSES 0 swaps out once and never reads back.
- * JSON extras: "mib", "passes", "vmswap_kb" (its own VmSwap at the end, from /proc/self/status).
+ * With "unmap", the memory is then unmapped: its swap entries are freed, not swapped in.
+ * With "syscall", each pass is read(2) from /dev/zero into the memory instead: the swap-ins
+ * happen in faults the kernel takes inside the syscall, in refill_by_syscall().
+ * JSON extras: "mib", "passes", "vmswap_kb" (its own VmSwap after the passes, from
+ * /proc/self/status), "vmswap_after_kb" (at the end).
  */
 #include "common.h"
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
-static const char *usage = "swap_cycle MIB PASSES [--wait] [--linger]";
+static const char *usage = "swap_cycle MIB PASSES [unmap|syscall] [--wait] [--linger]";
 
 __attribute__((noinline)) void touch_pages(char *p, size_t bytes)
 {
@@ -23,6 +29,20 @@ __attribute__((noinline)) long read_back(const char *p, size_t bytes)
 	for (size_t i = 0; i < bytes; i += page_size())
 		sum += ((const volatile char *)p)[i];
 	return sum;
+}
+
+__attribute__((noinline)) void refill_by_syscall(char *p, size_t bytes)
+{
+	int fd = open("/dev/zero", O_RDONLY);
+	if (fd < 0)
+		die("/dev/zero");
+	for (size_t done = 0; done < bytes;) {
+		ssize_t n = read(fd, p + done, bytes - done < (1 << 20) ? bytes - done : (1 << 20));
+		if (n <= 0)
+			die("read");
+		done += (size_t)n;
+	}
+	close(fd);
 }
 
 static long vmswap_kb(void)
@@ -41,7 +61,8 @@ static long vmswap_kb(void)
 int main(int argc, char **argv)
 {
 	argc = parse_common_flags(argc, argv, usage);
-	if (argc != 3)
+	const char *mode = argc == 4 ? argv[3] : "";
+	if (argc != 3 && !(argc == 4 && (!strcmp(mode, "unmap") || !strcmp(mode, "syscall"))))
 		usage_exit(usage);
 	size_t mib = arg_ulong(argc, argv, 1, 0, usage);
 	size_t passes = arg_ulong(argc, argv, 2, 0, usage);
@@ -56,12 +77,20 @@ int main(int argc, char **argv)
 	phase_begin(&ph);
 	touch_pages(p, bytes);
 	long sum = 0;
-	for (size_t i = 0; i < passes; i++)
-		sum += read_back(p, bytes);
+	for (size_t i = 0; i < passes; i++) {
+		if (!strcmp(mode, "syscall"))
+			refill_by_syscall(p, bytes);
+		else
+			sum += read_back(p, bytes);
+	}
+	long after_passes = vmswap_kb();
+	if (!strcmp(mode, "unmap") && munmap(p, bytes) != 0)
+		die("munmap");
 	phase_end(&ph);
 
-	print_json(&ph, "\"mib\":%zu,\"passes\":%zu,\"vmswap_kb\":%ld,\"sum\":%ld", mib, passes,
-		   vmswap_kb(), sum);
+	print_json(&ph,
+		   "\"mib\":%zu,\"passes\":%zu,\"vmswap_kb\":%ld,\"vmswap_after_kb\":%ld,\"sum\":%ld",
+		   mib, passes, after_passes, vmswap_kb(), sum);
 	linger();
 	return 0;
 }

@@ -13,7 +13,17 @@ use serde_json::Value;
 
 use crate::{cargo, run, setup, target_dir, workspace_root};
 
+/// Interleaved rounds per configuration (MEMTRACE_BENCH_ROUNDS overrides: more rounds, less
+/// noise from the VM).
 const ROUNDS: usize = 5;
+
+fn rounds() -> usize {
+    std::env::var("MEMTRACE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(ROUNDS)
+}
 /// The fault storm of issue #2: 512 MiB of fresh anonymous memory touched 4 times (~524k faults).
 const STORM_ARGS: [&str; 2] = ["512", "4"];
 
@@ -196,8 +206,9 @@ fn storm_argv(storm: &Path) -> Vec<String> {
 /// Runs `workload` under every config, round by round; the samples per config.
 fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
-    for round in 1..=ROUNDS {
-        eprintln!("round {round}/{ROUNDS}");
+    let rounds = rounds();
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}");
         for (config, samples) in configs.iter().zip(samples.iter_mut()) {
             let elapsed = run_once(config, workload, samples)?;
             eprintln!("  {:<38} {elapsed:.3} s", config.name);
@@ -265,10 +276,13 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// "vs untraced" is the median of each round's ratio to that round's untraced run: the VM's
+/// speed drifts over a run by more than the smaller costs measured here, and a round's runs
+/// are back to back.
 fn table(configs: &[Config], samples: &[Samples]) -> String {
-    let baseline = median(&samples[0].elapsed);
+    let baseline = &samples[0].elapsed;
     let mut table = String::from(
-        "| tool | records | loop time (median) | vs untraced | attach | CPU | peak RSS | lost |\n\
+        "| tool | records | loop time (median) | vs untraced (median of rounds) | attach | CPU | peak RSS | lost |\n\
          |---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for (config, s) in configs.iter().zip(samples) {
@@ -285,7 +299,13 @@ fn table(configs: &[Config], samples: &[Samples]) -> String {
             config.name,
             config.records,
             time,
-            time / baseline,
+            median(
+                &s.elapsed
+                    .iter()
+                    .zip(baseline)
+                    .map(|(t, b)| t / b)
+                    .collect::<Vec<_>>()
+            ),
             own(&s.attach_ms, &|v| format!("{v:.0} ms")),
             own(&s.cpu_s, &|v| format!("{v:.2} s")),
             own(&s.max_rss_kb, &|v| format!("{:.0} MiB", v / 1024.0)),
@@ -317,10 +337,11 @@ fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(0);
     let section = format!(
-        "{begin}\nMeasured by `cargo xtask bench {name}` on {}: Linux {uname}, {cpus} CPUs; \
-         {what}, {ROUNDS} interleaved rounds, medians. \
+        "{begin}\nMeasured by `MEMTRACE_BENCH_ROUNDS={rounds} cargo xtask bench {name}` on {today}: \
+         Linux {uname}, {cpus} CPUs; {what}, {rounds} interleaved rounds, medians. \
          attach, CPU and peak RSS are memtrace's own (from its report).\n\n{table}{end}",
-        today(),
+        today = today(),
+        rounds = rounds(),
     );
     let updated = match (existing.find(&begin), existing.find(&end)) {
         (Some(start), Some(stop)) => format!(
