@@ -40,20 +40,19 @@ pub static FILE_FAULTS: LruHashMap<u32, FileTag> = LruHashMap::with_max_entries(
 pub static SWAP_COUNTS: PerCpuHashMap<u32, SwapCounts> =
     PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// Which process an mm (by address) belongs to, learnt from its own changes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct MmOwner {
-    pub tgid: u32,
+/// What the swap program knows of each mm (by address), see `swap`.
+#[derive(Clone, Copy)]
+pub struct MmState {
+    /// The process it belongs to, learnt from its own changes (0: not known yet).
+    pub owner: u32,
     /// 1 when the owner was in the traced cgroup (cgroup filter only).
     pub in_cgroup: u32,
+    /// Its swap entries at the last change, in pages.
+    pub total: i64,
 }
 
 #[map]
-pub static MM_OWNERS: LruHashMap<u64, MmOwner> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
-
-/// Each mm's last swap-entry total in pages, to turn totals into changes.
-#[map]
-pub static MM_SWAP_TOTALS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+pub static MM_STATE: LruHashMap<u64, MmState> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Each CPU's per-CPU offset (0: not known), learnt by `percpu` before the swap program runs.
 #[map]

@@ -24,7 +24,7 @@ use memtrace_common::{filter_mode, StagedSwapOut, SwapCounts};
 
 use crate::{
     config, filter,
-    maps::{MmOwner, CPU_OFFSETS, MM_OWNERS, MM_SWAP_TOTALS, SWAP_COUNTS, SWAP_STAGED},
+    maps::{MmState, CPU_OFFSETS, MM_STATE, SWAP_COUNTS, SWAP_STAGED},
 };
 
 // Offset in vmscan:mm_vmscan_write_folio's format.
@@ -52,37 +52,32 @@ pub fn swap_rss_stat(ctx: RawTracePointContext) -> i32 {
     let own = current_mm == mm;
     let pid_tgid = bpf_get_current_pid_tgid();
     let current = (pid_tgid >> 32) as u32;
-    // Map updates take a lock, lookups do not: values are updated in place, and inserted only
-    // the first time a key is seen.
-    let known_owner = unsafe { MM_OWNERS.get(mm) }.copied();
-    let owner = if own {
-        let seen = MmOwner {
-            tgid: current,
-            in_cgroup: u32::from(
-                config::filter_mode() == filter_mode::CGROUP && filter::is_target(current),
-            ),
+    // Whether the owner is in the traced cgroup can only be asked in its own context.
+    let in_cgroup = u32::from(
+        own && config::filter_mode() == filter_mode::CGROUP && filter::is_target(current),
+    );
+    // Map updates take a lock, lookups do not: the state is updated in place, and inserted only
+    // the first time an mm is seen, which only sets a baseline (its total before any change).
+    let Some(state) = MM_STATE.get_ptr_mut(mm) else {
+        let state = MmState {
+            // 0: an mm not seen changing in its own context yet (its pages are still counted)
+            owner: if own { current } else { 0 },
+            in_cgroup,
+            total,
         };
-        if known_owner != Some(seen) {
-            let _ = MM_OWNERS.insert(mm, seen, 0);
-        }
-        seen
-    } else {
-        // tgid 0: an mm never seen changing in its own context (its pages are still counted).
-        known_owner.unwrap_or(MmOwner {
-            tgid: 0,
-            in_cgroup: 0,
-        })
-    };
-    // The first change seen has no baseline: it only sets one.
-    let Some(last) = MM_SWAP_TOTALS.get_ptr_mut(mm) else {
-        let _ = MM_SWAP_TOTALS.insert(mm, total, 0);
+        let _ = MM_STATE.insert(mm, state, 0);
         return 0;
     };
-    let previous = unsafe { core::mem::replace(&mut *last, total) };
-    if !filter::is_owner_target(owner.tgid, owner.in_cgroup != 0) {
+    let state = unsafe { &mut *state };
+    if own {
+        state.owner = current;
+        state.in_cgroup = in_cgroup;
+    }
+    let previous = core::mem::replace(&mut state.total, total);
+    let owner = state.owner;
+    if !filter::is_owner_target(owner, state.in_cgroup != 0) {
         return 0;
     }
-    let owner = owner.tgid;
     let pages = total - previous;
     if pages > 0 {
         add(owner, |c| c.out_unmapped += pages as u64);

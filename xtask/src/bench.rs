@@ -203,13 +203,20 @@ fn storm_argv(storm: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Runs `workload` under every config, round by round; the samples per config.
+/// Runs `workload` under every config, round by round; the samples per config. Every other
+/// round runs the configs in reverse order: a run is affected by the one before it (memory
+/// just freed, caches), and alternating cancels that out.
 fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
     let rounds = rounds();
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
-        for (config, samples) in configs.iter().zip(samples.iter_mut()) {
+        let mut order: Vec<usize> = (0..configs.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for index in order {
+            let (config, samples) = (&configs[index], &mut samples[index]);
             let elapsed = run_once(config, workload, samples)?;
             eprintln!("  {:<38} {elapsed:.3} s", config.name);
             samples.elapsed.push(elapsed);
