@@ -258,6 +258,17 @@ impl Tracer {
         Ok(())
     }
 
+    /// Total run time and runs of memtrace's attached programs (zero unless the kernel keeps
+    /// run-time statistics).
+    pub fn program_runs(&self) -> (std::time::Duration, u64) {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.info().ok())
+            .fold((std::time::Duration::ZERO, 0), |(time, runs), info| {
+                (time + info.run_time(), runs + info.run_count())
+            })
+    }
+
     /// The event ring buffer, for the drain (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self

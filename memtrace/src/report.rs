@@ -110,11 +110,19 @@ pub struct TracerCost {
     pub cpu_s: f64,
     /// memtrace's own peak resident memory.
     pub max_rss_kb: u64,
+    /// Time the kernel spent running memtrace's eBPF programs, and how many runs: only when
+    /// the kernel keeps these statistics (`sysctl kernel.bpf_stats_enabled=1`, which costs
+    /// every eBPF program on the machine a little, so memtrace does not turn it on).
+    pub bpf_run_s: Option<f64>,
+    pub bpf_runs: Option<u64>,
 }
 
 impl TracerCost {
-    /// memtrace's usage so far, from getrusage(RUSAGE_SELF).
-    pub fn measure(attach_ms: f64) -> Self {
+    /// memtrace's usage so far, from getrusage(RUSAGE_SELF), and its programs' run time.
+    pub fn measure(attach_ms: f64, tracer: &crate::bpf::Tracer) -> Self {
+        let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        let runs = stats_on.then(|| tracer.program_runs());
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
         let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -122,6 +130,8 @@ impl TracerCost {
             attach_ms,
             cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
             max_rss_kb: usage.ru_maxrss as u64,
+            bpf_run_s: runs.map(|(time, _)| time.as_secs_f64()),
+            bpf_runs: runs.map(|(_, count)| count),
         }
     }
 }

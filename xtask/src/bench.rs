@@ -44,6 +44,11 @@ struct Samples {
     cpu_s: Vec<f64>,
     max_rss_kb: Vec<f64>,
     lost: u64,
+    /// From one extra run with the kernel's eBPF run-time statistics on: (seconds in
+    /// memtrace's programs, program runs, the workload's own time in that run).
+    bpf: Option<(f64, u64, f64)>,
+    /// The last run's eBPF statistics, when the kernel kept them.
+    last_bpf: Option<(f64, u64)>,
 }
 
 pub fn bench(which: &[String]) -> Result<()> {
@@ -222,7 +227,37 @@ fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
             samples.elapsed.push(elapsed);
         }
     }
+    // The statistics cost every program a little, so they stay off for the timed rounds.
+    for (config, samples) in configs.iter().zip(samples.iter_mut()) {
+        if config.report.is_some() {
+            let _stats = BpfStats::enable()?;
+            let elapsed = run_once(config, workload, samples)?;
+            samples.bpf = samples.last_bpf.take().map(|(time, runs)| (time, runs, elapsed));
+        }
+    }
     Ok(samples)
+}
+
+/// kernel.bpf_stats_enabled on while alive; restored to its previous value on drop.
+struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let previous = std::fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?;
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.previous.trim());
+    }
 }
 
 /// Runs the workload once under `config`; returns its own phase time.
@@ -268,6 +303,9 @@ fn run_once(config: &Config, workload: &[String], samples: &mut Samples) -> Resu
             .max_rss_kb
             .push(tracer["max_rss_kb"].as_f64().unwrap_or(f64::NAN));
         samples.lost += report["lost_events"].as_u64().unwrap_or(0);
+        samples.last_bpf = tracer["bpf_run_s"]
+            .as_f64()
+            .zip(tracer["bpf_runs"].as_u64());
     }
     figures["elapsed_s"]
         .as_f64()
@@ -289,8 +327,8 @@ fn median(values: &[f64]) -> f64 {
 fn table(configs: &[Config], samples: &[Samples]) -> String {
     let baseline = &samples[0].elapsed;
     let mut table = String::from(
-        "| tool | records | loop time (median) | vs untraced (median of rounds) | attach | CPU | peak RSS | lost |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| tool | records | loop time (median) | vs untraced (median of rounds) | in eBPF programs | attach | CPU | peak RSS | lost |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (config, s) in configs.iter().zip(samples) {
         let time = median(&s.elapsed);
@@ -302,7 +340,7 @@ fn table(configs: &[Config], samples: &[Samples]) -> String {
             }
         };
         table += &format!(
-            "| {} | {} | {:.3} s | {:.2}x | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.3} s | {:.2}x | {} | {} | {} | {} | {} |\n",
             config.name,
             config.records,
             time,
@@ -313,6 +351,16 @@ fn table(configs: &[Config], samples: &[Samples]) -> String {
                     .map(|(t, b)| t / b)
                     .collect::<Vec<_>>()
             ),
+            match s.bpf {
+                Some((time, runs, elapsed)) => format!(
+                    "{:.1}% ({:.0} ms, {} runs, {:.0} ns/run)",
+                    time / elapsed * 100.0,
+                    time * 1e3,
+                    runs,
+                    time / runs.max(1) as f64 * 1e9
+                ),
+                None => "-".to_owned(),
+            },
             own(&s.attach_ms, &|v| format!("{v:.0} ms")),
             own(&s.cpu_s, &|v| format!("{v:.2} s")),
             own(&s.max_rss_kb, &|v| format!("{:.0} MiB", v / 1024.0)),

@@ -256,7 +256,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         stack_errors: counters.stack_errors,
         target: traced.target,
         exit: traced.exit,
-        tracer: TracerCost::measure(traced.attach_ms),
+        tracer: TracerCost::measure(traced.attach_ms, &traced.tracer),
         processes,
         regions,
         stacks,

@@ -363,7 +363,7 @@ fn build_report(
         thrashing_thresholds: args.thrashing,
         target: traced.target.clone(),
         exit: traced.exit.clone(),
-        tracer: TracerCost::measure(traced.attach_ms),
+        tracer: TracerCost::measure(traced.attach_ms, &traced.tracer),
         processes,
         system: SwapSystem {
             pswpin: end.pswpin.saturating_sub(start.pswpin),
