@@ -90,6 +90,28 @@ fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], workload_args: &str) -> Tra
     }
 }
 
+/// `trace_swap` on a swap file and in a memory cgroup made for it (both removed before this
+/// returns), holding the serial lock; None when not root outside CI (see `require_root`).
+fn swap_run(extra: &[&str], workload_args: &str) -> Option<Traced> {
+    if !tests::require_root() {
+        return None;
+    }
+    let _serial = serial();
+    let _swap = SwapFile::create(512);
+    let cgroup = MemoryCgroup::create(LIMIT_MIB);
+    Some(trace_swap(&cgroup, extra, workload_args))
+}
+
+/// The workload's swap-in is the kernel's pswpin over the run, within 10%.
+fn assert_swap_in_matches_pswpin(t: &Traced) {
+    let (swap_in, pswpin) = (u64_of(t.row(), "swap_in_pages"), t.vmstat.0);
+    assert!(
+        within(swap_in, pswpin, 0.10),
+        "workload swapped in {swap_in} pages, /proc/vmstat pswpin says {pswpin}\n{}",
+        t.context()
+    );
+}
+
 fn u64_of(value: &Value, key: &str) -> u64 {
     value[key]
         .as_u64()
@@ -102,14 +124,10 @@ fn within(measured: u64, expected: u64, fraction: f64) -> bool {
 
 #[test]
 fn swap_traffic_is_credited_to_the_owner() {
-    if !tests::require_root() {
-        return;
-    }
-    let _serial = serial();
-    let _swap = SwapFile::create(512);
-    let cgroup = MemoryCgroup::create(LIMIT_MIB);
     // The gate must fire on this workload: exit 3, report still written.
-    let t = trace_swap(&cgroup, &["--max-swap-in-rate", "1"], "2");
+    let Some(t) = swap_run(&["--max-swap-in-rate", "1"], "2") else {
+        return;
+    };
     assert_eq!(
         t.run.code(),
         3,
@@ -133,12 +151,8 @@ fn swap_traffic_is_credited_to_the_owner() {
         "workload swapped out {out} pages, /proc/vmstat pswpout says {pswpout}\n{}",
         t.context()
     );
-    let (swap_in, pswpin) = (u64_of(row, "swap_in_pages"), u64_of(system, "pswpin"));
-    assert!(
-        within(swap_in, pswpin, 0.10),
-        "workload swapped in {swap_in} pages, /proc/vmstat pswpin says {pswpin}\n{}",
-        t.context()
-    );
+    assert_swap_in_matches_pswpin(&t);
+    let swap_in = u64_of(row, "swap_in_pages");
     // Pages moved to swap minus pages brought back is what it still has in swap.
     let unmapped = u64_of(row, "swap_out_unmapped_pages");
     let still_out_kb = unmapped.saturating_sub(swap_in) * 4;
@@ -179,17 +193,12 @@ fn swap_traffic_is_credited_to_the_owner() {
 
 #[test]
 fn swapping_out_once_is_not_thrashing() {
-    if !tests::require_root() {
-        return;
-    }
-    let _serial = serial();
-    let _swap = SwapFile::create(512);
-    let cgroup = MemoryCgroup::create(LIMIT_MIB);
-    let t = trace_swap(
-        &cgroup,
+    let Some(t) = swap_run(
         &["--max-swap-in-rate", "1000000000", "--fail-on-thrashing"],
         "0",
-    );
+    ) else {
+        return;
+    };
     assert_eq!(t.run.code(), 0, "no gate should fail\n{}", t.context());
     assert!(u64_of(t.row(), "swap_out_pages") > 0, "{}", t.context());
     assert_eq!(t.report["thrashing"], false, "{}", t.context());
@@ -206,15 +215,11 @@ fn swapping_out_once_is_not_thrashing() {
 
 #[test]
 fn unmapped_swap_is_freed_not_swapped_in() {
-    if !tests::require_root() {
-        return;
-    }
-    let _serial = serial();
-    let _swap = SwapFile::create(512);
-    let cgroup = MemoryCgroup::create(LIMIT_MIB);
     // Swapped out once, then munmap'd: the process's own context drops its swap entries, in a
     // syscall, not in a fault.
-    let t = trace_swap(&cgroup, &[], "0 unmap");
+    let Some(t) = swap_run(&[], "0 unmap") else {
+        return;
+    };
     assert_eq!(t.run.code(), 0, "{}", t.context());
     let row = t.row();
     let vmswap_kb = t.workload.u64("vmswap_kb");
@@ -240,40 +245,24 @@ fn unmapped_swap_is_freed_not_swapped_in() {
 
 #[test]
 fn swap_ins_inside_syscalls_are_counted() {
-    if !tests::require_root() {
-        return;
-    }
-    let _serial = serial();
-    let _swap = SwapFile::create(512);
-    let cgroup = MemoryCgroup::create(LIMIT_MIB);
     // read(2) into swapped-out memory: the kernel faults the pages back in inside the syscall.
-    let t = trace_swap(&cgroup, &[], "1 syscall");
+    let Some(t) = swap_run(&[], "1 syscall") else {
+        return;
+    };
     assert_eq!(t.run.code(), 0, "{}", t.context());
-    let (swap_in, pswpin) = (u64_of(t.row(), "swap_in_pages"), t.vmstat.0);
     assert!(
-        pswpin > 1000,
+        t.vmstat.0 > 1000,
         "too little swap-in to judge\n{}",
         t.context()
     );
-    assert!(
-        within(swap_in, pswpin, 0.10),
-        "workload swapped in {swap_in} pages, /proc/vmstat pswpin says {pswpin}\n{}",
-        t.context()
-    );
+    assert_swap_in_matches_pswpin(&t);
 }
 
 #[test]
 fn thrashing_thresholds_are_the_users() {
-    if !tests::require_root() {
-        return;
-    }
-    let _serial = serial();
-    let _swap = SwapFile::create(512);
-    let cgroup = MemoryCgroup::create(LIMIT_MIB);
     // The cycling workload thrashes by the defaults (see swap_traffic_is_credited_to_the_owner);
     // thresholds above anything it reaches must say it does not.
-    let t = trace_swap(
-        &cgroup,
+    let Some(t) = swap_run(
         &[
             "--thrash-rate",
             "1000000000",
@@ -283,7 +272,9 @@ fn thrashing_thresholds_are_the_users() {
             "3",
         ],
         "2",
-    );
+    ) else {
+        return;
+    };
     assert_eq!(t.run.code(), 0, "{}", t.context());
     assert!(u64_of(t.row(), "swap_in_pages") > 0, "{}", t.context());
     assert_eq!(t.report["thrashing"], false, "{}", t.context());

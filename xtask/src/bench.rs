@@ -232,7 +232,10 @@ fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
         if config.report.is_some() {
             let _stats = BpfStats::enable()?;
             let elapsed = run_once(config, workload, samples)?;
-            samples.bpf = samples.last_bpf.take().map(|(time, runs)| (time, runs, elapsed));
+            samples.bpf = samples
+                .last_bpf
+                .take()
+                .map(|(time, runs)| (time, runs, elapsed));
         }
     }
     Ok(samples)
@@ -247,8 +250,8 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
     fn enable() -> Result<Self> {
-        let previous = std::fs::read_to_string(BPF_STATS)
-            .with_context(|| format!("reading {BPF_STATS}"))?;
+        let previous =
+            std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
         std::fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
         Ok(Self { previous })
     }

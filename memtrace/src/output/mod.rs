@@ -101,6 +101,8 @@ pub(crate) mod testdata {
                 attach_ms: 80.0,
                 cpu_s: 0.5,
                 max_rss_kb: 20000,
+                bpf_run_s: None,
+                bpf_runs: None,
             },
             processes: vec![
                 ProcessRow {
