@@ -3,6 +3,7 @@
 //!
 //! Tests panic with context rather than return `Result`.
 
+pub mod cgroup2;
 pub mod swap_env;
 
 use std::{

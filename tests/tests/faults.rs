@@ -9,8 +9,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    memtrace, parse_report, run_command, scratch_path, serial, spawn_memtrace, spawn_waiting,
-    workload, Report, Run, TempDir,
+    cgroup2::TestCgroup, memtrace, parse_report, run_command, scratch_path, serial, spawn_memtrace,
+    spawn_waiting, workload, Report, Run, TempDir,
 };
 
 /// A memtrace run with its JSON report (from `--output`) and the workload's JSON line (from
@@ -742,71 +742,6 @@ fn interval_lines() {
         "no interval line names pid {pid}\n{}",
         t.context()
     );
-}
-
-/// A cgroup v2 directory made for one test: on drop, moves `pid` back to where it was and
-/// removes the directory (also when the test fails).
-struct TestCgroup {
-    dir: PathBuf,
-    /// The process moved into it and the cgroup.procs file it came from.
-    moved: Option<(u32, PathBuf)>,
-}
-
-impl TestCgroup {
-    fn create() -> Self {
-        let mount = cgroup2_mount().expect("no cgroup2 mount in /proc/mounts");
-        let dir = mount.join(format!("memtrace-test-{}", std::process::id()));
-        let _ = fs::remove_dir(&dir); // a leftover of a killed run, if empty
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        Self { dir, moved: None }
-    }
-
-    /// Moves `pid` into the cgroup.
-    fn enter(&mut self, pid: u32) {
-        let mount = cgroup2_mount().unwrap();
-        // "0::/path" is the process's cgroup v2 membership.
-        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        let rel = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap_or("/")
-            .trim_start_matches('/');
-        let from = mount.join(rel).join("cgroup.procs");
-        self.moved = Some((pid, from));
-        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Some((pid, from)) = self.moved.take() {
-            let back = pid.to_string();
-            if fs::write(&from, &back).is_err() {
-                // Its old cgroup may be gone: the root always takes it.
-                let root = cgroup2_mount().unwrap().join("cgroup.procs");
-                let _ = fs::write(root, &back);
-            }
-        }
-        // An exiting task leaves the cgroup a moment after it is reaped.
-        for _ in 0..200 {
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        eprintln!("warning: could not remove {}", self.dir.display());
-    }
-}
-
-/// Where cgroup2 is mounted (`/sys/fs/cgroup` on a unified host).
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
 }
 
 #[test]

@@ -2,11 +2,12 @@
 //! `memory.limit_in_bytes` or v2 `memory.max`, whichever the machine has), removed even when a
 //! test fails. The oracles are the kernel's /proc/vmstat deltas and the workload's own VmSwap.
 
-use std::fs;
+use std::{fs, path::Path};
 
 use serde_json::Value;
 use tests::{
-    memtrace, parse_report, serial,
+    cgroup2::{cgroup2_mount, TestCgroup},
+    memtrace, parse_report, serial, spawn_memtrace,
     swap_env::{MemoryCgroup, SwapFile},
     workload, Report, Run, TempDir,
 };
@@ -256,6 +257,90 @@ fn swap_ins_inside_syscalls_are_counted() {
         t.context()
     );
     assert_swap_in_matches_pswpin(&t);
+}
+
+#[test]
+fn cgroup_filter_credits_only_its_processes() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let _swap = SwapFile::create(512);
+    let memory = MemoryCgroup::create(LIMIT_MIB);
+    // The cgroup memtrace watches: below the memory cgroup where that is cgroup v2, beside it
+    // in the v2 hierarchy where memory is on cgroup v1. Both workloads swap in the memory
+    // cgroup; only one is in the watched one.
+    let watched = match cgroup2_mount() {
+        Some(mount) if memory.dir.starts_with(&mount) => TestCgroup::create_under(&memory.dir),
+        _ => TestCgroup::create(),
+    };
+    let dir = TempDir::new("swap-cgroup");
+    let out = dir.join("report.json");
+    let mut tracer = spawn_memtrace(&[
+        "swap",
+        "--cgroup",
+        watched.dir.to_str().unwrap(),
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    // Both at once: each one's reclaim also takes the other's pages, so credit must follow
+    // the owner, not the task that reclaims.
+    let swap_cycle = |cgroups: &[&Path]| {
+        let joins: String = cgroups
+            .iter()
+            .map(|c| format!("echo $$ > {} && ", c.join("cgroup.procs").display()))
+            .collect();
+        let script = format!(
+            "{joins}exec {} {WORKLOAD_MIB} 1",
+            workload("swap_cycle").display()
+        );
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh")
+    };
+    let finish = |child: std::process::Child| {
+        let output = child.wait_with_output().expect("waiting for a workload");
+        parse_report(&String::from_utf8_lossy(&output.stdout))
+            .unwrap_or_else(|e| panic!("workload: {e:#} ({})", output.status))
+    };
+    let (inside, outside) = (
+        swap_cycle(&[&memory.dir, &watched.dir]),
+        swap_cycle(&[&memory.dir]),
+    );
+    let (inside, outside) = (finish(inside), finish(outside));
+    tracer.signal(libc::SIGINT);
+    let run = tracer.wait();
+    let text =
+        fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let context = format!("{}\n--- report ---\n{text}", run.describe());
+    let row = |pid: u32| {
+        report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["pid"] == pid)
+    };
+    let row_in =
+        row(inside.pid).unwrap_or_else(|| panic!("no row for the watched workload\n{context}"));
+    // Its own figures: what it moved to swap minus what came back is its VmSwap.
+    let still_out_kb = u64_of(row_in, "swap_out_unmapped_pages")
+        .saturating_sub(u64_of(row_in, "swap_in_pages"))
+        * 4;
+    let vmswap_kb = inside.u64("vmswap_kb");
+    assert!(
+        vmswap_kb > 0 && within(still_out_kb, vmswap_kb, 0.10),
+        "moved out - brought back = {still_out_kb} KiB, its VmSwap is {vmswap_kb} KiB\n{context}"
+    );
+    assert!(
+        row(outside.pid).is_none(),
+        "the workload outside the cgroup was credited\n{context}"
+    );
 }
 
 #[test]
