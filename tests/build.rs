@@ -14,6 +14,7 @@ const WORKLOADS: &[&str] = &[
     "fault_fork",
     "fault_storm",
     "swap_cycle",
+    "malloc_leak",
     "demo",
 ];
 

@@ -19,6 +19,11 @@ pub enum EventKind {
     /// A traced process forked a new process, whose pid is in `addr`: until it execs, the
     /// child's memory map is a copy of its parent's.
     Fork = 4,
+    /// A heap block came from an allocator function (`detail`: which [`AllocFn`]): its address
+    /// in `addr`, its requested size in `weight`.
+    Alloc = 5,
+    /// A heap block at `addr` went back (free, or the old block of a realloc).
+    Free = 6,
 }
 
 impl EventKind {
@@ -28,6 +33,8 @@ impl EventKind {
             2 => Some(Self::MajorFault),
             3 => Some(Self::Exec),
             4 => Some(Self::Fork),
+            5 => Some(Self::Alloc),
+            6 => Some(Self::Free),
             _ => None,
         }
     }
@@ -47,7 +54,8 @@ pub struct StackEvent {
     /// For a fault the kernel served from a file (`filemap_fault`): the file's device, as the
     /// kernel encodes it (major << 20 | minor); 0 otherwise.
     pub file_dev: u32,
-    pub _pad: u32,
+    /// Kind-specific: for `Alloc` and `Free`, the [`AllocFn`] called.
+    pub detail: u32,
     /// Key in the `USER_STACKS` map (a hash of the frames), or 0 when no user stack was taken.
     pub user_stack: u64,
     /// The faulting address (faults), or 0.
@@ -58,6 +66,73 @@ pub struct StackEvent {
     /// How much this event stands for (1 per fault).
     pub weight: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// The allocator functions `memtrace malloc` hooks (`StackEvent::detail`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocFn {
+    Malloc = 1,
+    Calloc = 2,
+    Realloc = 3,
+    Reallocarray = 4,
+    PosixMemalign = 5,
+    AlignedAlloc = 6,
+    Memalign = 7,
+    Valloc = 8,
+    Pvalloc = 9,
+    Free = 10,
+}
+
+impl AllocFn {
+    pub const ALL: [AllocFn; 10] = [
+        Self::Malloc,
+        Self::Calloc,
+        Self::Realloc,
+        Self::Reallocarray,
+        Self::PosixMemalign,
+        Self::AlignedAlloc,
+        Self::Memalign,
+        Self::Valloc,
+        Self::Pvalloc,
+        Self::Free,
+    ];
+
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| *f as u32 == raw)
+    }
+
+    /// The C name (before any `--symbol-prefix`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::Calloc => "calloc",
+            Self::Realloc => "realloc",
+            Self::Reallocarray => "reallocarray",
+            Self::PosixMemalign => "posix_memalign",
+            Self::AlignedAlloc => "aligned_alloc",
+            Self::Memalign => "memalign",
+            Self::Valloc => "valloc",
+            Self::Pvalloc => "pvalloc",
+            Self::Free => "free",
+        }
+    }
+}
+
+/// An allocator call in progress on a thread, from its entry to its return (see
+/// memtrace-ebpf's `malloc`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingAlloc {
+    /// The [`AllocFn`] entered first.
+    pub function: u32,
+    /// Allocator calls made from inside it (realloc calling malloc), whose returns are not
+    /// its own.
+    pub nested: u32,
+    /// Bytes asked for.
+    pub size: u64,
+    /// realloc's old block, or posix_memalign's result pointer.
+    pub pointer: u64,
 }
 
 /// Frames kept per user stack.

@@ -21,6 +21,8 @@ pub struct Record {
     pub kind: EventKind,
     pub addr: u64,
     pub weight: u64,
+    /// Kind-specific (`StackEvent::detail`).
+    pub detail: u32,
     /// Take the stacks the user asked for (`STACK_FLAGS`).
     pub stacks: bool,
     /// The user's registers when the event happened in user mode: the user stack is walked
@@ -42,6 +44,7 @@ impl Record {
             kind,
             addr,
             weight: 0,
+            detail: 0,
             stacks: false,
             user_regs: None,
             file_fault: false,
@@ -91,7 +94,7 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
         tid,
         kernel_stack_id,
         file_dev: file.map_or(0, |f| f.dev),
-        _pad: 0,
+        detail: record.detail,
         user_stack,
         addr: record.addr,
         file_ino: file.map_or(0, |f| f.ino),

@@ -29,6 +29,7 @@ fn fault(ctx: &PerfEventContext, kind: EventKind) {
         kind,
         addr,
         weight: 1,
+        detail: 0,
         stacks: true,
         user_regs: user_mode_regs(ctx),
         file_fault: true,

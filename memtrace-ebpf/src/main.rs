@@ -11,6 +11,7 @@ mod faults;
 mod filetag;
 mod filter;
 mod follow;
+mod malloc;
 mod maps;
 mod percpu;
 mod swap;

@@ -3,7 +3,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
-use memtrace_common::{counter, FileTag, StagedSwapOut, SwapCounts, UserStack, MAX_TARGETS};
+use memtrace_common::{
+    counter, FileTag, PendingAlloc, StagedSwapOut, SwapCounts, UserStack, MAX_TARGETS,
+};
 
 /// Every event, of every kind, for the one userspace drain.
 #[map]
@@ -53,6 +55,10 @@ pub struct MmState {
 
 #[map]
 pub static MM_STATE: LruHashMap<u64, MmState> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Allocator calls in progress, by thread (pid_tgid), from entry to return (see `malloc`).
+#[map]
+pub static PENDING_ALLOCS: HashMap<u64, PendingAlloc> = HashMap::with_max_entries(16384, 0);
 
 /// Each CPU's per-CPU offset (0: not known), learnt by `percpu` before the swap program runs.
 #[map]

@@ -1,12 +1,15 @@
 //! Loading the embedded eBPF object, configuring it and attaching its programs. Subcommands pick
 //! hooks here; everything downstream (drain, aggregation, output) is shared.
+use std::path::Path;
+
 use crate::kernel_layout::SwapLayout;
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint,
+        uprobe::UProbeScope,
+        PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint, UProbe,
     },
     util::online_cpus,
     Ebpf, EbpfLoader,
@@ -267,6 +270,21 @@ impl Tracer {
             .fold((std::time::Duration::ZERO, 0), |(time, runs), info| {
                 (time + info.run_time(), runs + info.run_count())
             })
+    }
+
+    /// Attaches uprobe (or uretprobe) `program` to `symbol` in `library`, for every process
+    /// (the programs' target filter narrows it), loading the program the first time.
+    pub fn attach_uprobe(&mut self, program: &str, symbol: &str, library: &Path) -> Result<()> {
+        let probe: &mut UProbe = self.program(program)?.try_into()?;
+        if probe.fd().is_err() {
+            probe
+                .load()
+                .with_context(|| format!("the kernel rejected the {program} program"))?;
+        }
+        probe
+            .attach(symbol, library, UProbeScope::AllProcesses)
+            .with_context(|| format!("attaching to {symbol} in {}", library.display()))?;
+        Ok(())
     }
 
     /// The event ring buffer, for the drain (can be taken once).

@@ -38,6 +38,10 @@ pub enum Command {
     /// pressure, thrashing; gates for load-test pipelines.
     #[command(after_help = SWAP_HELP)]
     Swap(Box<SwapArgs>),
+    /// Heap allocations per call stack through uprobes on the allocator (libc's malloc and
+    /// friends, or --lib's), and the blocks never freed (--leaks).
+    #[command(after_help = MALLOC_HELP)]
+    Malloc(Box<MallocArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -94,6 +98,27 @@ Examples:
   sudo memtrace swap                                   live, system-wide, every second
   sudo memtrace swap --format json -- ./load-test.sh   a load test and its children
   sudo memtrace swap --max-swap-in-rate 1000 --fail-on-thrashing -- ./load-test.sh";
+
+const MALLOC_HELP: &str = "\
+Hooked: malloc, calloc, realloc (realloc(p, 0) frees p; a failed realloc keeps it),
+reallocarray, posix_memalign, aligned_alloc, memalign, valloc, pvalloc, free. An allocator
+calling its own functions (realloc calling malloc) counts once. A stack's first frame is the
+function that called the allocator.
+
+The report: per process, calls to each function and bytes allocated and freed; the stacks
+that allocated the most bytes; a histogram of sizes (log2 buckets); with --leaks, the blocks
+still allocated when tracing stopped (for a command: when it exited), grouped by stack, with
+the age of the oldest. --min-age hides blocks younger than that (in flight, not leaked).
+
+The allocator: --lib PATH (jemalloc, tcmalloc, mimalloc...), with --symbol-prefix for
+prefixed builds (je_malloc). By default: the libc the target maps (--pid), or the one
+memtrace itself uses (a command, system-wide).
+
+Examples:
+  sudo memtrace malloc --leaks -- ./server --once
+  sudo memtrace malloc --pid 1234 --leaks --min-age 5s --interval 5s
+  sudo memtrace malloc --pid 1234 --lib /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+  sudo memtrace malloc --format json --output allocs.json -- ./batch-job";
 
 /// Which processes to trace. Shared by every tracing subcommand.
 #[derive(Debug, Clone, Args)]
@@ -206,6 +231,39 @@ pub struct ThrashingArgs {
     /// Thrashing too: PSI memory "full" avg10 (every non-idle task stalled) at this % or more.
     #[arg(long, value_name = "PERCENT", default_value_t = 10.0, value_parser = parse_positive)]
     pub thrash_psi_full: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct MallocArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the stacks holding the most outstanding bytes every DURATION while tracing.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Report the blocks still allocated at the end, by stack.
+    #[arg(long)]
+    pub leaks: bool,
+    /// With --leaks: only blocks at least this old (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+    /// The allocator library to hook (default: the target's libc).
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// Prefix of the allocator's function names (e.g. je_ for je_malloc).
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    pub symbol_prefix: String,
+    /// Report format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write the report to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// How many stacks the report shows.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

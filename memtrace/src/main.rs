@@ -10,6 +10,7 @@ mod events;
 mod features;
 mod kernel_layout;
 mod launch;
+mod malloc_report;
 mod output;
 mod outputs;
 mod pipeline;
@@ -54,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Faults(args) => commands::faults::run(&args).await,
         Command::Swap(args) => commands::swap::run(&args).await,
+        Command::Malloc(args) => commands::malloc::run(&args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -58,24 +58,37 @@ impl StackCounts {
             })
         });
         sorted.truncate(limit.unwrap_or(usize::MAX));
-        let stacks = tracer.stacks()?;
-        let user_stacks = tracer.user_stacks()?;
-        let rows = sorted
-            .into_iter()
-            .map(|(key, &count)| {
-                let user = bpf::user_stack_frames(&user_stacks, key.user_stack);
-                let kernel = bpf::stack_frames(&stacks, key.kernel_stack_id);
-                let (comm, kind) = label(key);
-                StackRow::new(
-                    key.tgid,
-                    comm,
-                    kind,
-                    count * scale,
-                    symbolizer.user_frames(maps, key.tgid, key.generation, &user),
-                    symbolizer.kernel_frames(&kernel),
-                )
-            })
-            .collect();
-        Ok(rows)
+        let keys: Vec<(StackKey, u64)> =
+            sorted.into_iter().map(|(k, &c)| (*k, c * scale)).collect();
+        rows(tracer, symbolizer, maps, &keys, label)
     }
+}
+
+/// Report rows for these stacks and counts, in the order given, symbolized (each unique
+/// frame once, through the symbolizer's cache).
+pub fn rows(
+    tracer: &Tracer,
+    symbolizer: &mut Symbolizer,
+    maps: &MapsCache,
+    keys: &[(StackKey, u64)],
+    label: &dyn Fn(&StackKey) -> (String, &'static str),
+) -> Result<Vec<StackRow>> {
+    let stacks = tracer.stacks()?;
+    let user_stacks = tracer.user_stacks()?;
+    Ok(keys
+        .iter()
+        .map(|(key, count)| {
+            let user = bpf::user_stack_frames(&user_stacks, key.user_stack);
+            let kernel = bpf::stack_frames(&stacks, key.kernel_stack_id);
+            let (comm, kind) = label(key);
+            StackRow::new(
+                key.tgid,
+                comm,
+                kind,
+                *count,
+                symbolizer.user_frames(maps, key.tgid, key.generation, &user),
+                symbolizer.kernel_frames(&kernel),
+            )
+        })
+        .collect())
 }

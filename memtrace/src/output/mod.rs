@@ -2,6 +2,7 @@
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
+pub mod malloc;
 pub mod pprof;
 pub mod swap;
 pub mod table;

@@ -1,0 +1,177 @@
+//! Heap allocations, through uprobes on the allocator's functions (libc's, or `--lib`'s).
+//!
+//! Entry probes note what was asked for, per thread (threads allocate concurrently); one
+//! return probe, shared by every allocating function, emits the block with the stack of the
+//! call. At a return the registers are the caller's: the instruction pointer is the return
+//! address into it, so the walk's first frame is the function that called malloc. An
+//! allocator calling its own public functions (realloc calling malloc, or free) is one call:
+//! entries inside a call in progress only count their nesting, and their returns are skipped.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use memtrace_common::{AllocFn, EventKind, PendingAlloc};
+
+use crate::{
+    emit::{emit, Record},
+    maps::PENDING_ALLOCS,
+    ustack::UserRegs,
+};
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+/// Notes an allocator call's arguments until its return, or counts a nested call.
+#[inline(always)]
+fn enter(function: AllocFn, size: u64, pointer: u64) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(pending) = PENDING_ALLOCS.get_ptr_mut(pid_tgid) {
+        unsafe { (*pending).nested += 1 };
+        return 0;
+    }
+    let pending = PendingAlloc {
+        function: function as u32,
+        nested: 0,
+        size,
+        pointer,
+    };
+    let _ = PENDING_ALLOCS.insert(pid_tgid, pending, 0);
+    0
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocFn::Malloc, arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocFn::Calloc, arg(&ctx, 0).wrapping_mul(arg(&ctx, 1)), 0)
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocFn::Realloc, arg(&ctx, 1), arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    enter(AllocFn::Reallocarray, size, arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    // (void **memptr, size_t alignment, size_t size): the block comes back through memptr.
+    enter(AllocFn::PosixMemalign, arg(&ctx, 2), arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocFn::AlignedAlloc, arg(&ctx, 1), 0)
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocFn::Memalign, arg(&ctx, 1), 0)
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocFn::Valloc, arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    enter(AllocFn::Pvalloc, arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let pointer = arg(&ctx, 0);
+    // free(NULL) does nothing; a free inside an allocator call is that call's business.
+    if pointer != 0 && unsafe { PENDING_ALLOCS.get(bpf_get_current_pid_tgid()) }.is_none() {
+        emit(
+            &ctx,
+            block(EventKind::Free, AllocFn::Free, pointer, 0, None),
+        );
+    }
+    0
+}
+
+/// The return of any allocating function.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(pending) = PENDING_ALLOCS.get_ptr_mut(pid_tgid) else {
+        return 0; // entered before memtrace attached
+    };
+    let pending = unsafe { &mut *pending };
+    if pending.nested > 0 {
+        pending.nested -= 1;
+        return 0;
+    }
+    let call = *pending;
+    let _ = PENDING_ALLOCS.remove(pid_tgid);
+    let Some(function) = AllocFn::from_raw(call.function) else {
+        return 0;
+    };
+    let returned: u64 = ctx.ret();
+    let block_address = match function {
+        // Returns 0 on success; the block is in *memptr.
+        AllocFn::PosixMemalign if returned == 0 => {
+            unsafe { bpf_probe_read_user(call.pointer as *const u64) }.unwrap_or(0)
+        }
+        AllocFn::PosixMemalign => 0,
+        _ => returned,
+    };
+    let regs = unsafe { &*ctx.regs };
+    let caller = UserRegs {
+        ip: regs.rip,
+        sp: regs.rsp,
+        fp: regs.rbp,
+    };
+    if matches!(function, AllocFn::Realloc | AllocFn::Reallocarray) && call.pointer != 0 {
+        // The old block is gone when a new one came back, and when realloc(p, 0) freed it.
+        if block_address != 0 || call.size == 0 {
+            emit(
+                &ctx,
+                block(EventKind::Free, function, call.pointer, 0, None),
+            );
+        }
+    }
+    if block_address != 0 {
+        let record = block(
+            EventKind::Alloc,
+            function,
+            block_address,
+            call.size,
+            Some(caller),
+        );
+        emit(&ctx, record);
+    }
+    0
+}
+
+#[inline(always)]
+fn block(
+    kind: EventKind,
+    function: AllocFn,
+    addr: u64,
+    size: u64,
+    caller: Option<UserRegs>,
+) -> Record {
+    Record {
+        kind,
+        addr,
+        weight: size,
+        detail: function as u32,
+        stacks: caller.is_some(),
+        user_regs: caller,
+        file_fault: false,
+        urgent: false,
+    }
+}

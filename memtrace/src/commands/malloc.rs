@@ -1,0 +1,411 @@
+//! `memtrace malloc`: heap allocations per call stack, and the blocks never freed. The kernel
+//! side (memtrace-ebpf's `malloc`) sends every block allocated and freed; the books are kept
+//! here: per process, per stack, sizes, and the blocks still outstanding.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Result;
+use memtrace_common::{AllocFn, EventKind};
+
+use crate::{
+    bpf::Tracer,
+    cli::{Format, MallocArgs, RunArgs},
+    error::UsageError,
+    malloc_report::{AllocStackRow, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket},
+    output, outputs,
+    pipeline::{self, KernelOptions},
+    processes::Processes,
+    progress::Progress,
+    report::TracerCost,
+    session::Consumer,
+    stacks::{self, StackKey},
+    symbolize::Symbolizer,
+};
+
+/// Stacks shown in the live view.
+const LIVE_STACKS: usize = 5;
+
+/// A block still allocated.
+struct Block {
+    size: u64,
+    stack: StackKey,
+    /// When it was allocated, since tracing started (to the drain's tick, a few ms).
+    at: Duration,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    calls: u64,
+    bytes: u64,
+}
+
+/// Everything gathered while tracing.
+struct AllocBooks {
+    known: Processes,
+    processes: HashMap<u32, MallocProcessRow>,
+    stacks: HashMap<StackKey, Totals>,
+    /// Allocations by log2 of their size: bucket i holds sizes in (2^(i-1), 2^i].
+    sizes: [u64; 65],
+    outstanding: HashMap<(u32, u64), Block>,
+    /// The drain's last tick: the time given to blocks allocated since.
+    now: Duration,
+    progress: Progress,
+    symbolizer: Symbolizer,
+}
+
+impl Consumer for AllocBooks {
+    fn on_targets(&mut self, pids: &[u32]) {
+        self.known.capture(pids);
+    }
+
+    fn on_record(&mut self, bytes: &[u8]) {
+        let Some(event) = self.known.admit(bytes) else {
+            return;
+        };
+        let (tgid, addr, size) = (event.raw.tgid, event.raw.addr, event.raw.weight);
+        let Some(function) = AllocFn::from_raw(event.raw.detail) else {
+            return;
+        };
+        match event.kind {
+            EventKind::Alloc => {
+                // Keeps the process's maps current (a block in memory not mapped before makes
+                // them be read again), so the libraries loaded since exec get symbols.
+                self.known.maps.region(tgid, addr);
+                let stack = self.known.stack_key(&event);
+                let row = self.processes.entry(tgid).or_default();
+                *calls_of(row, function) += 1;
+                row.bytes_allocated += size;
+                let totals = self.stacks.entry(stack).or_default();
+                totals.calls += 1;
+                totals.bytes += size;
+                self.sizes[size_bucket(size)] += 1;
+                let block = Block {
+                    size,
+                    stack,
+                    at: self.now,
+                };
+                self.outstanding.insert((tgid, addr), block);
+            }
+            EventKind::Free => {
+                let row = self.processes.entry(tgid).or_default();
+                if function == AllocFn::Free {
+                    row.free_calls += 1;
+                }
+                match self.outstanding.remove(&(tgid, addr)) {
+                    Some(block) => row.bytes_freed += block.size,
+                    None => row.frees_of_untraced_blocks += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+        self.now = elapsed;
+        if self.progress.interval_due(elapsed).is_none() {
+            return;
+        }
+        let top = self.outstanding_by_stack(Duration::ZERO);
+        let keys: Vec<(StackKey, u64)> = top
+            .iter()
+            .take(LIVE_STACKS)
+            .map(|(key, o)| (*key, o.bytes))
+            .collect();
+        let label = |key: &StackKey| (self.known.name(key.tgid), "outstanding");
+        let rows = stacks::rows(
+            tracer,
+            &mut self.symbolizer,
+            &self.known.maps,
+            &keys,
+            &label,
+        )
+        .unwrap_or_default();
+        let total: u64 = self.outstanding.values().map(|b| b.size).sum();
+        let mut table = vec![format!(
+            "memtrace malloc {:>7.1}s  outstanding: {} blocks, {} bytes",
+            elapsed.as_secs_f64(),
+            self.outstanding.len(),
+            total
+        )];
+        for (row, (_, o)) in rows.iter().zip(&top) {
+            table.push(format!(
+                "  {:>12} B in {:>8} blocks  pid {:<7} {}",
+                o.bytes,
+                o.allocations,
+                row.pid,
+                row.frames
+                    .iter()
+                    .take(4)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" < ")
+            ));
+        }
+        self.progress.interval_table(&table);
+    }
+}
+
+/// Outstanding blocks of one stack.
+struct Outstanding {
+    allocations: u64,
+    bytes: u64,
+    oldest: Duration,
+}
+
+impl AllocBooks {
+    /// Blocks at least `min_age` old, by stack, most bytes first.
+    fn outstanding_by_stack(&self, min_age: Duration) -> Vec<(StackKey, Outstanding)> {
+        let mut by_stack: HashMap<StackKey, Outstanding> = HashMap::new();
+        for block in self.outstanding.values() {
+            if self.now.saturating_sub(block.at) < min_age {
+                continue;
+            }
+            let entry = by_stack.entry(block.stack).or_insert(Outstanding {
+                allocations: 0,
+                bytes: 0,
+                oldest: block.at,
+            });
+            entry.allocations += 1;
+            entry.bytes += block.size;
+            entry.oldest = entry.oldest.min(block.at);
+        }
+        let mut sorted: Vec<_> = by_stack.into_iter().collect();
+        sorted.sort_by(|a, b| {
+            (b.1.bytes, b.1.allocations, a.0.user_stack).cmp(&(
+                a.1.bytes,
+                a.1.allocations,
+                b.0.user_stack,
+            ))
+        });
+        sorted
+    }
+}
+
+fn calls_of(row: &mut MallocProcessRow, function: AllocFn) -> &mut u64 {
+    match function {
+        AllocFn::Malloc => &mut row.malloc_calls,
+        AllocFn::Calloc => &mut row.calloc_calls,
+        AllocFn::Realloc => &mut row.realloc_calls,
+        AllocFn::Reallocarray => &mut row.reallocarray_calls,
+        AllocFn::PosixMemalign => &mut row.posix_memalign_calls,
+        AllocFn::AlignedAlloc => &mut row.aligned_alloc_calls,
+        AllocFn::Memalign => &mut row.memalign_calls,
+        AllocFn::Valloc => &mut row.valloc_calls,
+        AllocFn::Pvalloc => &mut row.pvalloc_calls,
+        AllocFn::Free => &mut row.free_calls,
+    }
+}
+
+/// The log2 bucket of a size: i such that 2^(i-1) < size <= 2^i (0 and 1 in bucket 0).
+fn size_bucket(size: u64) -> usize {
+    if size <= 1 {
+        0
+    } else {
+        64 - (size - 1).leading_zeros() as usize
+    }
+}
+
+/// The allocator to hook: `--lib`, else the libc the target maps (through its root, so a
+/// process in a container gets its own), else memtrace's own.
+fn allocator_library(args: &MallocArgs) -> Result<PathBuf> {
+    if let Some(lib) = &args.lib {
+        if !lib.is_file() {
+            return Err(UsageError(format!(
+                "--lib {}: no such file (give the allocator's shared library, e.g. \
+                 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2)",
+                lib.display()
+            ))
+            .into());
+        }
+        return Ok(lib.clone());
+    }
+    let pid = args.target.pids.first().copied();
+    let maps_of = pid.map_or_else(|| "self".to_owned(), |p| p.to_string());
+    let maps = std::fs::read_to_string(format!("/proc/{maps_of}/maps")).unwrap_or_default();
+    let libc = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+        });
+    match (libc, pid) {
+        (Some(path), Some(pid)) => Ok(PathBuf::from(format!("/proc/{pid}/root{path}"))),
+        (Some(path), None) => Ok(PathBuf::from(path)),
+        (None, _) => Err(UsageError(format!(
+            "no libc in /proc/{maps_of}/maps: the program may be static or use another \
+             allocator; name its library with --lib"
+        ))
+        .into()),
+    }
+}
+
+pub async fn run(args: &MallocArgs) -> Result<()> {
+    let mut out = outputs::report_writer(args.output.as_deref())?;
+    let library = allocator_library(args)?;
+    let run_args = RunArgs {
+        duration: args.duration,
+        interval: args.interval,
+    };
+    let options = KernelOptions {
+        user_stacks: true,
+        kernel_stacks: false,
+        file_tags: false,
+        swap: false,
+    };
+    let prefix = args.symbol_prefix.clone();
+    let hooked = std::cell::RefCell::new(Vec::new());
+    let attach = |tracer: &mut Tracer| {
+        for function in AllocFn::ALL {
+            let symbol = format!("{prefix}{}", function.name());
+            let program = match function {
+                AllocFn::Free => "free_enter".to_owned(),
+                _ => format!("{}_enter", function.name()),
+            };
+            let entered = tracer.attach_uprobe(&program, &symbol, &library);
+            let attached = entered.and_then(|()| {
+                if function == AllocFn::Free {
+                    Ok(())
+                } else {
+                    tracer.attach_uprobe("alloc_return", &symbol, &library)
+                }
+            });
+            match attached {
+                Ok(()) => hooked.borrow_mut().push(symbol),
+                // malloc and free are the least an allocator has.
+                Err(err) if matches!(function, AllocFn::Malloc | AllocFn::Free) => {
+                    return Err(err.context(format!(
+                        "{} does not look like an allocator (no {symbol})",
+                        library.display()
+                    )));
+                }
+                Err(err) => log::debug!("{symbol} not hooked: {err:#}"),
+            }
+        }
+        Ok(())
+    };
+    let mut books = AllocBooks {
+        known: Processes::default(),
+        processes: HashMap::new(),
+        stacks: HashMap::new(),
+        sizes: [0; 65],
+        outstanding: HashMap::new(),
+        now: Duration::ZERO,
+        progress: Progress::new(args.interval),
+        symbolizer: Symbolizer::new(),
+    };
+    let traced = pipeline::trace(&args.target, &run_args, options, &attach, &mut books).await?;
+    books.now = traced.duration;
+    books.known.report_undecodable();
+    let report = build_report(args, books, &traced, &library, hooked.into_inner())?;
+    match args.format {
+        Format::Table => output::malloc::write(&report, &mut out)?,
+        Format::Json => output::json::write_value(&report, &mut out)?,
+        Format::Folded => output::malloc::write_folded(&report, &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn build_report(
+    args: &MallocArgs,
+    mut books: AllocBooks,
+    traced: &pipeline::Traced,
+    library: &Path,
+    functions: Vec<String>,
+) -> Result<MallocReport> {
+    let mut processes: Vec<MallocProcessRow> = books
+        .processes
+        .iter()
+        .map(|(&pid, row)| MallocProcessRow {
+            pid,
+            comm: books.known.name(pid),
+            ..row.clone()
+        })
+        .collect();
+    processes.sort_by_key(|p| (std::cmp::Reverse(p.bytes_allocated), p.pid));
+
+    let mut by_bytes: Vec<(StackKey, Totals)> =
+        books.stacks.iter().map(|(k, t)| (*k, *t)).collect();
+    by_bytes.sort_by(|a, b| (b.1.bytes, a.0.user_stack).cmp(&(a.1.bytes, b.0.user_stack)));
+    by_bytes.truncate(args.top);
+    let keys: Vec<(StackKey, u64)> = by_bytes.iter().map(|(k, t)| (*k, t.calls)).collect();
+    let known = &books.known;
+    let label = |key: &StackKey| (known.name(key.tgid), "alloc");
+    let mut symbolizer = std::mem::take(&mut books.symbolizer);
+    let rows = stacks::rows(&traced.tracer, &mut symbolizer, &known.maps, &keys, &label)?;
+    let stacks = rows
+        .into_iter()
+        .zip(&by_bytes)
+        .map(|(stack, (_, totals))| AllocStackRow {
+            calls: totals.calls,
+            bytes: totals.bytes,
+            stack,
+        })
+        .collect();
+
+    let outstanding = if args.leaks {
+        let mut groups = books.outstanding_by_stack(args.min_age.unwrap_or_default());
+        groups.truncate(args.top);
+        let keys: Vec<(StackKey, u64)> = groups.iter().map(|(k, o)| (*k, o.allocations)).collect();
+        let label = |key: &StackKey| (known.name(key.tgid), "outstanding");
+        let rows = stacks::rows(&traced.tracer, &mut symbolizer, &known.maps, &keys, &label)?;
+        rows.into_iter()
+            .zip(&groups)
+            .map(|(stack, (_, o))| OutstandingRow {
+                allocations: o.allocations,
+                bytes: o.bytes,
+                oldest_age_s: books.now.saturating_sub(o.oldest).as_secs_f64(),
+                stack,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sizes = books
+        .sizes
+        .iter()
+        .enumerate()
+        .filter(|(_, &count)| count > 0)
+        .map(|(i, &count)| SizeBucket {
+            le: if i == 0 { 1 } else { 1u64 << i.min(63) },
+            count,
+        })
+        .collect();
+    Ok(MallocReport {
+        command: "malloc",
+        duration_s: traced.duration.as_secs_f64(),
+        lost_events: traced.tracer.counters()?.lost,
+        sampled: false,
+        target: traced.target.clone(),
+        exit: traced.exit.clone(),
+        tracer: TracerCost::measure(traced.attach_ms, &traced.tracer),
+        library: library.display().to_string(),
+        functions,
+        processes,
+        stacks,
+        outstanding,
+        sizes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_bucket;
+
+    #[test]
+    fn sizes_fall_in_log2_buckets() {
+        assert_eq!(size_bucket(0), 0);
+        assert_eq!(size_bucket(1), 0);
+        assert_eq!(size_bucket(2), 1);
+        assert_eq!(size_bucket(3), 2);
+        assert_eq!(size_bucket(64), 6);
+        assert_eq!(size_bucket(65), 7);
+        assert_eq!(size_bucket(u64::MAX), 64);
+    }
+}

@@ -1,0 +1,73 @@
+//! What `memtrace malloc` reports. Field names of the `Serialize` types are the public JSON
+//! contract (issue #4): keep them, add freely.
+use serde::Serialize;
+
+use crate::report::{CommandExit, StackRow, TracerCost};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MallocProcessRow {
+    pub pid: u32,
+    pub comm: String,
+    pub malloc_calls: u64,
+    pub calloc_calls: u64,
+    pub realloc_calls: u64,
+    pub reallocarray_calls: u64,
+    pub posix_memalign_calls: u64,
+    pub aligned_alloc_calls: u64,
+    pub memalign_calls: u64,
+    pub valloc_calls: u64,
+    pub pvalloc_calls: u64,
+    pub free_calls: u64,
+    /// Bytes asked for by every allocating call.
+    pub bytes_allocated: u64,
+    /// Bytes of the blocks freed (known from their allocation).
+    pub bytes_freed: u64,
+    /// Frees of blocks allocated before tracing started.
+    pub frees_of_untraced_blocks: u64,
+}
+
+/// Allocations made on one stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct AllocStackRow {
+    pub calls: u64,
+    pub bytes: u64,
+    #[serde(flatten)]
+    pub stack: StackRow,
+}
+
+/// Blocks still allocated, by the stack that allocated them.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutstandingRow {
+    pub allocations: u64,
+    pub bytes: u64,
+    pub oldest_age_s: f64,
+    #[serde(flatten)]
+    pub stack: StackRow,
+}
+
+/// Allocations of at most `le` bytes (and more than the previous bucket's).
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeBucket {
+    pub le: u64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MallocReport {
+    pub command: &'static str,
+    pub duration_s: f64,
+    pub lost_events: u64,
+    /// Always false for now: every call is traced.
+    pub sampled: bool,
+    pub target: String,
+    pub exit: Option<CommandExit>,
+    pub tracer: TracerCost,
+    /// The allocator hooked and the functions found in it.
+    pub library: String,
+    pub functions: Vec<String>,
+    pub processes: Vec<MallocProcessRow>,
+    pub stacks: Vec<AllocStackRow>,
+    /// Only with --leaks.
+    pub outstanding: Vec<OutstandingRow>,
+    pub sizes: Vec<SizeBucket>,
+}

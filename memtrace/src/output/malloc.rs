@@ -1,0 +1,102 @@
+//! The malloc report as a table for people, and as folded stacks (bytes per stack).
+use std::io::Write;
+
+use crate::malloc_report::MallocReport;
+
+pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
+    super::title(
+        out,
+        report.command,
+        &report.target,
+        report.duration_s,
+        report.exit.as_ref(),
+    )?;
+    writeln!(
+        out,
+        "allocator: {} ({})",
+        report.library,
+        report.functions.join(", ")
+    )?;
+    if report.lost_events > 0 {
+        writeln!(
+            out,
+            "WARNING: {} events lost: every figure is a lower bound",
+            report.lost_events
+        )?;
+    }
+    writeln!(out, "\nPROCESSES")?;
+    if report.processes.is_empty() {
+        writeln!(out, "  no allocations seen")?;
+    } else {
+        writeln!(
+            out,
+            "  {:>7}  {:<16} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+            "PID", "COMM", "MALLOC", "CALLOC", "REALLOC", "FREE", "ALLOCATED B", "FREED B"
+        )?;
+        for p in &report.processes {
+            writeln!(
+                out,
+                "  {:>7}  {:<16} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+                p.pid,
+                p.comm,
+                p.malloc_calls,
+                p.calloc_calls,
+                p.realloc_calls,
+                p.free_calls,
+                p.bytes_allocated,
+                p.bytes_freed
+            )?;
+        }
+    }
+    writeln!(out, "\nTOP ALLOCATING STACKS (by bytes)")?;
+    for (n, row) in report.stacks.iter().enumerate() {
+        writeln!(
+            out,
+            "#{}  {} bytes in {} calls  pid {} ({})",
+            n + 1,
+            row.bytes,
+            row.calls,
+            row.stack.pid,
+            row.stack.comm
+        )?;
+        write_frames(out, &row.stack.frames)?;
+    }
+    if !report.outstanding.is_empty() {
+        writeln!(out, "\nOUTSTANDING (allocated, never freed)")?;
+        for (n, row) in report.outstanding.iter().enumerate() {
+            writeln!(
+                out,
+                "#{}  {} bytes in {} blocks, oldest {:.1}s  pid {} ({})",
+                n + 1,
+                row.bytes,
+                row.allocations,
+                row.oldest_age_s,
+                row.stack.pid,
+                row.stack.comm
+            )?;
+            write_frames(out, &row.stack.frames)?;
+        }
+    }
+    writeln!(out, "\nSIZES (bytes: calls)")?;
+    for bucket in &report.sizes {
+        writeln!(out, "  <= {:>12}: {}", bucket.le, bucket.count)?;
+    }
+    Ok(())
+}
+
+fn write_frames(out: &mut dyn Write, frames: &[String]) -> anyhow::Result<()> {
+    for frame in frames {
+        writeln!(out, "    {frame}")?;
+    }
+    Ok(())
+}
+
+/// `comm;outermost;...;innermost bytes`, one line per allocating stack.
+pub fn write_folded(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
+    for row in &report.stacks {
+        let mut parts = vec![row.stack.comm.clone()];
+        parts.extend(row.stack.frames.iter().rev().cloned());
+        writeln!(out, "{} {}", parts.join(";"), row.bytes)?;
+    }
+    Ok(())
+}

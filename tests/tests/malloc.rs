@@ -1,0 +1,162 @@
+//! `memtrace malloc` against allocations known exactly: the workloads count their own calls and
+//! the bytes they leak.
+
+use std::fs;
+
+use serde_json::Value;
+use tests::{memtrace, parse_report, serial, workload, Report, Run, TempDir};
+
+/// A traced command: memtrace's JSON report and the workload's own figures.
+struct Traced {
+    run: Run,
+    report: Value,
+    workload: Report,
+}
+
+impl Traced {
+    fn context(&self) -> String {
+        format!(
+            "{}\n--- report ---\n{}",
+            self.run.describe(),
+            serde_json::to_string_pretty(&self.report).unwrap()
+        )
+    }
+
+    fn process(&self) -> &Value {
+        self.report["processes"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["pid"] == self.workload.pid))
+            .unwrap_or_else(|| panic!("no row for the workload\n{}", self.context()))
+    }
+
+    /// Outstanding rows whose innermost frame is `function`.
+    fn outstanding_in(&self, function: &str) -> Vec<&Value> {
+        self.report["outstanding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["frames"][0] == function)
+            .collect()
+    }
+}
+
+/// `memtrace malloc <extra> --format json -- <workload> <args>`.
+fn trace(extra: &[&str], name: &str, args: &[&str]) -> Traced {
+    let dir = TempDir::new("malloc");
+    let out = dir.join("report.json");
+    let path = workload(name);
+    let mut argv = vec![
+        "malloc",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(extra);
+    argv.push("--");
+    argv.push(path.to_str().unwrap());
+    argv.extend_from_slice(args);
+    let run = memtrace(&argv);
+    let text =
+        fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
+    let workload = parse_report(&run.stdout)
+        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
+    Traced {
+        run,
+        report,
+        workload,
+    }
+}
+
+fn u64_of(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {key:?} in {value}"))
+}
+
+/// libc allocates a few blocks of its own (stdio buffers) besides the workload's.
+const LIBC_OWN_BLOCKS: u64 = 8;
+
+#[test]
+fn leaked_blocks_are_found_exactly() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let (leaks, size, churn) = (100u64, 1000u64, 20000u64);
+    let t = trace(
+        &["--leaks", "--top", "50"],
+        "malloc_leak",
+        &[&leaks.to_string(), &size.to_string(), &churn.to_string()],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    // The leak: exactly its blocks and bytes, on the stack of the function that made it.
+    let leaked = t.outstanding_in("leaky_function");
+    assert_eq!(leaked.len(), 1, "{}", t.context());
+    assert_eq!(u64_of(leaked[0], "allocations"), leaks, "{}", t.context());
+    assert_eq!(u64_of(leaked[0], "bytes"), leaks * size, "{}", t.context());
+    assert_eq!(leaked[0]["frames"][1], "main", "{}", t.context());
+    // Nothing the churn allocated is left, and little else is.
+    assert!(t.outstanding_in("churn").is_empty(), "{}", t.context());
+    let others: u64 = t.report["outstanding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["frames"][0] != "leaky_function")
+        .map(|r| u64_of(r, "allocations"))
+        .sum();
+    assert!(
+        others <= LIBC_OWN_BLOCKS,
+        "{others} other blocks outstanding\n{}",
+        t.context()
+    );
+    // Calls: the workload's own count, plus libc's few.
+    let process = t.process();
+    let mallocs = t.workload.u64("mallocs");
+    let counted = u64_of(process, "malloc_calls");
+    assert!(
+        (mallocs..=mallocs + LIBC_OWN_BLOCKS).contains(&counted),
+        "{counted} malloc calls counted, the workload made {mallocs}\n{}",
+        t.context()
+    );
+    let frees = u64_of(process, "free_calls");
+    assert!(
+        (churn..=churn + LIBC_OWN_BLOCKS).contains(&frees),
+        "{frees} free calls counted, the workload made {churn}\n{}",
+        t.context()
+    );
+    // Bytes: allocated minus freed is what is outstanding.
+    let outstanding: u64 = t.report["outstanding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| u64_of(r, "bytes"))
+        .sum();
+    assert_eq!(
+        u64_of(process, "bytes_allocated") - u64_of(process, "bytes_freed"),
+        outstanding,
+        "{}",
+        t.context()
+    );
+}
+
+#[test]
+fn missing_lib_is_a_usage_error() {
+    let _serial = serial();
+    let run = memtrace(&[
+        "malloc",
+        "--lib",
+        "/nonexistent/libjemalloc.so",
+        "--",
+        "true",
+    ]);
+    assert_eq!(run.code(), 2, "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("--lib /nonexistent/libjemalloc.so: no such file"),
+        "{}",
+        run.describe()
+    );
+}
