@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::UProbeScope,
+        uprobe::{UProbeAttachLocation, UProbeScope},
         PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint, UProbe,
     },
     util::online_cpus,
@@ -272,9 +272,16 @@ impl Tracer {
             })
     }
 
-    /// Attaches uprobe (or uretprobe) `program` to `symbol` in `library`, for every process
-    /// (the programs' target filter narrows it), loading the program the first time.
-    pub fn attach_uprobe(&mut self, program: &str, symbol: &str, library: &Path) -> Result<()> {
+    /// Attaches uprobe (or uretprobe) `program` to `symbol` (plus `offset` bytes) in `library`,
+    /// for every process (the programs' target filter narrows it), loading the program the
+    /// first time.
+    pub fn attach_uprobe(
+        &mut self,
+        program: &str,
+        symbol: &str,
+        offset: u64,
+        library: &Path,
+    ) -> Result<()> {
         let probe: &mut UProbe = self.program(program)?.try_into()?;
         if probe.fd().is_err() {
             probe
@@ -282,7 +289,11 @@ impl Tracer {
                 .with_context(|| format!("the kernel rejected the {program} program"))?;
         }
         probe
-            .attach(symbol, library, UProbeScope::AllProcesses)
+            .attach(
+                UProbeAttachLocation::SymbolOffset(symbol, offset),
+                library,
+                UProbeScope::AllProcesses,
+            )
             .with_context(|| format!("attaching to {symbol} in {}", library.display()))?;
         Ok(())
     }

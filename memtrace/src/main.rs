@@ -14,6 +14,7 @@ mod malloc_report;
 mod output;
 mod outputs;
 mod pipeline;
+mod probe_site;
 mod processes;
 mod procmaps;
 mod progress;

@@ -17,6 +17,7 @@ use crate::{
     malloc_report::{AllocStackRow, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket},
     output, outputs,
     pipeline::{self, KernelOptions},
+    probe_site,
     processes::Processes,
     progress::Progress,
     report::TracerCost,
@@ -267,14 +268,18 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
                 AllocFn::Free => "free_enter".to_owned(),
                 _ => format!("{}_enter", function.name()),
             };
-            let entered = tracer.attach_uprobe(&program, &symbol, &library);
-            let attached = entered.and_then(|()| {
-                if function == AllocFn::Free {
-                    Ok(())
-                } else {
-                    tracer.attach_uprobe("alloc_return", &symbol, &library)
-                }
-            });
+            let attached = if function == AllocFn::Free {
+                // No return probe shares its breakpoint: it can move to a cheaper place.
+                let offset = probe_site::entry_offset(&library, &symbol, 1);
+                log::debug!("{symbol}: entry probe at +{offset}");
+                tracer.attach_uprobe(&program, &symbol, offset, &library)
+            } else {
+                // The return probe needs the entry (the return address is on top of the stack
+                // there); the entry probe shares its breakpoint.
+                tracer
+                    .attach_uprobe(&program, &symbol, 0, &library)
+                    .and_then(|()| tracer.attach_uprobe("alloc_return", &symbol, 0, &library))
+            };
             match attached {
                 Ok(()) => hooked.borrow_mut().push(symbol),
                 // malloc and free are the least an allocator has.
