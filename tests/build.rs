@@ -15,6 +15,8 @@ const WORKLOADS: &[&str] = &[
     "fault_storm",
     "swap_cycle",
     "malloc_leak",
+    "malloc_kinds",
+    "malloc_threads",
     "demo",
 ];
 

@@ -136,11 +136,10 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     };
     if matches!(function, AllocFn::Realloc | AllocFn::Reallocarray) && call.pointer != 0 {
         // The old block is gone when a new one came back, and when realloc(p, 0) freed it.
+        // The new size rides along: 0 tells userspace this call returned no block.
         if block_address != 0 || call.size == 0 {
-            emit(
-                &ctx,
-                block(EventKind::Free, function, call.pointer, 0, None),
-            );
+            let freed = block(EventKind::Free, function, call.pointer, call.size, None);
+            emit(&ctx, freed);
         }
     }
     if block_address != 0 {

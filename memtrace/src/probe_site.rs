@@ -33,6 +33,11 @@ pub fn entry_offset(library: &Path, symbol: &str, arguments: usize) -> u64 {
     best_offset(&code, address, &ARGUMENT_REGISTERS[..arguments.min(6)])
 }
 
+/// The address of `symbol` in `library` (functions with several names share one).
+pub fn symbol_address(library: &Path, symbol: &str) -> Option<u64> {
+    function_code(library, symbol).map(|(address, _)| address)
+}
+
 /// The function's address and its first bytes.
 fn function_code(library: &Path, symbol: &str) -> Option<(u64, Vec<u8>)> {
     let data = std::fs::read(library).ok()?;

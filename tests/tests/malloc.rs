@@ -160,3 +160,119 @@ fn missing_lib_is_a_usage_error() {
         run.describe()
     );
 }
+
+/// The one outstanding row whose innermost frame is `function`: (allocations, bytes).
+fn outstanding_of(t: &Traced, function: &str) -> (u64, u64) {
+    let rows = t.outstanding_in(function);
+    assert_eq!(
+        rows.len(),
+        1,
+        "one outstanding row for {function}\n{}",
+        t.context()
+    );
+    (u64_of(rows[0], "allocations"), u64_of(rows[0], "bytes"))
+}
+
+#[test]
+fn every_allocator_function_is_exact() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let k = 50u64;
+    let t = trace(
+        &["--leaks", "--top", "50"],
+        "malloc_kinds",
+        &[&k.to_string()],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert_eq!(
+        outstanding_of(&t, "calloc_leak"),
+        (k, k * 1000),
+        "{}",
+        t.context()
+    );
+    assert_eq!(
+        outstanding_of(&t, "posix_memalign_leak"),
+        (k, k * 1000),
+        "{}",
+        t.context()
+    );
+    assert_eq!(
+        outstanding_of(&t, "aligned_alloc_leak"),
+        (k, k * 1024),
+        "{}",
+        t.context()
+    );
+    // Grown K times: one block of the last size.
+    assert_eq!(
+        outstanding_of(&t, "reallocarray_grow"),
+        (1, k * 100),
+        "{}",
+        t.context()
+    );
+    assert_eq!(
+        outstanding_of(&t, "realloc_from_null"),
+        (1, 777),
+        "{}",
+        t.context()
+    );
+    // Grown, shrunk, then freed by realloc(p, 0).
+    assert!(
+        t.outstanding_in("realloc_cycle").is_empty(),
+        "{}",
+        t.context()
+    );
+    let process = t.process();
+    for function in ["realloc", "reallocarray", "posix_memalign", "aligned_alloc"] {
+        assert_eq!(
+            u64_of(process, &format!("{function}_calls")),
+            t.workload.u64(function),
+            "{function} calls\n{}",
+            t.context()
+        );
+    }
+    let calloc = u64_of(process, "calloc_calls");
+    assert!(
+        (k..=k + LIBC_OWN_BLOCKS).contains(&calloc),
+        "{calloc} calloc calls\n{}",
+        t.context()
+    );
+}
+
+#[test]
+fn blocks_freed_by_other_threads_are_not_leaks() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace(
+        &["--leaks", "--top", "50"],
+        "malloc_threads",
+        &["8", "20000"],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert_eq!(t.report["lost_events"], 0, "{}", t.context());
+    for function in ["produce", "consume"] {
+        assert!(
+            t.outstanding_in(function).is_empty(),
+            "blocks of {function} outstanding\n{}",
+            t.context()
+        );
+    }
+    let process = t.process();
+    let (mallocs, frees) = (t.workload.u64("mallocs"), t.workload.u64("frees"));
+    let counted = u64_of(process, "malloc_calls");
+    assert!(
+        (mallocs..=mallocs + LIBC_OWN_BLOCKS).contains(&counted),
+        "{counted} malloc calls counted, the workload made {mallocs}\n{}",
+        t.context()
+    );
+    // Thread exits free a few blocks of the C library's own as well.
+    let freed = u64_of(process, "free_calls");
+    assert!(
+        (frees..=frees + 16 * 8).contains(&freed),
+        "{freed} free calls counted, the workload made {frees}\n{}",
+        t.context()
+    );
+}

@@ -92,8 +92,10 @@ impl Consumer for AllocBooks {
             }
             EventKind::Free => {
                 let row = self.processes.entry(tgid).or_default();
-                if function == AllocFn::Free {
-                    row.free_calls += 1;
+                // A free, or the old block of a realloc: a call of its own only when no new
+                // block came back (realloc(p, 0), which carries size 0).
+                if function == AllocFn::Free || size == 0 {
+                    *calls_of(row, function) += 1;
                 }
                 match self.outstanding.remove(&(tgid, addr)) {
                     Some(block) => row.bytes_freed += block.size,
@@ -262,12 +264,19 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
     let prefix = args.symbol_prefix.clone();
     let hooked = std::cell::RefCell::new(Vec::new());
     let attach = |tracer: &mut Tracer| {
+        // Names of one function (glibc's memalign is aligned_alloc) get one set of probes,
+        // under the first name: two would count each call twice.
+        let mut addresses: HashMap<u64, String> = HashMap::new();
         for function in AllocFn::ALL {
             let symbol = format!("{prefix}{}", function.name());
-            let program = match function {
-                AllocFn::Free => "free_enter".to_owned(),
-                _ => format!("{}_enter", function.name()),
-            };
+            if let Some(address) = probe_site::symbol_address(&library, &symbol) {
+                if let Some(first) = addresses.get(&address) {
+                    hooked.borrow_mut().push(format!("{symbol} (= {first})"));
+                    continue;
+                }
+                addresses.insert(address, symbol.clone());
+            }
+            let program = format!("{}_enter", function.name());
             let attached = if function == AllocFn::Free {
                 // No return probe shares its breakpoint: it can move to a cheaper place.
                 let offset = probe_site::entry_offset(&library, &symbol, 1);
