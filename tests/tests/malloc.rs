@@ -42,9 +42,16 @@ impl Traced {
 
 /// `memtrace malloc <extra> --format json -- <workload> <args>`.
 fn trace(extra: &[&str], name: &str, args: &[&str]) -> Traced {
+    let path = workload(name);
+    let mut command = vec![path.to_str().unwrap()];
+    command.extend_from_slice(args);
+    trace_command(extra, &command)
+}
+
+/// `memtrace malloc <extra> --format json -- <command>`; the command prints a workload line.
+fn trace_command(extra: &[&str], command: &[&str]) -> Traced {
     let dir = TempDir::new("malloc");
     let out = dir.join("report.json");
-    let path = workload(name);
     let mut argv = vec![
         "malloc",
         "--format",
@@ -54,8 +61,7 @@ fn trace(extra: &[&str], name: &str, args: &[&str]) -> Traced {
     ];
     argv.extend_from_slice(extra);
     argv.push("--");
-    argv.push(path.to_str().unwrap());
-    argv.extend_from_slice(args);
+    argv.extend_from_slice(command);
     let run = memtrace(&argv);
     let text =
         fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
@@ -275,4 +281,39 @@ fn blocks_freed_by_other_threads_are_not_leaks() {
         "{freed} free calls counted, the workload made {frees}\n{}",
         t.context()
     );
+}
+
+#[test]
+fn another_allocator_is_traced_with_lib() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+    assert!(
+        std::path::Path::new(jemalloc).exists(),
+        "{jemalloc} is missing: run `cargo xtask setup` (Debian's libjemalloc2)"
+    );
+    let (leaks, size) = (40u64, 3000u64);
+    let preload = format!("LD_PRELOAD={jemalloc}");
+    let leak = workload("malloc_leak");
+    let t = trace_command(
+        &["--leaks", "--lib", jemalloc],
+        &[
+            "env",
+            &preload,
+            leak.to_str().unwrap(),
+            &leaks.to_string(),
+            &size.to_string(),
+            "5000",
+        ],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert_eq!(
+        outstanding_of(&t, "leaky_function"),
+        (leaks, leaks * size),
+        "{}",
+        t.context()
+    );
+    assert!(t.outstanding_in("churn").is_empty(), "{}", t.context());
 }

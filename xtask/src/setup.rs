@@ -18,6 +18,11 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("linux-perf", &["perf", "--version"]),
     ("bpftool", &["bpftool", "version"]),
     ("golang-go", &["go", "version"]),
+    // Another allocator, for memtrace malloc --lib (tests).
+    (
+        "libjemalloc2",
+        &["test", "-e", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"],
+    ),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TRACEFS: &str = "/sys/kernel/tracing";
