@@ -207,7 +207,9 @@ pub mod counter {
     pub const STACK_ERRORS: u32 = 2;
     /// Children that could not be added to `TARGET_TGIDS` because it was full.
     pub const TARGETS_FULL: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Allocator calls not followed to their return because the per-thread table was full.
+    pub const ALLOC_CALLS_UNTRACKED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.

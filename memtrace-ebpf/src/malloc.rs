@@ -11,11 +11,11 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use memtrace_common::{AllocFn, EventKind, PendingAlloc};
+use memtrace_common::{counter, AllocFn, EventKind, PendingAlloc};
 
 use crate::{
     emit::{emit, Record},
-    maps::PENDING_ALLOCS,
+    maps::{count, PENDING_ALLOCS},
     ustack::UserRegs,
 };
 
@@ -38,7 +38,9 @@ fn enter(function: AllocFn, size: u64, pointer: u64) -> u32 {
         size,
         pointer,
     };
-    let _ = PENDING_ALLOCS.insert(pid_tgid, pending, 0);
+    if PENDING_ALLOCS.insert(pid_tgid, pending, 0).is_err() {
+        count(counter::ALLOC_CALLS_UNTRACKED);
+    }
     0
 }
 

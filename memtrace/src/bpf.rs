@@ -64,6 +64,7 @@ pub struct KernelCounters {
     pub lost: u64,
     pub stack_errors: u64,
     pub targets_full: u64,
+    pub alloc_calls_untracked: u64,
 }
 
 pub struct Tracer {
@@ -316,6 +317,7 @@ impl Tracer {
             lost: sum(counter::LOST)?,
             stack_errors: sum(counter::STACK_ERRORS)?,
             targets_full: sum(counter::TARGETS_FULL)?,
+            alloc_calls_untracked: sum(counter::ALLOC_CALLS_UNTRACKED)?,
         })
     }
 

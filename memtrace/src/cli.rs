@@ -246,6 +246,9 @@ pub struct MallocArgs {
     /// Report the blocks still allocated at the end, by stack.
     #[arg(long)]
     pub leaks: bool,
+    /// Blocks followed at most (the oldest stay; newer ones past this are counted, not kept).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_outstanding: u64,
     /// With --leaks: only blocks at least this old (e.g. 5s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,

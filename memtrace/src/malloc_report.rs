@@ -59,6 +59,11 @@ pub struct MallocReport {
     pub lost_events: u64,
     /// Always false for now: every call is traced.
     pub sampled: bool,
+    /// Blocks not followed because --max-outstanding were already (their frees then count as
+    /// frees of untraced blocks): when non-zero, `outstanding` is a lower bound.
+    pub outstanding_dropped: u64,
+    /// Allocator calls not followed to their return (the kernel's per-thread table was full).
+    pub calls_untracked: u64,
     pub target: String,
     pub exit: Option<CommandExit>,
     pub tracer: TracerCost,

@@ -317,3 +317,38 @@ fn another_allocator_is_traced_with_lib() {
     );
     assert!(t.outstanding_in("churn").is_empty(), "{}", t.context());
 }
+
+#[test]
+fn outstanding_blocks_are_bounded_and_the_overflow_counted() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace(
+        &["--leaks", "--max-outstanding", "50"],
+        "malloc_leak",
+        &["100", "1000", "1000"],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let followed: u64 = t.report["outstanding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| u64_of(r, "allocations"))
+        .sum();
+    assert_eq!(followed, 50, "{}", t.context());
+    // The 100 leaked blocks did not fit: the other 50 are counted, not lost silently.
+    assert!(
+        u64_of(&t.report, "outstanding_dropped") >= 50,
+        "{}",
+        t.context()
+    );
+    // Calls are still counted exactly.
+    let mallocs = t.workload.u64("mallocs");
+    let counted = u64_of(t.process(), "malloc_calls");
+    assert!(
+        (mallocs..=mallocs + LIBC_OWN_BLOCKS).contains(&counted),
+        "{counted} malloc calls counted, the workload made {mallocs}\n{}",
+        t.context()
+    );
+}

@@ -53,10 +53,11 @@ struct Samples {
 
 pub fn bench(which: &[String]) -> Result<()> {
     match which.first().map(String::as_str) {
-        None => faults().and_then(|()| swap()),
+        None => faults().and_then(|()| swap()).and_then(|()| malloc()),
         Some("faults") => faults(),
         Some("swap") => swap(),
-        Some(other) => bail!("unknown benchmark {other:?}; available: faults, swap"),
+        Some("malloc") => malloc(),
+        Some(other) => bail!("unknown benchmark {other:?}; available: faults, swap, malloc"),
     }
 }
 
@@ -185,6 +186,87 @@ fn swap() -> Result<()> {
     );
     println!("{tables}");
     write_section("swap", "each workload's own run time", &tables)
+}
+
+/// malloc/free pairs in the malloc storm.
+const MALLOC_PAIRS: u64 = 2_000_000;
+
+/// `memtrace malloc` on a malloc storm (2M malloc/free pairs of 16-272 bytes), beside bpftrace
+/// doing memleak's work (uprobe and uretprobe on malloc, uprobe on free, a live map) and bpftrace
+/// merely counting malloc calls by user stack.
+fn malloc() -> Result<()> {
+    let (target, memtrace) = prepare()?;
+    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let report = scratch.join("malloc.json");
+    let bpftrace = |program: String| vec!["bpftrace".into(), "-e".into(), program, "-c".into()];
+    let configs = [
+        Config {
+            name: "untraced".into(),
+            records: "-",
+            prefix: vec![],
+            report: None,
+        },
+        Config {
+            name: "memtrace malloc --leaks".into(),
+            records: "every malloc and free: block, size, user stack; outstanding blocks",
+            prefix: [memtrace.as_str(), "malloc", "--leaks", "--format", "json", "--output"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain([report.to_string_lossy().into_owned(), "--".to_owned()])
+                .collect(),
+            report: Some(report.clone()),
+        },
+        Config {
+            name: "bpftrace, memleak-style".into(),
+            records: "every malloc and free: size, live blocks (no stacks)",
+            prefix: bpftrace(format!(
+                "uprobe:{libc}:malloc /pid == cpid/ {{ @size[tid] = arg0; }} \
+                 uretprobe:{libc}:malloc /pid == cpid/ {{ @live[retval] = @size[tid]; delete(@size[tid]); }} \
+                 uprobe:{libc}:free /pid == cpid/ {{ delete(@live[arg0]); }}"
+            )),
+            report: None,
+        },
+        Config {
+            name: "bpftrace, counting".into(),
+            records: "every malloc: count per user stack",
+            prefix: bpftrace(format!(
+                "uprobe:{libc}:malloc /pid == cpid/ {{ @[ustack] = count(); }}"
+            )),
+            report: None,
+        },
+    ];
+    let storm = vec![
+        target
+            .join("workloads/malloc_leak")
+            .to_string_lossy()
+            .into_owned(),
+        "0".into(),
+        "16".into(),
+        MALLOC_PAIRS.to_string(),
+    ];
+    let samples = measure(&configs, &storm)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let untraced = median(&samples[0].elapsed);
+    let mut table = table(&configs, &samples);
+    table += "\nPer malloc/free pair, above untraced: ";
+    table += &configs[1..]
+        .iter()
+        .zip(&samples[1..])
+        .map(|(c, s)| {
+            let pair = (median(&s.elapsed) - untraced) / MALLOC_PAIRS as f64;
+            format!("{} {:.2} µs", c.name, pair * 1e6)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    table += ".\n";
+    println!("{table}");
+    let what = format!(
+        "the workload `malloc_leak 0 16 {MALLOC_PAIRS}` (its own loop time: {MALLOC_PAIRS} \
+         malloc/free pairs of 16-272 bytes)"
+    );
+    write_section("malloc", &what, &table)
 }
 
 /// Root check, set-up and a release build; the target folder and memtrace's path.

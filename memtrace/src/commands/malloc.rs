@@ -51,6 +51,9 @@ struct AllocBooks {
     /// Allocations by log2 of their size: bucket i holds sizes in (2^(i-1), 2^i].
     sizes: [u64; 65],
     outstanding: HashMap<(u32, u64), Block>,
+    /// --max-outstanding, and the blocks past it.
+    max_outstanding: usize,
+    outstanding_dropped: u64,
     /// The drain's last tick: the time given to blocks allocated since.
     now: Duration,
     progress: Progress,
@@ -88,7 +91,13 @@ impl Consumer for AllocBooks {
                     stack,
                     at: self.now,
                 };
-                self.outstanding.insert((tgid, addr), block);
+                if self.outstanding.len() < self.max_outstanding
+                    || self.outstanding.contains_key(&(tgid, addr))
+                {
+                    self.outstanding.insert((tgid, addr), block);
+                } else {
+                    self.outstanding_dropped += 1;
+                }
             }
             EventKind::Free => {
                 let row = self.processes.entry(tgid).or_default();
@@ -309,6 +318,8 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         stacks: HashMap::new(),
         sizes: [0; 65],
         outstanding: HashMap::new(),
+        max_outstanding: usize::try_from(args.max_outstanding).unwrap_or(usize::MAX),
+        outstanding_dropped: 0,
         now: Duration::ZERO,
         progress: Progress::new(args.interval),
         symbolizer: Symbolizer::new(),
@@ -391,11 +402,14 @@ fn build_report(
             count,
         })
         .collect();
+    let counters = traced.tracer.counters()?;
     Ok(MallocReport {
         command: "malloc",
         duration_s: traced.duration.as_secs_f64(),
-        lost_events: traced.tracer.counters()?.lost,
+        lost_events: counters.lost,
         sampled: false,
+        outstanding_dropped: books.outstanding_dropped,
+        calls_untracked: counters.alloc_calls_untracked,
         target: traced.target.clone(),
         exit: traced.exit.clone(),
         tracer: TracerCost::measure(traced.attach_ms, &traced.tracer),

@@ -24,6 +24,14 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
             report.lost_events
         )?;
     }
+    if report.outstanding_dropped > 0 || report.calls_untracked > 0 {
+        writeln!(
+            out,
+            "WARNING: {} blocks past --max-outstanding and {} calls not followed to their return: \
+             outstanding figures are lower bounds",
+            report.outstanding_dropped, report.calls_untracked
+        )?;
+    }
     writeln!(out, "\nPROCESSES")?;
     if report.processes.is_empty() {
         writeln!(out, "  no allocations seen")?;
