@@ -36,6 +36,14 @@ static ARRAY_PERCPU_BASE: u64 = 0;
 /// pt_regs.orig_ax (x86-64 only; 0 elsewhere): see `swap::in_user_fault`.
 #[unsafe(no_mangle)]
 static ORIG_AX: u64 = 0;
+/// memtrace malloc --sample-bytes (0: every block).
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: u64 = 0;
+/// -ln((i + 0.5) / EXP_TABLE_SIZE) in 16.16 fixed point, written by the loader: the
+/// sampler's exponential distances (see `malloc::interval`).
+#[unsafe(no_mangle)]
+static EXP_TABLE: [u32; EXP_TABLE_SIZE] = [0; EXP_TABLE_SIZE];
+pub const EXP_TABLE_SIZE: usize = 1024;
 /// Possible CPUs: how many per-CPU parts a counter has.
 #[unsafe(no_mangle)]
 static NR_CPUS: u32 = 0;
@@ -119,4 +127,12 @@ pub fn nr_cpus() -> u32 {
 #[inline(always)]
 pub fn orig_ax_offset() -> u64 {
     unsafe { read_volatile(&ORIG_AX) }
+}
+#[inline(always)]
+pub fn sample_bytes() -> u64 {
+    unsafe { read_volatile(&SAMPLE_BYTES) }
+}
+#[inline(always)]
+pub fn exp_table(index: usize) -> u32 {
+    unsafe { read_volatile(&EXP_TABLE[index % EXP_TABLE_SIZE]) }
 }

@@ -7,15 +7,16 @@
 //! allocator calling its own public functions (realloc calling malloc, or free) is one call:
 //! entries inside a call in progress only count their nesting, and their returns are skipped.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use memtrace_common::{counter, AllocFn, EventKind, PendingAlloc};
 
 use crate::{
+    config,
     emit::{emit, Record},
-    maps::{count, PENDING_ALLOCS},
+    maps::{count, SampledBlock, PENDING_ALLOCS, SAMPLED_BLOCKS, SAMPLE_COUNTDOWN},
     ustack::UserRegs,
 };
 
@@ -95,7 +96,11 @@ pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let pointer = arg(&ctx, 0);
     // free(NULL) does nothing; a free inside an allocator call is that call's business.
-    if pointer != 0 && unsafe { PENDING_ALLOCS.get(bpf_get_current_pid_tgid()) }.is_none() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pointer != 0
+        && unsafe { PENDING_ALLOCS.get(pid_tgid) }.is_none()
+        && followed_block_freed(pid_tgid, pointer)
+    {
         emit(
             &ctx,
             block(EventKind::Free, AllocFn::Free, pointer, 0, None),
@@ -139,12 +144,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     if matches!(function, AllocFn::Realloc | AllocFn::Reallocarray) && call.pointer != 0 {
         // The old block is gone when a new one came back, and when realloc(p, 0) freed it.
         // The new size rides along: 0 tells userspace this call returned no block.
-        if block_address != 0 || call.size == 0 {
+        if (block_address != 0 || call.size == 0) && followed_block_freed(pid_tgid, call.pointer) {
             let freed = block(EventKind::Free, function, call.pointer, call.size, None);
             emit(&ctx, freed);
         }
     }
-    if block_address != 0 {
+    if block_address != 0 && sampled(pid_tgid, block_address, call.size) {
         let record = block(
             EventKind::Alloc,
             function,
@@ -155,6 +160,70 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         emit(&ctx, record);
     }
     0
+}
+
+/// With --sample-bytes N: whether this block is sampled. Every byte allocated is a sample
+/// point with probability 1/N (a Poisson process over each thread's allocated bytes, as
+/// jemalloc's sampler does), so a block of s bytes is sampled with probability
+/// 1 - exp(-s/N), and userspace weighs it by the inverse. Sampled blocks are remembered so
+/// their frees, and only theirs, are sent.
+#[inline(always)]
+fn sampled(pid_tgid: u64, address: u64, size: u64) -> bool {
+    let every = config::sample_bytes();
+    if every == 0 {
+        return true;
+    }
+    let tid = pid_tgid as u32;
+    let Some(countdown) = SAMPLE_COUNTDOWN.get_ptr_mut(tid) else {
+        // A thread's first block: its first sample point is a random distance ahead.
+        let _ = SAMPLE_COUNTDOWN.insert(tid, interval(every) as i64 - size as i64, 0);
+        return false;
+    };
+    let countdown = unsafe { &mut *countdown };
+    *countdown -= size as i64;
+    if *countdown > 0 {
+        return false;
+    }
+    // The next point after those that fell in this block (memoryless: a fresh interval).
+    for _ in 0..MAX_POINTS_PER_BLOCK {
+        *countdown += interval(every) as i64;
+        if *countdown > 0 {
+            break;
+        }
+    }
+    let key = SampledBlock {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        address,
+    };
+    let _ = SAMPLED_BLOCKS.insert(key, 1, 0);
+    true
+}
+
+/// Whether a freed block should be reported: always, unless sampling, where only sampled
+/// blocks were reported (and are forgotten now).
+#[inline(always)]
+fn followed_block_freed(pid_tgid: u64, address: u64) -> bool {
+    if config::sample_bytes() == 0 {
+        return true;
+    }
+    let key = SampledBlock {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        address,
+    };
+    SAMPLED_BLOCKS.remove(key).is_ok()
+}
+
+/// Loop bound for huge blocks: past it the countdown is simply left positive.
+const MAX_POINTS_PER_BLOCK: usize = 16;
+
+/// An exponentially distributed distance with mean `every` bytes: -ln(u) from the loader's
+/// table (16.16 fixed point), for a random u.
+#[inline(always)]
+fn interval(every: u64) -> u64 {
+    let index = unsafe { bpf_get_prandom_u32() } as usize % config::EXP_TABLE_SIZE;
+    (every * u64::from(config::exp_table(index))) >> 16
 }
 
 #[inline(always)]

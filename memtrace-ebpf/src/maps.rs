@@ -60,6 +60,23 @@ pub static MM_STATE: LruHashMap<u64, MmState> = LruHashMap::with_max_entries(MAX
 #[map]
 pub static PENDING_ALLOCS: HashMap<u64, PendingAlloc> = HashMap::with_max_entries(16384, 0);
 
+/// With --sample-bytes: bytes each thread allocates before its next sample point.
+#[map]
+pub static SAMPLE_COUNTDOWN: LruHashMap<u32, i64> = LruHashMap::with_max_entries(16384, 0);
+
+/// A sampled block, by process and address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SampledBlock {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub address: u64,
+}
+
+/// With --sample-bytes: the sampled blocks not freed yet, whose frees are the only ones sent.
+#[map]
+pub static SAMPLED_BLOCKS: LruHashMap<SampledBlock, u8> = LruHashMap::with_max_entries(65536, 0);
+
 /// Each CPU's per-CPU offset (0: not known), learnt by `percpu` before the swap program runs.
 #[map]
 pub static CPU_OFFSETS: Array<u64> = Array::with_max_entries(1, 0);

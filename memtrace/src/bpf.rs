@@ -47,6 +47,9 @@ pub struct KernelConfig {
     /// Swap accounting: where the kernel keeps the counters it reads (None: not used, and its
     /// maps get one entry).
     pub swap: Option<SwapLayout>,
+    /// Heap allocations through uprobes (its maps get their full size): None when not
+    /// traced; Some(N) samples 1 point per N bytes (0: every block).
+    pub malloc: Option<u64>,
 }
 
 impl KernelConfig {
@@ -54,6 +57,15 @@ impl KernelConfig {
     fn wakeup_bytes(&self) -> u64 {
         u64::from(self.ring_bytes / 8)
     }
+}
+
+/// The allocation sampler's exponential distances: -ln(u) in 16.16 fixed point, for u spread
+/// evenly over (0, 1) (see memtrace-ebpf's `malloc::interval`).
+fn exponential_table() -> [u32; 1024] {
+    std::array::from_fn(|i| {
+        let u = (i as f64 + 0.5) / 1024.0;
+        (-u.ln() * 65536.0).round() as u32
+    })
 }
 
 /// Kernel-side drops and errors, summed over CPUs.
@@ -98,6 +110,7 @@ impl Tracer {
         // at load whether used or not.
         let sized = |used: bool, entries: u32| if used { entries } else { 1 };
         let swap = config.swap.is_some();
+        let sample_bytes = config.malloc.unwrap_or(0);
         let swap_entries = sized(swap, MAX_TARGETS);
         let layout = config.swap.unwrap_or(SwapLayout {
             swap_counter: 0,
@@ -146,6 +159,11 @@ impl Tracer {
             .map_max_entries("MM_STATE", swap_entries)
             .map_max_entries("SWAP_STAGED", sized(swap, 4096))
             .map_max_entries("CPU_OFFSETS", sized(swap, possible_cpus))
+            .override_global("SAMPLE_BYTES", &sample_bytes, true)
+            .override_global("EXP_TABLE", &exponential_table(), true)
+            .map_max_entries("PENDING_ALLOCS", sized(config.malloc.is_some(), 16384))
+            .map_max_entries("SAMPLE_COUNTDOWN", sized(sample_bytes > 0, 16384))
+            .map_max_entries("SAMPLED_BLOCKS", sized(sample_bytes > 0, 1 << 20))
             .load(OBJECT)
             .context("loading the eBPF maps and programs failed")?;
         let mut tracer = Self { ebpf };

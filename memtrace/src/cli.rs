@@ -246,6 +246,11 @@ pub struct MallocArgs {
     /// Report the blocks still allocated at the end, by stack.
     #[arg(long)]
     pub leaks: bool,
+    /// Sample: one point per N bytes allocated on average (Poisson, as jemalloc samples), so
+    /// a block of s bytes is seen with probability 1 - exp(-s/N); figures are estimates,
+    /// weighted by the inverse. For production: e.g. 524288.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_bytes: Option<u64>,
     /// Blocks followed at most (the oldest stay; newer ones past this are counted, not kept).
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_outstanding: u64,

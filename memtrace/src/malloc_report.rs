@@ -57,8 +57,10 @@ pub struct MallocReport {
     pub command: &'static str,
     pub duration_s: f64,
     pub lost_events: u64,
-    /// Always false for now: every call is traced.
+    /// True with --sample-bytes: calls and bytes are estimates (see `sample_bytes`).
     pub sampled: bool,
+    /// One sample point per this many bytes allocated, on average (0: every block).
+    pub sample_bytes: u64,
     /// Blocks not followed because --max-outstanding were already (their frees then count as
     /// frees of untraced blocks): when non-zero, `outstanding` is a lower bound.
     pub outstanding_dropped: u64,

@@ -31,6 +31,9 @@ pub struct KernelOptions {
     pub file_tags: bool,
     /// Count swap traffic per owner (reads kernel structs: their layout comes from BTF).
     pub swap: bool,
+    /// Heap allocations through uprobes: None when not traced; Some(N) samples 1 point per
+    /// N bytes on average (0: every block).
+    pub malloc: Option<u64>,
 }
 
 /// What a finished trace hands back to the subcommand.
@@ -64,6 +67,7 @@ pub async fn trace(
         user_stacks: options.user_stacks,
         kernel_stacks: options.kernel_stacks,
         ring_bytes: RING_BYTES,
+        malloc: options.malloc,
         swap: if options.swap {
             Some(crate::kernel_layout::SwapLayout::discover()?)
         } else {

@@ -352,3 +352,30 @@ fn outstanding_blocks_are_bounded_and_the_overflow_counted() {
         t.context()
     );
 }
+
+#[test]
+fn sampled_bytes_are_estimated_within_ten_percent() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    // About 144 MB in 1M blocks; one sample point per 64 KiB gives about 2,200 samples.
+    let t = trace(
+        &["--sample-bytes", "65536"],
+        "malloc_leak",
+        &["0", "16", "1000000"],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert_eq!(t.report["sampled"], true, "{}", t.context());
+    let truth = t.workload.u64("bytes");
+    assert!(
+        truth >= 100_000_000,
+        "the workload allocated only {truth} bytes"
+    );
+    let estimate = u64_of(t.process(), "bytes_allocated");
+    assert!(
+        (estimate as f64 - truth as f64).abs() <= truth as f64 * 0.10,
+        "estimated {estimate} bytes allocated, the workload asked for {truth}\n{}",
+        t.context()
+    );
+}

@@ -3,7 +3,8 @@
  * Leaks exactly LEAKS blocks of SIZE bytes, allocated in leaky_function(), and frees
  * everything else: CHURN malloc/free pairs of 16-272 bytes in churn(). Then it exits (or
  * lingers), so the leaked blocks are still allocated at the end.
- * JSON extras: "leaks", "size", "churn", "mallocs" (its own malloc calls).
+ * JSON extras: "leaks", "size", "churn", "mallocs" (its own malloc calls), "bytes" (the
+ * bytes they asked for).
  */
 #include "common.h"
 
@@ -21,10 +22,15 @@ __attribute__((noinline)) void *leaky_function(size_t size)
 	return p;
 }
 
+static size_t churn_size(size_t i)
+{
+	return 16 + (i % 257);
+}
+
 __attribute__((noinline)) void churn(size_t pairs)
 {
 	for (size_t i = 0; i < pairs; i++) {
-		void *p = malloc(16 + (i % 257));
+		void *p = malloc(churn_size(i));
 		if (!p)
 			die("malloc");
 		sink = p;
@@ -49,8 +55,11 @@ int main(int argc, char **argv)
 	churn(pairs);
 	phase_end(&ph);
 
-	print_json(&ph, "\"leaks\":%zu,\"size\":%zu,\"churn\":%zu,\"mallocs\":%zu", leaks, size,
-		   pairs, leaks + pairs);
+	size_t bytes = leaks * size;
+	for (size_t i = 0; i < pairs; i++)
+		bytes += churn_size(i);
+	print_json(&ph, "\"leaks\":%zu,\"size\":%zu,\"churn\":%zu,\"mallocs\":%zu,\"bytes\":%zu",
+		   leaks, size, pairs, leaks + pairs, bytes);
 	linger();
 	return 0;
 }

@@ -173,6 +173,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         // A file fault's tag is taken by the fault's own program: every fault must run one.
         file_tags: args.kind == Kind::All && args.sample == 1,
         swap: false,
+        malloc: None,
     };
     let mut counter = FaultCounter {
         known: Processes::default(),

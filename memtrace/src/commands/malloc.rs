@@ -29,27 +29,47 @@ use crate::{
 /// Stacks shown in the live view.
 const LIVE_STACKS: usize = 5;
 
+/// What one block seen stands for: itself, or with --sample-bytes, the calls and bytes it
+/// estimates (weighted by the inverse of its chance of being sampled).
+#[derive(Default, Clone, Copy)]
+struct Weight {
+    calls: f64,
+    bytes: f64,
+}
+
+impl std::ops::AddAssign for Weight {
+    fn add_assign(&mut self, other: Self) {
+        self.calls += other.calls;
+        self.bytes += other.bytes;
+    }
+}
+
 /// A block still allocated.
 struct Block {
-    size: u64,
+    weight: Weight,
     stack: StackKey,
     /// When it was allocated, since tracing started (to the drain's tick, a few ms).
     at: Duration,
 }
 
-#[derive(Default, Clone, Copy)]
-struct Totals {
-    calls: u64,
-    bytes: u64,
+/// One process's calls and bytes (estimates when sampling).
+#[derive(Default, Clone)]
+struct ProcessBooks {
+    calls: HashMap<AllocFn, f64>,
+    allocated: f64,
+    freed: f64,
+    frees_of_untraced_blocks: u64,
 }
 
 /// Everything gathered while tracing.
 struct AllocBooks {
     known: Processes,
-    processes: HashMap<u32, MallocProcessRow>,
-    stacks: HashMap<StackKey, Totals>,
+    /// --sample-bytes, or 0.
+    sample_bytes: u64,
+    processes: HashMap<u32, ProcessBooks>,
+    stacks: HashMap<StackKey, Weight>,
     /// Allocations by log2 of their size: bucket i holds sizes in (2^(i-1), 2^i].
-    sizes: [u64; 65],
+    sizes: [f64; 65],
     outstanding: HashMap<(u32, u64), Block>,
     /// --max-outstanding, and the blocks past it.
     max_outstanding: usize,
@@ -79,15 +99,14 @@ impl Consumer for AllocBooks {
                 // them be read again), so the libraries loaded since exec get symbols.
                 self.known.maps.region(tgid, addr);
                 let stack = self.known.stack_key(&event);
+                let weight = self.weigh(size);
                 let row = self.processes.entry(tgid).or_default();
-                *calls_of(row, function) += 1;
-                row.bytes_allocated += size;
-                let totals = self.stacks.entry(stack).or_default();
-                totals.calls += 1;
-                totals.bytes += size;
-                self.sizes[size_bucket(size)] += 1;
+                *row.calls.entry(function).or_default() += weight.calls;
+                row.allocated += weight.bytes;
+                *self.stacks.entry(stack).or_default() += weight;
+                self.sizes[size_bucket(size)] += weight.calls;
                 let block = Block {
-                    size,
+                    weight,
                     stack,
                     at: self.now,
                 };
@@ -101,13 +120,16 @@ impl Consumer for AllocBooks {
             }
             EventKind::Free => {
                 let row = self.processes.entry(tgid).or_default();
+                let block = self.outstanding.remove(&(tgid, addr));
                 // A free, or the old block of a realloc: a call of its own only when no new
-                // block came back (realloc(p, 0), which carries size 0).
+                // block came back (realloc(p, 0), which carries size 0). Sampling sends only
+                // the frees of sampled blocks, each standing for as many as its block.
                 if function == AllocFn::Free || size == 0 {
-                    *calls_of(row, function) += 1;
+                    let calls = block.as_ref().map_or(1.0, |b| b.weight.calls);
+                    *row.calls.entry(function).or_default() += calls;
                 }
-                match self.outstanding.remove(&(tgid, addr)) {
-                    Some(block) => row.bytes_freed += block.size,
+                match block {
+                    Some(block) => row.freed += block.weight.bytes,
                     None => row.frees_of_untraced_blocks += 1,
                 }
             }
@@ -124,7 +146,7 @@ impl Consumer for AllocBooks {
         let keys: Vec<(StackKey, u64)> = top
             .iter()
             .take(LIVE_STACKS)
-            .map(|(key, o)| (*key, o.bytes))
+            .map(|(key, o)| (*key, o.bytes()))
             .collect();
         let label = |key: &StackKey| (self.known.name(key.tgid), "outstanding");
         let rows = stacks::rows(
@@ -135,18 +157,23 @@ impl Consumer for AllocBooks {
             &label,
         )
         .unwrap_or_default();
-        let total: u64 = self.outstanding.values().map(|b| b.size).sum();
+        let total: f64 = self.outstanding.values().map(|b| b.weight.bytes).sum();
         let mut table = vec![format!(
-            "memtrace malloc {:>7.1}s  outstanding: {} blocks, {} bytes",
+            "memtrace malloc {:>7.1}s  outstanding: {} blocks seen, {:.0} bytes{}",
             elapsed.as_secs_f64(),
             self.outstanding.len(),
-            total
+            total,
+            if self.sample_bytes > 0 {
+                " (estimated)"
+            } else {
+                ""
+            }
         )];
         for (row, (_, o)) in rows.iter().zip(&top) {
             table.push(format!(
                 "  {:>12} B in {:>8} blocks  pid {:<7} {}",
-                o.bytes,
-                o.allocations,
+                o.bytes(),
+                o.allocations(),
                 row.pid,
                 row.frames
                     .iter()
@@ -162,12 +189,37 @@ impl Consumer for AllocBooks {
 
 /// Outstanding blocks of one stack.
 struct Outstanding {
-    allocations: u64,
-    bytes: u64,
+    weight: Weight,
     oldest: Duration,
 }
 
+impl Outstanding {
+    fn allocations(&self) -> u64 {
+        self.weight.calls.round() as u64
+    }
+
+    fn bytes(&self) -> u64 {
+        self.weight.bytes.round() as u64
+    }
+}
+
 impl AllocBooks {
+    /// What a block of `size` bytes stands for. Sampled with probability
+    /// p = 1 - exp(-size/N), it stands for 1/p calls and size/p bytes (unbiased).
+    fn weigh(&self, size: u64) -> Weight {
+        if self.sample_bytes == 0 {
+            return Weight {
+                calls: 1.0,
+                bytes: size as f64,
+            };
+        }
+        let p = -(-(size.max(1) as f64) / self.sample_bytes as f64).exp_m1();
+        Weight {
+            calls: 1.0 / p,
+            bytes: size as f64 / p,
+        }
+    }
+
     /// Blocks at least `min_age` old, by stack, most bytes first.
     fn outstanding_by_stack(&self, min_age: Duration) -> Vec<(StackKey, Outstanding)> {
         let mut by_stack: HashMap<StackKey, Outstanding> = HashMap::new();
@@ -176,21 +228,17 @@ impl AllocBooks {
                 continue;
             }
             let entry = by_stack.entry(block.stack).or_insert(Outstanding {
-                allocations: 0,
-                bytes: 0,
+                weight: Weight::default(),
                 oldest: block.at,
             });
-            entry.allocations += 1;
-            entry.bytes += block.size;
+            entry.weight += block.weight;
             entry.oldest = entry.oldest.min(block.at);
         }
         let mut sorted: Vec<_> = by_stack.into_iter().collect();
         sorted.sort_by(|a, b| {
-            (b.1.bytes, b.1.allocations, a.0.user_stack).cmp(&(
-                a.1.bytes,
-                a.1.allocations,
-                b.0.user_stack,
-            ))
+            (b.1.weight.bytes)
+                .total_cmp(&a.1.weight.bytes)
+                .then(a.0.user_stack.cmp(&b.0.user_stack))
         });
         sorted
     }
@@ -269,6 +317,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         kernel_stacks: false,
         file_tags: false,
         swap: false,
+        malloc: Some(args.sample_bytes.unwrap_or(0)),
     };
     let prefix = args.symbol_prefix.clone();
     let hooked = std::cell::RefCell::new(Vec::new());
@@ -316,7 +365,8 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         known: Processes::default(),
         processes: HashMap::new(),
         stacks: HashMap::new(),
-        sizes: [0; 65],
+        sizes: [0.0; 65],
+        sample_bytes: args.sample_bytes.unwrap_or(0),
         outstanding: HashMap::new(),
         max_outstanding: usize::try_from(args.max_outstanding).unwrap_or(usize::MAX),
         outstanding_dropped: 0,
@@ -344,22 +394,36 @@ fn build_report(
     library: &Path,
     functions: Vec<String>,
 ) -> Result<MallocReport> {
+    let round = |value: f64| value.round() as u64;
     let mut processes: Vec<MallocProcessRow> = books
         .processes
         .iter()
-        .map(|(&pid, row)| MallocProcessRow {
-            pid,
-            comm: books.known.name(pid),
-            ..row.clone()
+        .map(|(&pid, process)| {
+            let mut row = MallocProcessRow {
+                pid,
+                comm: books.known.name(pid),
+                bytes_allocated: round(process.allocated),
+                bytes_freed: round(process.freed),
+                frees_of_untraced_blocks: process.frees_of_untraced_blocks,
+                ..MallocProcessRow::default()
+            };
+            for (&function, &calls) in &process.calls {
+                *calls_of(&mut row, function) = round(calls);
+            }
+            row
         })
         .collect();
     processes.sort_by_key(|p| (std::cmp::Reverse(p.bytes_allocated), p.pid));
 
-    let mut by_bytes: Vec<(StackKey, Totals)> =
+    let mut by_bytes: Vec<(StackKey, Weight)> =
         books.stacks.iter().map(|(k, t)| (*k, *t)).collect();
-    by_bytes.sort_by(|a, b| (b.1.bytes, a.0.user_stack).cmp(&(a.1.bytes, b.0.user_stack)));
+    by_bytes.sort_by(|a, b| {
+        (b.1.bytes)
+            .total_cmp(&a.1.bytes)
+            .then(a.0.user_stack.cmp(&b.0.user_stack))
+    });
     by_bytes.truncate(args.top);
-    let keys: Vec<(StackKey, u64)> = by_bytes.iter().map(|(k, t)| (*k, t.calls)).collect();
+    let keys: Vec<(StackKey, u64)> = by_bytes.iter().map(|(k, t)| (*k, round(t.calls))).collect();
     let known = &books.known;
     let label = |key: &StackKey| (known.name(key.tgid), "alloc");
     let mut symbolizer = std::mem::take(&mut books.symbolizer);
@@ -368,8 +432,8 @@ fn build_report(
         .into_iter()
         .zip(&by_bytes)
         .map(|(stack, (_, totals))| AllocStackRow {
-            calls: totals.calls,
-            bytes: totals.bytes,
+            calls: round(totals.calls),
+            bytes: round(totals.bytes),
             stack,
         })
         .collect();
@@ -377,14 +441,15 @@ fn build_report(
     let outstanding = if args.leaks {
         let mut groups = books.outstanding_by_stack(args.min_age.unwrap_or_default());
         groups.truncate(args.top);
-        let keys: Vec<(StackKey, u64)> = groups.iter().map(|(k, o)| (*k, o.allocations)).collect();
+        let keys: Vec<(StackKey, u64)> =
+            groups.iter().map(|(k, o)| (*k, o.allocations())).collect();
         let label = |key: &StackKey| (known.name(key.tgid), "outstanding");
         let rows = stacks::rows(&traced.tracer, &mut symbolizer, &known.maps, &keys, &label)?;
         rows.into_iter()
             .zip(&groups)
             .map(|(stack, (_, o))| OutstandingRow {
-                allocations: o.allocations,
-                bytes: o.bytes,
+                allocations: o.allocations(),
+                bytes: o.bytes(),
                 oldest_age_s: books.now.saturating_sub(o.oldest).as_secs_f64(),
                 stack,
             })
@@ -396,10 +461,10 @@ fn build_report(
         .sizes
         .iter()
         .enumerate()
-        .filter(|(_, &count)| count > 0)
+        .filter(|(_, &count)| count > 0.0)
         .map(|(i, &count)| SizeBucket {
             le: if i == 0 { 1 } else { 1u64 << i.min(63) },
-            count,
+            count: round(count),
         })
         .collect();
     let counters = traced.tracer.counters()?;
@@ -407,7 +472,8 @@ fn build_report(
         command: "malloc",
         duration_s: traced.duration.as_secs_f64(),
         lost_events: counters.lost,
-        sampled: false,
+        sampled: books.sample_bytes > 0,
+        sample_bytes: books.sample_bytes,
         outstanding_dropped: books.outstanding_dropped,
         calls_untracked: counters.alloc_calls_untracked,
         target: traced.target.clone(),

@@ -208,6 +208,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         kernel_stacks: false,
         file_tags: false,
         swap: true,
+        malloc: None,
     };
     let attach = |tracer: &mut Tracer| {
         tracer.attach_raw_tracepoint("swap_rss_stat", "rss_stat")?;

@@ -17,6 +17,13 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
         report.library,
         report.functions.join(", ")
     )?;
+    if report.sampled {
+        writeln!(
+            out,
+            "sampled: one point per {} bytes allocated on average; calls and bytes are estimates",
+            report.sample_bytes
+        )?;
+    }
     if report.lost_events > 0 {
         writeln!(
             out,
