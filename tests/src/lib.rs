@@ -5,6 +5,7 @@
 
 pub mod cgroup2;
 pub mod swap_env;
+pub mod traced;
 
 use std::{
     ffi::OsStr,

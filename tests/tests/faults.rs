@@ -10,7 +10,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     cgroup2::TestCgroup, memtrace, parse_report, run_command, scratch_path, serial, spawn_memtrace,
-    spawn_waiting, workload, Report, Run, TempDir,
+    spawn_waiting, traced::u64_of, workload, Report, Run, TempDir,
 };
 
 /// A memtrace run with its JSON report (from `--output`) and the workload's JSON line (from
@@ -80,12 +80,6 @@ fn read_json(path: &Path, run: &Run) -> Value {
         .unwrap_or_else(|e| panic!("no report at {}: {e}\n{}", path.display(), run.describe()));
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()))
-}
-
-fn u64_of(value: &Value, key: &str) -> u64 {
-    value[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no number {key:?} in {value}"))
 }
 
 fn array<'a>(report: &'a Value, key: &str) -> &'a Vec<Value> {

@@ -1,43 +1,21 @@
 //! `memtrace malloc` against allocations known exactly: the workloads count their own calls and
 //! the bytes they leak.
 
-use std::fs;
-
 use serde_json::Value;
-use tests::{memtrace, parse_report, serial, workload, Report, Run, TempDir};
+use tests::{
+    memtrace, serial,
+    traced::{self, u64_of, Traced},
+    workload,
+};
 
-/// A traced command: memtrace's JSON report and the workload's own figures.
-struct Traced {
-    run: Run,
-    report: Value,
-    workload: Report,
-}
-
-impl Traced {
-    fn context(&self) -> String {
-        format!(
-            "{}\n--- report ---\n{}",
-            self.run.describe(),
-            serde_json::to_string_pretty(&self.report).unwrap()
-        )
-    }
-
-    fn process(&self) -> &Value {
-        self.report["processes"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["pid"] == self.workload.pid))
-            .unwrap_or_else(|| panic!("no row for the workload\n{}", self.context()))
-    }
-
-    /// Outstanding rows whose innermost frame is `function`.
-    fn outstanding_in(&self, function: &str) -> Vec<&Value> {
-        self.report["outstanding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["frames"][0] == function)
-            .collect()
-    }
+/// Outstanding rows whose innermost frame is `function`.
+fn outstanding_in<'a>(t: &'a Traced, function: &str) -> Vec<&'a Value> {
+    t.report["outstanding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["frames"][0] == function)
+        .collect()
 }
 
 /// `memtrace malloc <extra> --format json -- <workload> <args>`.
@@ -45,41 +23,7 @@ fn trace(extra: &[&str], name: &str, args: &[&str]) -> Traced {
     let path = workload(name);
     let mut command = vec![path.to_str().unwrap()];
     command.extend_from_slice(args);
-    trace_command(extra, &command)
-}
-
-/// `memtrace malloc <extra> --format json -- <command>`; the command prints a workload line.
-fn trace_command(extra: &[&str], command: &[&str]) -> Traced {
-    let dir = TempDir::new("malloc");
-    let out = dir.join("report.json");
-    let mut argv = vec![
-        "malloc",
-        "--format",
-        "json",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(extra);
-    argv.push("--");
-    argv.extend_from_slice(command);
-    let run = memtrace(&argv);
-    let text =
-        fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
-    let report = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
-    let workload = parse_report(&run.stdout)
-        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
-    Traced {
-        run,
-        report,
-        workload,
-    }
-}
-
-fn u64_of(value: &Value, key: &str) -> u64 {
-    value[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no number {key:?} in {value}"))
+    traced::trace("malloc", extra, &command)
 }
 
 /// libc allocates a few blocks of its own (stdio buffers) besides the workload's.
@@ -99,13 +43,13 @@ fn leaked_blocks_are_found_exactly() {
     );
     assert_eq!(t.run.code(), 0, "{}", t.context());
     // The leak: exactly its blocks and bytes, on the stack of the function that made it.
-    let leaked = t.outstanding_in("leaky_function");
+    let leaked = outstanding_in(&t, "leaky_function");
     assert_eq!(leaked.len(), 1, "{}", t.context());
     assert_eq!(u64_of(leaked[0], "allocations"), leaks, "{}", t.context());
     assert_eq!(u64_of(leaked[0], "bytes"), leaks * size, "{}", t.context());
     assert_eq!(leaked[0]["frames"][1], "main", "{}", t.context());
     // Nothing the churn allocated is left, and little else is.
-    assert!(t.outstanding_in("churn").is_empty(), "{}", t.context());
+    assert!(outstanding_in(&t, "churn").is_empty(), "{}", t.context());
     let others: u64 = t.report["outstanding"]
         .as_array()
         .unwrap()
@@ -169,7 +113,7 @@ fn missing_lib_is_a_usage_error() {
 
 /// The one outstanding row whose innermost frame is `function`: (allocations, bytes).
 fn outstanding_of(t: &Traced, function: &str) -> (u64, u64) {
-    let rows = t.outstanding_in(function);
+    let rows = outstanding_in(t, function);
     assert_eq!(
         rows.len(),
         1,
@@ -225,7 +169,7 @@ fn every_allocator_function_is_exact() {
     );
     // Grown, shrunk, then freed by realloc(p, 0).
     assert!(
-        t.outstanding_in("realloc_cycle").is_empty(),
+        outstanding_in(&t, "realloc_cycle").is_empty(),
         "{}",
         t.context()
     );
@@ -261,7 +205,7 @@ fn blocks_freed_by_other_threads_are_not_leaks() {
     assert_eq!(t.report["lost_events"], 0, "{}", t.context());
     for function in ["produce", "consume"] {
         assert!(
-            t.outstanding_in(function).is_empty(),
+            outstanding_in(&t, function).is_empty(),
             "blocks of {function} outstanding\n{}",
             t.context()
         );
@@ -297,7 +241,8 @@ fn another_allocator_is_traced_with_lib() {
     let (leaks, size) = (40u64, 3000u64);
     let preload = format!("LD_PRELOAD={jemalloc}");
     let leak = workload("malloc_leak");
-    let t = trace_command(
+    let t = traced::trace(
+        "malloc",
         &["--leaks", "--lib", jemalloc],
         &[
             "env",
@@ -315,7 +260,7 @@ fn another_allocator_is_traced_with_lib() {
         "{}",
         t.context()
     );
-    assert!(t.outstanding_in("churn").is_empty(), "{}", t.context());
+    assert!(outstanding_in(&t, "churn").is_empty(), "{}", t.context());
 }
 
 #[test]

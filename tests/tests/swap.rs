@@ -9,7 +9,8 @@ use tests::{
     cgroup2::{cgroup2_mount, TestCgroup},
     memtrace, parse_report, serial, spawn_memtrace,
     swap_env::{MemoryCgroup, SwapFile},
-    workload, Report, Run, TempDir,
+    traced::{self, u64_of, Traced},
+    workload, TempDir,
 };
 
 const LIMIT_MIB: u64 = 64;
@@ -18,12 +19,17 @@ const WORKLOAD_MIB: u64 = 128;
 
 /// A swap run: memtrace's JSON report, the workload's own figures, and the kernel's swap
 /// counters read by the test itself around the run.
-struct Traced {
-    run: Run,
-    report: Value,
-    workload: Report,
+struct SwapRun {
+    traced: Traced,
     /// (pswpin, pswpout) deltas from /proc/vmstat over the run.
     vmstat: (u64, u64),
+}
+
+impl std::ops::Deref for SwapRun {
+    type Target = Traced;
+    fn deref(&self) -> &Traced {
+        &self.traced
+    }
 }
 
 /// /proc/vmstat's (pswpin, pswpout).
@@ -37,63 +43,26 @@ fn vmstat_swap() -> (u64, u64) {
     (get("pswpin"), get("pswpout"))
 }
 
-impl Traced {
-    fn context(&self) -> String {
-        format!(
-            "{}\n--- report ---\n{}",
-            self.run.describe(),
-            serde_json::to_string_pretty(&self.report).unwrap()
-        )
-    }
-
-    /// The workload's row.
-    fn row(&self) -> &Value {
-        self.report["processes"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["pid"] == self.workload.pid))
-            .unwrap_or_else(|| panic!("no row for the workload\n{}", self.context()))
-    }
-}
-
 /// `memtrace swap <extra> --format json -- swap_cycle MIB <workload_args>` (PASSES [unmap]),
 /// the workload put into `cgroup` before it execs.
-fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], workload_args: &str) -> Traced {
-    let dir = TempDir::new("swap");
-    let out = dir.join("report.json");
+fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], workload_args: &str) -> SwapRun {
     let script = format!(
         "echo $$ > {} && exec {} {WORKLOAD_MIB} {workload_args}",
         cgroup.procs().display(),
         workload("swap_cycle").display()
     );
-    let mut args = vec![
-        "swap",
-        "--format",
-        "json",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sh", "-c", &script]);
     let before = vmstat_swap();
-    let run = memtrace(&args);
+    let traced = traced::trace("swap", extra, &["sh", "-c", &script]);
     let after = vmstat_swap();
-    let text =
-        fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
-    let report = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
-    let workload = parse_report(&run.stdout)
-        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
-    Traced {
-        run,
-        report,
-        workload,
+    SwapRun {
+        traced,
         vmstat: (after.0 - before.0, after.1 - before.1),
     }
 }
 
 /// `trace_swap` on a swap file and in a memory cgroup made for it (both removed before this
 /// returns), holding the serial lock; None when not root outside CI (see `require_root`).
-fn swap_run(extra: &[&str], workload_args: &str) -> Option<Traced> {
+fn swap_run(extra: &[&str], workload_args: &str) -> Option<SwapRun> {
     if !tests::require_root() {
         return None;
     }
@@ -104,19 +73,13 @@ fn swap_run(extra: &[&str], workload_args: &str) -> Option<Traced> {
 }
 
 /// The workload's swap-in is the kernel's pswpin over the run, within 10%.
-fn assert_swap_in_matches_pswpin(t: &Traced) {
-    let (swap_in, pswpin) = (u64_of(t.row(), "swap_in_pages"), t.vmstat.0);
+fn assert_swap_in_matches_pswpin(t: &SwapRun) {
+    let (swap_in, pswpin) = (u64_of(t.process(), "swap_in_pages"), t.vmstat.0);
     assert!(
         within(swap_in, pswpin, 0.10),
         "workload swapped in {swap_in} pages, /proc/vmstat pswpin says {pswpin}\n{}",
         t.context()
     );
-}
-
-fn u64_of(value: &Value, key: &str) -> u64 {
-    value[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no number {key:?} in {value}"))
 }
 
 fn within(measured: u64, expected: u64, fraction: f64) -> bool {
@@ -135,7 +98,7 @@ fn swap_traffic_is_credited_to_the_owner() {
         "the swap-in gate should fail\n{}",
         t.context()
     );
-    let row = t.row();
+    let row = t.process();
     let system = &t.report["system"];
     // The system line is the kernel's own counters over the run.
     let (vm_in, vm_out) = t.vmstat;
@@ -201,7 +164,7 @@ fn swapping_out_once_is_not_thrashing() {
         return;
     };
     assert_eq!(t.run.code(), 0, "no gate should fail\n{}", t.context());
-    assert!(u64_of(t.row(), "swap_out_pages") > 0, "{}", t.context());
+    assert!(u64_of(t.process(), "swap_out_pages") > 0, "{}", t.context());
     assert_eq!(t.report["thrashing"], false, "{}", t.context());
     assert!(
         t.report["gates"]
@@ -222,7 +185,7 @@ fn unmapped_swap_is_freed_not_swapped_in() {
         return;
     };
     assert_eq!(t.run.code(), 0, "{}", t.context());
-    let row = t.row();
+    let row = t.process();
     let vmswap_kb = t.workload.u64("vmswap_kb");
     assert!(vmswap_kb > 0, "nothing was in swap\n{}", t.context());
     assert!(
@@ -361,7 +324,7 @@ fn thrashing_thresholds_are_the_users() {
         return;
     };
     assert_eq!(t.run.code(), 0, "{}", t.context());
-    assert!(u64_of(t.row(), "swap_in_pages") > 0, "{}", t.context());
+    assert!(u64_of(t.process(), "swap_in_pages") > 0, "{}", t.context());
     assert_eq!(t.report["thrashing"], false, "{}", t.context());
     let thresholds = &t.report["thrashing_thresholds"];
     assert_eq!(thresholds["thrash_rate"], 1e9, "{}", t.context());

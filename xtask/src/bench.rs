@@ -37,6 +37,18 @@ struct Config {
     report: Option<PathBuf>,
 }
 
+impl Config {
+    /// The workload alone: the baseline every ratio is taken against.
+    fn untraced() -> Self {
+        Self {
+            name: "untraced".into(),
+            records: "-",
+            prefix: vec![],
+            report: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Samples {
     elapsed: Vec<f64>,
@@ -82,12 +94,7 @@ fn faults() -> Result<()> {
     };
 
     let configs = vec![
-        Config {
-            name: "untraced".into(),
-            records: "-",
-            prefix: vec![],
-            report: None,
-        },
+        Config::untraced(),
         memtrace_config("", "every fault: user + kernel stack, address, region"),
         memtrace_config("--stacks user", "every fault: user stack, address, region"),
         memtrace_config("--stacks none", "every fault: address, region (no stacks)"),
@@ -146,12 +153,7 @@ fn swap() -> Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let report = scratch.join("swap.json");
     let configs = [
-        Config {
-            name: "untraced".into(),
-            records: "-",
-            prefix: vec![],
-            report: None,
-        },
+        Config::untraced(),
         Config {
             name: "memtrace swap".into(),
             records: "swap out/in per owner, system lines each second, swap-in stacks",
@@ -202,12 +204,7 @@ fn malloc() -> Result<()> {
     let report = scratch.join("malloc.json");
     let bpftrace = |program: String| vec!["bpftrace".into(), "-e".into(), program, "-c".into()];
     let configs = [
-        Config {
-            name: "untraced".into(),
-            records: "-",
-            prefix: vec![],
-            report: None,
-        },
+        Config::untraced(),
         Config {
             name: "memtrace malloc --leaks".into(),
             records: "every malloc and free: block, size, user stack; outstanding blocks",
