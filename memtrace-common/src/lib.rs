@@ -124,16 +124,23 @@ impl AllocFn {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingAlloc {
+    /// The thread in the call; 0: the slot is free.
+    pub tid: u32,
     /// The [`AllocFn`] entered first.
     pub function: u32,
     /// Allocator calls made from inside it (realloc calling malloc), whose returns are not
     /// its own.
     pub nested: u32,
+    pub _pad: u32,
     /// Bytes asked for.
     pub size: u64,
     /// realloc's old block, or posix_memalign's result pointer.
     pub pointer: u64,
 }
+
+/// Slots of the per-thread table of allocator calls in progress (a thread uses slot
+/// `tid % PENDING_SLOTS`; a thread finding its slot held by another is counted, not followed).
+pub const PENDING_SLOTS: u32 = 65536;
 
 /// Frames kept per user stack.
 pub const USER_STACK_DEPTH: usize = 64;

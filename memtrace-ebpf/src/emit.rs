@@ -31,6 +31,10 @@ pub struct Record {
     pub user_regs: Option<UserRegs>,
     /// Attach the file this fault was served from (see `filetag`).
     pub file_fault: bool,
+    /// Send the task's name (userspace reads it from /proc at a process's first event; the
+    /// event's is the fallback for a process already gone). Allocator events, the most
+    /// frequent of all, go without.
+    pub comm: bool,
     /// Wake the reader now, not when the batch fills: for rare events userspace must act on
     /// while the process still lives (an exec: read the new memory map).
     pub urgent: bool,
@@ -48,6 +52,7 @@ impl Record {
             stacks: false,
             user_regs: None,
             file_fault: false,
+            comm: true,
             urgent: true,
         }
     }
@@ -99,7 +104,11 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
         addr: record.addr,
         file_ino: file.map_or(0, |f| f.ino),
         weight: record.weight,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: if record.comm {
+            bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+        } else {
+            [0; COMM_LEN]
+        },
     });
     let wakeup =
         if record.urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config::wakeup_bytes() {

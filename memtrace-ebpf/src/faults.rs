@@ -33,6 +33,7 @@ fn fault(ctx: &PerfEventContext, kind: EventKind) {
         stacks: true,
         user_regs: user_mode_regs(ctx),
         file_fault: true,
+        comm: true,
         urgent: false,
     };
     emit(ctx, record);

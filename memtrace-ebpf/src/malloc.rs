@@ -11,7 +11,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use memtrace_common::{counter, AllocFn, EventKind, PendingAlloc};
+use memtrace_common::{counter, AllocFn, EventKind, PendingAlloc, PENDING_SLOTS};
 
 use crate::{
     config,
@@ -25,24 +25,43 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
+/// This thread's slot in the table of calls in progress.
+#[inline(always)]
+fn slot(tid: u32) -> Option<&'static mut PendingAlloc> {
+    PENDING_ALLOCS
+        .get_ptr_mut(tid % PENDING_SLOTS)
+        .map(|slot| unsafe { &mut *slot })
+}
+
 /// Notes an allocator call's arguments until its return, or counts a nested call.
 #[inline(always)]
 fn enter(function: AllocFn, size: u64, pointer: u64) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(pending) = PENDING_ALLOCS.get_ptr_mut(pid_tgid) {
-        unsafe { (*pending).nested += 1 };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(slot) = slot(tid) else {
         return 0;
-    }
-    let pending = PendingAlloc {
-        function: function as u32,
-        nested: 0,
-        size,
-        pointer,
     };
-    if PENDING_ALLOCS.insert(pid_tgid, pending, 0).is_err() {
+    if slot.tid == tid {
+        slot.nested += 1;
+    } else if slot.tid != 0 {
+        // Another thread with the same slot is inside an allocator call right now.
         count(counter::ALLOC_CALLS_UNTRACKED);
+    } else {
+        *slot = PendingAlloc {
+            tid,
+            function: function as u32,
+            nested: 0,
+            _pad: 0,
+            size,
+            pointer,
+        };
     }
     0
+}
+
+/// Whether this thread is inside an allocator call.
+#[inline(always)]
+fn in_allocator(tid: u32) -> bool {
+    slot(tid).is_some_and(|slot| slot.tid == tid)
 }
 
 #[uprobe]
@@ -97,10 +116,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     let pointer = arg(&ctx, 0);
     // free(NULL) does nothing; a free inside an allocator call is that call's business.
     let pid_tgid = bpf_get_current_pid_tgid();
-    if pointer != 0
-        && unsafe { PENDING_ALLOCS.get(pid_tgid) }.is_none()
-        && followed_block_freed(pid_tgid, pointer)
-    {
+    if pointer != 0 && !in_allocator(pid_tgid as u32) && followed_block_freed(pid_tgid, pointer) {
         emit(
             &ctx,
             block(EventKind::Free, AllocFn::Free, pointer, 0, None),
@@ -113,16 +129,16 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(pending) = PENDING_ALLOCS.get_ptr_mut(pid_tgid) else {
-        return 0; // entered before memtrace attached
+    let tid = pid_tgid as u32;
+    let Some(pending) = slot(tid).filter(|slot| slot.tid == tid) else {
+        return 0; // entered before memtrace attached, or not followed
     };
-    let pending = unsafe { &mut *pending };
     if pending.nested > 0 {
         pending.nested -= 1;
         return 0;
     }
     let call = *pending;
-    let _ = PENDING_ALLOCS.remove(pid_tgid);
+    pending.tid = 0;
     let Some(function) = AllocFn::from_raw(call.function) else {
         return 0;
     };
@@ -242,6 +258,7 @@ fn block(
         stacks: caller.is_some(),
         user_regs: caller,
         file_fault: false,
+        comm: false,
         urgent: false,
     }
 }

@@ -5,6 +5,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     counter, FileTag, PendingAlloc, StagedSwapOut, SwapCounts, UserStack, MAX_TARGETS,
+    PENDING_SLOTS,
 };
 
 /// Every event, of every kind, for the one userspace drain.
@@ -56,9 +57,11 @@ pub struct MmState {
 #[map]
 pub static MM_STATE: LruHashMap<u64, MmState> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// Allocator calls in progress, by thread (pid_tgid), from entry to return (see `malloc`).
+/// Allocator calls in progress, from entry to return, one slot per thread (`tid %
+/// PENDING_SLOTS`): an array, because a hash insert and delete per call cost more than
+/// everything else the entry does (see `malloc`).
 #[map]
-pub static PENDING_ALLOCS: HashMap<u64, PendingAlloc> = HashMap::with_max_entries(16384, 0);
+pub static PENDING_ALLOCS: Array<PendingAlloc> = Array::with_max_entries(PENDING_SLOTS, 0);
 
 /// With --sample-bytes: bytes each thread allocates before its next sample point.
 #[map]

@@ -161,7 +161,10 @@ impl Tracer {
             .map_max_entries("CPU_OFFSETS", sized(swap, possible_cpus))
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .override_global("EXP_TABLE", &exponential_table(), true)
-            .map_max_entries("PENDING_ALLOCS", sized(config.malloc.is_some(), 16384))
+            .map_max_entries(
+                "PENDING_ALLOCS",
+                sized(config.malloc.is_some(), memtrace_common::PENDING_SLOTS),
+            )
             .map_max_entries("SAMPLE_COUNTDOWN", sized(sample_bytes > 0, 16384))
             .map_max_entries("SAMPLED_BLOCKS", sized(sample_bytes > 0, 1 << 20))
             .load(OBJECT)
@@ -292,14 +295,16 @@ impl Tracer {
     }
 
     /// Attaches uprobe (or uretprobe) `program` to `symbol` (plus `offset` bytes) in `library`,
-    /// for every process (the programs' target filter narrows it), loading the program the
-    /// first time.
+    /// loading the program the first time. With `process`, the breakpoint is set in that
+    /// process only; without, in every process that maps the library (the programs' target
+    /// filter narrows what they record, but every call traps).
     pub fn attach_uprobe(
         &mut self,
         program: &str,
         symbol: &str,
         offset: u64,
         library: &Path,
+        process: Option<u32>,
     ) -> Result<()> {
         let probe: &mut UProbe = self.program(program)?.try_into()?;
         if probe.fd().is_err() {
@@ -311,7 +316,9 @@ impl Tracer {
             .attach(
                 UProbeAttachLocation::SymbolOffset(symbol, offset),
                 library,
-                UProbeScope::AllProcesses,
+                process
+                    .and_then(std::num::NonZeroU32::new)
+                    .map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess),
             )
             .with_context(|| format!("attaching to {symbol} in {}", library.display()))?;
         Ok(())

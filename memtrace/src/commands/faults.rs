@@ -187,7 +187,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     };
     let (minor, major) = (args.kind != Kind::Major, args.kind != Kind::Minor);
     let period = args.sample;
-    let attach = |tracer: &mut Tracer| {
+    let attach = |tracer: &mut Tracer, _single: Option<u32>| {
         if options.file_tags {
             // Names the file each file-served fault came from, at fault time.
             tracer.attach_tracepoint("filemap_fault", "filemap", "mm_filemap_fault")?;

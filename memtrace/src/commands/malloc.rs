@@ -321,7 +321,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
     };
     let prefix = args.symbol_prefix.clone();
     let hooked = std::cell::RefCell::new(Vec::new());
-    let attach = |tracer: &mut Tracer| {
+    let attach = |tracer: &mut Tracer, single: Option<u32>| {
         // Names of one function (glibc's memalign is aligned_alloc) get one set of probes,
         // under the first name: two would count each call twice.
         let mut addresses: HashMap<u64, String> = HashMap::new();
@@ -339,13 +339,15 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
                 // No return probe shares its breakpoint: it can move to a cheaper place.
                 let offset = probe_site::entry_offset(&library, &symbol, 1);
                 log::debug!("{symbol}: entry probe at +{offset}");
-                tracer.attach_uprobe(&program, &symbol, offset, &library)
+                tracer.attach_uprobe(&program, &symbol, offset, &library, single)
             } else {
                 // The return probe needs the entry (the return address is on top of the stack
                 // there); the entry probe shares its breakpoint.
                 tracer
-                    .attach_uprobe(&program, &symbol, 0, &library)
-                    .and_then(|()| tracer.attach_uprobe("alloc_return", &symbol, 0, &library))
+                    .attach_uprobe(&program, &symbol, 0, &library, single)
+                    .and_then(|()| {
+                        tracer.attach_uprobe("alloc_return", &symbol, 0, &library, single)
+                    })
             };
             match attached {
                 Ok(()) => hooked.borrow_mut().push(symbol),

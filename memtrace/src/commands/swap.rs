@@ -210,7 +210,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         swap: true,
         malloc: None,
     };
-    let attach = |tracer: &mut Tracer| {
+    let attach = |tracer: &mut Tracer, _single: Option<u32>| {
         tracer.attach_raw_tracepoint("swap_rss_stat", "rss_stat")?;
         tracer.attach_tracepoint("swap_write_folio", "vmscan", "mm_vmscan_write_folio")?;
         tracer.attach_faults(false, true, 1)
