@@ -109,6 +109,8 @@ The report: per process, calls to each function and bytes allocated and freed; t
 that allocated the most bytes; a histogram of sizes (log2 buckets); with --leaks, the blocks
 still allocated when tracing stopped (for a command: when it exited), grouped by stack, with
 the age of the oldest. --min-age hides blocks younger than that (in flight, not leaked).
+--format folded, --flamegraph and --pprof weigh stacks by bytes: outstanding bytes with
+--leaks, allocated bytes without.
 
 The allocator: --lib PATH (jemalloc, tcmalloc, mimalloc...), with --symbol-prefix for
 prefixed builds (je_malloc). By default: the libc the target maps (--pid), or the one
@@ -263,15 +265,8 @@ pub struct MallocArgs {
     /// Prefix of the allocator's function names (e.g. je_ for je_malloc).
     #[arg(long, value_name = "PREFIX", default_value = "")]
     pub symbol_prefix: String,
-    /// Report format.
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// Write the report to FILE instead of standard output.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// How many stacks the report shows.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

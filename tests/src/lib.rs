@@ -479,3 +479,27 @@ pub fn on_path(name: &str) -> bool {
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
+
+/// `go tool pprof -top <args> PROFILE`, a real pprof reader (Debian's golang-go), with its
+/// caches in `scratch`. None when go is missing outside CI; under CI=true, a panic.
+pub fn go_pprof_top(profile: &Path, args: &[&str], scratch: &Path) -> Option<Run> {
+    if !on_path("go") {
+        if in_ci() {
+            panic!("`go` is not on PATH and CI=true: `cargo xtask setup` installs golang-go");
+        }
+        eprintln!("skipped: `go` is not on PATH (install golang-go to include this test)");
+        return None;
+    }
+    let home = scratch.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    Some(run_command(
+        Command::new("go")
+            .args(["tool", "pprof", "-top"])
+            .args(args)
+            .arg(profile)
+            .env("HOME", &home)
+            .env("GOCACHE", home.join("gocache"))
+            .env("PPROF_TMPDIR", &home)
+            .env("GOTOOLCHAIN", "local"),
+    ))
+}

@@ -4,12 +4,11 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use serde_json::Value;
 use tests::{
-    cgroup2::TestCgroup, memtrace, parse_report, run_command, scratch_path, serial, spawn_memtrace,
+    cgroup2::TestCgroup, memtrace, parse_report, scratch_path, serial, spawn_memtrace,
     spawn_waiting, traced::u64_of, workload, Report, Run, TempDir,
 };
 
@@ -639,13 +638,6 @@ fn pprof_is_readable_by_go_tool_pprof() {
     if !tests::require_root() {
         return;
     }
-    if !tests::on_path("go") {
-        if tests::in_ci() {
-            panic!("`go` is not on PATH and CI=true: `cargo xtask setup` installs golang-go");
-        }
-        eprintln!("skipped: `go` is not on PATH (install golang-go to include this test)");
-        return;
-    }
     let _serial = serial();
     let dir = TempDir::new("pprof");
     let profile = dir.join("faults.pb.gz");
@@ -657,17 +649,9 @@ fn pprof_is_readable_by_go_tool_pprof() {
         "--pprof",
         profile.to_str().unwrap(),
     ]);
-    let home = dir.join("home");
-    fs::create_dir_all(&home).unwrap();
-    let pprof = run_command(
-        Command::new("go")
-            .args(["tool", "pprof", "-top"])
-            .arg(&profile)
-            .env("HOME", &home)
-            .env("GOCACHE", home.join("gocache"))
-            .env("PPROF_TMPDIR", &home)
-            .env("GOTOOLCHAIN", "local"),
-    );
+    let Some(pprof) = tests::go_pprof_top(&profile, &[], dir.path()) else {
+        return;
+    };
     assert_eq!(
         pprof.code(),
         0,

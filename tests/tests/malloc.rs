@@ -5,7 +5,7 @@ use serde_json::Value;
 use tests::{
     memtrace, serial,
     traced::{self, u64_of, Traced},
-    workload,
+    workload, TempDir,
 };
 
 /// Outstanding rows whose innermost frame is `function`.
@@ -88,6 +88,43 @@ fn leaked_blocks_are_found_exactly() {
         u64_of(process, "bytes_allocated") - u64_of(process, "bytes_freed"),
         outstanding,
         "{}",
+        t.context()
+    );
+}
+
+#[test]
+fn leaks_as_flame_graph_and_pprof_space_profile() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("malloc-profiles");
+    let (svg, profile) = (dir.join("leaks.svg"), dir.join("leaks.pb.gz"));
+    let t = trace(
+        &[
+            "--leaks",
+            "--flamegraph",
+            svg.to_str().unwrap(),
+            "--pprof",
+            profile.to_str().unwrap(),
+        ],
+        "malloc_leak",
+        &["100", "1000", "1000"],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let graph = std::fs::read_to_string(&svg).unwrap();
+    assert!(graph.contains("leaky_function"), "{}", t.context());
+    let Some(pprof) = tests::go_pprof_top(&profile, &["-unit=B"], dir.path()) else {
+        return;
+    };
+    // The leak, in bytes, on its function: exactly what leaked.
+    assert!(
+        pprof
+            .stdout
+            .lines()
+            .any(|l| l.contains("leaky_function") && l.trim_start().starts_with("100000B")),
+        "go tool pprof does not show 100000B in leaky_function\n{}\n{}",
+        pprof.describe(),
         t.context()
     );
 }

@@ -3,6 +3,7 @@
 //! here: per process, per stack, sizes, and the blocks still outstanding.
 use std::{
     collections::HashMap,
+    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,7 +16,8 @@ use crate::{
     cli::{Format, MallocArgs, RunArgs},
     error::UsageError,
     malloc_report::{AllocStackRow, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket},
-    output, outputs,
+    output,
+    outputs::Outputs,
     pipeline::{self, KernelOptions},
     probe_site,
     processes::Processes,
@@ -306,7 +308,7 @@ fn allocator_library(args: &MallocArgs) -> Result<PathBuf> {
 }
 
 pub async fn run(args: &MallocArgs) -> Result<()> {
-    let mut out = outputs::report_writer(args.output.as_deref())?;
+    let mut outputs = Outputs::open(&args.output)?;
     let library = allocator_library(args)?;
     let run_args = RunArgs {
         duration: args.duration,
@@ -380,12 +382,21 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
     books.now = traced.duration;
     books.known.report_undecodable();
     let report = build_report(args, books, &traced, &library, hooked.into_inner())?;
-    match args.format {
-        Format::Table => output::malloc::write(&report, &mut out)?,
-        Format::Json => output::json::write_value(&report, &mut out)?,
-        Format::Folded => output::malloc::write_folded(&report, &mut out)?,
+    let profile = output::malloc::ByteStacks::of(&report, args.leaks);
+    match args.output.format {
+        Format::Table => output::malloc::write(&report, &mut outputs.report)?,
+        Format::Json => output::json::write_value(&report, &mut outputs.report)?,
+        Format::Folded => output::folded::write(&profile, &mut outputs.report)?,
     }
-    out.flush()?;
+    outputs.report.flush()?;
+    if let Some(file) = outputs.flamegraph.as_mut() {
+        output::flamegraph::write(&profile, "memtrace malloc", file)?;
+        file.flush()?;
+    }
+    if let Some(file) = outputs.pprof.as_mut() {
+        output::pprof::write(&profile, file)?;
+        file.flush()?;
+    }
     Ok(())
 }
 
@@ -424,7 +435,7 @@ fn build_report(
             .total_cmp(&a.1.bytes)
             .then(a.0.user_stack.cmp(&b.0.user_stack))
     });
-    by_bytes.truncate(args.top);
+    by_bytes.truncate(args.output.top);
     let keys: Vec<(StackKey, u64)> = by_bytes.iter().map(|(k, t)| (*k, round(t.calls))).collect();
     let known = &books.known;
     let label = |key: &StackKey| (known.name(key.tgid), "alloc");
@@ -442,7 +453,7 @@ fn build_report(
 
     let outstanding = if args.leaks {
         let mut groups = books.outstanding_by_stack(args.min_age.unwrap_or_default());
-        groups.truncate(args.top);
+        groups.truncate(args.output.top);
         let keys: Vec<(StackKey, u64)> =
             groups.iter().map(|(k, o)| (*k, o.allocations())).collect();
         let label = |key: &StackKey| (known.name(key.tgid), "outstanding");

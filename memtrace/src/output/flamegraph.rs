@@ -3,11 +3,10 @@ use std::io::Write;
 
 use inferno::flamegraph::{self, color::MultiPalette, Options, Palette};
 
-use crate::output::folded;
-use crate::report::FaultReport;
+use super::{folded, profile::StackProfile};
 
 /// Writes an SVG flamegraph of all stacks; a small valid SVG saying so when there are none.
-pub fn write(report: &FaultReport, title: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn write(report: &dyn StackProfile, title: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let lines = folded::lines(report);
     if lines.is_empty() {
         // inferno refuses empty input (and writes an "ERROR" SVG first), so say it ourselves.
@@ -15,7 +14,7 @@ pub fn write(report: &FaultReport, title: &str, out: &mut dyn Write) -> anyhow::
     }
     let mut options = Options::default();
     options.title = title.to_owned();
-    options.count_name = "faults".to_owned();
+    options.count_name = report.sample_type().0.to_owned();
     // The java palette is the one that colors `_[k]` frames (kernel) apart from user code.
     options.colors = Palette::Multi(MultiPalette::Java);
     // Same name, same color: graphs of two runs compare at a glance.
@@ -53,6 +52,7 @@ fn xml_escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::output::testdata;
+    use crate::report::FaultReport;
 
     fn svg(report: &FaultReport, title: &str) -> String {
         let mut out = Vec::new();

@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use crate::report::FaultReport;
+use super::profile::StackProfile;
 
 /// Writes the folded lines of all stacks, one per line.
-pub fn write(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn write(report: &dyn StackProfile, out: &mut dyn Write) -> anyhow::Result<()> {
     for line in lines(report) {
         writeln!(out, "{line}")?;
     }
@@ -15,14 +15,15 @@ pub fn write(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
 
 /// The folded lines of all stacks, equal stacks merged, sorted (deterministic output). Shared
 /// with the flamegraph sink so both always show the same stacks.
-pub fn lines(report: &FaultReport) -> Vec<String> {
+pub fn lines(report: &dyn StackProfile) -> Vec<String> {
     // The kind only splits the graph when there is more than one to tell apart.
-    let first_kind = report.stacks.first().map(|s| &s.kind);
-    let tag_kind = report.stacks.iter().any(|s| Some(&s.kind) != first_kind);
+    let stacks = report.stacks();
+    let first_kind = stacks.first().map(|s| &s.kind);
+    let tag_kind = stacks.iter().any(|s| Some(&s.kind) != first_kind);
 
     // Rows differing only in pid fold to the same line: sum them.
     let mut merged: HashMap<String, u64> = HashMap::new();
-    for stack in report.stacks.iter().filter(|s| s.count > 0) {
+    for stack in stacks.iter().filter(|s| s.count > 0) {
         let mut frames = vec![sanitize(&stack.comm)];
         if tag_kind {
             frames.push(format!("[{}]", sanitize(&stack.kind)));
@@ -66,6 +67,7 @@ fn sanitize(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::output::testdata;
+    use crate::report::FaultReport;
 
     fn folded(report: &FaultReport) -> String {
         let mut out = Vec::new();

@@ -4,6 +4,7 @@ pub mod folded;
 pub mod json;
 pub mod malloc;
 pub mod pprof;
+pub mod profile;
 pub mod swap;
 pub mod table;
 

@@ -6,11 +6,12 @@ use std::io::Write;
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
-use crate::report::{FaultReport, Frame};
+use super::profile::StackProfile;
+use crate::report::Frame;
 
-/// Writes all stacks as one pprof profile: sample type ("faults", "count"), one sample per
-/// stack, labelled with pid, comm and kind.
-pub fn write(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Writes all stacks as one pprof profile: the report's sample type ("faults" counts, or
+/// "space" bytes), one sample per stack, labelled with pid, comm and kind.
+pub fn write(report: &dyn StackProfile, out: &mut dyn Write) -> anyhow::Result<()> {
     let profile = Builder::default().build(report);
     let mut gz = GzEncoder::new(out, Compression::default());
     gz.write_all(&profile.encode_to_vec())?;
@@ -157,32 +158,32 @@ struct Builder {
 }
 
 impl Builder {
-    fn build(mut self, report: &FaultReport) -> Profile {
+    fn build(mut self, report: &dyn StackProfile) -> Profile {
         self.string(""); // index 0 must be the empty string
-        let faults = ValueType {
-            r#type: self.string("faults"),
-            unit: self.string("count"),
+        let (kind, unit) = report.sample_type();
+        let value_type = ValueType {
+            r#type: self.string(kind),
+            unit: self.string(unit),
         };
-        self.profile.sample_type = vec![faults.clone()];
-        self.profile.period_type = Some(faults);
-        self.profile.period = report.sample_period.max(1) as i64;
-        self.profile.duration_nanos = (report.duration_s * 1e9) as i64;
-        let mut comments = vec![format!("memtrace {}: {}", report.command, report.target)];
-        if report.lost_events > 0 {
+        self.profile.sample_type = vec![value_type.clone()];
+        self.profile.period_type = Some(value_type);
+        self.profile.period = report.period() as i64;
+        self.profile.duration_nanos = (report.duration_s() * 1e9) as i64;
+        let mut comments = vec![format!(
+            "memtrace {}: {}",
+            report.command(),
+            report.target()
+        )];
+        if report.lost_events() > 0 {
             comments.push(format!(
                 "{} events lost: all figures are lower bounds",
-                report.lost_events
+                report.lost_events()
             ));
         }
-        if report.sampled {
-            comments.push(format!(
-                "sampled 1 in {}: counts are estimates",
-                report.sample_period
-            ));
-        }
+        comments.extend(report.sampling_note());
         self.profile.comment = comments.iter().map(|c| self.string(c)).collect();
 
-        for stack in &report.stacks {
+        for stack in report.stacks() {
             // Leaf first: kernel frames are the innermost when there are any.
             let location_id = (stack.kernel_detail.iter().chain(&stack.user_detail))
                 .map(|frame| self.location(frame))
@@ -271,6 +272,7 @@ impl Builder {
 mod tests {
     use super::*;
     use crate::output::testdata;
+    use crate::report::FaultReport;
     use flate2::read::GzDecoder;
     use std::io::Read;
 
