@@ -82,10 +82,15 @@ pub enum AllocFn {
     Valloc = 8,
     Pvalloc = 9,
     Free = 10,
+    /// The program's own mmap and munmap calls (syscall tracepoints, `--mmap`); those made
+    /// inside an allocator call are the allocator's business.
+    Mmap = 11,
+    Munmap = 12,
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 10] = [
+    /// The functions hooked with uprobes, in the order their probes are attached.
+    pub const UPROBED: [AllocFn; 10] = [
         Self::Malloc,
         Self::Calloc,
         Self::Realloc,
@@ -99,7 +104,7 @@ impl AllocFn {
     ];
 
     pub fn from_raw(raw: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| *f as u32 == raw)
+        (Self::UPROBED.into_iter().chain([Self::Mmap, Self::Munmap])).find(|f| *f as u32 == raw)
     }
 
     /// The C name (before any `--symbol-prefix`).
@@ -115,6 +120,8 @@ impl AllocFn {
             Self::Valloc => "valloc",
             Self::Pvalloc => "pvalloc",
             Self::Free => "free",
+            Self::Mmap => "mmap",
+            Self::Munmap => "munmap",
         }
     }
 }

@@ -48,5 +48,6 @@ fn user_mode_regs(ctx: &PerfEventContext) -> Option<UserRegs> {
         ip: regs.rip,
         sp: regs.rsp,
         fp: regs.rbp,
+        leaf: false,
     })
 }

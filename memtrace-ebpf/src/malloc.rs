@@ -7,15 +7,20 @@
 //! allocator calling its own public functions (realloc calling malloc, or free) is one call:
 //! entries inside a call in progress only count their nesting, and their returns are skipped.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
-    macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memtrace_common::{counter, AllocFn, EventKind, PendingAlloc, PENDING_SLOTS};
 
 use crate::{
     config,
     emit::{emit, Record},
+    filter,
     maps::{count, SampledBlock, PENDING_ALLOCS, SAMPLED_BLOCKS, SAMPLE_COUNTDOWN},
     ustack::UserRegs,
 };
@@ -125,6 +130,79 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+// Offsets in the syscall tracepoints' formats (sys_enter_mmap: addr, len, ...; sys_exit_mmap:
+// ret; sys_enter_munmap: addr, len).
+const SYSCALL_ARG0: usize = 16;
+const SYSCALL_ARG1: usize = 24;
+const SYSCALL_RET: usize = 16;
+/// Syscalls return -errno (-4095..-1) on failure.
+const MAX_ERRNO: u64 = 4095;
+
+/// The program's own mmap: its length until the exit gives the address (`--mmap`).
+#[tracepoint]
+pub fn mmap_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !filter::is_target((pid_tgid >> 32) as u32) || in_allocator(pid_tgid as u32) {
+        return 0;
+    }
+    let length = unsafe { ctx.read_at::<u64>(SYSCALL_ARG1) }.unwrap_or(0);
+    enter(AllocFn::Mmap, length, 0)
+}
+
+#[tracepoint]
+pub fn mmap_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(pending) =
+        slot(tid).filter(|slot| slot.tid == tid && slot.function == AllocFn::Mmap as u32)
+    else {
+        return 0;
+    };
+    let call = *pending;
+    pending.tid = 0;
+    let address = unsafe { ctx.read_at::<u64>(SYSCALL_RET) }.unwrap_or(0);
+    if address == 0 || address > u64::MAX - MAX_ERRNO {
+        return 0;
+    }
+    if sampled(pid_tgid, address, call.size) {
+        let caller = syscall_caller();
+        let record = block(EventKind::Alloc, AllocFn::Mmap, address, call.size, caller);
+        emit(&ctx, record);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn munmap_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !filter::is_target((pid_tgid >> 32) as u32) || in_allocator(pid_tgid as u32) {
+        return 0;
+    }
+    let address = unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) }.unwrap_or(0);
+    let length = unsafe { ctx.read_at::<u64>(SYSCALL_ARG1) }.unwrap_or(0);
+    if followed_block_freed(pid_tgid, address) {
+        emit(
+            &ctx,
+            block(EventKind::Free, AllocFn::Munmap, address, length, None),
+        );
+    }
+    0
+}
+
+/// The user registers at the syscall: its wrapper (glibc's mmap) is a leaf, so the caller's
+/// return address is on top of the user stack.
+#[inline(always)]
+fn syscall_caller() -> Option<UserRegs> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
+    Some(UserRegs {
+        ip: regs.rip,
+        sp: regs.rsp,
+        fp: regs.rbp,
+        leaf: true,
+    })
+}
+
 /// The return of any allocating function.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
@@ -156,6 +234,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         ip: regs.rip,
         sp: regs.rsp,
         fp: regs.rbp,
+        leaf: false,
     };
     if matches!(function, AllocFn::Realloc | AllocFn::Reallocarray) && call.pointer != 0 {
         // The old block is gone when a new one came back, and when realloc(p, 0) freed it.

@@ -19,6 +19,9 @@ pub struct UserRegs {
     pub ip: u64,
     pub sp: u64,
     pub fp: u64,
+    /// `ip` is in a leaf that made no frame (a syscall wrapper): its return address is on top
+    /// of the stack, and the frame-pointer chain starts at its caller's caller.
+    pub leaf: bool,
 }
 
 /// Walks the frame-pointer chain from `regs`; returns the stack's key in `USER_STACKS`.
@@ -31,9 +34,17 @@ pub fn walk(regs: &UserRegs) -> u64 {
     clear(frames);
     frames[0] = regs.ip;
     let mut hash = mix(SEED, regs.ip);
+    let mut first = 1;
+    if regs.leaf {
+        if let Ok(caller) = unsafe { bpf_probe_read_user(regs.sp as *const u64) } {
+            frames[1] = caller;
+            hash = mix(hash, caller);
+            first = 2;
+        }
+    }
     let mut fp = regs.fp;
     // Straight-line with one exit per frame, so the verifier's work stays small.
-    for frame in frames.iter_mut().skip(1) {
+    for frame in frames.iter_mut().skip(first) {
         let Some((next_fp, return_address)) = next_frame(fp, regs.sp) else {
             break;
         };

@@ -101,7 +101,9 @@ Examples:
 
 const MALLOC_HELP: &str = "\
 Hooked: malloc, calloc, realloc (realloc(p, 0) frees p; a failed realloc keeps it),
-reallocarray, posix_memalign, aligned_alloc, memalign, valloc, pvalloc, free. An allocator
+reallocarray, posix_memalign, aligned_alloc, memalign, valloc, pvalloc, free; with --mmap,
+the program's own mmap and munmap (a munmap frees the mapping that starts where it starts;
+the allocator's own mmaps belong to its blocks and are not counted twice). An allocator
 calling its own functions (realloc calling malloc) counts once. A stack's first frame is the
 function that called the allocator.
 
@@ -248,6 +250,9 @@ pub struct MallocArgs {
     /// Report the blocks still allocated at the end, by stack.
     #[arg(long)]
     pub leaks: bool,
+    /// Also the program's own mmap and munmap calls (not the allocator's), as blocks.
+    #[arg(long)]
+    pub mmap: bool,
     /// Sample: one point per N bytes allocated on average (Poisson, as jemalloc samples), so
     /// a block of s bytes is seen with probability 1 - exp(-s/N); figures are estimates,
     /// weighted by the inverse. For production: e.g. 524288.

@@ -18,6 +18,9 @@ pub struct MallocProcessRow {
     pub valloc_calls: u64,
     pub pvalloc_calls: u64,
     pub free_calls: u64,
+    /// With --mmap: the program's own mmap and munmap calls.
+    pub mmap_calls: u64,
+    pub munmap_calls: u64,
     /// Bytes asked for by every allocating call.
     pub bytes_allocated: u64,
     /// Bytes of the blocks freed (known from their allocation).

@@ -361,3 +361,58 @@ fn sampled_bytes_are_estimated_within_ten_percent() {
         t.context()
     );
 }
+
+#[test]
+fn the_programs_own_mmaps_with_mmap() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let k = 20u64;
+    let t = trace(
+        &["--leaks", "--mmap", "--top", "50"],
+        "malloc_kinds",
+        &[&k.to_string()],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    // Mappings are grouped by the stack of the mmap call: the wrapper, then its callers.
+    let passing = |function: &str| -> Vec<&Value> {
+        t.report["outstanding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == function)
+            })
+            .collect()
+    };
+    let leaked = passing("mmap_leak");
+    assert_eq!(leaked.len(), 1, "{}", t.context());
+    assert_eq!(u64_of(leaked[0], "allocations"), k, "{}", t.context());
+    assert_eq!(u64_of(leaked[0], "bytes"), k * 65536, "{}", t.context());
+    // The wrapper's caller comes right after it: the walk reads the leaf's return address.
+    assert_eq!(leaked[0]["frames"][1], "map", "{}", t.context());
+    assert!(passing("mmap_cycle").is_empty(), "{}", t.context());
+    let process = t.process();
+    assert!(
+        u64_of(process, "mmap_calls") >= t.workload.u64("mmap"),
+        "{}",
+        t.context()
+    );
+    assert!(
+        u64_of(process, "munmap_calls") >= t.workload.u64("munmap"),
+        "{}",
+        t.context()
+    );
+    // The allocator's blocks are still counted once, as blocks, not as mappings.
+    assert_eq!(
+        outstanding_of(&t, "calloc_leak"),
+        (k, k * 1000),
+        "{}",
+        t.context()
+    );
+}

@@ -7,12 +7,14 @@
  *   aligned_alloc_leak   K blocks of 1024 bytes (aligned_alloc, alignment 64)
  *   reallocarray_grow    1 block of K*100 bytes, grown by K reallocarray calls
  *   realloc_from_null    1 block of 777 bytes (realloc(NULL, 777))
+ *   mmap_leak            K anonymous mappings of 64 KiB (mmap), never unmapped
  * and nothing from realloc_cycle: malloc(16), grown to 100000, shrunk to 8, then realloc(p, 0),
- * which frees it.
+ * which frees it, and nothing from mmap_cycle: one mapping, unmapped.
  * JSON extras: "k", and the calls it made: "calloc", "realloc", "reallocarray",
- * "posix_memalign", "aligned_alloc", "malloc".
+ * "posix_memalign", "aligned_alloc", "malloc", "mmap", "munmap".
  */
 #include "common.h"
+#include <sys/mman.h>
 
 static const char *usage = "malloc_kinds K [--wait] [--linger]";
 
@@ -69,6 +71,27 @@ __attribute__((noinline)) void realloc_cycle(void)
 		free(p);
 }
 
+static void *map(size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	return p;
+}
+
+__attribute__((noinline)) void mmap_leak(size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		sink = map(64 << 10);
+}
+
+__attribute__((noinline)) void mmap_cycle(void)
+{
+	void *p = map(1 << 20);
+	if (munmap(p, 1 << 20))
+		die("munmap");
+}
+
 int main(int argc, char **argv)
 {
 	argc = parse_common_flags(argc, argv, usage);
@@ -85,12 +108,15 @@ int main(int argc, char **argv)
 	reallocarray_grow(k);
 	realloc_from_null();
 	realloc_cycle();
+	mmap_leak(k);
+	mmap_cycle();
 	phase_end(&ph);
 
 	print_json(&ph,
 		   "\"k\":%zu,\"calloc\":%zu,\"realloc\":4,\"reallocarray\":%zu,"
-		   "\"posix_memalign\":%zu,\"aligned_alloc\":%zu,\"malloc\":1",
-		   k, k, k, k, k);
+		   "\"posix_memalign\":%zu,\"aligned_alloc\":%zu,\"malloc\":1,\"mmap\":%zu,"
+		   "\"munmap\":1",
+		   k, k, k, k, k, k + 1);
 	linger();
 	return 0;
 }

@@ -126,7 +126,7 @@ impl Consumer for AllocBooks {
                 // A free, or the old block of a realloc: a call of its own only when no new
                 // block came back (realloc(p, 0), which carries size 0). Sampling sends only
                 // the frees of sampled blocks, each standing for as many as its block.
-                if function == AllocFn::Free || size == 0 {
+                if matches!(function, AllocFn::Free | AllocFn::Munmap) || size == 0 {
                     let calls = block.as_ref().map_or(1.0, |b| b.weight.calls);
                     *row.calls.entry(function).or_default() += calls;
                 }
@@ -258,6 +258,8 @@ fn calls_of(row: &mut MallocProcessRow, function: AllocFn) -> &mut u64 {
         AllocFn::Valloc => &mut row.valloc_calls,
         AllocFn::Pvalloc => &mut row.pvalloc_calls,
         AllocFn::Free => &mut row.free_calls,
+        AllocFn::Mmap => &mut row.mmap_calls,
+        AllocFn::Munmap => &mut row.munmap_calls,
     }
 }
 
@@ -322,12 +324,13 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         malloc: Some(args.sample_bytes.unwrap_or(0)),
     };
     let prefix = args.symbol_prefix.clone();
+    let mmap = args.mmap;
     let hooked = std::cell::RefCell::new(Vec::new());
     let attach = |tracer: &mut Tracer, single: Option<u32>| {
         // Names of one function (glibc's memalign is aligned_alloc) get one set of probes,
         // under the first name: two would count each call twice.
         let mut addresses: HashMap<u64, String> = HashMap::new();
-        for function in AllocFn::ALL {
+        for function in AllocFn::UPROBED {
             let symbol = format!("{prefix}{}", function.name());
             if let Some(address) = probe_site::symbol_address(&library, &symbol) {
                 if let Some(first) = addresses.get(&address) {
@@ -362,6 +365,14 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
                 }
                 Err(err) => log::debug!("{symbol} not hooked: {err:#}"),
             }
+        }
+        if mmap {
+            tracer.attach_tracepoint("mmap_enter", "syscalls", "sys_enter_mmap")?;
+            tracer.attach_tracepoint("mmap_exit", "syscalls", "sys_exit_mmap")?;
+            tracer.attach_tracepoint("munmap_enter", "syscalls", "sys_enter_munmap")?;
+            hooked
+                .borrow_mut()
+                .extend(["mmap".to_owned(), "munmap".to_owned()]);
         }
         Ok(())
     };
