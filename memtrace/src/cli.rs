@@ -4,9 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const ABOUT: &str =
-    "Who pays for memory, and where: page faults per process, region and call stack, \
-traced with eBPF.";
+const ABOUT: &str = "Who pays for memory, and where: page faults, swap traffic and heap \
+allocations per process and call stack, traced with eBPF.";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -14,6 +13,8 @@ Examples:
   sudo memtrace faults -- ./server --port 8080      trace a command from its first instruction
   sudo memtrace faults --kind major --interval 1s   who waits on disk, live, system-wide
   sudo memtrace faults --pid 1234 --flamegraph faults.svg --pprof faults.pb.gz
+  sudo memtrace swap -- ./load-test.sh              who swaps out and in during a load test
+  sudo memtrace malloc --leaks -- ./server --once   what a command allocated and never freed
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input, 3 a gate failed (swap),
 127 command not found.
