@@ -416,3 +416,34 @@ fn the_programs_own_mmaps_with_mmap() {
         t.context()
     );
 }
+
+#[test]
+fn an_exited_processs_blocks_stay_reported_not_kept() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let (leaks, size) = (100u64, 1000u64);
+    // The leaking child exits while tracing goes on (its parent sleeps past the next check).
+    let script = format!(
+        "{} {leaks} {size} 100; sleep 3",
+        workload("malloc_leak").display()
+    );
+    let t = traced::trace(
+        "malloc",
+        &["--leaks", "--follow-children", "--top", "50"],
+        &["sh", "-c", &script],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert!(
+        u64_of(&t.report, "exited_blocks") >= leaks,
+        "the exited child's blocks were not folded\n{}",
+        t.context()
+    );
+    assert_eq!(
+        outstanding_of(&t, "leaky_function"),
+        (leaks, leaks * size),
+        "{}",
+        t.context()
+    );
+}

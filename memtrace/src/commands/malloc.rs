@@ -28,6 +28,9 @@ use crate::{
     symbolize::Symbolizer,
 };
 
+/// How often the blocks of exited processes are folded away.
+const EXIT_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// Stacks shown in the live view.
 const LIVE_STACKS: usize = 5;
 
@@ -76,6 +79,10 @@ struct AllocBooks {
     /// --max-outstanding, and the blocks past it.
     max_outstanding: usize,
     outstanding_dropped: u64,
+    /// Blocks of exited processes, by stack (see `fold_exited`), and how many were folded.
+    exited: HashMap<StackKey, Outstanding>,
+    exited_blocks: u64,
+    next_exit_check: Duration,
     /// The drain's last tick: the time given to blocks allocated since.
     now: Duration,
     progress: Progress,
@@ -141,6 +148,10 @@ impl Consumer for AllocBooks {
 
     fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
         self.now = elapsed;
+        if elapsed >= self.next_exit_check {
+            self.next_exit_check = elapsed + EXIT_CHECK_EVERY;
+            self.fold_exited();
+        }
         if self.progress.interval_due(elapsed).is_none() {
             return;
         }
@@ -196,6 +207,11 @@ struct Outstanding {
 }
 
 impl Outstanding {
+    fn add(&mut self, block: &Block) {
+        self.weight += block.weight;
+        self.oldest = self.oldest.min(block.at);
+    }
+
     fn allocations(&self) -> u64 {
         self.weight.calls.round() as u64
     }
@@ -222,19 +238,57 @@ impl AllocBooks {
         }
     }
 
-    /// Blocks at least `min_age` old, by stack, most bytes first.
+    /// The blocks of processes that have exited: never freed, they join the per-stack totals
+    /// of `exited` (still reported with --leaks), and the blocks themselves are dropped, so a
+    /// long system-wide trace does not keep every dead process's blocks.
+    fn fold_exited(&mut self) {
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let exited = &mut self.exited;
+        let before = self.outstanding.len();
+        self.outstanding.retain(|&(tgid, _), block| {
+            let is_alive = *alive
+                .entry(tgid)
+                .or_insert_with(|| Path::new(&format!("/proc/{tgid}")).exists());
+            if !is_alive {
+                exited
+                    .entry(block.stack)
+                    .or_insert_with(|| Outstanding {
+                        weight: Weight::default(),
+                        oldest: block.at,
+                    })
+                    .add(block);
+            }
+            is_alive
+        });
+        self.exited_blocks += (before - self.outstanding.len()) as u64;
+    }
+
+    /// Blocks at least `min_age` old (of processes alive or exited), by stack, most bytes
+    /// first.
     fn outstanding_by_stack(&self, min_age: Duration) -> Vec<(StackKey, Outstanding)> {
         let mut by_stack: HashMap<StackKey, Outstanding> = HashMap::new();
         for block in self.outstanding.values() {
             if self.now.saturating_sub(block.at) < min_age {
                 continue;
             }
-            let entry = by_stack.entry(block.stack).or_insert(Outstanding {
+            by_stack
+                .entry(block.stack)
+                .or_insert(Outstanding {
+                    weight: Weight::default(),
+                    oldest: block.at,
+                })
+                .add(block);
+        }
+        for (stack, folded) in &self.exited {
+            if self.now.saturating_sub(folded.oldest) < min_age {
+                continue;
+            }
+            let entry = by_stack.entry(*stack).or_insert(Outstanding {
                 weight: Weight::default(),
-                oldest: block.at,
+                oldest: folded.oldest,
             });
-            entry.weight += block.weight;
-            entry.oldest = entry.oldest.min(block.at);
+            entry.weight += folded.weight;
+            entry.oldest = entry.oldest.min(folded.oldest);
         }
         let mut sorted: Vec<_> = by_stack.into_iter().collect();
         sorted.sort_by(|a, b| {
@@ -385,6 +439,9 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         outstanding: HashMap::new(),
         max_outstanding: usize::try_from(args.max_outstanding).unwrap_or(usize::MAX),
         outstanding_dropped: 0,
+        exited: HashMap::new(),
+        exited_blocks: 0,
+        next_exit_check: EXIT_CHECK_EVERY,
         now: Duration::ZERO,
         progress: Progress::new(args.interval),
         symbolizer: Symbolizer::new(),
@@ -499,6 +556,7 @@ fn build_report(
         sampled: books.sample_bytes > 0,
         sample_bytes: books.sample_bytes,
         outstanding_dropped: books.outstanding_dropped,
+        exited_blocks: books.exited_blocks,
         calls_untracked: counters.alloc_calls_untracked,
         target: traced.target.clone(),
         exit: traced.exit.clone(),
