@@ -58,6 +58,29 @@ pub fn trace(subcommand: &str, extra: &[&str], command: &[&str]) -> Traced {
     }
 }
 
+/// `memtrace <subcommand> --format json --output FILE <extra> -- <command>`: the run and its
+/// JSON report (whatever the exit code).
+pub fn run_json(subcommand: &str, extra: &[&str], command: &[&str]) -> (Run, Value) {
+    let dir = TempDir::new(subcommand);
+    let out = dir.join("report.json");
+    let mut argv = vec![
+        subcommand,
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(extra);
+    argv.push("--");
+    argv.extend_from_slice(command);
+    let run = memtrace(&argv);
+    let text = std::fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
+    (run, report)
+}
+
 /// `value[key]` as a number, or a panic naming what is missing.
 pub fn u64_of(value: &Value, key: &str) -> u64 {
     value[key]

@@ -8,8 +8,10 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    cgroup2::TestCgroup, memtrace, parse_report, scratch_path, serial, spawn_memtrace,
-    spawn_waiting, traced::u64_of, workload, Report, Run, TempDir,
+    cgroup2::TestCgroup,
+    memtrace, parse_report, scratch_path, serial, spawn_memtrace, spawn_waiting,
+    traced::{self, u64_of},
+    workload, Report, Run, TempDir,
 };
 
 /// A memtrace run with its JSON report (from `--output`) and the workload's JSON line (from
@@ -51,26 +53,13 @@ fn trace_command(extra: &[&str], name: &str, args: &[&str]) -> Traced {
 /// `memtrace faults --format json --output FILE <extra> -- <command>`; checks that it succeeded
 /// and returns the run and its JSON report.
 fn trace_json(extra: &[&str], command: &[&str]) -> (Run, Value) {
-    let dir = TempDir::new("trace");
-    let out = dir.join("report.json");
-    let mut argv = vec![
-        "faults",
-        "--format",
-        "json",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(extra);
-    argv.push("--");
-    argv.extend_from_slice(command);
-    let run = memtrace(&argv);
+    let (run, report) = traced::run_json("faults", extra, command);
     assert_eq!(
         run.code(),
         0,
-        "memtrace {argv:?} failed\n{}",
+        "memtrace faults {extra:?} -- {command:?} failed\n{}",
         run.describe()
     );
-    let report = read_json(&out, &run);
     (run, report)
 }
 
