@@ -201,20 +201,32 @@ fn malloc() -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
-    let report = scratch.join("malloc.json");
-    let bpftrace = |program: String| vec!["bpftrace".into(), "-e".into(), program, "-c".into()];
-    let configs = [
-        Config::untraced(),
+    let memtrace_malloc = |options: &str, records: &'static str| {
+        let report = scratch.join(format!("malloc{}.json", options.replace(' ', "_")));
         Config {
-            name: "memtrace malloc --leaks".into(),
-            records: "every malloc and free: block, size, user stack; outstanding blocks",
-            prefix: [memtrace.as_str(), "malloc", "--leaks", "--format", "json", "--output"]
+            name: format!("memtrace malloc {options}"),
+            records,
+            prefix: [memtrace.as_str(), "malloc"]
                 .into_iter()
+                .chain(options.split_whitespace())
+                .chain(["--format", "json", "--output"])
                 .map(str::to_owned)
                 .chain([report.to_string_lossy().into_owned(), "--".to_owned()])
                 .collect(),
-            report: Some(report.clone()),
-        },
+            report: Some(report),
+        }
+    };
+    let bpftrace = |program: String| vec!["bpftrace".into(), "-e".into(), program, "-c".into()];
+    let configs = [
+        Config::untraced(),
+        memtrace_malloc(
+            "--leaks",
+            "every malloc and free: block, size, user stack; outstanding blocks",
+        ),
+        memtrace_malloc(
+            "--leaks --sample-bytes 524288",
+            "1 point per 512 KiB allocated: sampled blocks, estimates; outstanding blocks",
+        ),
         Config {
             name: "bpftrace, memleak-style".into(),
             records: "every malloc and free: size, live blocks (no stacks)",
@@ -247,17 +259,16 @@ fn malloc() -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     let untraced = median(&samples[0].elapsed);
     let mut table = table(&configs, &samples);
-    table += "\nPer malloc/free pair, above untraced: ";
-    table += &configs[1..]
-        .iter()
-        .zip(&samples[1..])
-        .map(|(c, s)| {
-            let pair = (median(&s.elapsed) - untraced) / MALLOC_PAIRS as f64;
-            format!("{} {:.2} µs", c.name, pair * 1e6)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    table += ".\n";
+    table += "\nAbove untraced, per malloc/free pair (per probed call: half of it):\n\n";
+    for (config, s) in configs[1..].iter().zip(&samples[1..]) {
+        let pair = (median(&s.elapsed) - untraced) / MALLOC_PAIRS as f64;
+        table += &format!(
+            "- {}: {:.2} µs a pair, {:.0} ns a call\n",
+            config.name,
+            pair * 1e6,
+            pair * 1e9 / 2.0
+        );
+    }
     println!("{table}");
     let what = format!(
         "the workload `malloc_leak 0 16 {MALLOC_PAIRS}` (its own loop time: {MALLOC_PAIRS} \
