@@ -381,6 +381,15 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
     let mmap = args.mmap;
     let hooked = std::cell::RefCell::new(Vec::new());
     let attach = |tracer: &mut Tracer, single: Option<u32>| {
+        if single.is_none() {
+            // Breakpoints go into every process that maps the library, traced or not.
+            eprintln!(
+                "memtrace: note: more than one process is traced, so every process using {} \
+                 traps on each allocator call (about 1 µs each); --pid or a command limits \
+                 that to one process",
+                library.display()
+            );
+        }
         // Names of one function (glibc's memalign is aligned_alloc) get one set of probes,
         // under the first name: two would count each call twice.
         let mut addresses: HashMap<u64, String> = HashMap::new();
