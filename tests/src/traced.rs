@@ -32,23 +32,7 @@ impl Traced {
 /// `memtrace <subcommand> --format json --output FILE <extra> -- <command>`, whose command
 /// prints a workload line.
 pub fn trace(subcommand: &str, extra: &[&str], command: &[&str]) -> Traced {
-    let dir = TempDir::new(subcommand);
-    let out = dir.join("report.json");
-    let mut argv = vec![
-        subcommand,
-        "--format",
-        "json",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(extra);
-    argv.push("--");
-    argv.extend_from_slice(command);
-    let run = memtrace(&argv);
-    let text = std::fs::read_to_string(&out)
-        .unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
-    let report = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
+    let (run, report) = run_json(subcommand, extra, command);
     let workload = parse_report(&run.stdout)
         .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
     Traced {
