@@ -24,34 +24,44 @@ const ARGUMENT_REGISTERS: [Register; 6] = [
     Register::R9,
 ];
 
-/// The offset from `symbol`'s start in `library` for an entry probe that reads the first
-/// `arguments` arguments; 0 (the start) when nothing better is safe or the code is unreadable.
-pub fn entry_offset(library: &Path, symbol: &str, arguments: usize) -> u64 {
-    let Some((address, code)) = function_code(library, symbol) else {
-        return 0;
-    };
-    best_offset(&code, address, &ARGUMENT_REGISTERS[..arguments.min(6)])
+/// A library's file, read once for all the functions looked up in it.
+pub struct LibraryCode {
+    data: Vec<u8>,
 }
 
-/// The address of `symbol` in `library` (functions with several names share one).
-pub fn symbol_address(library: &Path, symbol: &str) -> Option<u64> {
-    function_code(library, symbol).map(|(address, _)| address)
-}
+impl LibraryCode {
+    pub fn read(library: &Path) -> Option<Self> {
+        std::fs::read(library).ok().map(|data| Self { data })
+    }
 
-/// The function's address and its first bytes.
-fn function_code(library: &Path, symbol: &str) -> Option<(u64, Vec<u8>)> {
-    let data = std::fs::read(library).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let found = file
-        .dynamic_symbols()
-        .chain(file.symbols())
-        .find(|s| s.name() == Ok(symbol) && s.address() != 0)?;
-    let address = found.address();
-    let section = file.section_by_index(found.section_index()?).ok()?;
-    let (file_offset, size) = section.file_range()?;
-    let start = file_offset + (address - section.address());
-    let end = (start + 64).min(file_offset + size) as usize;
-    Some((address, data.get(start as usize..end)?.to_vec()))
+    /// The offset from `symbol`'s start for an entry probe that reads the first `arguments`
+    /// arguments; 0 (the start) when nothing better is safe or the code is unreadable.
+    pub fn entry_offset(&self, symbol: &str, arguments: usize) -> u64 {
+        let Some((address, code)) = self.function_code(symbol) else {
+            return 0;
+        };
+        best_offset(code, address, &ARGUMENT_REGISTERS[..arguments.min(6)])
+    }
+
+    /// The address of `symbol` (functions with several names share one).
+    pub fn address(&self, symbol: &str) -> Option<u64> {
+        self.function_code(symbol).map(|(address, _)| address)
+    }
+
+    /// The function's address and its first bytes.
+    fn function_code(&self, symbol: &str) -> Option<(u64, &[u8])> {
+        let file = object::File::parse(&*self.data).ok()?;
+        let found = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.name() == Ok(symbol) && s.address() != 0)?;
+        let address = found.address();
+        let section = file.section_by_index(found.section_index()?).ok()?;
+        let (file_offset, size) = section.file_range()?;
+        let start = file_offset + (address - section.address());
+        let end = (start + 64).min(file_offset + size) as usize;
+        Some((address, self.data.get(start as usize..end)?))
+    }
 }
 
 /// The first emulated instruction reached by every call, with the arguments untouched.

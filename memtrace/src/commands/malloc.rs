@@ -342,19 +342,29 @@ fn allocator_library(args: &MallocArgs) -> Result<PathBuf> {
     }
     let pid = args.target.pids.first().copied();
     let maps_of = pid.map_or_else(|| "self".to_owned(), |p| p.to_string());
-    let maps = std::fs::read_to_string(format!("/proc/{maps_of}/maps")).unwrap_or_default();
-    let libc = maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| {
-            Path::new(path)
+    // Parsed by procfs, as the maps cache does (`procmaps`).
+    let process = match pid {
+        Some(pid) => procfs::process::Process::new(pid as i32),
+        None => procfs::process::Process::myself(),
+    };
+    let maps = process
+        .and_then(|p| p.maps())
+        .map(|m| m.0)
+        .unwrap_or_default();
+    let libc = maps.into_iter().find_map(|map| match map.pathname {
+        procfs::process::MMapPath::Path(path)
+            if path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
-        });
+                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-")) =>
+        {
+            Some(path)
+        }
+        _ => None,
+    });
     match (libc, pid) {
-        (Some(path), Some(pid)) => Ok(PathBuf::from(format!("/proc/{pid}/root{path}"))),
-        (Some(path), None) => Ok(PathBuf::from(path)),
+        (Some(path), Some(pid)) => Ok(PathBuf::from(format!("/proc/{pid}/root{}", path.display()))),
+        (Some(path), None) => Ok(path),
         (None, _) => Err(UsageError(format!(
             "no libc in /proc/{maps_of}/maps: the program may be static or use another \
              allocator; name its library with --lib"
@@ -393,9 +403,10 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         // Names of one function (glibc's memalign is aligned_alloc) get one set of probes,
         // under the first name: two would count each call twice.
         let mut addresses: HashMap<u64, String> = HashMap::new();
+        let code = probe_site::LibraryCode::read(&library);
         for function in AllocFn::UPROBED {
             let symbol = format!("{prefix}{}", function.name());
-            if let Some(address) = probe_site::symbol_address(&library, &symbol) {
+            if let Some(address) = code.as_ref().and_then(|c| c.address(&symbol)) {
                 if let Some(first) = addresses.get(&address) {
                     hooked.borrow_mut().push(format!("{symbol} (= {first})"));
                     continue;
@@ -405,7 +416,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
             let program = format!("{}_enter", function.name());
             let attached = if function == AllocFn::Free {
                 // No return probe shares its breakpoint: it can move to a cheaper place.
-                let offset = probe_site::entry_offset(&library, &symbol, 1);
+                let offset = code.as_ref().map_or(0, |c| c.entry_offset(&symbol, 1));
                 log::debug!("{symbol}: entry probe at +{offset}");
                 tracer.attach_uprobe(&program, &symbol, offset, &library, single)
             } else {
