@@ -68,6 +68,11 @@ fn exponential_table() -> [u32; 1024] {
     })
 }
 
+/// aya's error for an unreadable CPU list (which file, why).
+fn cpu_list_error((what, err): (&'static str, std::io::Error)) -> anyhow::Error {
+    anyhow::anyhow!("reading {what}: {err}")
+}
+
 /// Kernel-side drops and errors, summed over CPUs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KernelCounters {
@@ -112,19 +117,10 @@ impl Tracer {
         let swap = config.swap.is_some();
         let sample_bytes = config.malloc.unwrap_or(0);
         let swap_entries = sized(swap, MAX_TARGETS);
-        let layout = config.swap.unwrap_or(SwapLayout {
-            swap_counter: 0,
-            counter_count: 0,
-            counter_percpu: 0,
-            task_mm: 0,
-            array_percpu_base: 0,
-            fault_error_code: None,
-            do_swap_page: None,
-        });
+        // Zeros when swap is not traced: its programs are never attached.
+        let layout = config.swap.unwrap_or_default();
         let swap_page = layout.do_swap_page.unwrap_or((0, 0));
-        let possible_cpus = aya::util::nr_cpus()
-            .map_err(|(what, err)| anyhow::anyhow!("reading {what}: {err}"))?
-            as u32;
+        let possible_cpus = aya::util::nr_cpus().map_err(cpu_list_error)? as u32;
         let ebpf = EbpfLoader::new()
             .override_global("FILTER_MODE", &mode, true)
             .override_global("STACK_FLAGS", &stacks, true)
@@ -201,7 +197,7 @@ impl Tracer {
 
     /// Attaches the page-fault programs on every CPU; `period` 1 records every fault, N one in N.
     pub fn attach_faults(&mut self, minor: bool, major: bool, period: u64) -> Result<()> {
-        let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+        let cpus = online_cpus().map_err(cpu_list_error)?;
         for (enabled, name, event) in [
             (minor, "minor_fault", SoftwareEvent::PageFaultsMin),
             (major, "major_fault", SoftwareEvent::PageFaultsMaj),
@@ -255,7 +251,7 @@ impl Tracer {
     /// Runs memtrace-ebpf's `learn_cpu_offset` on each online CPU, so programs can read the
     /// per-CPU parts of kernel counters (see there).
     fn learn_cpu_offsets(&mut self) -> Result<()> {
-        let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("reading {what}: {err}"))?;
+        let cpus = online_cpus().map_err(cpu_list_error)?;
         let program: &mut RawTracePoint = self.program("learn_cpu_offset")?.try_into()?;
         program
             .load()
@@ -334,7 +330,7 @@ impl Tracer {
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {
-        let map = self.ebpf.map("COUNTERS").context("COUNTERS map missing")?;
+        let map = self.map("COUNTERS")?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         let sum = |index: u32| -> Result<u64> { Ok(counters.get(&index, 0)?.iter().sum()) };
         Ok(KernelCounters {
@@ -348,10 +344,7 @@ impl Tracer {
 
     /// Swap traffic per owning process (pid 0: not attributed yet), summed over CPUs.
     pub fn swap_counts(&self) -> Result<std::collections::HashMap<u32, SwapCounts>> {
-        let map = self
-            .ebpf
-            .map("SWAP_COUNTS")
-            .context("SWAP_COUNTS map missing")?;
+        let map = self.map("SWAP_COUNTS")?;
         let counts: PerCpuHashMap<_, u32, SwapCounts> = PerCpuHashMap::try_from(map)?;
         let mut totals = std::collections::HashMap::new();
         for entry in counts.iter() {
@@ -369,16 +362,13 @@ impl Tracer {
 
     /// A handle to read user stacks by key.
     pub fn user_stacks(&self) -> Result<HashMap<&MapData, u64, UserStack>> {
-        let map = self
-            .ebpf
-            .map("USER_STACKS")
-            .context("USER_STACKS map missing")?;
+        let map = self.map("USER_STACKS")?;
         Ok(HashMap::try_from(map)?)
     }
 
     /// A handle to read (kernel) stacks by id.
     pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
-        let map = self.ebpf.map("STACKS").context("STACKS map missing")?;
+        let map = self.map("STACKS")?;
         Ok(StackTraceMap::try_from(map)?)
     }
 

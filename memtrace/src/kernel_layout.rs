@@ -13,7 +13,7 @@ use crate::btf::Btf;
 const MM_SWAPENTS: u32 = 2;
 
 /// Byte offsets the swap program reads at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SwapLayout {
     /// mm_struct.rss_stat[MM_SWAPENTS], a struct percpu_counter.
     pub swap_counter: u32,
