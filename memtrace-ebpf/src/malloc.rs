@@ -138,11 +138,18 @@ const SYSCALL_RET: usize = 16;
 /// Syscalls return -errno (-4095..-1) on failure.
 const MAX_ERRNO: u64 = 4095;
 
+/// Whether a syscall is the traced program's own, not made inside an allocator call (whose
+/// mappings belong to its blocks).
+#[inline(always)]
+fn program_own_call(pid_tgid: u64) -> bool {
+    filter::is_target((pid_tgid >> 32) as u32) && !in_allocator(pid_tgid as u32)
+}
+
 /// The program's own mmap: its length until the exit gives the address (`--mmap`).
 #[tracepoint]
 pub fn mmap_enter(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !filter::is_target((pid_tgid >> 32) as u32) || in_allocator(pid_tgid as u32) {
+    if !program_own_call(pid_tgid) {
         return 0;
     }
     let length = unsafe { ctx.read_at::<u64>(SYSCALL_ARG1) }.unwrap_or(0);
@@ -175,7 +182,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn munmap_enter(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !filter::is_target((pid_tgid >> 32) as u32) || in_allocator(pid_tgid as u32) {
+    if !program_own_call(pid_tgid) {
         return 0;
     }
     let address = unsafe { ctx.read_at::<u64>(SYSCALL_ARG0) }.unwrap_or(0);
@@ -286,12 +293,7 @@ fn sampled(pid_tgid: u64, address: u64, size: u64) -> bool {
             break;
         }
     }
-    let key = SampledBlock {
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        address,
-    };
-    let _ = SAMPLED_BLOCKS.insert(key, 1, 0);
+    let _ = SAMPLED_BLOCKS.insert(SampledBlock::of(pid_tgid, address), 1, 0);
     true
 }
 
@@ -302,12 +304,9 @@ fn followed_block_freed(pid_tgid: u64, address: u64) -> bool {
     if config::sample_bytes() == 0 {
         return true;
     }
-    let key = SampledBlock {
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        address,
-    };
-    SAMPLED_BLOCKS.remove(key).is_ok()
+    SAMPLED_BLOCKS
+        .remove(SampledBlock::of(pid_tgid, address))
+        .is_ok()
 }
 
 /// Loop bound for huge blocks: past it the countdown is simply left positive.

@@ -76,6 +76,17 @@ pub struct SampledBlock {
     pub address: u64,
 }
 
+impl SampledBlock {
+    #[inline(always)]
+    pub fn of(pid_tgid: u64, address: u64) -> Self {
+        Self {
+            tgid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            address,
+        }
+    }
+}
+
 /// With --sample-bytes: the sampled blocks not freed yet, whose frees are the only ones sent.
 #[map]
 pub static SAMPLED_BLOCKS: LruHashMap<SampledBlock, u8> = LruHashMap::with_max_entries(65536, 0);
