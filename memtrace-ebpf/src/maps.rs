@@ -24,6 +24,16 @@ pub static USER_STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(1638
 #[map]
 pub static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
+/// The stack words above a walk's first frame record, read at once (see `ustack::walk`).
+pub type StackWindow = [u64; 64];
+
+#[map]
+pub static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// The key of the user stack this CPU last stored or found (see `ustack::store`).
+#[map]
+pub static LAST_STORED_STACK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU counters (see `memtrace_common::counter`), summed by the loader. The bpf target has
 /// no atomic add, and per-CPU slots need none.
 #[map]

@@ -4,14 +4,20 @@
 //! costs an in-kernel page fault and exception fixup, on every event. This walk stops where the
 //! chain stops being plausible (misaligned, below the stack pointer, not moving up the stack),
 //! which ends in the same place for free. Stacks are stored once, under a hash of their frames.
-use aya_ebpf::{bindings::BPF_F_USER_STACK, helpers::bpf_probe_read_user};
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_probe_read_user, generated},
+};
 use memtrace_common::{counter, UserStack, USER_STACK_DEPTH};
 
-use crate::maps::{count, STACK_SCRATCH, USER_STACKS};
+use crate::maps::{
+    count, StackWindow, LAST_STORED_STACK, STACK_SCRATCH, STACK_WINDOW, USER_STACKS,
+};
 
 /// A frame pointer further than this above the stack pointer is not on this thread's stack.
 const MAX_STACK_SPAN: u64 = 1 << 30;
 const BPF_NOEXIST: u64 = 1;
+const STACK_WINDOW_BYTES: u64 = core::mem::size_of::<StackWindow>() as u64;
 const EEXIST: i32 = -17;
 
 /// The user registers a walk starts from.
@@ -27,28 +33,48 @@ pub struct UserRegs {
 /// Walks the frame-pointer chain from `regs`; returns the stack's key in `USER_STACKS`.
 #[inline(always)]
 pub fn walk(regs: &UserRegs) -> u64 {
-    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+    let (Some(stack), Some(window)) = (STACK_SCRATCH.get_ptr_mut(0), STACK_WINDOW.get_ptr_mut(0))
+    else {
         return 0;
     };
     let frames = unsafe { &mut (*stack).frames };
-    clear(frames);
+    let window = unsafe { &mut *window };
+    // Frames past the last are not cleared (a 512-byte clear cost more than the walk): one 0
+    // ends the stack, for the hash and for userspace.
     frames[0] = regs.ip;
+    frames[1] = 0;
     let mut hash = mix(SEED, regs.ip);
     let mut first = 1;
     if regs.leaf {
         if let Ok(caller) = unsafe { bpf_probe_read_user(regs.sp as *const u64) } {
             frames[1] = caller;
+            frames[2] = 0;
             hash = mix(hash, caller);
             first = 2;
         }
     }
     let mut fp = regs.fp;
+    // One read of the stack above the first frame record holds most records (frames are
+    // small); each read costs as much as a whole window's copy.
+    let base = fp;
+    let windowed = plausible_frame(fp, regs.sp)
+        && unsafe {
+            generated::bpf_probe_read_user(
+                window.as_mut_ptr().cast(),
+                STACK_WINDOW_BYTES as u32,
+                base as *const _,
+            )
+        } == 0;
     // Straight-line with one exit per frame, so the verifier's work stays small.
-    for frame in frames.iter_mut().skip(first) {
-        let Some((next_fp, return_address)) = next_frame(fp, regs.sp) else {
+    for index in first..USER_STACK_DEPTH {
+        let Some((next_fp, return_address)) = next_frame(fp, regs.sp, windowed, base, window)
+        else {
             break;
         };
-        *frame = return_address;
+        frames[index] = return_address;
+        if index + 1 < USER_STACK_DEPTH {
+            frames[index + 1] = 0;
+        }
         hash = mix(hash, return_address);
         // The caller's frame is higher up the stack; anything else ends the chain after this
         // frame (the caller was built without frame pointers).
@@ -60,13 +86,33 @@ pub fn walk(regs: &UserRegs) -> u64 {
     store(stack, hash)
 }
 
-/// The caller's frame pointer and our return address, if `fp` plausibly is a frame.
+/// Whether `fp` can be a frame record on the stack that `sp` points into.
 #[inline(always)]
-fn next_frame(fp: u64, sp: u64) -> Option<(u64, u64)> {
-    if fp & 7 != 0 || fp < sp || fp - sp > MAX_STACK_SPAN {
+fn plausible_frame(fp: u64, sp: u64) -> bool {
+    fp & 7 == 0 && fp >= sp && fp - sp <= MAX_STACK_SPAN
+}
+
+/// The caller's frame pointer and our return address, if `fp` plausibly is a frame: from the
+/// window when it holds the record, else read.
+#[inline(always)]
+fn next_frame(
+    fp: u64,
+    sp: u64,
+    windowed: bool,
+    base: u64,
+    window: &StackWindow,
+) -> Option<(u64, u64)> {
+    if !plausible_frame(fp, sp) {
         return None;
     }
-    let record = unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()?;
+    // Opaque to the compiler, which would otherwise index by the byte offset it knows is
+    // aligned, and the verifier cannot tell the last word's end stays inside the window.
+    let word = core::hint::black_box((fp.wrapping_sub(base) >> 3) as usize);
+    let record = if windowed && word < window.len() - 1 {
+        [window[word], window[word + 1]]
+    } else {
+        unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()?
+    };
     (record[1] != 0).then_some((record[0], record[1]))
 }
 
@@ -77,8 +123,8 @@ pub fn from_kernel<C: aya_ebpf::EbpfContext>(ctx: &C) -> u64 {
     let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let frames = unsafe { &mut (*stack).frames };
-    clear(frames);
+    let frames = unsafe { &(*stack).frames };
+    // The helper zeroes what it does not fill.
     let size = core::mem::size_of::<UserStack>() as u32;
     let written = unsafe {
         aya_ebpf::helpers::generated::bpf_get_stack(
@@ -109,28 +155,34 @@ fn mix(hash: u64, frame: u64) -> u64 {
     (hash ^ frame).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
-/// Zeros the scratch frames, so frames past the end read as 0 and equal stacks are equal.
-#[inline(always)]
-fn clear(frames: &mut [u64; USER_STACK_DEPTH]) {
-    for frame in frames.iter_mut() {
-        *frame = 0;
-    }
-}
-
 /// Stores the stack in the scratch slot under `hash`; returns its key, 0 when it cannot.
 #[inline(always)]
 fn store(stack: *mut UserStack, hash: u64) -> u64 {
     // 0 is kept for "no stack".
     let key = hash | 1;
-    if unsafe { USER_STACKS.get(key) }.is_some() {
+    // A hot path repeats its stack: the last key this CPU stored needs no map lookup (stacks
+    // are never deleted).
+    let Some(last_stored) = LAST_STORED_STACK.get_ptr_mut(0) else {
+        return 0;
+    };
+    let last_stored = unsafe { &mut *last_stored };
+    if *last_stored == key || unsafe { USER_STACKS.get(key) }.is_some() {
+        *last_stored = key;
         return key;
     }
     // By reference: a 512-byte value would not fit on the 512-byte BPF stack.
     #[allow(clippy::needless_borrows_for_generic_args)]
     let inserted = USER_STACKS.insert(key, unsafe { &*stack }, BPF_NOEXIST);
     match inserted {
-        Ok(()) => key,
-        Err(err) if err == EEXIST => key, // stored meanwhile by another CPU
+        // EEXIST: stored meanwhile by another CPU.
+        Ok(()) => {
+            *last_stored = key;
+            key
+        }
+        Err(err) if err == EEXIST => {
+            *last_stored = key;
+            key
+        }
         Err(_) => {
             count(counter::STACK_ERRORS);
             0

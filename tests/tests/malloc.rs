@@ -92,6 +92,39 @@ fn leaked_blocks_are_found_exactly() {
     );
 }
 
+/// Frames far apart on the stack, many of them: the walk reaches past its one read of the
+/// stack's top and names every frame.
+#[test]
+fn deep_stacks_are_walked_whole() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let depth = 12;
+    let t = trace(
+        &["--leaks"],
+        "malloc_leak",
+        &["10", "100", "0", &depth.to_string()],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let leaked = outstanding_in(&t, "leaky_function");
+    assert_eq!(leaked.len(), 1, "{}", t.context());
+    let frames: Vec<&str> = leaked[0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let mut expected = vec!["leaky_function"];
+    expected.extend(std::iter::repeat_n("descend", depth));
+    expected.push("main");
+    assert!(
+        frames.starts_with(&expected),
+        "frames {frames:?}, expected {expected:?} first\n{}",
+        t.context()
+    );
+}
+
 #[test]
 fn leaks_as_flame_graph_and_pprof_space_profile() {
     if !tests::require_root() {

@@ -1,14 +1,15 @@
-/* malloc_leak LEAKS SIZE CHURN [--wait] [--linger]
+/* malloc_leak LEAKS SIZE CHURN [DEPTH] [--wait] [--linger]
  *
  * Leaks exactly LEAKS blocks of SIZE bytes, allocated in leaky_function(), and frees
  * everything else: CHURN malloc/free pairs of 16-272 bytes in churn(). Then it exits (or
- * lingers), so the leaked blocks are still allocated at the end.
+ * lingers), so the leaked blocks are still allocated at the end. With DEPTH, leaky_function
+ * is called DEPTH calls of descend() deep, each frame 300 bytes from the next.
  * JSON extras: "leaks", "size", "churn", "mallocs" (its own malloc calls), "bytes" (the
  * bytes they asked for).
  */
 #include "common.h"
 
-static const char *usage = "malloc_leak LEAKS SIZE CHURN [--wait] [--linger]";
+static const char *usage = "malloc_leak LEAKS SIZE CHURN [DEPTH] [--wait] [--linger]";
 
 /* Kept reachable so the compiler cannot drop the allocations. */
 static void *volatile sink;
@@ -19,6 +20,16 @@ __attribute__((noinline)) void *leaky_function(size_t size)
 	if (!p)
 		die("malloc");
 	memset(p, 1, size);
+	return p;
+}
+
+/* Frames far apart: a stack walker's window over the stack cannot hold them all. */
+__attribute__((noinline)) void *descend(size_t depth, size_t size)
+{
+	volatile char pad[300];
+	pad[0] = (char)depth;
+	void *p = depth ? descend(depth - 1, size) : leaky_function(size);
+	pad[1] = pad[0]; /* used after the call: no tail call */
 	return p;
 }
 
@@ -41,17 +52,18 @@ __attribute__((noinline)) void churn(size_t pairs)
 int main(int argc, char **argv)
 {
 	argc = parse_common_flags(argc, argv, usage);
-	if (argc != 4)
+	if (argc != 4 && argc != 5)
 		usage_exit(usage);
 	size_t leaks = arg_ulong(argc, argv, 1, 0, usage);
 	size_t size = arg_ulong(argc, argv, 2, 1, usage);
 	size_t pairs = arg_ulong(argc, argv, 3, 0, usage);
+	size_t depth = argc == 5 ? arg_ulong(argc, argv, 4, 1, usage) : 0;
 
 	wait_for_go();
 	struct phase ph;
 	phase_begin(&ph);
 	for (size_t i = 0; i < leaks; i++)
-		sink = leaky_function(size);
+		sink = depth ? descend(depth - 1, size) : leaky_function(size);
 	churn(pairs);
 	phase_end(&ph);
 
