@@ -12,6 +12,10 @@ static CGROUP_ID: u64 = 0;
 static CGROUP_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static FOLLOW_CHILDREN: u32 = 0;
+/// The traced process when it is the only one (no children followed): the target filter
+/// compares with it instead of looking the set up (0: a set, or not filtering by process).
+#[unsafe(no_mangle)]
+static SINGLE_TGID: u32 = 0;
 /// 1 when filemap:mm_filemap_fault tags are collected: only when every fault runs a program
 /// that takes its tag (all kinds, no sampling); otherwise a leftover tag could be taken by a
 /// later, unrelated fault of the same thread.
@@ -74,6 +78,10 @@ pub fn cgroup_level() -> u32 {
 #[inline(always)]
 pub fn follow_children() -> bool {
     unsafe { read_volatile(&FOLLOW_CHILDREN) != 0 }
+}
+#[inline(always)]
+pub fn single_tgid() -> u32 {
+    unsafe { read_volatile(&SINGLE_TGID) }
 }
 #[inline(always)]
 pub fn file_tags() -> bool {

@@ -10,7 +10,7 @@ use crate::{config, maps::TARGET_TGIDS};
 #[inline(always)]
 pub fn is_owner_target(owner: u32, in_cgroup: bool) -> bool {
     match config::filter_mode() {
-        filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(owner).is_some() },
+        filter_mode::TGIDS => in_target_set(owner),
         filter_mode::CGROUP => in_cgroup,
         _ => owner != config::self_tgid(),
     }
@@ -19,7 +19,7 @@ pub fn is_owner_target(owner: u32, in_cgroup: bool) -> bool {
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     match config::filter_mode() {
-        filter_mode::TGIDS => unsafe { TARGET_TGIDS.get(tgid).is_some() },
+        filter_mode::TGIDS => in_target_set(tgid),
         filter_mode::CGROUP if tgid != config::self_tgid() => {
             // The ancestor at the target's level is the target itself for tasks in it or below.
             let level = config::cgroup_level() as i32;
@@ -27,5 +27,14 @@ pub fn is_target(tgid: u32) -> bool {
         }
         filter_mode::CGROUP => false,
         _ => tgid != config::self_tgid(),
+    }
+}
+
+#[inline(always)]
+fn in_target_set(tgid: u32) -> bool {
+    match config::single_tgid() {
+        // One compare instead of a hash lookup, on every event of the commonest case.
+        0 => unsafe { TARGET_TGIDS.get(tgid).is_some() },
+        single => tgid == single,
     }
 }

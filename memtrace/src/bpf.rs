@@ -53,6 +53,15 @@ pub struct KernelConfig {
 }
 
 impl KernelConfig {
+    /// The one process the trace covers, if it is one (no children followed): uprobes then
+    /// break in that process only, and the programs' filter compares with it (no lookup).
+    pub fn single_process(&self) -> Option<u32> {
+        match &self.filter {
+            Filter::Tgids(pids) if pids.len() == 1 && !self.follow_children => Some(pids[0]),
+            _ => None,
+        }
+    }
+
     /// Wake the reader once an eighth of the ring is filled; the reader's timer drains the rest.
     fn wakeup_bytes(&self) -> u64 {
         u64::from(self.ring_bytes / 8)
@@ -108,6 +117,7 @@ impl Tracer {
             0
         };
         let follow = u32::from(config.follow_children);
+        let single_tgid = config.single_process().unwrap_or(0);
         let wakeup = config.wakeup_bytes();
         let self_tgid = std::process::id();
         let file_tags = u32::from(config.file_tags);
@@ -127,6 +137,7 @@ impl Tracer {
             .override_global("CGROUP_ID", &cgroup_id, true)
             .override_global("CGROUP_LEVEL", &cgroup_level, true)
             .override_global("FOLLOW_CHILDREN", &follow, true)
+            .override_global("SINGLE_TGID", &single_tgid, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("FILE_TAGS", &file_tags, true)

@@ -87,14 +87,7 @@ pub async fn trace(
         started.elapsed().as_secs_f64() * 1e3
     );
     let logger = tracer.init_logger();
-    // The one process the trace covers, if it is one (no children followed): uprobes then
-    // break in that process only, not in every process that maps the library.
-    let single = match &config.filter {
-        crate::bpf::Filter::Tgids(pids) if pids.len() == 1 && !target_args.follow_children => {
-            Some(pids[0])
-        }
-        _ => None,
-    };
+    let single = config.single_process();
     attach(&mut tracer, single)?;
     tracer.attach_tracepoint("process_exec", "sched", "sched_process_exec")?;
     tracer.attach_tracepoint("task_newtask", "task", "task_newtask")?;
