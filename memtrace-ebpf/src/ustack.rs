@@ -16,6 +16,11 @@ use crate::maps::{
 
 /// A frame pointer further than this above the stack pointer is not on this thread's stack.
 const MAX_STACK_SPAN: u64 = 1 << 30;
+/// User code lives below this (x86-64's 47-bit user half, which the kernel keeps to even with
+/// 5-level paging unless asked). A "return address" above it is data: code without frame
+/// pointers left something else in the frame-pointer register (text on the stack reads as
+/// 0x6e69622f...).
+const USER_ADDRESS_END: u64 = 1 << 47;
 const BPF_NOEXIST: u64 = 1;
 const STACK_WINDOW_BYTES: u64 = core::mem::size_of::<StackWindow>() as u64;
 const EEXIST: i32 = -17;
@@ -113,7 +118,7 @@ fn next_frame(
     } else {
         unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()?
     };
-    (record[1] != 0).then_some((record[0], record[1]))
+    (record[1] != 0 && record[1] < USER_ADDRESS_END).then_some((record[0], record[1]))
 }
 
 /// Stores the user stack the kernel walks (faults taken in kernel mode, where the perf
