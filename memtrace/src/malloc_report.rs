@@ -67,8 +67,8 @@ pub struct MallocReport {
     /// Blocks not followed because --max-outstanding were already (their frees then count as
     /// frees of untraced blocks): when non-zero, `outstanding` is a lower bound.
     pub outstanding_dropped: u64,
-    /// Blocks of processes that exited while traced: kept as per-stack totals in
-    /// `outstanding` (they were never freed), no longer one by one.
+    /// Blocks of processes that exited (or exec'd another program) while traced: kept as
+    /// per-stack totals in `outstanding` (they were never freed), no longer one by one.
     pub exited_blocks: u64,
     /// Allocator calls not followed to their return (the kernel's per-thread table was full).
     pub calls_untracked: u64,

@@ -92,6 +92,51 @@ fn leaked_blocks_are_found_exactly() {
     );
 }
 
+/// An exec replaces the address space: blocks the old image never freed stay reported with
+/// their stacks, even when the new image allocates and frees blocks at the same addresses
+/// (address randomization off, so they coincide).
+#[test]
+fn blocks_left_by_an_exec_are_not_freed_by_the_new_image() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let (leaks, size) = (3u64, 100u64);
+    let path = workload("malloc_leak");
+    let t = traced::trace(
+        "malloc",
+        &["--leaks", "--top", "100"],
+        &[
+            "setarch",
+            "-R",
+            "env",
+            "MALLOC_LEAK_THEN_EXEC=1",
+            path.to_str().unwrap(),
+            &leaks.to_string(),
+            &size.to_string(),
+            "0",
+        ],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert_eq!(t.workload.u64("reused"), leaks, "{}", t.context());
+    let leaked = outstanding_in(&t, "leaky_function");
+    assert_eq!(leaked.len(), 1, "{}", t.context());
+    assert_eq!(u64_of(leaked[0], "allocations"), leaks, "{}", t.context());
+    assert_eq!(u64_of(leaked[0], "bytes"), leaks * size, "{}", t.context());
+    assert!(
+        outstanding_in(&t, "reused_function").is_empty(),
+        "{}",
+        t.context()
+    );
+    // The new image's frees are of its own blocks.
+    assert_eq!(
+        u64_of(t.process(), "frees_of_untraced_blocks"),
+        0,
+        "{}",
+        t.context()
+    );
+}
+
 /// Frames far apart on the stack, many of them: the walk reaches past its one read of the
 /// stack's top and names every frame.
 #[test]

@@ -50,6 +50,7 @@ impl std::ops::AddAssign for Weight {
 }
 
 /// A block still allocated.
+#[derive(Clone, Copy)]
 struct Block {
     weight: Weight,
     stack: StackKey,
@@ -119,17 +120,17 @@ impl Consumer for AllocBooks {
                     stack,
                     at: self.now,
                 };
-                if self.outstanding.len() < self.max_outstanding
-                    || self.outstanding.contains_key(&(tgid, addr))
-                {
+                // A block of the image an exec replaced at the same address is not this one.
+                self.take_block(tgid, addr);
+                if self.outstanding.len() < self.max_outstanding {
                     self.outstanding.insert((tgid, addr), block);
                 } else {
                     self.outstanding_dropped += 1;
                 }
             }
             EventKind::Free => {
+                let block = self.take_block(tgid, addr);
                 let row = self.processes.entry(tgid).or_default();
-                let block = self.outstanding.remove(&(tgid, addr));
                 // A free, or the old block of a realloc: a call of its own only when no new
                 // block came back (realloc(p, 0), which carries size 0). Sampling sends only
                 // the frees of sampled blocks, each standing for as many as its block.
@@ -243,24 +244,43 @@ impl AllocBooks {
     /// long system-wide trace does not keep every dead process's blocks.
     fn fold_exited(&mut self) {
         let mut alive: HashMap<u32, bool> = HashMap::new();
-        let exited = &mut self.exited;
-        let before = self.outstanding.len();
+        let mut gone = Vec::new();
         self.outstanding.retain(|&(tgid, _), block| {
             let is_alive = *alive
                 .entry(tgid)
                 .or_insert_with(|| Path::new(&format!("/proc/{tgid}")).exists());
             if !is_alive {
-                exited
-                    .entry(block.stack)
-                    .or_insert_with(|| Outstanding {
-                        weight: Weight::default(),
-                        oldest: block.at,
-                    })
-                    .add(block);
+                gone.push(*block);
             }
             is_alive
         });
-        self.exited_blocks += (before - self.outstanding.len()) as u64;
+        for block in gone {
+            self.retire(block);
+        }
+    }
+
+    /// The outstanding block at `addr` in the process's current image, taken out. A block
+    /// left by an image that exec replaced is retired instead: that address space is gone,
+    /// and the block was never freed in it.
+    fn take_block(&mut self, tgid: u32, addr: u64) -> Option<Block> {
+        let block = self.outstanding.remove(&(tgid, addr))?;
+        if block.stack.generation == self.known.maps.generation(tgid) {
+            return Some(block);
+        }
+        self.retire(block);
+        None
+    }
+
+    /// A block whose address space is gone: it joins its stack's totals in `exited`.
+    fn retire(&mut self, block: Block) {
+        self.exited
+            .entry(block.stack)
+            .or_insert_with(|| Outstanding {
+                weight: Weight::default(),
+                oldest: block.at,
+            })
+            .add(&block);
+        self.exited_blocks += 1;
     }
 
     /// Blocks at least `min_age` old (of processes alive or exited), by stack, most bytes
