@@ -11,6 +11,7 @@ mod features;
 mod kernel_layout;
 mod launch;
 mod malloc_report;
+mod mmap_records;
 mod output;
 mod outputs;
 mod pipeline;

@@ -11,6 +11,7 @@ use crate::{
     drain::Drain,
     features,
     launch::ChildExit,
+    mmap_records::{MmapWatch, WatchScope},
     report::CommandExit,
     session::{self, Consumer, StopWhen},
     system,
@@ -94,7 +95,7 @@ pub async fn trace(
     if target_args.follow_children {
         tracer.attach_tracepoint("process_exit", "sched", "sched_process_exit")?;
     }
-    let mut drain = Drain::new(tracer.take_events()?)?;
+    let mut drain = Drain::new(tracer.take_events()?, watch_mappings(&target))?;
 
     let description = target.describe();
     let (child, exits) = match target {
@@ -168,4 +169,19 @@ pub async fn trace(
         duration,
         exit,
     })
+}
+
+/// The kernel's records of executable mappings, for the symbols of processes that exit before
+/// their maps can be read: the command and everything it starts, or every process when
+/// tracing the whole system. Given pids and cgroups are long-lived and read on demand. Without
+/// the records (perf events unavailable), such processes may lack library symbols.
+fn watch_mappings(target: &Target) -> Option<MmapWatch> {
+    let scope = match target {
+        Target::Command(gated) => WatchScope::Process(gated.pid),
+        Target::System => WatchScope::System,
+        Target::Pids(_) | Target::Cgroup { .. } => return None,
+    };
+    MmapWatch::open(scope)
+        .map_err(|err| log::warn!("{err:#}; short-lived processes may lack library symbols"))
+        .ok()
 }

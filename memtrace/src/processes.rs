@@ -7,6 +7,7 @@ use memtrace_common::EventKind;
 
 use crate::{
     events::{comm_to_string, Event},
+    mmap_records::MmapRecord,
     procmaps::MapsCache,
     stacks::StackKey,
 };
@@ -15,6 +16,10 @@ use crate::{
 pub struct Processes {
     pub maps: MapsCache,
     comms: HashMap<u32, String>,
+    /// Execs per pid in the kernel's mapping records (see `on_mmap_record`): which exec
+    /// generation each mapping belongs to. (Not reset for a reused pid: the rare reuse within
+    /// one trace can cost that process its symbols.)
+    mapping_generations: HashMap<u32, u32>,
     /// Records that did not decode (skipped, reported at the end).
     undecodable: u64,
 }
@@ -39,6 +44,24 @@ impl Processes {
         }
         self.comm(&event);
         Some(event)
+    }
+
+    /// A record of the kernel's executable mappings (see `mmap_records`): short-lived
+    /// processes get their libraries' symbols even when they exit before their maps are read.
+    pub fn on_mmap_record(&mut self, record: MmapRecord) {
+        match record {
+            MmapRecord::Exec { pid, .. } => *self.mapping_generations.entry(pid).or_default() += 1,
+            // Pseudo files ([vdso]) have no file to symbolize from.
+            MmapRecord::Mapping(mapping) if mapping.path.starts_with('[') => {}
+            MmapRecord::Mapping(mapping) => {
+                let generation = self
+                    .mapping_generations
+                    .get(&mapping.pid)
+                    .copied()
+                    .unwrap_or(0);
+                self.maps.add_exec_mapping(generation, &mapping);
+            }
+        }
     }
 
     /// Says how many records were skipped, if any.

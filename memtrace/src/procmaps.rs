@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use procfs::process::{MMPermissions, MMapPath, MemoryMap, Process};
 
+use crate::mmap_records::ExecMapping;
+
 /// A miss re-reads maps at most this often per pid: a storm of faults on fresh mappings must
 /// not turn into one maps read per event.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(10);
@@ -153,6 +155,17 @@ pub struct ProcessMaps {
 }
 
 impl ProcessMaps {
+    /// Nothing read yet: the next miss reads the maps.
+    fn empty() -> Self {
+        Self {
+            start_time: None,
+            mappings: Vec::new(),
+            read_at: None,
+            alive: false,
+            inherited: false,
+        }
+    }
+
     #[allow(dead_code)] // for callers walking a snapshot; the tests do
     pub fn mappings(&self) -> &[Mapping] {
         &self.mappings
@@ -194,6 +207,9 @@ pub struct MapsCache {
     /// Snapshots of address spaces an exec replaced, by (pid, generation): stacks recorded
     /// before the exec are symbolized against them.
     retired: HashMap<(u32, u32), ProcessMaps>,
+    /// Executable mappings reported for an exec generation not seen yet (the mapping records
+    /// can arrive before the exec event), installed when it begins.
+    ahead: HashMap<(u32, u32), Vec<Mapping>>,
 }
 
 impl MapsCache {
@@ -201,13 +217,7 @@ impl MapsCache {
     /// belongs to another process). False if the process is gone; the last snapshot stays.
     pub fn capture(&mut self, pid: u32) -> bool {
         let read = read_process(pid, &mut self.files);
-        let entry = self.procs.entry(pid).or_insert_with(|| ProcessMaps {
-            start_time: None,
-            mappings: Vec::new(),
-            read_at: None,
-            alive: false,
-            inherited: false,
-        });
+        let entry = self.procs.entry(pid).or_insert_with(ProcessMaps::empty);
         entry.read_at = Some(Instant::now());
         match read {
             Some((start_time, fresh)) => {
@@ -273,6 +283,7 @@ impl MapsCache {
         // A reused pid: the new process starts at generation 0 again.
         self.generations.remove(&child);
         self.retired.retain(|&(pid, _), _| pid != child);
+        self.ahead.retain(|&(pid, _), _| pid != child);
     }
 
     /// The snapshot is known to be incomplete (read at exec, before the dynamic loader mapped
@@ -291,6 +302,51 @@ impl MapsCache {
             self.retired.insert((pid, *generation), old);
         }
         *generation += 1;
+        if let Some(mappings) = self.ahead.remove(&(pid, *generation)) {
+            let mut snapshot = ProcessMaps::empty();
+            // One at a time: in order, a later mapping replaces what it overlaps.
+            for mapping in mappings {
+                snapshot.merge(vec![mapping]);
+            }
+            self.procs.insert(pid, snapshot);
+        }
+    }
+
+    /// An executable file mapping the kernel reported as it was made (see `mmap_records`):
+    /// the only record of a library loaded by a process that exits before its maps are read.
+    /// `generation` counts the execs of the process before the mapping.
+    pub fn add_exec_mapping(&mut self, generation: u32, record: &ExecMapping) {
+        let pid = record.pid;
+        let id = FileId {
+            dev: (record.dev_major as i32, record.dev_minor as i32),
+            inode: record.inode,
+        };
+        let path = Path::new(&record.path);
+        let mapping = Mapping {
+            start: record.start,
+            end: record.end,
+            perms: MMPermissions::READ | MMPermissions::EXECUTE | MMPermissions::PRIVATE,
+            offset: record.offset,
+            dev: id.dev,
+            inode: id.inode,
+            region: Region::File(record.path.clone()),
+            file: open_shared(pid, record.start, record.end, path, id, &mut self.files),
+        };
+        let current = self.generation(pid);
+        let snapshot = if generation > current {
+            self.ahead
+                .entry((pid, generation))
+                .or_default()
+                .push(mapping);
+            return;
+        } else if generation == current {
+            self.procs.entry(pid).or_insert_with(ProcessMaps::empty)
+        } else {
+            self.retired
+                .entry((pid, generation))
+                .or_insert_with(ProcessMaps::empty)
+        };
+        snapshot.merge(vec![mapping]);
     }
 
     /// How many execs of `pid` memtrace has seen: the generation of its current address space.
@@ -399,6 +455,42 @@ mod tests {
     #[inline(never)]
     fn local_function() -> u32 {
         std::hint::black_box(7)
+    }
+
+    /// A mapping record of `path` at `start` for a pid that does not exist.
+    fn exec_record(path: &str, start: u64) -> ExecMapping {
+        let meta = std::fs::metadata(path).unwrap();
+        ExecMapping {
+            pid: u32::MAX - 1,
+            start,
+            end: start + 0x1000,
+            offset: 0,
+            dev_major: (meta.dev() >> 8) as u32 & 0xfff,
+            dev_minor: (meta.dev() & 0xff) as u32,
+            inode: meta.ino(),
+            path: path.to_owned(),
+        }
+    }
+
+    #[test]
+    fn exec_mapping_records_land_in_their_generation() {
+        let mut maps = MapsCache::default();
+        let record = exec_record("/usr/bin/true", 0x10000);
+        let pid = record.pid;
+        // Before its exec event: kept aside, not in the current image.
+        maps.add_exec_mapping(1, &record);
+        assert!(maps.lookup(pid, 0x10800).is_none());
+        maps.exec(pid);
+        let found = maps.lookup(pid, 0x10800).expect("installed at the exec");
+        assert_eq!(found.module(), "true");
+        assert!(found.symbol_path().is_some(), "the file is kept open");
+        // A late record of the old image goes to the old image.
+        maps.add_exec_mapping(0, &exec_record("/usr/bin/true", 0x20000));
+        assert!(maps.lookup(pid, 0x20800).is_none());
+        assert!(maps.lookup_in(pid, 0, 0x20800).is_some());
+        // The current image's own records merge into it.
+        maps.add_exec_mapping(1, &exec_record("/usr/bin/true", 0x30000));
+        assert!(maps.lookup(pid, 0x10800).is_some() && maps.lookup(pid, 0x30800).is_some());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
-use crate::{bpf::Tracer, drain::Drain, watch::ProcessWatch};
+use crate::{bpf::Tracer, drain::Drain, processes::Processes, watch::ProcessWatch};
 
 /// How often the ring is drained even without a wake-up (wake-ups are batched by the kernel
 /// side). Short while events are few, so a short-lived process's events are read while its
@@ -24,6 +24,8 @@ const BUSY_RECORDS: usize = 1024;
 /// What a subcommand does with the records and the passing time.
 pub trait Consumer {
     fn on_record(&mut self, bytes: &[u8]);
+    /// What the consumer knows of processes (maps, names), which the drain keeps current.
+    fn processes(&mut self) -> &mut Processes;
     /// Called once before tracing with the processes given by pid (to capture their maps).
     fn on_targets(&mut self, _pids: &[u32]) {}
     /// Called about every 5 ms (the drain tick) with the time since tracing started; `tracer` gives the
@@ -71,11 +73,11 @@ pub async fn run(
         tokio::select! {
             result = drain.readable() => {
                 result?;
-                drain.drain_now(&mut |bytes| consumer.on_record(bytes));
+                drain.drain_now(consumer);
             }
             _ = ticker.tick() => {
                 if !busy || last_drain.elapsed() >= BUSY_TICK {
-                    busy = drain.drain_now(&mut |bytes| consumer.on_record(bytes)) >= BUSY_RECORDS;
+                    busy = drain.drain_now(consumer) >= BUSY_RECORDS;
                     last_drain = Instant::now();
                 }
                 let elapsed = started.elapsed();
@@ -97,7 +99,14 @@ pub async fn run(
         }
     };
     let elapsed = started.elapsed();
-    drain.drain_now(&mut |bytes| consumer.on_record(bytes));
+    drain.drain_now(consumer);
+    if drain.mappings_lost() > 0 {
+        log::warn!(
+            "{} records of executable mappings were lost: short-lived processes may lack \
+             library symbols",
+            drain.mappings_lost()
+        );
+    }
     if let Some(logger) = logger.as_mut() {
         logger.get_mut().flush();
     }

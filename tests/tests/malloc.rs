@@ -137,6 +137,48 @@ fn blocks_left_by_an_exec_are_not_freed_by_the_new_image() {
     );
 }
 
+/// Children that live a few milliseconds: each one's leak is found, and the frames in its
+/// libraries (libc's, mapped after its exec) are named even though it exited before memtrace
+/// could read its maps.
+#[test]
+fn short_lived_children_get_their_library_symbols() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let children = 5;
+    let path = workload("malloc_leak");
+    let script = format!(
+        "for i in $(seq {children}); do {} 1 100 0 >/dev/null; done",
+        path.display()
+    );
+    let (run, report) = traced::run_json(
+        "malloc",
+        &["--leaks", "--follow-children", "--top", "1000"],
+        &["sh", "-c", &script],
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let context = || format!("{}\n{report:#}", run.describe());
+    let leaks: Vec<&Value> = report["outstanding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["frames"][0] == "leaky_function")
+        .collect();
+    let pids: std::collections::HashSet<u64> = leaks.iter().map(|r| u64_of(r, "pid")).collect();
+    assert_eq!(pids.len(), children, "{}", context());
+    for leak in leaks {
+        assert_eq!(leak["frames"][1], "main", "{}", context());
+        // main's caller is in libc.
+        let caller = leak["frames"][2].as_str().unwrap_or("");
+        assert!(
+            !caller.is_empty() && !caller.starts_with("0x"),
+            "libc frame not named: {leak}\n{}",
+            context()
+        );
+    }
+}
+
 /// Frames far apart on the stack, many of them: the walk reaches past its one read of the
 /// stack's top and names every frame.
 #[test]

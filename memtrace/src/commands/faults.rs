@@ -110,6 +110,10 @@ fn file_id(event: &Event) -> Option<FileId> {
 }
 
 impl Consumer for FaultCounter {
+    fn processes(&mut self) -> &mut Processes {
+        &mut self.known
+    }
+
     fn on_targets(&mut self, pids: &[u32]) {
         self.known.capture(pids);
     }

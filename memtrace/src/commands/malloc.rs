@@ -91,6 +91,10 @@ struct AllocBooks {
 }
 
 impl Consumer for AllocBooks {
+    fn processes(&mut self) -> &mut Processes {
+        &mut self.known
+    }
+
     fn on_targets(&mut self, pids: &[u32]) {
         self.known.capture(pids);
     }

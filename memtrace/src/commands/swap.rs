@@ -48,6 +48,10 @@ struct SwapWatch {
 }
 
 impl Consumer for SwapWatch {
+    fn processes(&mut self) -> &mut Processes {
+        &mut self.known
+    }
+
     fn on_targets(&mut self, pids: &[u32]) {
         self.known.capture(pids);
     }
