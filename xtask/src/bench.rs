@@ -269,6 +269,16 @@ fn malloc() -> Result<()> {
             pair * 1e9 / 2.0
         );
     }
+    table += "\nSide by side, the median of each round's ratio:\n\n";
+    // configs[3] and [4]: the two bpftrace scripts, against memtrace --leaks.
+    for (index, goal) in [(3, "0.10x"), (4, "1.5x")] {
+        table += &format!(
+            "- {} vs {}: {:.2}x (goal ≤ {goal})\n",
+            configs[1].name,
+            configs[index].name,
+            round_ratio(&samples[1], &samples[index])
+        );
+    }
     println!("{table}");
     let what = format!(
         "the workload `malloc_leak 0 16 {MALLOC_PAIRS}` (its own loop time: {MALLOC_PAIRS} \
@@ -414,11 +424,22 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The median of each round's ratio of `a`'s time to `b`'s.
+fn round_ratio(a: &Samples, b: &Samples) -> f64 {
+    let ratios: Vec<f64> = a
+        .elapsed
+        .iter()
+        .zip(&b.elapsed)
+        .map(|(a, b)| a / b)
+        .collect();
+    median(&ratios)
+}
+
 /// "vs untraced" is the median of each round's ratio to that round's untraced run: the VM's
 /// speed drifts over a run by more than the smaller costs measured here, and a round's runs
 /// are back to back.
 fn table(configs: &[Config], samples: &[Samples]) -> String {
-    let baseline = &samples[0].elapsed;
+    let baseline = &samples[0];
     let mut table = String::from(
         "| tool | records | loop time (median) | vs untraced (median of rounds) | in eBPF programs | attach | CPU | peak RSS | lost |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -437,13 +458,7 @@ fn table(configs: &[Config], samples: &[Samples]) -> String {
             config.name,
             config.records,
             time,
-            median(
-                &s.elapsed
-                    .iter()
-                    .zip(baseline)
-                    .map(|(t, b)| t / b)
-                    .collect::<Vec<_>>()
-            ),
+            round_ratio(s, baseline),
             match s.bpf {
                 Some((time, runs, elapsed)) => format!(
                     "{:.1}% ({:.0} ms, {} runs, {:.0} ns/run)",
