@@ -16,6 +16,16 @@ use crate::{
 /// perf event's registers). Not an error worth counting.
 const EFAULT: i32 = -14;
 
+/// Where an event's user stack comes from.
+pub enum UserStackFrom {
+    /// Walked from these user registers (memtrace's own walk).
+    Regs(UserRegs),
+    /// Walked by the kernel (`bpf_get_stack`), for events whose registers are the kernel's.
+    Kernel,
+    /// None: interrupts and kernel threads have no user stack of their own.
+    Nowhere,
+}
+
 /// What a hook asks `emit` to record.
 pub struct Record {
     pub kind: EventKind,
@@ -25,10 +35,10 @@ pub struct Record {
     pub detail: u32,
     /// Take the stacks the user asked for (`STACK_FLAGS`).
     pub stacks: bool,
-    /// The user's registers when the event happened in user mode: the user stack is walked
-    /// from them and there is no kernel stack. None: in the kernel (or unknown); the kernel
-    /// walks both stacks.
-    pub user_regs: Option<UserRegs>,
+    /// Where the user stack comes from (when stacks are taken).
+    pub user_stack: UserStackFrom,
+    /// The event happened in the kernel: take its kernel stack (when stacks are taken).
+    pub kernel_stack: bool,
     /// Attach the file this fault was served from (see `filetag`).
     pub file_fault: bool,
     /// Send the task's name (userspace reads it from /proc at a process's first event; the
@@ -50,7 +60,8 @@ impl Record {
             weight: 0,
             detail: 0,
             stacks: false,
-            user_regs: None,
+            user_stack: UserStackFrom::Nowhere,
+            kernel_stack: false,
             file_fault: false,
             comm: true,
             urgent: true,
@@ -81,14 +92,13 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     } else {
         0
     };
-    let user_stack = if flags & stack_flags::USER == 0 {
-        0
-    } else if let Some(regs) = &record.user_regs {
-        ustack::walk(regs)
-    } else {
-        ustack::from_kernel(ctx)
+    let user_stack = match &record.user_stack {
+        _ if flags & stack_flags::USER == 0 => 0,
+        UserStackFrom::Regs(regs) => ustack::walk(regs),
+        UserStackFrom::Kernel => ustack::from_kernel(ctx),
+        UserStackFrom::Nowhere => 0,
     };
-    let kernel_stack_id = if flags & stack_flags::KERNEL != 0 && record.user_regs.is_none() {
+    let kernel_stack_id = if flags & stack_flags::KERNEL != 0 && record.kernel_stack {
         stack_id(ctx, 0)
     } else {
         EFAULT

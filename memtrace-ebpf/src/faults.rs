@@ -5,7 +5,7 @@ use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
 use memtrace_common::EventKind;
 
 use crate::{
-    emit::{emit, Record},
+    emit::{emit, Record, UserStackFrom},
     ustack::UserRegs,
 };
 
@@ -25,13 +25,20 @@ pub fn major_fault(ctx: PerfEventContext) -> u32 {
 fn fault(ctx: &PerfEventContext, kind: EventKind) {
     // The faulting address is the sample's `addr` (perf_sw_event passes it).
     let addr = unsafe { (*ctx.ctx).addr };
+    // A fault taken by user code carries the user's registers, and has no kernel stack of
+    // interest (always the same fault path).
+    let (user_stack, kernel_stack) = match user_mode_regs(ctx) {
+        Some(regs) => (UserStackFrom::Regs(regs), false),
+        None => (UserStackFrom::Kernel, true),
+    };
     let record = Record {
         kind,
         addr,
         weight: 1,
         detail: 0,
         stacks: true,
-        user_regs: user_mode_regs(ctx),
+        user_stack,
+        kernel_stack,
         file_fault: true,
         comm: true,
         urgent: false,

@@ -7,11 +7,7 @@
 //! allocator calling its own public functions (realloc calling malloc, or free) is one call:
 //! entries inside a call in progress only count their nesting, and their returns are skipped.
 use aya_ebpf::{
-    bindings::pt_regs,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
@@ -19,10 +15,10 @@ use memtrace_common::{counter, AllocFn, EventKind, PendingAlloc, PENDING_SLOTS};
 
 use crate::{
     config,
-    emit::{emit, Record},
+    emit::{emit, Record, UserStackFrom},
     filter,
     maps::{count, SampledBlock, PENDING_ALLOCS, SAMPLED_BLOCKS, SAMPLE_COUNTDOWN},
-    ustack::UserRegs,
+    ustack::{self, UserRegs},
 };
 
 #[inline(always)]
@@ -172,7 +168,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if sampled(pid_tgid, address, call.size) {
-        let caller = syscall_caller();
+        let caller = ustack::current_user_regs();
         let record = block(EventKind::Alloc, AllocFn::Mmap, address, call.size, caller);
         emit(&ctx, record);
     }
@@ -194,20 +190,6 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
         );
     }
     0
-}
-
-/// The user registers at the syscall: its wrapper (glibc's mmap) is a leaf, so the caller's
-/// return address is on top of the user stack.
-#[inline(always)]
-fn syscall_caller() -> Option<UserRegs> {
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-    let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
-    Some(UserRegs {
-        ip: regs.rip,
-        sp: regs.rsp,
-        fp: regs.rbp,
-        leaf: true,
-    })
 }
 
 /// The return of any allocating function.
@@ -334,7 +316,8 @@ fn block(
         weight: size,
         detail: function as u32,
         stacks: caller.is_some(),
-        user_regs: caller,
+        user_stack: caller.map_or(UserStackFrom::Nowhere, UserStackFrom::Regs),
+        kernel_stack: false,
         file_fault: false,
         comm: false,
         urgent: false,

@@ -5,8 +5,11 @@
 //! chain stops being plausible (misaligned, below the stack pointer, not moving up the stack),
 //! which ends in the same place for free. Stacks are stored once, under a hash of their frames.
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    helpers::{bpf_probe_read_user, generated},
+    bindings::{pt_regs, BPF_F_USER_STACK},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{self, bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
 };
 use memtrace_common::{counter, UserStack, USER_STACK_DEPTH};
 
@@ -33,6 +36,21 @@ pub struct UserRegs {
     /// `ip` is in a leaf that made no frame (a syscall wrapper): its return address is on top
     /// of the stack, and the frame-pointer chain starts at its caller's caller.
     pub leaf: bool,
+}
+
+/// The current task's user registers, saved at its entry into the kernel; None for a kernel
+/// thread. Entered by a syscall, the task is in its libc wrapper, a leaf that made no frame;
+/// entered by an exception (pt_regs.orig_ax -1), anywhere.
+#[inline(always)]
+pub fn current_user_regs() -> Option<UserRegs> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
+    (regs.cs & 3 == 3).then_some(UserRegs {
+        ip: regs.rip,
+        sp: regs.rsp,
+        fp: regs.rbp,
+        leaf: regs.orig_rax as i64 >= 0,
+    })
 }
 
 /// Walks the frame-pointer chain from `regs`; returns the stack's key in `USER_STACKS`.
