@@ -24,6 +24,9 @@ pub enum EventKind {
     Alloc = 5,
     /// A heap block at `addr` went back (free, or the old block of a realloc).
     Free = 6,
+    /// The kernel allocated 2^order pages (`kmem:mm_page_alloc`): `weight` pages, the GFP
+    /// flags in `addr`, order, migratetype and context in `detail` (see [`PageDetail`]).
+    PageAlloc = 7,
 }
 
 impl EventKind {
@@ -35,6 +38,7 @@ impl EventKind {
             4 => Some(Self::Fork),
             5 => Some(Self::Alloc),
             6 => Some(Self::Free),
+            7 => Some(Self::PageAlloc),
             _ => None,
         }
     }
@@ -124,6 +128,84 @@ impl AllocFn {
             Self::Munmap => "munmap",
         }
     }
+}
+
+/// Who a page allocation is made for. Interrupt handlers and kernel threads allocate for the
+/// kernel, not for the task that happens to be current.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageContext {
+    Process = 0,
+    /// Hard or soft interrupt, or NMI.
+    Interrupt = 1,
+    KernelThread = 2,
+}
+
+impl PageContext {
+    pub fn from_raw(raw: u32) -> Self {
+        match raw {
+            1 => Self::Interrupt,
+            2 => Self::KernelThread,
+            _ => Self::Process,
+        }
+    }
+}
+
+/// A page allocation's order, migratetype and context, packed into `StackEvent::detail` and
+/// [`PageKey::detail`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PageDetail {
+    pub order: u32,
+    pub migratetype: u32,
+    pub context: PageContext,
+}
+
+impl PageDetail {
+    pub fn pack(self) -> u32 {
+        (self.order & 0xff) | (self.migratetype & 0xff) << 8 | (self.context as u32) << 16
+    }
+
+    pub fn unpack(raw: u32) -> Self {
+        Self {
+            order: raw & 0xff,
+            migratetype: (raw >> 8) & 0xff,
+            context: PageContext::from_raw(raw >> 16),
+        }
+    }
+}
+
+/// Page allocations counted in the kernel (`memtrace pages --stacks none`), per process and
+/// kind of allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub tgid: u32,
+    /// A packed [`PageDetail`].
+    pub detail: u32,
+    pub gfp_flags: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageCount {
+    pub allocations: u64,
+    pub pages: u64,
+    /// The allocating task's name, when the entry was made (the process may be gone when
+    /// the counts are read).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Each CPU's last page-allocation key and its count, not yet added to the count table:
+/// consecutive allocations of one kind cost no table update (see memtrace-ebpf's `pages`).
+/// Userspace adds it to the table's figures.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageCountCache {
+    pub key: PageKey,
+    pub count: PageCount,
+    /// The tracepoint's record address for task context on this CPU, once known: a record
+    /// elsewhere is an interrupt's.
+    pub task_record: u64,
 }
 
 /// An allocator call in progress on a thread, from its entry to its return (see
@@ -223,7 +305,9 @@ pub mod counter {
     pub const TARGETS_FULL: u32 = 3;
     /// Allocator calls not followed to their return because the per-thread table was full.
     pub const ALLOC_CALLS_UNTRACKED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Page allocations not counted because the in-kernel count table was full.
+    pub const PAGE_COUNTS_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.
@@ -239,4 +323,10 @@ mod pod {
     unsafe impl aya::Pod for super::UserStack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SwapCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PageKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PageCount {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PageCountCache {}
 }

@@ -40,6 +40,17 @@ static ARRAY_PERCPU_BASE: u64 = 0;
 /// pt_regs.orig_ax (x86-64 only; 0 elsewhere): see `swap::in_user_fault`.
 #[unsafe(no_mangle)]
 static ORIG_AX: u64 = 0;
+/// task_struct.flags and .stack (from BTF): tell kernel threads and interrupts (see `pages`).
+#[unsafe(no_mangle)]
+static TASK_FLAGS: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_STACK: u64 = 0;
+/// pt_regs.sp (from BTF).
+#[unsafe(no_mangle)]
+static REGS_SP: u64 = 0;
+/// --sample N for tracepoint programs that sample themselves (0 or 1: every event).
+#[unsafe(no_mangle)]
+static SAMPLE_PERIOD: u64 = 0;
 /// memtrace malloc --sample-bytes (0: every block).
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: u64 = 0;
@@ -135,6 +146,22 @@ pub fn nr_cpus() -> u32 {
 #[inline(always)]
 pub fn orig_ax_offset() -> u64 {
     unsafe { read_volatile(&ORIG_AX) }
+}
+#[inline(always)]
+pub fn task_flags() -> u64 {
+    unsafe { read_volatile(&TASK_FLAGS) }
+}
+#[inline(always)]
+pub fn task_stack() -> u64 {
+    unsafe { read_volatile(&TASK_STACK) }
+}
+#[inline(always)]
+pub fn regs_sp() -> u64 {
+    unsafe { read_volatile(&REGS_SP) }
+}
+#[inline(always)]
+pub fn sample_period() -> u64 {
+    unsafe { read_volatile(&SAMPLE_PERIOD) }
 }
 #[inline(always)]
 pub fn sample_bytes() -> u64 {

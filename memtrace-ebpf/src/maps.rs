@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use memtrace_common::{
-    counter, FileTag, PendingAlloc, StagedSwapOut, SwapCounts, UserStack, MAX_TARGETS,
-    PENDING_SLOTS,
+    counter, FileTag, PageCount, PageCountCache, PageKey, PendingAlloc, StagedSwapOut, SwapCounts,
+    UserStack, MAX_TARGETS, PENDING_SLOTS,
 };
 
 /// Every event, of every kind, for the one userspace drain.
@@ -100,6 +100,19 @@ impl SampledBlock {
 /// With --sample-bytes: the sampled blocks not freed yet, whose frees are the only ones sent.
 #[map]
 pub static SAMPLED_BLOCKS: LruHashMap<SampledBlock, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Page allocations counted in the kernel when no stacks are taken (see `pages`).
+#[map]
+pub static PAGE_COUNTS: PerCpuHashMap<PageKey, PageCount> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Each CPU's last page-allocation key and count (see `pages`).
+#[map]
+pub static PAGE_COUNT_CACHE: PerCpuArray<PageCountCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// With --sample N: page allocations left on this CPU until the next one sampled.
+#[map]
+pub static PAGE_SAMPLE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Each CPU's per-CPU offset (0: not known), learnt by `percpu` before the swap program runs.
 #[map]

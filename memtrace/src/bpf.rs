@@ -2,7 +2,7 @@
 //! hooks here; everything downstream (drain, aggregation, output) is shared.
 use std::path::Path;
 
-use crate::kernel_layout::SwapLayout;
+use crate::kernel_layout::{PageTracing, SwapLayout};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
@@ -14,7 +14,10 @@ use aya::{
     util::online_cpus,
     Ebpf, EbpfLoader,
 };
-use memtrace_common::{counter, filter_mode, stack_flags, SwapCounts, UserStack, MAX_TARGETS};
+use memtrace_common::{
+    counter, filter_mode, stack_flags, PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
+    MAX_TARGETS,
+};
 
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -50,6 +53,8 @@ pub struct KernelConfig {
     /// Heap allocations through uprobes (its maps get their full size): None when not
     /// traced; Some(N) samples 1 point per N bytes (0: every block).
     pub malloc: Option<u64>,
+    /// Kernel page allocations (its maps get their full size): None when not traced.
+    pub pages: Option<PageTracing>,
 }
 
 impl KernelConfig {
@@ -91,6 +96,7 @@ pub struct KernelCounters {
     pub stack_errors: u64,
     pub targets_full: u64,
     pub alloc_calls_untracked: u64,
+    pub page_counts_full: u64,
 }
 
 pub struct Tracer {
@@ -126,6 +132,7 @@ impl Tracer {
         let sized = |used: bool, entries: u32| if used { entries } else { 1 };
         let swap = config.swap.is_some();
         let sample_bytes = config.malloc.unwrap_or(0);
+        let pages = config.pages.unwrap_or_default();
         let swap_entries = sized(swap, MAX_TARGETS);
         // Zeros when swap is not traced: its programs are never attached.
         let layout = config.swap.unwrap_or_default();
@@ -167,6 +174,11 @@ impl Tracer {
             .map_max_entries("SWAP_STAGED", sized(swap, 4096))
             .map_max_entries("CPU_OFFSETS", sized(swap, possible_cpus))
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
+            .override_global("SAMPLE_PERIOD", &pages.sample_period, true)
+            .override_global("TASK_FLAGS", &u64::from(pages.task_flags), true)
+            .override_global("TASK_STACK", &u64::from(pages.task_stack), true)
+            .override_global("REGS_SP", &u64::from(pages.regs_sp), true)
+            .map_max_entries("PAGE_COUNTS", sized(config.pages.is_some(), 16384))
             .override_global("EXP_TABLE", &exponential_table(), true)
             .map_max_entries(
                 "PENDING_ALLOCS",
@@ -350,6 +362,7 @@ impl Tracer {
             stack_errors: sum(counter::STACK_ERRORS)?,
             targets_full: sum(counter::TARGETS_FULL)?,
             alloc_calls_untracked: sum(counter::ALLOC_CALLS_UNTRACKED)?,
+            page_counts_full: sum(counter::PAGE_COUNTS_FULL)?,
         })
     }
 
@@ -366,6 +379,35 @@ impl Tracer {
                 total.out_unmapped += cpu.out_unmapped;
                 total.swapped_in += cpu.swapped_in;
                 total.freed += cpu.freed;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Page allocations counted in the kernel (`memtrace pages --stacks none`), summed over
+    /// CPUs, with the name the allocating task had (from any CPU's entry).
+    pub fn page_counts(&self) -> Result<std::collections::HashMap<PageKey, PageCount>> {
+        let map = self.map("PAGE_COUNTS")?;
+        let counts: PerCpuHashMap<_, PageKey, PageCount> = PerCpuHashMap::try_from(map)?;
+        let mut totals = std::collections::HashMap::new();
+        let mut add = |key: PageKey, count: &PageCount| {
+            let total: &mut PageCount = totals.entry(key).or_default();
+            total.allocations += count.allocations;
+            total.pages += count.pages;
+            if total.comm[0] == 0 {
+                total.comm = count.comm;
+            }
+        };
+        for entry in counts.iter() {
+            let (key, per_cpu) = entry?;
+            per_cpu.iter().for_each(|cpu| add(key, cpu));
+        }
+        // Each CPU's last run of allocations, not in the table yet.
+        let caches: PerCpuArray<_, PageCountCache> =
+            PerCpuArray::try_from(self.map("PAGE_COUNT_CACHE")?)?;
+        for cache in caches.get(&0, 0)?.iter() {
+            if cache.count.allocations > 0 {
+                add(cache.key, &cache.count);
             }
         }
         Ok(totals)

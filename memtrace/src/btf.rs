@@ -205,6 +205,69 @@ impl Btf {
     }
 }
 
+/// The values of `enum name` (plain or 64-bit) in declaration order, e.g. the kernel's
+/// migratetype names. `parse` keeps only what member lookups need, so this walks the type
+/// section again; an enum declared without values (a forward declaration) is skipped.
+pub fn enum_values(data: &[u8], name: &str) -> Result<Vec<(String, i64)>> {
+    let u32_at = |at: usize| -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            data.get(at..at + 4).context("truncated")?.try_into()?,
+        ))
+    };
+    // Checks the header and gives the string section.
+    let btf = Btf::parse(data)?;
+    let header_len = u32_at(4)? as usize;
+    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+    let mut at = header_len + type_off;
+    let end = at + type_len;
+    while at < end {
+        let (type_name, info) = (u32_at(at)?, u32_at(at + 4)?);
+        at += 12;
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        // For enums, kind_flag says the values are signed.
+        let signed = info >> 31 == 1;
+        let wanted = (kind == KIND_ENUM || kind == KIND_ENUM64)
+            && vlen > 0
+            && btf.name(type_name) == name.as_bytes();
+        if wanted {
+            let mut values = Vec::with_capacity(vlen);
+            for _ in 0..vlen {
+                let value_name = String::from_utf8_lossy(btf.name(u32_at(at)?)).into_owned();
+                let low = u32_at(at + 4)?;
+                let value = if kind == KIND_ENUM64 {
+                    // Unsigned values above i64::MAX wrap; kernel enums do not go there.
+                    (u64::from(u32_at(at + 8)?) << 32 | u64::from(low)) as i64
+                } else if signed {
+                    i64::from(low as i32)
+                } else {
+                    i64::from(low)
+                };
+                at += if kind == KIND_ENUM64 { 12 } else { 8 };
+                values.push((value_name, value));
+            }
+            return Ok(values);
+        }
+        at += match kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+            KIND_ARRAY => 12,
+            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+            KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+            _ => 0, // ptr, fwd, typedef, qualifiers, func, float, type tag: nothing more
+        };
+    }
+    bail!("the kernel has no enum {name}")
+}
+
+/// `enum_values` from the running kernel's BTF.
+pub fn vmlinux_enum_values(name: &str) -> Result<Vec<(String, i64)>> {
+    let path = "/sys/kernel/btf/vmlinux";
+    let data = std::fs::read(path).with_context(|| {
+        format!("reading the kernel's type information ({path}): the kernel needs CONFIG_DEBUG_INFO_BTF")
+    })?;
+    enum_values(&data, name).with_context(|| format!("reading enum {name} from {path}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +328,122 @@ mod tests {
             btf.struct_id("percpu_counter")
                 .and_then(|id| btf.size_of(id))
         );
+    }
+
+    /// A hand-made BTF blob: enums are found past the other kinds' trailing data, a forward
+    /// declaration is skipped, and signed and 64-bit values come out right.
+    #[test]
+    fn enum_values_from_a_small_blob() {
+        let mut strings = b"\0".to_vec();
+        let mut name = |text: &str| {
+            let offset = strings.len() as u32;
+            strings.extend_from_slice(text.as_bytes());
+            strings.push(0);
+            offset
+        };
+        let (int, s, m, small) = (name("int"), name("s"), name("m"), name("small"));
+        let (a, b, target, big, three) = (
+            name("A"),
+            name("B"),
+            name("target"),
+            name("BIG"),
+            name("THREE"),
+        );
+        let mut types: Vec<u32> = Vec::new();
+        // [1] int: 4 bytes of encoding after the common part.
+        types.extend([int, KIND_INT << 24, 4, 32]);
+        // [2] struct s { int m; }
+        types.extend([s, KIND_STRUCT << 24 | 1, 4, m, 1, 0]);
+        // [3] enum small (signed) { A = -1, B = 7 }
+        types.extend([
+            small,
+            1 << 31 | KIND_ENUM << 24 | 2,
+            4,
+            a,
+            -1i32 as u32,
+            b,
+            7,
+        ]);
+        // [4] enum target; (a forward declaration: no values)
+        types.extend([target, KIND_ENUM << 24, 4]);
+        // [5] enum target (64-bit) { BIG = 1 << 40, THREE = 3 }
+        types.extend([
+            target,
+            KIND_ENUM64 << 24 | 2,
+            8,
+            big,
+            0,
+            1 << 8,
+            three,
+            3,
+            0,
+        ]);
+        let types: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut data = Vec::new();
+        data.extend(MAGIC.to_le_bytes());
+        data.extend([1, 0]); // version, flags
+        for v in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            data.extend(v.to_le_bytes());
+        }
+        data.extend(&types);
+        data.extend(&strings);
+
+        assert_eq!(
+            enum_values(&data, "small").unwrap(),
+            [("A".to_string(), -1), ("B".to_string(), 7)]
+        );
+        assert_eq!(
+            enum_values(&data, "target").unwrap(),
+            [("BIG".to_string(), 1 << 40), ("THREE".to_string(), 3)]
+        );
+        assert!(enum_values(&data, "s").is_err(), "a struct is not an enum");
+        assert!(enum_values(&data, "missing").is_err());
+        assert!(enum_values(&data[..data.len() - strings.len() - 4], "target").is_err());
+    }
+
+    /// enum migratetype from the kernel's BTF, against bpftool's reading of it.
+    #[test]
+    fn migratetype_matches_bpftool() {
+        let Ok(values) = vmlinux_enum_values("migratetype") else {
+            eprintln!("note: no /sys/kernel/btf/vmlinux here");
+            return;
+        };
+        let output = std::process::Command::new("bpftool")
+            .args([
+                "btf",
+                "dump",
+                "file",
+                "/sys/kernel/btf/vmlinux",
+                "format",
+                "raw",
+            ])
+            .output();
+        let Some(output) = output.ok().filter(|o| o.status.success()) else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "bpftool is needed for this test under CI"
+            );
+            return;
+        };
+        let dump = String::from_utf8_lossy(&output.stdout);
+        // "\t'MIGRATE_UNMOVABLE' val=0" lines under "ENUM 'migratetype' ...".
+        let expected: Vec<(String, i64)> = dump
+            .lines()
+            .skip_while(|l| !l.contains("ENUM 'migratetype' "))
+            .skip(1)
+            .take_while(|l| l.starts_with('\t'))
+            .filter_map(|l| {
+                let (name, value) = l.trim().split_once(" val=")?;
+                Some((name.trim_matches('\'').to_string(), value.parse().ok()?))
+            })
+            .collect();
+        assert!(!expected.is_empty(), "bpftool shows no enum migratetype");
+        assert_eq!(values, expected);
     }
 }

@@ -76,3 +76,33 @@ fn kernel_function_range(name: &str) -> Option<(u64, u64)> {
     let (&end, _) = symbols.range(start + 1..).next()?;
     (start != 0).then_some((start, end))
 }
+
+/// What the page-allocation program needs (see memtrace-ebpf's `pages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PageTracing {
+    /// Record 1 allocation in this many (0 or 1: every one).
+    pub sample_period: u64,
+    /// task_struct.flags: tells kernel threads (PF_KTHREAD) from processes.
+    pub task_flags: u32,
+    /// task_struct.stack: interrupts run on other stacks than the task's.
+    pub task_stack: u32,
+    /// pt_regs.sp: the stack pointer at the tracepoint.
+    pub regs_sp: u32,
+}
+
+impl PageTracing {
+    pub fn discover(sample_period: u64) -> Result<Self> {
+        let btf = Btf::vmlinux()?;
+        let member = |object: &str, name: &str| {
+            btf.struct_member(object, name)
+                .with_context(|| format!("memtrace pages reads {object}.{name}"))
+                .map(|m| m.offset)
+        };
+        Ok(Self {
+            sample_period,
+            task_flags: member("task_struct", "flags")?,
+            task_stack: member("task_struct", "stack")?,
+            regs_sp: member("pt_regs", "sp")?,
+        })
+    }
+}

@@ -8,12 +8,14 @@ mod drain;
 mod error;
 mod events;
 mod features;
+mod gfp;
 mod kernel_layout;
 mod launch;
 mod malloc_report;
 mod mmap_records;
 mod output;
 mod outputs;
+mod pages_report;
 mod pipeline;
 mod probe_site;
 mod processes;
@@ -58,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Faults(args) => commands::faults::run(&args).await,
         Command::Swap(args) => commands::swap::run(&args).await,
         Command::Malloc(args) => commands::malloc::run(&args).await,
+        Command::Pages(args) => commands::pages::run(&args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -8,7 +8,11 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{cli::OutputArgs, error::usage};
+use crate::{
+    cli::OutputArgs,
+    error::usage,
+    output::{self, profile::StackProfile},
+};
 
 pub struct Outputs {
     /// The main report: `--output FILE` or standard output.
@@ -18,6 +22,20 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// Flushes the main report, then writes the stack files asked for (flame graph, pprof).
+    pub fn finish(&mut self, profile: &dyn StackProfile, title: &str) -> Result<()> {
+        self.report.flush()?;
+        if let Some(file) = self.flamegraph.as_mut() {
+            output::flamegraph::write(profile, title, file)?;
+            file.flush()?;
+        }
+        if let Some(file) = self.pprof.as_mut() {
+            output::pprof::write(profile, file)?;
+            file.flush()?;
+        }
+        Ok(())
+    }
+
     pub fn open(args: &OutputArgs) -> Result<Self> {
         let report = report_writer(args.output.as_deref())?;
         Ok(Self {

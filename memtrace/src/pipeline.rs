@@ -35,6 +35,8 @@ pub struct KernelOptions {
     /// Heap allocations through uprobes: None when not traced; Some(N) samples 1 point per
     /// N bytes on average (0: every block).
     pub malloc: Option<u64>,
+    /// Kernel page allocations: None when not traced; Some(N) records 1 in N.
+    pub pages: Option<u64>,
 }
 
 /// What a finished trace hands back to the subcommand.
@@ -69,6 +71,10 @@ pub async fn trace(
         kernel_stacks: options.kernel_stacks,
         ring_bytes: RING_BYTES,
         malloc: options.malloc,
+        pages: match options.pages {
+            Some(period) => Some(crate::kernel_layout::PageTracing::discover(period)?),
+            None => None,
+        },
         swap: if options.swap {
             Some(crate::kernel_layout::SwapLayout::discover()?)
         } else {

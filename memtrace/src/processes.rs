@@ -86,10 +86,8 @@ impl Processes {
                 self.maps.exec(tgid);
                 self.maps.capture(tgid);
                 self.maps.expect_changes(tgid);
-                if self.comms.contains_key(&tgid) {
-                    self.comms
-                        .insert(tgid, read_comm(tgid).unwrap_or_else(|| event.comm()));
-                }
+                self.comms
+                    .insert(tgid, read_comm(tgid).unwrap_or_else(|| event.comm()));
             }
             _ => return false,
         }

@@ -38,6 +38,44 @@ struct Config {
 }
 
 impl Config {
+    /// `memtrace SUBCOMMAND OPTIONS`, its JSON report in `scratch`.
+    fn memtrace(
+        memtrace: &str,
+        scratch: &Path,
+        subcommand: &str,
+        options: &str,
+        records: &'static str,
+    ) -> Self {
+        let report = scratch.join(format!("{subcommand}{}.json", options.replace(' ', "_")));
+        Self {
+            name: format!("memtrace {subcommand} {options}")
+                .trim_end()
+                .to_owned(),
+            records,
+            prefix: [memtrace, subcommand]
+                .into_iter()
+                .chain(options.split_whitespace())
+                .chain(["--format", "json", "--output"])
+                .map(str::to_owned)
+                .chain([report.to_string_lossy().into_owned(), "--".to_owned()])
+                .collect(),
+            report: Some(report),
+        }
+    }
+
+    /// `bpftrace -e PROGRAM -c WORKLOAD`.
+    fn bpftrace(name: &str, records: &'static str, program: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            records,
+            prefix: ["bpftrace", "-e", program, "-c"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            report: None,
+        }
+    }
+
     /// The workload alone: the baseline every ratio is taken against.
     fn untraced() -> Self {
         Self {
@@ -65,11 +103,17 @@ struct Samples {
 
 pub fn bench(which: &[String]) -> Result<()> {
     match which.first().map(String::as_str) {
-        None => faults().and_then(|()| swap()).and_then(|()| malloc()),
+        None => faults()
+            .and_then(|()| swap())
+            .and_then(|()| malloc())
+            .and_then(|()| pages()),
         Some("faults") => faults(),
         Some("swap") => swap(),
         Some("malloc") => malloc(),
-        Some(other) => bail!("unknown benchmark {other:?}; available: faults, swap, malloc"),
+        Some("pages") => pages(),
+        Some(other) => {
+            bail!("unknown benchmark {other:?}; available: faults, swap, malloc, pages")
+        }
     }
 }
 
@@ -79,19 +123,8 @@ fn faults() -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-    // memtrace with extra options, its JSON report in the scratch folder.
-    let memtrace_config = |options: &'static str, records: &'static str| {
-        let report = scratch.join(format!("report{}.json", options.replace(' ', "_")));
-        Config {
-            name: format!("memtrace faults {options}").trim_end().to_owned(),
-            records,
-            prefix: words(&format!(
-                "{memtrace} faults {options} --format json --output {} --",
-                report.display()
-            )),
-            report: Some(report),
-        }
-    };
+    let memtrace_config =
+        |options, records| Config::memtrace(&memtrace, &scratch, "faults", options, records);
 
     let configs = vec![
         Config::untraced(),
@@ -102,28 +135,16 @@ fn faults() -> Result<()> {
             "--sample 100",
             "1 in 100 faults: user + kernel stack, address, region",
         ),
-        Config {
-            name: "bpftrace, empty program".into(),
-            records: "nothing: the floor cost of running any eBPF program on every fault",
-            prefix: vec![
-                "bpftrace".into(),
-                "-e".into(),
-                "software:page-faults:1 /pid == cpid/ { }".into(),
-                "-c".into(),
-            ],
-            report: None,
-        },
-        Config {
-            name: "bpftrace".into(),
-            records: "every fault: count per user + kernel stack",
-            prefix: vec![
-                "bpftrace".into(),
-                "-e".into(),
-                "software:page-faults:1 /pid == cpid/ { @[kstack, ustack] = count(); }".into(),
-                "-c".into(),
-            ],
-            report: None,
-        },
+        Config::bpftrace(
+            "bpftrace, empty program",
+            "nothing: the floor cost of running any eBPF program on every fault",
+            "software:page-faults:1 /pid == cpid/ { }",
+        ),
+        Config::bpftrace(
+            "bpftrace",
+            "every fault: count per user + kernel stack",
+            "software:page-faults:1 /pid == cpid/ { @[kstack, ustack] = count(); }",
+        ),
         Config {
             name: "perf record -e page-faults -c 1 -g".into(),
             records: "every fault: user + kernel stack, address",
@@ -143,6 +164,61 @@ fn faults() -> Result<()> {
         STORM_ARGS.join(" ")
     );
     write_section("faults", &what, &table)
+}
+
+/// `memtrace pages` on the fault storm (every fault allocates a page), beside bpftrace counting
+/// kmem:mm_page_alloc by stack.
+fn pages() -> Result<()> {
+    let (target, memtrace) = prepare()?;
+    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let memtrace_pages =
+        |options, records| Config::memtrace(&memtrace, &scratch, "pages", options, records);
+    let program =
+        |action: &str| format!("tracepoint:kmem:mm_page_alloc /pid == cpid/ {{ {action} }}");
+    let configs = [
+        Config::untraced(),
+        memtrace_pages(
+            "",
+            "per process, order, flags, migratetype (exact); every allocation's user + kernel stack",
+        ),
+        memtrace_pages(
+            "--sample 100",
+            "as above, stacks of 1 allocation in 100 (the other figures exact)",
+        ),
+        memtrace_pages(
+            "--stacks user",
+            "every allocation: user stack, order, flags, migratetype",
+        ),
+        memtrace_pages(
+            "--stacks none",
+            "per process, order, flags, migratetype: counted in the kernel",
+        ),
+        Config::bpftrace(
+            "bpftrace, counting by stack",
+            "every allocation: count per user + kernel stack",
+            &program("@[kstack, ustack] = count();"),
+        ),
+        Config::bpftrace(
+            "bpftrace, counting",
+            "every allocation: count per order",
+            &program("@[args->order] = count();"),
+        ),
+        Config::bpftrace(
+            "bpftrace, empty program",
+            "nothing: the floor cost of running any eBPF program on every allocation",
+            &program(""),
+        ),
+    ];
+    let samples = measure(&configs, &storm_argv(&target.join("workloads/fault_storm")))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let table = table(&configs, &samples);
+    println!("{table}");
+    let what = format!(
+        "the workload `fault_storm {}` (its own loop time; every fault allocates a page)",
+        STORM_ARGS.join(" ")
+    );
+    write_section("pages", &what, &table)
 }
 
 /// `memtrace swap` on the fault storm (every fault runs its rss_stat program) and on a swap
@@ -201,22 +277,8 @@ fn malloc() -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
-    let memtrace_malloc = |options: &str, records: &'static str| {
-        let report = scratch.join(format!("malloc{}.json", options.replace(' ', "_")));
-        Config {
-            name: format!("memtrace malloc {options}"),
-            records,
-            prefix: [memtrace.as_str(), "malloc"]
-                .into_iter()
-                .chain(options.split_whitespace())
-                .chain(["--format", "json", "--output"])
-                .map(str::to_owned)
-                .chain([report.to_string_lossy().into_owned(), "--".to_owned()])
-                .collect(),
-            report: Some(report),
-        }
-    };
-    let bpftrace = |program: String| vec!["bpftrace".into(), "-e".into(), program, "-c".into()];
+    let memtrace_malloc =
+        |options, records| Config::memtrace(&memtrace, &scratch, "malloc", options, records);
     let configs = [
         Config::untraced(),
         memtrace_malloc(
@@ -227,24 +289,20 @@ fn malloc() -> Result<()> {
             "--leaks --sample-bytes 524288",
             "1 point per 512 KiB allocated: sampled blocks, estimates; outstanding blocks",
         ),
-        Config {
-            name: "bpftrace, memleak-style".into(),
-            records: "every malloc and free: size, live blocks (no stacks)",
-            prefix: bpftrace(format!(
+        Config::bpftrace(
+            "bpftrace, memleak-style",
+            "every malloc and free: size, live blocks (no stacks)",
+            &format!(
                 "uprobe:{libc}:malloc /pid == cpid/ {{ @size[tid] = arg0; }} \
                  uretprobe:{libc}:malloc /pid == cpid/ {{ @live[retval] = @size[tid]; delete(@size[tid]); }} \
                  uprobe:{libc}:free /pid == cpid/ {{ delete(@live[arg0]); }}"
-            )),
-            report: None,
-        },
-        Config {
-            name: "bpftrace, counting".into(),
-            records: "every malloc: count per user stack",
-            prefix: bpftrace(format!(
-                "uprobe:{libc}:malloc /pid == cpid/ {{ @[ustack] = count(); }}"
-            )),
-            report: None,
-        },
+            ),
+        ),
+        Config::bpftrace(
+            "bpftrace, counting",
+            "every malloc: count per user stack",
+            &format!("uprobe:{libc}:malloc /pid == cpid/ {{ @[ustack] = count(); }}"),
+        ),
     ];
     let storm = vec![
         target

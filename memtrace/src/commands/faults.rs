@@ -1,5 +1,5 @@
 //! `memtrace faults`: page faults per process, memory region and call stack.
-use std::{collections::HashMap, io::Write, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Result;
 use memtrace_common::EventKind;
@@ -178,6 +178,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         file_tags: args.kind == Kind::All && args.sample == 1,
         swap: false,
         malloc: None,
+        pages: None,
     };
     let mut counter = FaultCounter {
         known: Processes::default(),
@@ -275,14 +276,5 @@ fn write_report(report: &FaultReport, args: &FaultsArgs, outputs: &mut Outputs) 
         Format::Json => output::json::write(report, args.output.top, &mut outputs.report)?,
         Format::Folded => output::folded::write(report, &mut outputs.report)?,
     }
-    outputs.report.flush()?;
-    if let Some(file) = outputs.flamegraph.as_mut() {
-        output::flamegraph::write(report, "memtrace faults", file)?;
-        file.flush()?;
-    }
-    if let Some(file) = outputs.pprof.as_mut() {
-        output::pprof::write(report, file)?;
-        file.flush()?;
-    }
-    Ok(())
+    outputs.finish(report, "memtrace faults")
 }

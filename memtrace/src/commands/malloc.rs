@@ -3,7 +3,6 @@
 //! here: per process, per stack, sizes, and the blocks still outstanding.
 use std::{
     collections::HashMap,
-    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -410,6 +409,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         file_tags: false,
         swap: false,
         malloc: Some(args.sample_bytes.unwrap_or(0)),
+        pages: None,
     };
     let prefix = args.symbol_prefix.clone();
     let mmap = args.mmap;
@@ -494,22 +494,13 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
     books.now = traced.duration;
     books.known.report_undecodable();
     let report = build_report(args, books, &traced, &library, hooked.into_inner())?;
-    let profile = output::malloc::ByteStacks::of(&report, args.leaks);
+    let profile = output::malloc::byte_stacks(&report, args.leaks);
     match args.output.format {
         Format::Table => output::malloc::write(&report, &mut outputs.report)?,
         Format::Json => output::json::write_value(&report, &mut outputs.report)?,
         Format::Folded => output::folded::write(&profile, &mut outputs.report)?,
     }
-    outputs.report.flush()?;
-    if let Some(file) = outputs.flamegraph.as_mut() {
-        output::flamegraph::write(&profile, "memtrace malloc", file)?;
-        file.flush()?;
-    }
-    if let Some(file) = outputs.pprof.as_mut() {
-        output::pprof::write(&profile, file)?;
-        file.flush()?;
-    }
-    Ok(())
+    outputs.finish(&profile, "memtrace malloc")
 }
 
 fn build_report(

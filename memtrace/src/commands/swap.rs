@@ -213,6 +213,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         file_tags: false,
         swap: true,
         malloc: None,
+        pages: None,
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
         tracer.attach_raw_tracepoint("swap_rss_stat", "rss_stat")?;

@@ -1,8 +1,8 @@
 //! The malloc report as a table for people, and as folded stacks (bytes per stack).
 use std::io::Write;
 
-use super::profile::StackProfile;
-use crate::{malloc_report::MallocReport, report::StackRow};
+use super::profile::Reweighted;
+use crate::malloc_report::MallocReport;
 
 pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
     super::title(
@@ -109,61 +109,29 @@ fn write_frames(out: &mut dyn Write, frames: &[String]) -> anyhow::Result<()> {
 
 /// The report's stacks weighed by bytes, for the stack sinks (folded, flame graph, pprof):
 /// outstanding bytes when looking for leaks, allocated bytes otherwise.
-pub struct ByteStacks<'a> {
-    report: &'a MallocReport,
-    rows: Vec<StackRow>,
-}
-
-impl<'a> ByteStacks<'a> {
-    pub fn of(report: &'a MallocReport, leaks: bool) -> Self {
-        let rows = if leaks {
-            (report.outstanding.iter())
-                .map(|r| with_count(&r.stack, r.bytes))
-                .collect()
-        } else {
-            (report.stacks.iter())
-                .map(|r| with_count(&r.stack, r.bytes))
-                .collect()
-        };
-        Self { report, rows }
-    }
-}
-
-fn with_count(row: &StackRow, count: u64) -> StackRow {
-    StackRow {
-        count,
-        ..row.clone()
-    }
-}
-
-impl StackProfile for ByteStacks<'_> {
-    fn command(&self) -> &str {
-        self.report.command
-    }
-    fn target(&self) -> &str {
-        &self.report.target
-    }
-    fn duration_s(&self) -> f64 {
-        self.report.duration_s
-    }
-    fn lost_events(&self) -> u64 {
-        self.report.lost_events
-    }
-    fn stacks(&self) -> &[StackRow] {
-        &self.rows
-    }
-    fn sample_type(&self) -> (&'static str, &'static str) {
-        ("space", "bytes")
-    }
-    fn period(&self) -> u64 {
-        self.report.sample_bytes.max(1)
-    }
-    fn sampling_note(&self) -> Option<String> {
-        self.report.sampled.then(|| {
+pub fn byte_stacks(report: &MallocReport, leaks: bool) -> Reweighted {
+    let rows = if leaks {
+        (report.outstanding.iter())
+            .map(|r| Reweighted::row(&r.stack, r.bytes))
+            .collect()
+    } else {
+        (report.stacks.iter())
+            .map(|r| Reweighted::row(&r.stack, r.bytes))
+            .collect()
+    };
+    Reweighted {
+        command: report.command,
+        target: report.target.clone(),
+        duration_s: report.duration_s,
+        lost_events: report.lost_events,
+        rows,
+        sample_type: ("space", "bytes"),
+        period: report.sample_bytes,
+        sampling_note: report.sampled.then(|| {
             format!(
                 "sampled: one point per {} bytes on average; bytes are estimates",
-                self.report.sample_bytes
+                report.sample_bytes
             )
-        })
+        }),
     }
 }

@@ -3,6 +3,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod json;
 pub mod malloc;
+pub mod pages;
 pub mod pprof;
 pub mod profile;
 pub mod swap;

@@ -45,3 +45,52 @@ impl StackProfile for FaultReport {
             .then(|| format!("sampled 1 in {}: counts are estimates", self.sample_period))
     }
 }
+
+/// A report's stacks with their counts in another unit (bytes, pages), for the stack sinks.
+pub struct Reweighted {
+    pub command: &'static str,
+    pub target: String,
+    pub duration_s: f64,
+    pub lost_events: u64,
+    pub rows: Vec<StackRow>,
+    pub sample_type: (&'static str, &'static str),
+    pub period: u64,
+    pub sampling_note: Option<String>,
+}
+
+impl Reweighted {
+    /// `row` with `count` in the profile's unit.
+    pub fn row(row: &StackRow, count: u64) -> StackRow {
+        StackRow {
+            count,
+            ..row.clone()
+        }
+    }
+}
+
+impl StackProfile for Reweighted {
+    fn command(&self) -> &str {
+        self.command
+    }
+    fn target(&self) -> &str {
+        &self.target
+    }
+    fn duration_s(&self) -> f64 {
+        self.duration_s
+    }
+    fn lost_events(&self) -> u64 {
+        self.lost_events
+    }
+    fn stacks(&self) -> &[StackRow] {
+        &self.rows
+    }
+    fn sample_type(&self) -> (&'static str, &'static str) {
+        self.sample_type
+    }
+    fn period(&self) -> u64 {
+        self.period.max(1)
+    }
+    fn sampling_note(&self) -> Option<String> {
+        self.sampling_note.clone()
+    }
+}
