@@ -27,6 +27,9 @@ pub enum EventKind {
     /// The kernel allocated 2^order pages (`kmem:mm_page_alloc`): `weight` pages, the GFP
     /// flags in `addr`, order, migratetype and context in `detail` (see [`PageDetail`]).
     PageAlloc = 7,
+    /// The OOM killer chose a victim (`oom:mark_victim`): an [`OomKill`] record, not a
+    /// `StackEvent`.
+    OomKill = 8,
 }
 
 impl EventKind {
@@ -39,6 +42,7 @@ impl EventKind {
             5 => Some(Self::Alloc),
             6 => Some(Self::Free),
             7 => Some(Self::PageAlloc),
+            8 => Some(Self::OomKill),
             _ => None,
         }
     }
@@ -195,6 +199,30 @@ pub struct PageCount {
     pub comm: [u8; COMM_LEN],
 }
 
+/// An OOM kill, as `oom:mark_victim` reports it (sizes in KiB), with the memory cgroup of
+/// the task that ran out of memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OomKill {
+    /// [`EventKind::OomKill`] as u32: the first field, as in every ring buffer record.
+    pub kind: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub oom_score_adj: i32,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    /// The memory cgroup (its kernfs node id, the directory's inode number) of the task that
+    /// needed memory when the OOM killer ran; 0 when unknown.
+    pub trigger_memcg: u64,
+    /// The pid of that task.
+    pub trigger_pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
 /// Each CPU's last page-allocation key and its count, not yet added to the count table:
 /// consecutive allocations of one kind cost no table update (see memtrace-ebpf's `pages`).
 /// Userspace adds it to the table's figures.
@@ -329,4 +357,6 @@ mod pod {
     unsafe impl aya::Pod for super::PageCount {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PageCountCache {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OomKill {}
 }

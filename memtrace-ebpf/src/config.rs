@@ -51,6 +51,12 @@ static REGS_SP: u64 = 0;
 /// --sample N for tracepoint programs that sample themselves (0 or 1: every event).
 #[unsafe(no_mangle)]
 static SAMPLE_PERIOD: u64 = 0;
+/// Offsets of oom:mark_victim's fields, from its format (see `OomLayout`).
+#[unsafe(no_mangle)]
+static OOM_FIELDS: [u64; 9] = [0; 9];
+/// task->cgroups->subsys[memory]->cgroup->kn->id, offsets from BTF (see `MemcgChain`).
+#[unsafe(no_mangle)]
+static MEMCG_CHAIN: [u64; 5] = [0; 5];
 /// memtrace malloc --sample-bytes (0: every block).
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: u64 = 0;
@@ -170,4 +176,59 @@ pub fn sample_bytes() -> u64 {
 #[inline(always)]
 pub fn exp_table(index: usize) -> u32 {
     unsafe { read_volatile(&EXP_TABLE[index % EXP_TABLE_SIZE]) }
+}
+
+/// Where oom:mark_victim's fields are in its record (this kernel's format).
+pub struct OomLayout {
+    pub pid: u64,
+    pub comm: u64,
+    pub total_vm: u64,
+    pub anon_rss: u64,
+    pub file_rss: u64,
+    pub shmem_rss: u64,
+    pub uid: u64,
+    pub pgtables: u64,
+    pub oom_score_adj: u64,
+}
+
+#[inline(always)]
+pub fn oom_layout() -> OomLayout {
+    let field = |i: usize| unsafe { read_volatile(&OOM_FIELDS[i]) };
+    OomLayout {
+        pid: field(0),
+        comm: field(1),
+        total_vm: field(2),
+        anon_rss: field(3),
+        file_rss: field(4),
+        shmem_rss: field(5),
+        uid: field(6),
+        pgtables: field(7),
+        oom_score_adj: field(8),
+    }
+}
+
+/// The offsets from a task to its memory cgroup's kernfs node id (0: unknown).
+pub struct MemcgChain {
+    /// task_struct.cgroups
+    pub css_set: u64,
+    /// css_set.subsys[memory_cgrp_id]
+    pub memory_css: u64,
+    /// cgroup_subsys_state.cgroup
+    pub css_cgroup: u64,
+    /// cgroup.kn
+    pub cgroup_kn: u64,
+    /// kernfs_node.id
+    pub kn_id: u64,
+}
+
+#[inline(always)]
+pub fn memcg_chain() -> MemcgChain {
+    let step = |i: usize| unsafe { read_volatile(&MEMCG_CHAIN[i]) };
+    MemcgChain {
+        css_set: step(0),
+        memory_css: step(1),
+        css_cgroup: step(2),
+        cgroup_kn: step(3),
+        kn_id: step(4),
+    }
 }

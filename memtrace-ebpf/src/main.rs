@@ -13,6 +13,7 @@ mod filter;
 mod follow;
 mod malloc;
 mod maps;
+mod oom;
 mod pages;
 mod percpu;
 mod swap;

@@ -2,7 +2,7 @@
 //! hooks here; everything downstream (drain, aggregation, output) is shared.
 use std::path::Path;
 
-use crate::kernel_layout::{PageTracing, SwapLayout};
+use crate::kernel_layout::{OomTracing, PageTracing, SwapLayout};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
@@ -55,6 +55,8 @@ pub struct KernelConfig {
     pub malloc: Option<u64>,
     /// Kernel page allocations (its maps get their full size): None when not traced.
     pub pages: Option<PageTracing>,
+    /// OOM kills: None when not traced.
+    pub oom: Option<OomTracing>,
 }
 
 impl KernelConfig {
@@ -133,6 +135,7 @@ impl Tracer {
         let swap = config.swap.is_some();
         let sample_bytes = config.malloc.unwrap_or(0);
         let pages = config.pages.unwrap_or_default();
+        let oom = config.oom.unwrap_or_default();
         let swap_entries = sized(swap, MAX_TARGETS);
         // Zeros when swap is not traced: its programs are never attached.
         let layout = config.swap.unwrap_or_default();
@@ -178,6 +181,8 @@ impl Tracer {
             .override_global("TASK_FLAGS", &u64::from(pages.task_flags), true)
             .override_global("TASK_STACK", &u64::from(pages.task_stack), true)
             .override_global("REGS_SP", &u64::from(pages.regs_sp), true)
+            .override_global("OOM_FIELDS", &oom.fields, true)
+            .override_global("MEMCG_CHAIN", &oom.memcg_chain, true)
             .map_max_entries("PAGE_COUNTS", sized(config.pages.is_some(), 16384))
             .override_global("EXP_TABLE", &exponential_table(), true)
             .map_max_entries(

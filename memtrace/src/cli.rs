@@ -16,6 +16,7 @@ Examples:
   sudo memtrace swap -- ./load-test.sh              who swaps out and in during a load test
   sudo memtrace malloc --leaks -- ./server --once   what a command allocated and never freed
   sudo memtrace pages --duration 10s                which processes take physical pages
+  sudo memtrace oom                                 OOM kills as they happen, and why
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input, 3 a gate failed (swap),
 127 command not found.
@@ -48,6 +49,10 @@ pub enum Command {
     /// migratetype and call stack; interrupts and kernel threads reported as such.
     #[command(after_help = PAGES_HELP)]
     Pages(Box<PagesArgs>),
+    /// OOM kills as they happen: the victim, its memory, its memory cgroup (limit, usage),
+    /// and whether a cgroup limit or the whole machine ran out.
+    #[command(after_help = OOM_HELP)]
+    Oom(Box<OomArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -153,6 +158,19 @@ Examples:
   sudo memtrace pages --stacks none -- ./load-test.sh
   sudo memtrace pages --flamegraph pages.svg -- ./server --once";
 
+const OOM_HELP: &str = "\
+Every OOM kill on the machine (oom:mark_victim), as it happens, on stderr, then the report:
+the time, the victim's pid, name and uid, its total VM, anonymous, file and shmem RSS, page
+tables and oom_score_adj; its memory cgroup (cgroup v1 or v2) with limit and usage; and the
+constraint: cgroup when a memory cgroup's limit was reached (the victim's cgroup or an
+ancestor, one with a limit whose failure count or oom events are not zero), system when the
+whole machine ran out.
+
+Examples:
+  sudo memtrace oom                                   watch until Ctrl-C
+  sudo memtrace oom --format json -- ./load-test.sh   the kills during a load test
+  sudo memtrace oom --duration 1h --output kills.json --format json";
+
 /// Which processes to trace. Shared by every tracing subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
@@ -235,6 +253,28 @@ pub struct PagesArgs {
     pub sample: u64,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OomArgs {
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or the command exits.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Report format.
+    #[arg(short, long, value_enum, default_value_t = OomFormat::Table)]
+    pub format: OomFormat,
+    /// Write the report to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Run this command and watch while it runs (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OomFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -106,3 +106,124 @@ impl PageTracing {
         })
     }
 }
+
+/// Where the OOM program reads (see memtrace-ebpf's `oom`): oom:mark_victim's fields, from its
+/// format in tracefs (they grew over kernel versions; a missing one reads as offset 0 and is
+/// reported as 0), and the path from a task to its memory cgroup, from BTF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OomTracing {
+    /// pid, comm, total_vm, anon_rss, file_rss, shmem_rss, uid, pgtables, oom_score_adj.
+    pub fields: [u64; 9],
+    /// task_struct.cgroups, css_set.subsys[memory], cgroup_subsys_state.cgroup, cgroup.kn,
+    /// kernfs_node.id (all 0: the cgroup is not read).
+    pub memcg_chain: [u64; 5],
+}
+
+/// mark_victim's fields in the order of `OomTracing::fields`.
+const OOM_FIELDS: [&str; 9] = [
+    "pid",
+    "comm",
+    "total_vm",
+    "anon_rss",
+    "file_rss",
+    "shmem_rss",
+    "uid",
+    "pgtables",
+    "oom_score_adj",
+];
+
+impl OomTracing {
+    pub fn discover() -> Result<Self> {
+        let path = "/sys/kernel/tracing/events/oom/mark_victim/format";
+        let format = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {path} (the OOM killer's tracepoint)"))?;
+        let offsets = tracepoint_offsets(&format);
+        let field = |name: &str| offsets.get(name).copied();
+        if field("pid").is_none() {
+            bail!("{path} has no pid field");
+        }
+        let fields = OOM_FIELDS.map(|name| field(name).unwrap_or(0));
+        let memcg_chain = memcg_chain().unwrap_or_else(|err| {
+            log::debug!("memory cgroup of OOM kills not read: {err:#}");
+            [0; 5]
+        });
+        Ok(Self {
+            fields,
+            memcg_chain,
+        })
+    }
+}
+
+/// The byte offset of each field of a tracepoint's format text.
+fn tracepoint_offsets(format: &str) -> std::collections::HashMap<String, u64> {
+    format
+        .lines()
+        .filter_map(|line| {
+            let declaration = line.trim().strip_prefix("field:")?.split(';').next()?;
+            let name = declaration.split_whitespace().last()?;
+            let name = name.split('[').next()?.to_owned();
+            let offset = line
+                .split("offset:")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name, offset))
+        })
+        .collect()
+}
+
+/// task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id, as byte offsets.
+fn memcg_chain() -> Result<[u64; 5]> {
+    let btf = Btf::vmlinux()?;
+    let subsystems = crate::btf::vmlinux_enum_values("cgroup_subsys_id")?;
+    let memory = subsystems
+        .iter()
+        .find(|(name, _)| name == "memory_cgrp_id")
+        .map(|(_, value)| *value as u64)
+        .context("no memory cgroup controller in this kernel")?;
+    let offset = |object: &str, member: &str| -> Result<u64> {
+        Ok(u64::from(btf.struct_member(object, member)?.offset))
+    };
+    Ok([
+        offset("task_struct", "cgroups")?,
+        offset("css_set", "subsys")? + 8 * memory,
+        offset("cgroup_subsys_state", "cgroup")?,
+        offset("cgroup", "kn")?,
+        offset("kernfs_node", "id")?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracepoint_offsets_from_a_format() {
+        let format = "name: mark_victim\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n\
+            \tfield:__data_loc char[] comm;\toffset:12;\tsize:4;\tsigned:0;\n\
+            \tfield:short oom_score_adj;\toffset:64;\tsize:2;\tsigned:1;\n";
+        let offsets = tracepoint_offsets(format);
+        assert_eq!(offsets["pid"], 8);
+        assert_eq!(offsets["comm"], 12);
+        assert_eq!(offsets["oom_score_adj"], 64);
+        assert_eq!(offsets["common_type"], 0);
+    }
+
+    #[test]
+    fn this_kernels_oom_layout() {
+        let Ok(layout) = OomTracing::discover() else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "tracefs and BTF are needed under CI"
+            );
+            return;
+        };
+        assert_eq!(layout.fields[0], 8, "pid right after the common header");
+        // task_struct.cgroups and cgroup.kn lie well inside their structs.
+        assert!(layout.memcg_chain[0] > 0 && layout.memcg_chain[3] > 0);
+    }
+}

@@ -12,7 +12,9 @@ mod gfp;
 mod kernel_layout;
 mod launch;
 mod malloc_report;
+mod memcg;
 mod mmap_records;
+mod oom_report;
 mod output;
 mod outputs;
 mod pages_report;
@@ -61,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swap(args) => commands::swap::run(&args).await,
         Command::Malloc(args) => commands::malloc::run(&args).await,
         Command::Pages(args) => commands::pages::run(&args).await,
+        Command::Oom(args) => commands::oom::run(&args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

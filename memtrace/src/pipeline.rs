@@ -37,6 +37,8 @@ pub struct KernelOptions {
     pub malloc: Option<u64>,
     /// Kernel page allocations: None when not traced; Some(N) records 1 in N.
     pub pages: Option<u64>,
+    /// OOM kills.
+    pub oom: bool,
 }
 
 /// What a finished trace hands back to the subcommand.
@@ -74,6 +76,11 @@ pub async fn trace(
         pages: match options.pages {
             Some(period) => Some(crate::kernel_layout::PageTracing::discover(period)?),
             None => None,
+        },
+        oom: if options.oom {
+            Some(crate::kernel_layout::OomTracing::discover()?)
+        } else {
+            None
         },
         swap: if options.swap {
             Some(crate::kernel_layout::SwapLayout::discover()?)

@@ -179,6 +179,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         swap: false,
         malloc: None,
         pages: None,
+        oom: false,
     };
     let mut counter = FaultCounter {
         known: Processes::default(),

@@ -410,6 +410,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         swap: false,
         malloc: Some(args.sample_bytes.unwrap_or(0)),
         pages: None,
+        oom: false,
     };
     let prefix = args.symbol_prefix.clone();
     let mmap = args.mmap;

@@ -1,5 +1,6 @@
 //! One module per subcommand: each picks hooks, a consumer and sinks; the pipeline is shared.
 pub mod faults;
 pub mod malloc;
+pub mod oom;
 pub mod pages;
 pub mod swap;

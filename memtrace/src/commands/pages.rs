@@ -228,6 +228,7 @@ pub async fn run(args: &PagesArgs) -> Result<()> {
         swap: false,
         malloc: None,
         pages: Some(args.sample),
+        oom: false,
     };
     let mut books = PageBooks {
         known: Processes::default(),

@@ -214,6 +214,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         swap: true,
         malloc: None,
         pages: None,
+        oom: false,
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
         tracer.attach_raw_tracepoint("swap_rss_stat", "rss_stat")?;

@@ -3,6 +3,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod json;
 pub mod malloc;
+pub mod oom;
 pub mod pages;
 pub mod pprof;
 pub mod profile;

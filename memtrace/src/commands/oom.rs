@@ -1,0 +1,166 @@
+//! `memtrace oom`: OOM kills as they happen, with the victim's memory and its memory cgroup.
+use std::{io::Write, time::SystemTime};
+
+use anyhow::Result;
+use memtrace_common::{EventKind, OomKill};
+
+use crate::{
+    bpf::Tracer,
+    cli::{OomArgs, OomFormat, RunArgs, TargetArgs},
+    events::comm_to_string,
+    memcg::MemoryHierarchy,
+    oom_report::{OomKillRow, OomReport},
+    output, outputs,
+    pipeline::{self, KernelOptions},
+    processes::Processes,
+    report::TracerCost,
+    session::Consumer,
+};
+
+/// Collects kills, and says each one on stderr as it comes.
+struct KillLog {
+    known: Processes,
+    hierarchy: Option<MemoryHierarchy>,
+    kills: Vec<OomKillRow>,
+}
+
+impl KillLog {
+    fn row(&self, kill: &OomKill) -> OomKillRow {
+        let comm = comm_to_string(&kill.comm);
+        // The cgroup the kernel side read at the kill, when the victim itself needed the
+        // memory; else the victim's own from /proc (an exiting task may already show the
+        // root), and failing that the cgroup of the task that needed memory.
+        let cgroup_path = self.hierarchy.as_ref().and_then(|h| {
+            let trigger = || h.path_of_id(kill.trigger_memcg);
+            if kill.trigger_pid == kill.pid {
+                trigger().or_else(|| h.path_of(kill.pid))
+            } else {
+                h.path_of(kill.pid).or_else(trigger)
+            }
+        });
+        let cgroup = match (&self.hierarchy, &cgroup_path) {
+            (Some(h), Some(path)) => Some(h.read(path)),
+            _ => None,
+        };
+        let limit_cgroup = match (&self.hierarchy, &cgroup_path) {
+            (Some(h), Some(path)) => limiting_cgroup(h, path),
+            _ => None,
+        };
+        OomKillRow {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            pid: kill.pid,
+            comm,
+            uid: kill.uid,
+            total_vm_kb: kill.total_vm_kb,
+            anon_rss_kb: kill.anon_rss_kb,
+            file_rss_kb: kill.file_rss_kb,
+            shmem_rss_kb: kill.shmem_rss_kb,
+            pgtables_kb: kill.pgtables_kb,
+            oom_score_adj: kill.oom_score_adj,
+            cgroup: cgroup_path.unwrap_or_default(),
+            cgroup_limit_bytes: cgroup.as_ref().and_then(|c| c.limit_bytes),
+            cgroup_usage_bytes: cgroup.as_ref().and_then(|c| c.usage_bytes),
+            constraint: if limit_cgroup.is_some() {
+                "cgroup"
+            } else {
+                "system"
+            },
+            limit_cgroup,
+            trigger_pid: kill.trigger_pid,
+        }
+    }
+}
+
+/// The cgroup (`path` or an ancestor, not the root) whose limit was reached, if any.
+fn limiting_cgroup(hierarchy: &MemoryHierarchy, path: &str) -> Option<String> {
+    let mut current = path.trim_end_matches('/').to_owned();
+    while !current.is_empty() && current != "/" {
+        let cgroup = hierarchy.read(&current);
+        if cgroup.limit_bytes.is_some() && cgroup.limit_hit {
+            return Some(current);
+        }
+        current = match current.rfind('/') {
+            Some(0) | None => String::new(),
+            Some(at) => current[..at].to_owned(),
+        };
+    }
+    None
+}
+
+/// The record, if it is an OOM kill.
+fn decode(bytes: &[u8]) -> Option<OomKill> {
+    if bytes.len() < std::mem::size_of::<OomKill>() {
+        return None;
+    }
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    if EventKind::from_raw(kind) != Some(EventKind::OomKill) {
+        return None;
+    }
+    // SAFETY: the length was checked; OomKill is plain data valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OomKill>()) })
+}
+
+impl Consumer for KillLog {
+    fn processes(&mut self) -> &mut Processes {
+        &mut self.known
+    }
+
+    fn on_record(&mut self, bytes: &[u8]) {
+        let Some(kill) = decode(bytes) else {
+            // Fork and exec records of the traced command.
+            self.known.admit(bytes);
+            return;
+        };
+        let row = self.row(&kill);
+        eprintln!("{}", output::oom::line(&row));
+        self.kills.push(row);
+    }
+}
+
+pub async fn run(args: &OomArgs) -> Result<()> {
+    let mut out = outputs::report_writer(args.output.as_deref())?;
+    let options = KernelOptions {
+        user_stacks: false,
+        kernel_stacks: false,
+        file_tags: false,
+        swap: false,
+        malloc: None,
+        pages: None,
+        oom: true,
+    };
+    let target = TargetArgs {
+        pids: Vec::new(),
+        cgroup: None,
+        follow_children: false,
+        command: args.command.clone(),
+    };
+    let run_args = RunArgs {
+        duration: args.duration,
+        interval: None,
+    };
+    let mut log = KillLog {
+        known: Processes::default(),
+        hierarchy: MemoryHierarchy::find(),
+        kills: Vec::new(),
+    };
+    let attach = |tracer: &mut Tracer, _single: Option<u32>| {
+        tracer.attach_tracepoint("oom_kill", "oom", "mark_victim")
+    };
+    let traced = pipeline::trace(&target, &run_args, options, &attach, &mut log).await?;
+    let counters = traced.tracer.counters()?;
+    let report = OomReport {
+        command: "oom",
+        duration_s: traced.duration.as_secs_f64(),
+        lost_events: counters.lost,
+        target: traced.target.clone(),
+        exit: traced.exit.clone(),
+        tracer: TracerCost::measure(traced.attach_ms, &traced.tracer),
+        kills: log.kills,
+    };
+    match args.format {
+        OomFormat::Table => output::oom::write(&report, &mut out)?,
+        OomFormat::Json => output::json::write_value(&report, &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
+}

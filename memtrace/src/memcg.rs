@@ -1,0 +1,147 @@
+//! Memory cgroups as an OOM report shows them: a process's cgroup path, its limit and usage,
+//! and whether it hit its limit. Cgroup v1 (the memory controller's own mount) or v2.
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+/// The memory controller's mount: where cgroup paths are directories.
+#[derive(Debug, Clone)]
+pub struct MemoryHierarchy {
+    root: PathBuf,
+    v2: bool,
+}
+
+/// One memory cgroup as seen now.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryCgroup {
+    /// None: no limit.
+    pub limit_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
+    /// The cgroup has reached its limit (v1 failure counts or OOM kills, v2 memory.events
+    /// max and oom, or usage at 90% of the limit now): an OOM kill in it is its limit's
+    /// doing.
+    pub limit_hit: bool,
+}
+
+/// Limits at or above this mean "no limit" (v1 shows a page-rounded i64::MAX).
+const UNLIMITED: u64 = 1 << 62;
+
+impl MemoryHierarchy {
+    /// The memory controller's mount, from /proc/mounts: a v1 `memory` hierarchy first (where
+    /// it exists the controller is not on v2), else the v2 mount.
+    pub fn find() -> Option<Self> {
+        let mounts = fs::read_to_string("/proc/mounts").ok()?;
+        let mut v2 = None;
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(dir), Some(kind), Some(options)) =
+                (fields.get(1), fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            if *kind == "cgroup" && options.split(',').any(|o| o == "memory") {
+                return Some(Self {
+                    root: PathBuf::from(dir),
+                    v2: false,
+                });
+            }
+            if *kind == "cgroup2" && v2.is_none() {
+                v2 = Some(Self {
+                    root: PathBuf::from(dir),
+                    v2: true,
+                });
+            }
+        }
+        v2
+    }
+
+    /// The memory cgroup path of `pid`, from /proc/PID/cgroup.
+    pub fn path_of(&self, pid: u32) -> Option<String> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        text.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ours = if self.v2 {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == "memory")
+            };
+            ours.then(|| path.to_owned())
+        })
+    }
+
+    /// The cgroup whose directory has inode `id` (a kernfs node id), searched breadth-first.
+    pub fn path_of_id(&self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        let mut queue = vec![self.root.clone()];
+        while let Some(dir) = queue.pop() {
+            if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+                let relative = dir.strip_prefix(&self.root).ok()?;
+                return Some(format!("/{}", relative.display()));
+            }
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            queue.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        None
+    }
+
+    /// The cgroup at `path`: its limit, usage and whether the limit was ever hit.
+    pub fn read(&self, path: &str) -> MemoryCgroup {
+        let dir = self.root.join(path.trim_start_matches('/'));
+        let number = |file: &str| -> Option<u64> { read_trimmed(&dir.join(file))?.parse().ok() };
+        let (limit, usage, limit_hit) = if self.v2 {
+            let events = read_trimmed(&dir.join("memory.events")).unwrap_or_default();
+            let event = |key: &str| {
+                events
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            (
+                number("memory.max"),
+                number("memory.current"),
+                event("max ") > 0 || event("oom ") > 0,
+            )
+        } else {
+            // With swap accounting the memory+swap counter may be the one that fails; some
+            // kernels keep no failure counts, but count the cgroup's OOM kills.
+            let failures = ["memory.failcnt", "memory.memsw.failcnt"]
+                .iter()
+                .map(|file| number(file).unwrap_or(0))
+                .sum::<u64>();
+            let control = read_trimmed(&dir.join("memory.oom_control")).unwrap_or_default();
+            let kills = control
+                .lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            (
+                number("memory.limit_in_bytes"),
+                number("memory.usage_in_bytes"),
+                failures > 0 || kills > 0,
+            )
+        };
+        let limit_bytes = limit.filter(|&l| l < UNLIMITED);
+        // At the kill the victim still holds its memory: a cgroup at 90% of its limit is full.
+        let near_limit = matches!((limit_bytes, usage), (Some(l), Some(u)) if u >= l / 10 * 9);
+        MemoryCgroup {
+            limit_bytes,
+            usage_bytes: usage,
+            limit_hit: limit_hit || near_limit,
+        }
+    }
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    Some(fs::read_to_string(path).ok()?.trim().to_owned())
+}
