@@ -199,6 +199,35 @@ pub struct PageCount {
     pub comm: [u8; COMM_LEN],
 }
 
+/// One process's page faults counted in the kernel (`memtrace agent`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultCount {
+    pub minor: u64,
+    pub major: u64,
+    /// The task's name at its first counted fault.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Each CPU's current run of faults by one process, not yet added to the count table (as
+/// [`PageCountCache`] for pages).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultCountCache {
+    /// 0: empty.
+    pub tgid: u32,
+    pub _pad: u32,
+    pub count: FaultCount,
+}
+
+/// Per-CPU samplers (index into the programs' sample countdowns): each program samples its own
+/// events, so two streams interleaved (a fault, then its page) are not sampled in step.
+pub mod sampler {
+    pub const FAULT_STACKS: u32 = 0;
+    pub const PAGE_STACKS: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// An OOM kill, as `oom:mark_victim` reports it (sizes in KiB), with the memory cgroup of
 /// the task that ran out of memory.
 #[repr(C)]
@@ -335,7 +364,9 @@ pub mod counter {
     pub const ALLOC_CALLS_UNTRACKED: u32 = 4;
     /// Page allocations not counted because the in-kernel count table was full.
     pub const PAGE_COUNTS_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Processes whose faults were not counted because the in-kernel table was full.
+    pub const FAULT_COUNTS_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.
@@ -359,4 +390,8 @@ mod pod {
     unsafe impl aya::Pod for super::PageCountCache {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OomKill {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FaultCount {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FaultCountCache {}
 }

@@ -57,6 +57,9 @@ static OOM_FIELDS: [u64; 9] = [0; 9];
 /// task->cgroups->subsys[memory]->cgroup->kn->id, offsets from BTF (see `MemcgChain`).
 #[unsafe(no_mangle)]
 static MEMCG_CHAIN: [u64; 5] = [0; 5];
+/// 1: count faults per process here, and send only sampled stacks (`memtrace agent`).
+#[unsafe(no_mangle)]
+static COUNT_FAULTS: u32 = 0;
 /// memtrace malloc --sample-bytes (0: every block).
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: u64 = 0;
@@ -152,6 +155,10 @@ pub fn nr_cpus() -> u32 {
 #[inline(always)]
 pub fn orig_ax_offset() -> u64 {
     unsafe { read_volatile(&ORIG_AX) }
+}
+#[inline(always)]
+pub fn fault_counts() -> bool {
+    unsafe { read_volatile(&COUNT_FAULTS) != 0 }
 }
 #[inline(always)]
 pub fn task_flags() -> u64 {

@@ -16,6 +16,7 @@ mod maps;
 mod oom;
 mod pages;
 mod percpu;
+mod sample;
 mod swap;
 mod ustack;
 

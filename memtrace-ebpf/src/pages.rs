@@ -14,16 +14,16 @@ use aya_ebpf::{
     EbpfContext,
 };
 use memtrace_common::{
-    counter, stack_flags, EventKind, PageContext, PageCount, PageCountCache, PageDetail, PageKey,
-    COMM_LEN,
+    counter, sampler, stack_flags, EventKind, PageContext, PageCount, PageCountCache, PageDetail,
+    PageKey, COMM_LEN,
 };
 
 use crate::{
     config,
     emit::{emit, Record, UserStackFrom},
     filter,
-    maps::{count, PAGE_COUNTS, PAGE_COUNT_CACHE, PAGE_SAMPLE},
-    ustack,
+    maps::{count, PAGE_COUNTS, PAGE_COUNT_CACHE},
+    sample, ustack,
 };
 
 // Offsets in kmem:mm_page_alloc's format: pfn, order, gfp_flags, migratetype. For eBPF
@@ -56,7 +56,7 @@ pub fn page_alloc(ctx: TracePointContext) -> u32 {
     let pages = 1u64 << (detail.order & 31);
     if !count_in_kernel(cache, detail, gfp_flags, pages)
         || config::stack_flags() & (stack_flags::USER | stack_flags::KERNEL) == 0
-        || !sampled()
+        || !sample::sampled(sampler::PAGE_STACKS)
     {
         return 0;
     }
@@ -111,25 +111,6 @@ fn context(ctx: &TracePointContext, cache: &mut PageCountCache) -> PageContext {
     } else {
         PageContext::Process
     }
-}
-
-/// With --sample N: the stacks of one allocation in N, counted per CPU.
-#[inline(always)]
-fn sampled() -> bool {
-    let period = config::sample_period();
-    if period <= 1 {
-        return true;
-    }
-    let Some(countdown) = PAGE_SAMPLE.get_ptr_mut(0) else {
-        return false;
-    };
-    let countdown = unsafe { &mut *countdown };
-    if *countdown > 1 {
-        *countdown -= 1;
-        return false;
-    }
-    *countdown = period;
-    true
 }
 
 /// Adds one allocation to its process's count; false if the process is not traced. Runs of

@@ -15,8 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use memtrace_common::{
-    counter, filter_mode, stack_flags, PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
-    MAX_TARGETS,
+    counter, filter_mode, stack_flags, FaultCount, FaultCountCache, PageCount, PageCountCache,
+    PageKey, SwapCounts, UserStack, MAX_TARGETS,
 };
 
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
@@ -57,6 +57,10 @@ pub struct KernelConfig {
     pub pages: Option<PageTracing>,
     /// OOM kills: None when not traced.
     pub oom: Option<OomTracing>,
+    /// Programs that sample themselves take stacks for 1 event in this many.
+    pub stack_sample_period: u64,
+    /// Faults counted per process in the kernel (its map gets its full size).
+    pub count_faults: bool,
 }
 
 impl KernelConfig {
@@ -177,7 +181,9 @@ impl Tracer {
             .map_max_entries("SWAP_STAGED", sized(swap, 4096))
             .map_max_entries("CPU_OFFSETS", sized(swap, possible_cpus))
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
-            .override_global("SAMPLE_PERIOD", &pages.sample_period, true)
+            .override_global("SAMPLE_PERIOD", &config.stack_sample_period, true)
+            .override_global("COUNT_FAULTS", &u32::from(config.count_faults), true)
+            .map_max_entries("FAULT_COUNTS", sized(config.count_faults, MAX_TARGETS))
             .override_global("TASK_FLAGS", &u64::from(pages.task_flags), true)
             .override_global("TASK_STACK", &u64::from(pages.task_stack), true)
             .override_global("REGS_SP", &u64::from(pages.regs_sp), true)
@@ -413,6 +419,35 @@ impl Tracer {
         for cache in caches.get(&0, 0)?.iter() {
             if cache.count.allocations > 0 {
                 add(cache.key, &cache.count);
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Faults counted in the kernel per process (`memtrace agent`), summed over CPUs, each
+    /// CPU's current run included.
+    pub fn fault_counts(&self) -> Result<std::collections::HashMap<u32, FaultCount>> {
+        let counts: PerCpuHashMap<_, u32, FaultCount> =
+            PerCpuHashMap::try_from(self.map("FAULT_COUNTS")?)?;
+        let mut totals: std::collections::HashMap<u32, FaultCount> =
+            std::collections::HashMap::new();
+        let mut add = |tgid: u32, count: &FaultCount| {
+            let total = totals.entry(tgid).or_default();
+            total.minor += count.minor;
+            total.major += count.major;
+            if total.comm[0] == 0 {
+                total.comm = count.comm;
+            }
+        };
+        for entry in counts.iter() {
+            let (tgid, per_cpu) = entry?;
+            per_cpu.iter().for_each(|cpu| add(tgid, cpu));
+        }
+        let caches: PerCpuArray<_, FaultCountCache> =
+            PerCpuArray::try_from(self.map("FAULT_COUNT_CACHE")?)?;
+        for cache in caches.get(&0, 0)?.iter() {
+            if cache.tgid != 0 {
+                add(cache.tgid, &cache.count);
             }
         }
         Ok(totals)

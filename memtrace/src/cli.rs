@@ -17,6 +17,7 @@ Examples:
   sudo memtrace malloc --leaks -- ./server --once   what a command allocated and never freed
   sudo memtrace pages --duration 10s                which processes take physical pages
   sudo memtrace oom                                 OOM kills as they happen, and why
+  sudo memtrace agent                               always-on counters on :9464/metrics
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input, 3 a gate failed (swap),
 127 command not found.
@@ -53,6 +54,10 @@ pub enum Command {
     /// and whether a cgroup limit or the whole machine ran out.
     #[command(after_help = OOM_HELP)]
     Oom(Box<OomArgs>),
+    /// Always-on, system-wide counters (faults, page allocations, OOM kills per comm and
+    /// cgroup) served to Prometheus on /metrics.
+    #[command(after_help = AGENT_HELP)]
+    Agent(Box<AgentArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -171,6 +176,31 @@ Examples:
   sudo memtrace oom --format json -- ./load-test.sh   the kills during a load test
   sudo memtrace oom --duration 1h --output kills.json --format json";
 
+const AGENT_HELP: &str = "\
+Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
+  /metrics   Prometheus text: memtrace_page_faults_total{kind,comm,cgroup},
+             memtrace_pages_allocated_total and memtrace_page_allocations_total{comm,cgroup},
+             memtrace_oom_kills_total{comm,cgroup}, and the agent's own
+             memtrace_lost_events_total, memtrace_bpf_run_seconds_total,
+             memtrace_agent_rss_bytes
+  /healthz   ok
+Faults and page allocations are counted in the kernel per process (per-CPU maps): no event
+per fault leaves the kernel. Counters stay monotonic when processes exit (their counts stay in
+their comm/cgroup series). Series are bounded: the first max_series (comm, cgroup) pairs get
+their own, later ones add to comm=\"other\".
+
+Listens on 127.0.0.1:9464 unless told otherwise; another address needs --allow-remote.
+
+Config file (TOML, every key optional; the command line wins):
+  listen = \"127.0.0.1:9464\"
+  allow_remote = false
+  max_series = 200
+  stack_sample = 1000
+
+Examples:
+  sudo memtrace agent
+  sudo memtrace agent --config /etc/memtrace/agent.toml";
+
 /// Which processes to trace. Shared by every tracing subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
@@ -253,6 +283,22 @@ pub struct PagesArgs {
     pub sample: u64,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Serve on this address (default 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow an address other than loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Settings file (TOML; see below).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Stop after this long (default: until SIGTERM or Ctrl-C).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -80,8 +80,6 @@ fn kernel_function_range(name: &str) -> Option<(u64, u64)> {
 /// What the page-allocation program needs (see memtrace-ebpf's `pages`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PageTracing {
-    /// Record 1 allocation in this many (0 or 1: every one).
-    pub sample_period: u64,
     /// task_struct.flags: tells kernel threads (PF_KTHREAD) from processes.
     pub task_flags: u32,
     /// task_struct.stack: interrupts run on other stacks than the task's.
@@ -91,7 +89,7 @@ pub struct PageTracing {
 }
 
 impl PageTracing {
-    pub fn discover(sample_period: u64) -> Result<Self> {
+    pub fn discover() -> Result<Self> {
         let btf = Btf::vmlinux()?;
         let member = |object: &str, name: &str| {
             btf.struct_member(object, name)
@@ -99,7 +97,6 @@ impl PageTracing {
                 .map(|m| m.offset)
         };
         Ok(Self {
-            sample_period,
             task_flags: member("task_struct", "flags")?,
             task_stack: member("task_struct", "stack")?,
             regs_sp: member("pt_regs", "sp")?,

@@ -1,5 +1,7 @@
 //! memtrace: who pays for memory, and where. This file only parses, runs, and maps errors to
 //! exit codes; see `commands/` for the subcommands.
+mod agent_config;
+mod agent_metrics;
 mod bpf;
 mod btf;
 mod cli;
@@ -64,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Malloc(args) => commands::malloc::run(&args).await,
         Command::Pages(args) => commands::pages::run(&args).await,
         Command::Oom(args) => commands::oom::run(&args).await,
+        Command::Agent(args) => commands::agent::run(&args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

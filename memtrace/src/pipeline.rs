@@ -35,8 +35,12 @@ pub struct KernelOptions {
     /// Heap allocations through uprobes: None when not traced; Some(N) samples 1 point per
     /// N bytes on average (0: every block).
     pub malloc: Option<u64>,
-    /// Kernel page allocations: None when not traced; Some(N) records 1 in N.
-    pub pages: Option<u64>,
+    /// Kernel page allocations.
+    pub pages: bool,
+    /// Take stacks for 1 event in N where a program samples itself (pages, counted faults).
+    pub stack_sample_period: u64,
+    /// Count faults per process in the kernel, sending only sampled stacks (the agent).
+    pub count_faults: bool,
     /// OOM kills.
     pub oom: bool,
 }
@@ -73,10 +77,13 @@ pub async fn trace(
         kernel_stacks: options.kernel_stacks,
         ring_bytes: RING_BYTES,
         malloc: options.malloc,
-        pages: match options.pages {
-            Some(period) => Some(crate::kernel_layout::PageTracing::discover(period)?),
-            None => None,
+        pages: if options.pages {
+            Some(crate::kernel_layout::PageTracing::discover()?)
+        } else {
+            None
         },
+        stack_sample_period: options.stack_sample_period,
+        count_faults: options.count_faults,
         oom: if options.oom {
             Some(crate::kernel_layout::OomTracing::discover()?)
         } else {

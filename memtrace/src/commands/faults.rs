@@ -178,7 +178,9 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         file_tags: args.kind == Kind::All && args.sample == 1,
         swap: false,
         malloc: None,
-        pages: None,
+        pages: false,
+        stack_sample_period: 1,
+        count_faults: false,
         oom: false,
     };
     let mut counter = FaultCounter {

@@ -409,7 +409,9 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         file_tags: false,
         swap: false,
         malloc: Some(args.sample_bytes.unwrap_or(0)),
-        pages: None,
+        pages: false,
+        stack_sample_period: 1,
+        count_faults: false,
         oom: false,
     };
     let prefix = args.symbol_prefix.clone();

@@ -1,4 +1,5 @@
 //! One module per subcommand: each picks hooks, a consumer and sinks; the pipeline is shared.
+pub mod agent;
 pub mod faults;
 pub mod malloc;
 pub mod oom;

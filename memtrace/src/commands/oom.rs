@@ -88,7 +88,7 @@ fn limiting_cgroup(hierarchy: &MemoryHierarchy, path: &str) -> Option<String> {
 }
 
 /// The record, if it is an OOM kill.
-fn decode(bytes: &[u8]) -> Option<OomKill> {
+pub fn decode_kill(bytes: &[u8]) -> Option<OomKill> {
     if bytes.len() < std::mem::size_of::<OomKill>() {
         return None;
     }
@@ -106,7 +106,7 @@ impl Consumer for KillLog {
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
-        let Some(kill) = decode(bytes) else {
+        let Some(kill) = decode_kill(bytes) else {
             // Fork and exec records of the traced command.
             self.known.admit(bytes);
             return;
@@ -125,7 +125,9 @@ pub async fn run(args: &OomArgs) -> Result<()> {
         file_tags: false,
         swap: false,
         malloc: None,
-        pages: None,
+        pages: false,
+        stack_sample_period: 1,
+        count_faults: false,
         oom: true,
     };
     let target = TargetArgs {

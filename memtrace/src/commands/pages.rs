@@ -227,7 +227,9 @@ pub async fn run(args: &PagesArgs) -> Result<()> {
         file_tags: false,
         swap: false,
         malloc: None,
-        pages: Some(args.sample),
+        pages: true,
+        stack_sample_period: args.sample,
+        count_faults: false,
         oom: false,
     };
     let mut books = PageBooks {

@@ -213,7 +213,9 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         file_tags: false,
         swap: true,
         malloc: None,
-        pages: None,
+        pages: false,
+        stack_sample_period: 1,
+        count_faults: false,
         oom: false,
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {

@@ -1,0 +1,123 @@
+//! `memtrace agent`: its /metrics against a workload's own getrusage, and its refusals (a bad
+//! config file, a busy port, a remote address without permission).
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use tests::{memtrace, run_workload, serial, spawn_memtrace, TempDir};
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// GET `path` on the agent; the body.
+fn get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the agent");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_owned()
+}
+
+/// The value of the first sample of `metric` whose labels contain all of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn fault_series_match_the_workloads_getrusage() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = spawn_memtrace(&["agent", "--listen", &listen]);
+    agent.wait_attached();
+    assert_eq!(get(port, "/healthz").trim(), "ok");
+    let report = run_workload("fault_touch", &["20000"]);
+    // The agent reads the kernel's counts every second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = report.minflt as f64;
+    let (counted, last) = loop {
+        let last = get(port, "/metrics");
+        let counted = sample(
+            &last,
+            "memtrace_page_faults_total",
+            &["kind=\"minor\"", "comm=\"fault_touch\""],
+        );
+        if counted.is_some_and(|c| c >= wanted * 0.95) || Instant::now() > deadline {
+            break (counted, last);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let counted = counted.unwrap_or_else(|| panic!("no fault_touch series\n{last}"));
+    assert!(
+        (counted - wanted).abs() <= wanted * 0.05,
+        "{counted} minor faults in /metrics, getrusage says {wanted}\n{last}"
+    );
+    // Every fault allocated a page: the page series is there too.
+    let pages = sample(
+        &last,
+        "memtrace_pages_allocated_total",
+        &["comm=\"fault_touch\""],
+    );
+    assert!(pages.is_some_and(|p| p >= 20_000.0), "{last}");
+    assert!(
+        sample(&last, "memtrace_agent_rss_bytes", &[]).is_some_and(|r| r > 0.0),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_refused_naming_its_line() {
+    let dir = TempDir::new("agent-config");
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, "max_series = 10\n\nstack_sample = \"often\"\n").unwrap();
+    let run = memtrace(&["agent", "--config", path.to_str().unwrap()]);
+    assert_eq!(run.code(), 2, "{}", run.describe());
+    assert!(run.stderr.contains("line 3"), "{}", run.describe());
+}
+
+#[test]
+fn a_busy_port_is_refused() {
+    if !tests::require_root() {
+        return;
+    }
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = holder.local_addr().unwrap().to_string();
+    let run = memtrace(&["agent", "--listen", &listen, "--duration", "1s"]);
+    assert_ne!(run.code(), 0, "{}", run.describe());
+    assert!(
+        run.stderr.contains("cannot listen on"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn a_remote_address_needs_permission() {
+    let listen = format!("0.0.0.0:{}", free_port());
+    let run = memtrace(&["agent", "--listen", &listen, "--duration", "1s"]);
+    assert_eq!(run.code(), 2, "{}", run.describe());
+    assert!(run.stderr.contains("--allow-remote"), "{}", run.describe());
+}
