@@ -16,7 +16,7 @@ use crate::{
     agent_metrics::{AgentMetrics, ProcessLabels, Totals},
     bpf::Tracer,
     cli::{AgentArgs, RunArgs, TargetArgs},
-    commands::oom::decode_kill,
+    commands::oom::{decode_kill, victim_cgroup},
     events::comm_to_string,
     memcg::MemoryHierarchy,
     pipeline::{self, KernelOptions},
@@ -119,14 +119,8 @@ impl Consumer for AgentFeed {
             self.known.admit(bytes);
             return;
         };
-        let cgroup = self
-            .hierarchy
-            .as_ref()
-            .and_then(|h| {
-                h.path_of_id(kill.trigger_memcg)
-                    .filter(|_| kill.trigger_pid == kill.pid)
-                    .or_else(|| h.path_of(kill.pid))
-            })
+        let cgroup = (self.hierarchy.as_ref())
+            .and_then(|h| victim_cgroup(h, &kill))
             .unwrap_or_default();
         let labels = ProcessLabels {
             comm: comm_to_string(&kill.comm),

@@ -27,17 +27,7 @@ struct KillLog {
 impl KillLog {
     fn row(&self, kill: &OomKill) -> OomKillRow {
         let comm = comm_to_string(&kill.comm);
-        // The cgroup the kernel side read at the kill, when the victim itself needed the
-        // memory; else the victim's own from /proc (an exiting task may already show the
-        // root), and failing that the cgroup of the task that needed memory.
-        let cgroup_path = self.hierarchy.as_ref().and_then(|h| {
-            let trigger = || h.path_of_id(kill.trigger_memcg);
-            if kill.trigger_pid == kill.pid {
-                trigger().or_else(|| h.path_of(kill.pid))
-            } else {
-                h.path_of(kill.pid).or_else(trigger)
-            }
-        });
+        let cgroup_path = self.hierarchy.as_ref().and_then(|h| victim_cgroup(h, kill));
         let cgroup = match (&self.hierarchy, &cgroup_path) {
             (Some(h), Some(path)) => Some(h.read(path)),
             _ => None,
@@ -68,6 +58,18 @@ impl KillLog {
             limit_cgroup,
             trigger_pid: kill.trigger_pid,
         }
+    }
+}
+
+/// The victim's memory cgroup: the one the kernel side read at the kill when the victim
+/// itself needed the memory; else the victim's own from /proc (an exiting task may already
+/// show the root), and failing that the cgroup of the task that needed memory.
+pub fn victim_cgroup(hierarchy: &MemoryHierarchy, kill: &OomKill) -> Option<String> {
+    let trigger = || hierarchy.path_of_id(kill.trigger_memcg);
+    if kill.trigger_pid == kill.pid {
+        trigger().or_else(|| hierarchy.path_of(kill.pid))
+    } else {
+        hierarchy.path_of(kill.pid).or_else(trigger)
     }
 }
 
