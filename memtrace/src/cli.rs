@@ -183,6 +183,9 @@ Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
              memtrace_oom_kills_total{comm,cgroup}, and the agent's own
              memtrace_lost_events_total, memtrace_bpf_run_seconds_total,
              memtrace_agent_rss_bytes
+  /pprof/faults?seconds=N
+             gzip'd pprof of the fault stacks sampled in the last N seconds (default 60;
+             1 fault in stack_sample; ten minutes kept), for go tool pprof, Pyroscope, Parca
   /healthz   ok
 Faults and page allocations are counted in the kernel per process (per-CPU maps): no event
 per fault leaves the kernel. Counters stay monotonic when processes exit (their counts stay in

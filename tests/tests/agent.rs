@@ -17,19 +17,28 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// GET `path` on the agent; the body.
-fn get(port: u16, path: &str) -> String {
+/// GET `path` on the agent; the body's bytes.
+fn get_bytes(port: u16, path: &str) -> Vec<u8> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the agent");
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    let head = String::from_utf8_lossy(&response[..end]);
     assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    body.to_owned()
+    response.get(end + 4..).unwrap_or_default().to_vec()
+}
+
+/// GET `path` on the agent; the body as text.
+fn get(port: u16, path: &str) -> String {
+    String::from_utf8_lossy(&get_bytes(port, path)).into_owned()
 }
 
 /// The value of the first sample of `metric` whose labels contain all of `labels`.
@@ -86,6 +95,36 @@ fn fault_series_match_the_workloads_getrusage() {
         sample(&last, "memtrace_agent_rss_bytes", &[]).is_some_and(|r| r > 0.0),
         "{last}"
     );
+}
+
+/// `go tool pprof` reads /pprof/faults and names the function that took the faults.
+#[test]
+fn the_fault_profile_names_the_workloads_function() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("agent-pprof");
+    let port = free_port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\nstack_sample = 10\n"),
+    )
+    .unwrap();
+    let mut agent = spawn_memtrace(&["agent", "--config", config.to_str().unwrap()]);
+    agent.wait_attached();
+    run_workload("fault_touch", &["20000"]);
+    let profile = dir.join("faults.pb.gz");
+    std::fs::write(&profile, get_bytes(port, "/pprof/faults?seconds=60")).unwrap();
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let Some(top) = tests::go_pprof_top(&profile, &[], dir.path()) else {
+        return;
+    };
+    assert_eq!(top.code(), 0, "{}", top.describe());
+    assert!(top.stdout.contains("touch_pages"), "{}", top.describe());
 }
 
 #[test]

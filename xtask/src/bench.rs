@@ -106,13 +106,15 @@ pub fn bench(which: &[String]) -> Result<()> {
         None => faults()
             .and_then(|()| swap())
             .and_then(|()| malloc())
-            .and_then(|()| pages()),
+            .and_then(|()| pages())
+            .and_then(|()| agent()),
         Some("faults") => faults(),
         Some("swap") => swap(),
         Some("malloc") => malloc(),
         Some("pages") => pages(),
+        Some("agent") => agent(),
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: faults, swap, malloc, pages")
+            bail!("unknown benchmark {other:?}; available: faults, swap, malloc, pages, agent")
         }
     }
 }
@@ -219,6 +221,94 @@ fn pages() -> Result<()> {
         STORM_ARGS.join(" ")
     );
     write_section("pages", &what, &table)
+}
+
+/// Where the agent listens during its benchmark (loopback; a port tests do not use).
+const AGENT_LISTEN: &str = "127.0.0.1:9479";
+
+/// `memtrace agent` running beside the fault storm, and on an idle machine (its own CPU time
+/// and memory over ten seconds).
+fn agent() -> Result<()> {
+    let (target, memtrace) = prepare()?;
+    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let log = scratch.join("agent.log");
+    // The agent starts, the workload runs once it has attached, then the agent stops.
+    let beside = format!(
+        "{memtrace} agent --listen {AGENT_LISTEN} 2>{log} & agent=$!; i=0; \
+         until grep -q 'memtrace: tracing' {log} || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; \
+         \"$@\"; kill -TERM $agent; wait $agent",
+        log = log.display()
+    );
+    let configs = [
+        Config::untraced(),
+        Config {
+            name: "memtrace agent beside".into(),
+            records: "faults and page allocations of every process, counted in the kernel",
+            prefix: ["sh", "-c", beside.as_str(), "sh"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            report: None,
+        },
+        Config::bpftrace(
+            "bpftrace, empty program",
+            "nothing: the floor cost of running any eBPF program on every fault",
+            "software:page-faults:1 /pid == cpid/ { }",
+        ),
+    ];
+    let samples = measure(&configs, &storm_argv(&target.join("workloads/fault_storm")))?;
+    let idle = idle_agent(&memtrace, &log)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let table = format!(
+        "{}
+{idle}
+",
+        table(&configs, &samples)
+    );
+    println!("{table}");
+    let what = format!(
+        "the workload `fault_storm {}` (its own loop time) with the agent running beside it",
+        STORM_ARGS.join(" ")
+    );
+    write_section("agent", &what, &table)
+}
+
+/// The agent alone for ten seconds on a quiet machine: its CPU share and memory.
+fn idle_agent(memtrace: &str, log: &Path) -> Result<String> {
+    let mut agent = Command::new(memtrace)
+        .args(["agent", "--listen", AGENT_LISTEN])
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("starting the agent")?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let cpu = |pid: u32| -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let after = &stat[stat.rfind(')').context("stat")? + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks / per_second)
+    };
+    let before = cpu(agent.id())?;
+    let window = 10.0;
+    std::thread::sleep(std::time::Duration::from_secs_f64(window));
+    let used = cpu(agent.id())? - before;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id()))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    // SAFETY: kill has no memory-safety preconditions; the child is ours and not reaped.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    agent.wait()?;
+    Ok(format!(
+        "Idle machine, the agent alone for {window:.0} s: {:.2}% of one CPU, RSS {rss}.\n",
+        used / window * 100.0
+    ))
 }
 
 /// `memtrace swap` on the fault storm (every fault runs its rss_stat program) and on a swap

@@ -2,14 +2,21 @@
 //! Faults and page allocations are counted per process in the kernel; each second the agent
 //! turns the counts into monotonic counters per (comm, cgroup), bounded in number.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
-use axum::{routing::get, Router};
-use memtrace_common::{PageContext, PageDetail};
+use axum::{
+    extract::{Query, State},
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use memtrace_common::{EventKind, PageContext, PageDetail};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     agent_config::AgentConfig,
@@ -19,13 +26,26 @@ use crate::{
     commands::oom::{decode_kill, victim_cgroup},
     events::comm_to_string,
     memcg::MemoryHierarchy,
+    output::{self, profile::Reweighted},
     pipeline::{self, KernelOptions},
     processes::Processes,
     session::Consumer,
+    stacks::{StackCounts, StackKey},
+    symbolize::Symbolizer,
 };
 
 /// How often the kernel's counts are read into the metrics.
 const UPDATE_EVERY: Duration = Duration::from_secs(1);
+/// The rolling fault profile covers at most this much of the past...
+const PROFILE_WINDOW: Duration = Duration::from_secs(600);
+/// ...and holds at most this many sampled stacks (the oldest go first).
+const PROFILE_SAMPLES: usize = 100_000;
+
+/// A request from the HTTP side for the fault profile of the last `seconds`.
+struct ProfileRequest {
+    seconds: u64,
+    reply: oneshot::Sender<Result<Vec<u8>>>,
+}
 
 /// Reads the kernel's counts into the metrics the HTTP server serves.
 struct AgentFeed {
@@ -35,6 +55,12 @@ struct AgentFeed {
     /// Each process's memory cgroup, read once.
     cgroups: HashMap<u32, String>,
     next_update: Duration,
+    /// Sampled fault stacks, oldest first, with when they came.
+    samples: VecDeque<(Duration, StackKey)>,
+    now: Duration,
+    stack_period: u64,
+    requests: mpsc::Receiver<ProfileRequest>,
+    symbolizer: Symbolizer,
     /// Keeps kernel.bpf_stats collection on while the agent runs.
     _stats: Option<std::os::fd::OwnedFd>,
 }
@@ -98,6 +124,50 @@ impl AgentFeed {
     }
 }
 
+impl AgentFeed {
+    /// The gzip'd pprof profile of the fault stacks sampled in the last `seconds`.
+    fn profile(&mut self, tracer: &Tracer, seconds: u64) -> Result<Vec<u8>> {
+        let since = self.now.saturating_sub(Duration::from_secs(seconds));
+        let mut counts = StackCounts::default();
+        for (_, key) in self.samples.iter().filter(|(at, _)| *at >= since) {
+            counts.add(*key, 1);
+        }
+        let known = &self.known;
+        let label = |key: &StackKey| {
+            let kind = if key.kind == EventKind::MajorFault {
+                "major"
+            } else {
+                "minor"
+            };
+            (known.name(key.tgid), kind)
+        };
+        let rows = counts.resolve(
+            tracer,
+            &mut self.symbolizer,
+            &self.known.maps,
+            None,
+            self.stack_period,
+            &label,
+        )?;
+        let profile = Reweighted {
+            command: "agent",
+            target: "system-wide".to_owned(),
+            duration_s: seconds as f64,
+            lost_events: tracer.counters().map_or(0, |c| c.lost),
+            rows,
+            sample_type: ("faults", "count"),
+            period: self.stack_period,
+            sampling_note: Some(format!(
+                "stacks of 1 fault in {}: counts are estimates",
+                self.stack_period
+            )),
+        };
+        let mut bytes = Vec::new();
+        output::pprof::write(&profile, &mut bytes)?;
+        Ok(bytes)
+    }
+}
+
 /// The agent's resident memory, from /proc/self/statm.
 fn own_rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -116,7 +186,16 @@ impl Consumer for AgentFeed {
 
     fn on_record(&mut self, bytes: &[u8]) {
         let Some(kill) = decode_kill(bytes) else {
-            self.known.admit(bytes);
+            // A sampled fault's stacks, for the rolling profile.
+            if let Some(event) = self.known.admit(bytes) {
+                if matches!(event.kind, EventKind::MinorFault | EventKind::MajorFault) {
+                    if self.samples.len() >= PROFILE_SAMPLES {
+                        self.samples.pop_front();
+                    }
+                    let key = self.known.stack_key(&event);
+                    self.samples.push_back((self.now, key));
+                }
+            }
             return;
         };
         let cgroup = (self.hierarchy.as_ref())
@@ -131,9 +210,17 @@ impl Consumer for AgentFeed {
     }
 
     fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+        self.now = elapsed;
         if elapsed >= self.next_update {
             self.next_update = elapsed + UPDATE_EVERY;
             self.update(tracer);
+            let oldest = elapsed.saturating_sub(PROFILE_WINDOW);
+            while self.samples.front().is_some_and(|(at, _)| *at < oldest) {
+                self.samples.pop_front();
+            }
+        }
+        while let Ok(request) = self.requests.try_recv() {
+            let _ = request.reply.send(self.profile(tracer, request.seconds));
         }
     }
 }
@@ -159,38 +246,29 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
             )
         })?;
     let metrics = Arc::new(Mutex::new(AgentMetrics::new(config.max_series)));
-    let served = Arc::clone(&metrics);
+    let (requests, profile_requests) = mpsc::channel(8);
     let router = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = Arc::clone(&served);
-                async move {
-                    let text = metrics.lock().unwrap_or_else(|e| e.into_inner()).render();
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        text,
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/metrics", get(serve_metrics))
+        .route("/pprof/faults", get(serve_fault_profile))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(Served {
+            metrics: Arc::clone(&metrics),
+            requests,
+        });
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
             log::error!("HTTP server stopped: {err}");
         }
     });
     eprintln!(
-        "memtrace: agent serving /metrics and /healthz on http://{}",
+        "memtrace: agent serving /metrics, /pprof/faults and /healthz on http://{}",
         config.listen
     );
 
     let options = KernelOptions {
-        user_stacks: false,
-        kernel_stacks: false,
+        // Of 1 fault in stack_sample only, for /pprof/faults.
+        user_stacks: true,
+        kernel_stacks: true,
         file_tags: false,
         swap: false,
         malloc: None,
@@ -215,6 +293,11 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         hierarchy: MemoryHierarchy::find(),
         cgroups: HashMap::new(),
         next_update: Duration::ZERO,
+        samples: VecDeque::new(),
+        now: Duration::ZERO,
+        stack_period: config.stack_sample,
+        requests: profile_requests,
+        symbolizer: Symbolizer::new(),
         _stats: aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .map_err(|err| log::warn!("eBPF run-time statistics unavailable: {err}"))
             .ok(),
@@ -228,4 +311,66 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     feed.update(&traced.tracer);
     eprintln!("memtrace: agent stopped");
     Ok(())
+}
+
+/// What the HTTP handlers share with the tracing side.
+#[derive(Clone)]
+struct Served {
+    metrics: Arc<Mutex<AgentMetrics>>,
+    requests: mpsc::Sender<ProfileRequest>,
+}
+
+async fn serve_metrics(State(served): State<Served>) -> impl IntoResponse {
+    let text = served
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct ProfileQuery {
+    /// The last this many seconds (default 60, at most the profile window).
+    seconds: Option<u64>,
+}
+
+async fn serve_fault_profile(
+    State(served): State<Served>,
+    Query(query): Query<ProfileQuery>,
+) -> axum::response::Response {
+    let seconds = query
+        .seconds
+        .unwrap_or(60)
+        .clamp(1, PROFILE_WINDOW.as_secs());
+    let (reply, answer) = oneshot::channel();
+    let asked = served.requests.try_send(ProfileRequest { seconds, reply });
+    let profile = match asked {
+        Ok(()) => tokio::time::timeout(Duration::from_secs(30), answer).await,
+        // A bounded queue: a flood of requests is refused, not queued without end.
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response(),
+    };
+    match profile {
+        Ok(Ok(Ok(bytes))) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"faults.pb.gz\"",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Ok(Err(err))) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response()
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "no answer\n").into_response(),
+    }
 }
