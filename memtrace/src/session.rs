@@ -14,7 +14,7 @@ use crate::{bpf::Tracer, drain::Drain, processes::Processes, watch::ProcessWatch
 /// How often the ring is drained even without a wake-up (wake-ups are batched by the kernel
 /// side). Short while events are few, so a short-lived process's events are read while its
 /// memory map can still be read.
-const TICK: Duration = Duration::from_millis(5);
+pub const TICK: Duration = Duration::from_millis(5);
 /// While events pour in (a drain found at least BUSY_RECORDS), timer drains wait this long:
 /// draining in small batches keeps the reader on the writer's hot cache lines, which slows the
 /// traced program (measured: 1.60x vs 1.46x on the fault storm).
@@ -26,6 +26,10 @@ pub trait Consumer {
     fn on_record(&mut self, bytes: &[u8]);
     /// What the consumer knows of processes (maps, names), which the drain keeps current.
     fn processes(&mut self) -> &mut Processes;
+    /// How often the ring is drained without a wake-up, and `on_tick` called.
+    fn tick(&self) -> Duration {
+        TICK
+    }
     /// Called once before tracing with the processes given by pid (to capture their maps).
     fn on_targets(&mut self, _pids: &[u32]) {}
     /// Called about every 5 ms (the drain tick) with the time since tracing started; `tracer` gives the
@@ -65,7 +69,7 @@ pub async fn run(
         Some(logger) => Some(unsafe { AsyncFd::register(logger) }.map_err(std::io::Error::from)?),
         None => None,
     };
-    let mut ticker = tokio::time::interval(TICK);
+    let mut ticker = tokio::time::interval(consumer.tick());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (mut busy, mut last_drain) = (false, Instant::now());
 

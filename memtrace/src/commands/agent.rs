@@ -36,6 +36,9 @@ use crate::{
 
 /// How often the kernel's counts are read into the metrics.
 const UPDATE_EVERY: Duration = Duration::from_secs(1);
+/// How often the ring is drained (sampled stacks and OOM kills only: few events, and an idle
+/// agent should mostly sleep).
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// The rolling fault profile covers at most this much of the past...
 const PROFILE_WINDOW: Duration = Duration::from_secs(600);
 /// ...and holds at most this many sampled stacks (the oldest go first).
@@ -182,6 +185,10 @@ fn own_rss_bytes() -> u64 {
 impl Consumer for AgentFeed {
     fn processes(&mut self) -> &mut Processes {
         &mut self.known
+    }
+
+    fn tick(&self) -> Duration {
+        DRAIN_EVERY
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
