@@ -30,6 +30,8 @@ pub enum EventKind {
     /// The OOM killer chose a victim (`oom:mark_victim`): an [`OomKill`] record, not a
     /// `StackEvent`.
     OomKill = 8,
+    /// A process ended: a [`ProcessExit`] record.
+    ProcessExit = 9,
 }
 
 impl EventKind {
@@ -43,6 +45,7 @@ impl EventKind {
             6 => Some(Self::Free),
             7 => Some(Self::PageAlloc),
             8 => Some(Self::OomKill),
+            9 => Some(Self::ProcessExit),
             _ => None,
         }
     }
@@ -199,33 +202,27 @@ pub struct PageCount {
     pub comm: [u8; COMM_LEN],
 }
 
-/// One process's page faults counted in the kernel (`memtrace agent`).
+/// A process that ended (its last thread exited), with the faults of its whole life, as
+/// getrusage would have said at the end (`memtrace agent`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FaultCount {
-    pub minor: u64,
-    pub major: u64,
-    /// The task's name at its first counted fault.
-    pub comm: [u8; COMM_LEN],
-}
-
-/// Each CPU's current run of faults by one process, not yet added to the count table (as
-/// [`PageCountCache`] for pages).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FaultCountCache {
-    /// 0: empty.
+pub struct ProcessExit {
+    /// [`EventKind::ProcessExit`] as u32.
+    pub kind: u32,
     pub tgid: u32,
-    pub _pad: u32,
-    pub count: FaultCount,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    /// When it started (ns since boot, as /proc/PID/stat's starttime in other units): tells
+    /// it from another process with the same pid.
+    pub start_boottime_ns: u64,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Per-CPU samplers (index into the programs' sample countdowns): each program samples its own
 /// events, so two streams interleaved (a fault, then its page) are not sampled in step.
 pub mod sampler {
-    pub const FAULT_STACKS: u32 = 0;
-    pub const PAGE_STACKS: u32 = 1;
-    pub const COUNT: u32 = 2;
+    pub const PAGE_STACKS: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 /// An OOM kill, as `oom:mark_victim` reports it (sizes in KiB), with the memory cgroup of
@@ -364,9 +361,7 @@ pub mod counter {
     pub const ALLOC_CALLS_UNTRACKED: u32 = 4;
     /// Page allocations not counted because the in-kernel count table was full.
     pub const PAGE_COUNTS_FULL: u32 = 5;
-    /// Processes whose faults were not counted because the in-kernel table was full.
-    pub const FAULT_COUNTS_FULL: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 6;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.
@@ -391,7 +386,5 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OomKill {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::FaultCount {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FaultCountCache {}
+    unsafe impl aya::Pod for super::ProcessExit {}
 }

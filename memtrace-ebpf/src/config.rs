@@ -57,9 +57,10 @@ static OOM_FIELDS: [u64; 9] = [0; 9];
 /// task->cgroups->subsys[memory]->cgroup->kn->id, offsets from BTF (see `MemcgChain`).
 #[unsafe(no_mangle)]
 static MEMCG_CHAIN: [u64; 5] = [0; 5];
-/// 1: count faults per process here, and send only sampled stacks (`memtrace agent`).
+/// task_struct.signal, signal_struct.live, .min_flt, .maj_flt, task_struct.min_flt,
+/// .maj_flt, .group_leader, .start_boottime (from BTF; see `exits`).
 #[unsafe(no_mangle)]
-static COUNT_FAULTS: u32 = 0;
+static EXIT_LAYOUT: [u64; 8] = [0; 8];
 /// memtrace malloc --sample-bytes (0: every block).
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: u64 = 0;
@@ -157,8 +158,8 @@ pub fn orig_ax_offset() -> u64 {
     unsafe { read_volatile(&ORIG_AX) }
 }
 #[inline(always)]
-pub fn fault_counts() -> bool {
-    unsafe { read_volatile(&COUNT_FAULTS) != 0 }
+pub fn exit_layout(index: usize) -> u64 {
+    unsafe { read_volatile(&EXIT_LAYOUT[index]) }
 }
 #[inline(always)]
 pub fn task_flags() -> u64 {

@@ -7,6 +7,7 @@
 mod config;
 mod emit;
 mod exec;
+mod exits;
 mod faults;
 mod filetag;
 mod filter;

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use memtrace_common::{
-    counter, sampler, FaultCount, FaultCountCache, FileTag, PageCount, PageCountCache, PageKey,
-    PendingAlloc, StagedSwapOut, SwapCounts, UserStack, MAX_TARGETS, PENDING_SLOTS,
+    counter, sampler, FileTag, PageCount, PageCountCache, PageKey, PendingAlloc, StagedSwapOut,
+    SwapCounts, UserStack, MAX_TARGETS, PENDING_SLOTS,
 };
 
 /// Every event, of every kind, for the one userspace drain.
@@ -114,15 +114,6 @@ pub static PAGE_COUNT_CACHE: PerCpuArray<PageCountCache> = PerCpuArray::with_max
 /// (`memtrace_common::sampler`).
 #[map]
 pub static STACK_SAMPLE: PerCpuArray<u64> = PerCpuArray::with_max_entries(sampler::COUNT, 0);
-
-/// Page faults counted in the kernel per process (`memtrace agent`).
-#[map]
-pub static FAULT_COUNTS: PerCpuHashMap<u32, FaultCount> =
-    PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
-
-/// Each CPU's current run of faults by one process (see `faults`).
-#[map]
-pub static FAULT_COUNT_CACHE: PerCpuArray<FaultCountCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Each CPU's per-CPU offset (0: not known), learnt by `percpu` before the swap program runs.
 #[map]

@@ -19,6 +19,9 @@ pub struct AgentConfig {
     pub max_series: usize,
     /// Take the stacks of 1 fault in this many, for /pprof/faults.
     pub stack_sample: u64,
+    /// Count the kernel's page allocations per process: a program on every allocation, the
+    /// agent's one per-event cost (faults are the kernel's own counts).
+    pub page_allocations: bool,
 }
 
 impl Default for AgentConfig {
@@ -28,6 +31,7 @@ impl Default for AgentConfig {
             allow_remote: false,
             max_series: 200,
             stack_sample: 1000,
+            page_allocations: true,
         }
     }
 }

@@ -32,6 +32,18 @@ pub struct Totals {
     pub allocations: u64,
 }
 
+/// A process: its pid and start time (clock ticks after boot), which tell it from a later
+/// process with the same pid.
+pub type ProcessId = (u32, u64);
+
+/// Faults are followed per process (from /proc and exits), pages per pid (the kernel's
+/// table keeps a pid's count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Faults(ProcessId),
+    Pages(u32),
+}
+
 pub struct AgentMetrics {
     registry: Registry,
     faults: Family<FaultLabels, Counter>,
@@ -41,8 +53,8 @@ pub struct AgentMetrics {
     lost_events: Counter,
     bpf_run_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     agent_rss: Gauge,
-    /// What each process had at the last update (by pid, with its series).
-    last: HashMap<u32, (ProcessLabels, Totals)>,
+    /// What each process had at the last update, with its series.
+    last: HashMap<Key, (ProcessLabels, Totals)>,
     series: HashSet<ProcessLabels>,
     max_series: usize,
     /// Kernel-side figures at the last update, for deltas.
@@ -127,16 +139,26 @@ impl AgentMetrics {
         }
     }
 
-    /// A process's totals now: what grew since the last update goes to its series.
-    pub fn update(&mut self, pid: u32, labels: ProcessLabels, now: Totals) {
-        let (series, before) = match self.last.get(&pid) {
-            Some((series, before)) => (series.clone(), *before),
-            None => (self.series_for(labels), Totals::default()),
-        };
-        let grew = |a: u64, b: u64| a.saturating_sub(b);
+    /// The series a process's new figures go to (its labels now: an exec renames it), and
+    /// its figures at the last update.
+    fn series_of(&mut self, key: Key, labels: ProcessLabels) -> (ProcessLabels, Totals) {
+        let before = self.last.get(&key).map(|(_, t)| *t).unwrap_or_default();
+        (self.series_for(labels), before)
+    }
+
+    /// A process's fault counts now (its lifetime totals): what grew goes to its series.
+    pub fn update_faults(
+        &mut self,
+        process: ProcessId,
+        labels: ProcessLabels,
+        minor: u64,
+        major: u64,
+    ) {
+        let key = Key::Faults(process);
+        let (series, before) = self.series_of(key, labels);
         for (kind, delta) in [
-            ("minor", grew(now.minor, before.minor)),
-            ("major", grew(now.major, before.major)),
+            ("minor", minor.saturating_sub(before.minor)),
+            ("major", major.saturating_sub(before.major)),
         ] {
             if delta > 0 {
                 self.faults
@@ -148,15 +170,38 @@ impl AgentMetrics {
                     .inc_by(delta);
             }
         }
-        let pages = grew(now.pages, before.pages);
-        if pages > 0 {
-            self.pages.get_or_create(&series).inc_by(pages);
+        let now = Totals {
+            minor,
+            major,
+            ..before
+        };
+        self.last.insert(key, (series, now));
+    }
+
+    /// A pid's page allocations so far (the kernel's table, by pid): what grew goes to its
+    /// series.
+    pub fn update_pages(&mut self, pid: u32, labels: ProcessLabels, pages: u64, allocations: u64) {
+        let key = Key::Pages(pid);
+        let (series, before) = self.series_of(key, labels);
+        let grew = pages.saturating_sub(before.pages);
+        if grew > 0 {
+            self.pages.get_or_create(&series).inc_by(grew);
         }
-        let allocations = grew(now.allocations, before.allocations);
-        if allocations > 0 {
-            self.allocations.get_or_create(&series).inc_by(allocations);
+        let grew = allocations.saturating_sub(before.allocations);
+        if grew > 0 {
+            self.allocations.get_or_create(&series).inc_by(grew);
         }
-        self.last.insert(pid, (series, now));
+        let now = Totals {
+            pages,
+            allocations,
+            ..before
+        };
+        self.last.insert(key, (series, now));
+    }
+
+    /// Forgets a process that ended, once its final fault counts are in.
+    pub fn forget(&mut self, process: ProcessId) {
+        self.last.remove(&Key::Faults(process));
     }
 
     pub fn oom_kill(&mut self, labels: ProcessLabels) {
@@ -209,19 +254,17 @@ mod tests {
     #[test]
     fn exited_processes_keep_their_counts_and_series_are_bounded() {
         let mut metrics = AgentMetrics::new(2);
-        let faults = |minor| Totals {
-            minor,
-            ..Totals::default()
-        };
-        metrics.update(10, labels("a"), faults(5));
-        metrics.update(10, labels("a"), faults(8));
-        metrics.update(11, labels("a"), faults(2));
-        // pid 10 exits: its count stays in its series.
-        metrics.update(12, labels("b"), faults(1));
-        metrics.update(13, labels("c"), faults(4));
-        metrics.update(14, labels("d"), faults(6));
+        metrics.update_faults((10, 1), labels("a"), 5, 0);
+        metrics.update_faults((10, 1), labels("a"), 8, 0);
+        metrics.update_faults((11, 1), labels("a"), 2, 0);
+        // pid 10 exits: its count stays in its series; its pid comes back as another process.
+        metrics.forget((10, 1));
+        metrics.update_faults((10, 9), labels("a"), 1, 0);
+        metrics.update_faults((12, 1), labels("b"), 1, 0);
+        metrics.update_faults((13, 1), labels("c"), 4, 0);
+        metrics.update_faults((14, 1), labels("d"), 6, 0);
         let text = metrics.render();
-        assert_eq!(minor(&text, "a"), Some(10), "{text}");
+        assert_eq!(minor(&text, "a"), Some(11), "{text}");
         assert_eq!(minor(&text, "b"), Some(1), "{text}");
         assert_eq!(minor(&text, "c"), None, "{text}");
         assert_eq!(minor(&text, "other"), Some(10), "{text}");

@@ -2,7 +2,7 @@
 //! hooks here; everything downstream (drain, aggregation, output) is shared.
 use std::path::Path;
 
-use crate::kernel_layout::{OomTracing, PageTracing, SwapLayout};
+use crate::kernel_layout::{ExitLayout, OomTracing, PageTracing, SwapLayout};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
@@ -15,8 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use memtrace_common::{
-    counter, filter_mode, stack_flags, FaultCount, FaultCountCache, PageCount, PageCountCache,
-    PageKey, SwapCounts, UserStack, MAX_TARGETS,
+    counter, filter_mode, stack_flags, PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
+    MAX_TARGETS,
 };
 
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
@@ -59,8 +59,8 @@ pub struct KernelConfig {
     pub oom: Option<OomTracing>,
     /// Programs that sample themselves take stacks for 1 event in this many.
     pub stack_sample_period: u64,
-    /// Faults counted per process in the kernel (its map gets its full size).
-    pub count_faults: bool,
+    /// Processes' lifetime fault counts at their exit (the agent): None when not traced.
+    pub exits: Option<ExitLayout>,
 }
 
 impl KernelConfig {
@@ -182,8 +182,11 @@ impl Tracer {
             .map_max_entries("CPU_OFFSETS", sized(swap, possible_cpus))
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .override_global("SAMPLE_PERIOD", &config.stack_sample_period, true)
-            .override_global("COUNT_FAULTS", &u32::from(config.count_faults), true)
-            .map_max_entries("FAULT_COUNTS", sized(config.count_faults, MAX_TARGETS))
+            .override_global(
+                "EXIT_LAYOUT",
+                &config.exits.unwrap_or_default().fields,
+                true,
+            )
             .override_global("TASK_FLAGS", &u64::from(pages.task_flags), true)
             .override_global("TASK_STACK", &u64::from(pages.task_stack), true)
             .override_global("REGS_SP", &u64::from(pages.regs_sp), true)
@@ -419,35 +422,6 @@ impl Tracer {
         for cache in caches.get(&0, 0)?.iter() {
             if cache.count.allocations > 0 {
                 add(cache.key, &cache.count);
-            }
-        }
-        Ok(totals)
-    }
-
-    /// Faults counted in the kernel per process (`memtrace agent`), summed over CPUs, each
-    /// CPU's current run included.
-    pub fn fault_counts(&self) -> Result<std::collections::HashMap<u32, FaultCount>> {
-        let counts: PerCpuHashMap<_, u32, FaultCount> =
-            PerCpuHashMap::try_from(self.map("FAULT_COUNTS")?)?;
-        let mut totals: std::collections::HashMap<u32, FaultCount> =
-            std::collections::HashMap::new();
-        let mut add = |tgid: u32, count: &FaultCount| {
-            let total = totals.entry(tgid).or_default();
-            total.minor += count.minor;
-            total.major += count.major;
-            if total.comm[0] == 0 {
-                total.comm = count.comm;
-            }
-        };
-        for entry in counts.iter() {
-            let (tgid, per_cpu) = entry?;
-            per_cpu.iter().for_each(|cpu| add(tgid, cpu));
-        }
-        let caches: PerCpuArray<_, FaultCountCache> =
-            PerCpuArray::try_from(self.map("FAULT_COUNT_CACHE")?)?;
-        for cache in caches.get(&0, 0)?.iter() {
-            if cache.tgid != 0 {
-                add(cache.tgid, &cache.count);
             }
         }
         Ok(totals)

@@ -187,8 +187,9 @@ Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
              gzip'd pprof of the fault stacks sampled in the last N seconds (default 60;
              1 fault in stack_sample; ten minutes kept), for go tool pprof, Pyroscope, Parca
   /healthz   ok
-Faults and page allocations are counted in the kernel per process (per-CPU maps): no event
-per fault leaves the kernel. Counters stay monotonic when processes exit (their counts stay in
+Faults are the kernel's own per-task counts (read from /proc each second, and at each
+process's exit): nothing runs per fault but 1 in stack_sample, for the stacks. Page
+allocations are counted per process by a program (per-CPU maps); no event leaves the kernel. Counters stay monotonic when processes exit (their counts stay in
 their comm/cgroup series). Series are bounded: the first max_series (comm, cgroup) pairs get
 their own, later ones add to comm=\"other\".
 
@@ -199,6 +200,7 @@ Config file (TOML, every key optional; the command line wins):
   allow_remote = false
   max_series = 200
   stack_sample = 1000
+  page_allocations = true   # false: no program per page allocation (the cheapest)
 
 Examples:
   sudo memtrace agent

@@ -192,6 +192,39 @@ fn memcg_chain() -> Result<[u64; 5]> {
     ])
 }
 
+/// Where the exit program reads a process's lifetime fault counts (see memtrace-ebpf's
+/// `exits`): task_struct.signal, signal_struct.live, .min_flt, .maj_flt, task_struct.min_flt,
+/// .maj_flt, .group_leader, .start_boottime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExitLayout {
+    pub fields: [u64; 8],
+}
+
+impl ExitLayout {
+    pub fn discover() -> Result<Self> {
+        let btf = Btf::vmlinux()?;
+        let offset = |object: &str, member: &str| -> Result<u64> {
+            Ok(u64::from(
+                btf.struct_member(object, member)
+                    .with_context(|| format!("the agent reads {object}.{member}"))?
+                    .offset,
+            ))
+        };
+        Ok(Self {
+            fields: [
+                offset("task_struct", "signal")?,
+                offset("signal_struct", "live")?,
+                offset("signal_struct", "min_flt")?,
+                offset("signal_struct", "maj_flt")?,
+                offset("task_struct", "min_flt")?,
+                offset("task_struct", "maj_flt")?,
+                offset("task_struct", "group_leader")?,
+                offset("task_struct", "start_boottime")?,
+            ],
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,8 +39,8 @@ pub struct KernelOptions {
     pub pages: bool,
     /// Take stacks for 1 event in N where a program samples itself (pages, counted faults).
     pub stack_sample_period: u64,
-    /// Count faults per process in the kernel, sending only sampled stacks (the agent).
-    pub count_faults: bool,
+    /// Report each process's lifetime fault counts when it ends (the agent).
+    pub exits: bool,
     /// OOM kills.
     pub oom: bool,
 }
@@ -83,7 +83,11 @@ pub async fn trace(
             None
         },
         stack_sample_period: options.stack_sample_period,
-        count_faults: options.count_faults,
+        exits: if options.exits {
+            Some(crate::kernel_layout::ExitLayout::discover()?)
+        } else {
+            None
+        },
         oom: if options.oom {
             Some(crate::kernel_layout::OomTracing::discover()?)
         } else {

@@ -233,22 +233,33 @@ fn agent() -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let log = scratch.join("agent.log");
+    let no_pages = scratch.join("no-pages.toml");
+    std::fs::write(&no_pages, "page_allocations = false\n")?;
     // The agent starts, the workload runs once it has attached, then the agent stops.
-    let beside = format!(
-        "{memtrace} agent --listen {AGENT_LISTEN} 2>{log} & agent=$!; i=0; \
-         until grep -q 'memtrace: tracing' {log} || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; \
-         \"$@\"; kill -TERM $agent; wait $agent",
-        log = log.display()
-    );
+    let beside = |options: String| -> Vec<String> {
+        let script = format!(
+            "{memtrace} agent --listen {AGENT_LISTEN} {options} 2>{log} & agent=$!; i=0; \
+             until grep -q 'memtrace: tracing' {log} || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; \
+             \"$@\"; kill -TERM $agent; wait $agent",
+            log = log.display()
+        );
+        ["sh", "-c", script.as_str(), "sh"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
     let configs = [
         Config::untraced(),
         Config {
             name: "memtrace agent beside".into(),
-            records: "faults and page allocations of every process, counted in the kernel",
-            prefix: ["sh", "-c", beside.as_str(), "sh"]
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
+            records: "faults (the kernel's counts) and page allocations (a program) per process",
+            prefix: beside(String::new()),
+            report: None,
+        },
+        Config {
+            name: "memtrace agent, page_allocations = false".into(),
+            records: "faults per process (the kernel's counts)",
+            prefix: beside(format!("--config {}", no_pages.display())),
             report: None,
         },
         Config::bpftrace(

@@ -1,8 +1,9 @@
 //! `memtrace agent`: always-on, system-wide, low-overhead counters served to Prometheus.
-//! Faults and page allocations are counted per process in the kernel; each second the agent
-//! turns the counts into monotonic counters per (comm, cgroup), bounded in number.
+//! Faults are the kernel's own per-task counts (from /proc each second, and from each
+//! process's exit), page allocations are counted per process by a program; each second the
+//! agent turns them into monotonic counters per (comm, cgroup), bounded in number.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -15,12 +16,12 @@ use axum::{
     routing::get,
     Router,
 };
-use memtrace_common::{EventKind, PageContext, PageDetail};
+use memtrace_common::{EventKind, PageContext, PageDetail, ProcessExit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     agent_config::AgentConfig,
-    agent_metrics::{AgentMetrics, ProcessLabels, Totals},
+    agent_metrics::{AgentMetrics, ProcessId, ProcessLabels},
     bpf::Tracer,
     cli::{AgentArgs, RunArgs, TargetArgs},
     commands::oom::{decode_kill, victim_cgroup},
@@ -57,6 +58,11 @@ struct AgentFeed {
     hierarchy: Option<MemoryHierarchy>,
     /// Each process's memory cgroup, read once.
     cgroups: HashMap<u32, String>,
+    /// Processes that ended (final counts taken) while /proc may still show them.
+    ended: HashSet<ProcessId>,
+    /// /proc's start times are clock ticks; the exit record's are nanoseconds.
+    nanoseconds_per_tick: u64,
+    page_allocations: bool,
     next_update: Duration,
     /// Sampled fault stacks, oldest first, with when they came.
     samples: VecDeque<(Duration, StackKey)>,
@@ -84,47 +90,96 @@ impl AgentFeed {
         ProcessLabels { comm, cgroup }
     }
 
+    /// The kernel's counts now into the metrics: faults of live processes from /proc (the
+    /// kernel counts them per task), page allocations from the programs' table.
     fn update(&mut self, tracer: &Tracer) {
-        let mut totals: HashMap<u32, (String, Totals)> = HashMap::new();
-        if let Ok(faults) = tracer.fault_counts() {
-            for (pid, count) in faults {
-                let entry = totals.entry(pid).or_default();
-                entry.0 = comm_to_string(&count.comm);
-                entry.1.minor = count.minor;
-                entry.1.major = count.major;
-            }
-        }
-        if let Ok(pages) = tracer.page_counts() {
-            for (key, count) in pages {
-                let detail = PageDetail::unpack(key.detail);
-                let (pid, comm) = match detail.context {
-                    PageContext::Interrupt => (0, "[interrupt]".to_owned()),
-                    _ => (key.tgid, comm_to_string(&count.comm)),
+        let mut alive: HashSet<u32> = HashSet::new();
+        let mut faults: Vec<(ProcessId, String, u64, u64)> = Vec::new();
+        if let Ok(processes) = procfs::process::all_processes() {
+            for stat in processes.flatten().filter_map(|p| p.stat().ok()) {
+                let Ok(pid) = u32::try_from(stat.pid) else {
+                    continue;
                 };
-                let entry = totals.entry(pid).or_default();
-                if entry.0.is_empty() {
-                    entry.0 = comm;
+                alive.insert(pid);
+                let process = (pid, stat.starttime);
+                if !self.ended.contains(&process) && pid != std::process::id() {
+                    faults.push((process, stat.comm, stat.minflt, stat.majflt));
                 }
-                entry.1.pages += count.pages;
-                entry.1.allocations += count.allocations;
             }
         }
-        let labelled: Vec<(u32, ProcessLabels, Totals)> = totals
+        // An ended process's pid gone from /proc (reaped): it cannot be seen again.
+        self.ended.retain(|(pid, _)| alive.contains(pid));
+        let mut pages: HashMap<u32, (String, u64, u64)> = HashMap::new();
+        let page_counts = if self.page_allocations {
+            tracer.page_counts().unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
+        for (key, count) in page_counts {
+            let (pid, comm) = match PageDetail::unpack(key.detail).context {
+                PageContext::Interrupt => (0, "[interrupt]".to_owned()),
+                _ => (key.tgid, comm_to_string(&count.comm)),
+            };
+            let entry = pages.entry(pid).or_insert((comm, 0, 0));
+            entry.1 += count.pages;
+            entry.2 += count.allocations;
+        }
+        let faults: Vec<_> = faults
             .into_iter()
-            .map(|(pid, (comm, t))| {
-                let name = self.known.name(pid);
-                let comm = if name.is_empty() { comm } else { name };
-                (pid, self.labels(pid, comm), t)
+            .map(|(process, comm, minor, major)| {
+                (process, self.labels(process.0, comm), minor, major)
             })
             .collect();
+        let pages: Vec<_> = pages
+            .into_iter()
+            .map(|(pid, (comm, n, calls))| {
+                let name = self.known.name(pid);
+                let comm = if name.is_empty() { comm } else { name };
+                (pid, self.labels(pid, comm), n, calls)
+            })
+            .collect();
+        // A gone process's cgroup is kept while the kernel's table still counts its pid.
+        let counted: HashSet<u32> = pages.iter().map(|(pid, ..)| *pid).collect();
+        self.cgroups
+            .retain(|pid, _| alive.contains(pid) || counted.contains(pid));
         let counters = tracer.counters().unwrap_or_default();
         let (run_time, _) = tracer.program_runs();
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        for (pid, labels, t) in labelled {
-            metrics.update(pid, labels, t);
+        for (process, labels, minor, major) in faults {
+            metrics.update_faults(process, labels, minor, major);
+        }
+        for (pid, labels, n, calls) in pages {
+            metrics.update_pages(pid, labels, n, calls);
         }
         metrics.health(counters.lost, run_time.as_secs_f64(), own_rss_bytes());
     }
+
+    /// A process ended: its lifetime fault counts are final.
+    fn on_exit(&mut self, exit: &ProcessExit) {
+        let process = (
+            exit.tgid,
+            exit.start_boottime_ns / self.nanoseconds_per_tick,
+        );
+        let labels = self.labels(exit.tgid, comm_to_string(&exit.comm));
+        let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        metrics.update_faults(process, labels, exit.minor_faults, exit.major_faults);
+        metrics.forget(process);
+        drop(metrics);
+        self.ended.insert(process);
+    }
+}
+
+/// The record, if it is a process's end.
+fn decode_exit(bytes: &[u8]) -> Option<ProcessExit> {
+    if bytes.len() < std::mem::size_of::<ProcessExit>() {
+        return None;
+    }
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    if EventKind::from_raw(kind) != Some(EventKind::ProcessExit) {
+        return None;
+    }
+    // SAFETY: the length was checked; ProcessExit is plain data valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ProcessExit>()) })
 }
 
 impl AgentFeed {
@@ -192,6 +247,10 @@ impl Consumer for AgentFeed {
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
+        if let Some(exit) = decode_exit(bytes) {
+            self.on_exit(&exit);
+            return;
+        }
         let Some(kill) = decode_kill(bytes) else {
             // A sampled fault's stacks, for the rolling profile.
             if let Some(event) = self.known.admit(bytes) {
@@ -279,10 +338,10 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         file_tags: false,
         swap: false,
         malloc: None,
-        pages: true,
+        pages: config.page_allocations,
         stack_sample_period: config.stack_sample,
-        count_faults: true,
         oom: true,
+        exits: true,
     };
     let target = TargetArgs {
         pids: Vec::new(),
@@ -299,6 +358,11 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         metrics,
         hierarchy: MemoryHierarchy::find(),
         cgroups: HashMap::new(),
+        ended: HashSet::new(),
+        page_allocations: config.page_allocations,
+        // SAFETY: sysconf has no preconditions.
+        nanoseconds_per_tick: 1_000_000_000
+            / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64),
         next_update: Duration::ZERO,
         samples: VecDeque::new(),
         now: Duration::ZERO,
@@ -310,8 +374,13 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
             .ok(),
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
-        tracer.attach_faults(true, true, 1)?;
-        tracer.attach_tracepoint("page_alloc", "kmem", "mm_page_alloc")?;
+        // Faults are counted by the kernel per task: the programs run for 1 fault in
+        // stack_sample only, for the stacks.
+        tracer.attach_faults(true, true, config.stack_sample)?;
+        tracer.attach_tracepoint("exit_counts", "sched", "sched_process_exit")?;
+        if config.page_allocations {
+            tracer.attach_tracepoint("page_alloc", "kmem", "mm_page_alloc")?;
+        }
         tracer.attach_tracepoint("oom_kill", "oom", "mark_victim")
     };
     let traced = pipeline::trace(&target, &run_args, options, &attach, &mut feed).await?;

@@ -180,7 +180,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         malloc: None,
         pages: false,
         stack_sample_period: 1,
-        count_faults: false,
+        exits: false,
         oom: false,
     };
     let mut counter = FaultCounter {

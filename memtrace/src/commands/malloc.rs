@@ -411,7 +411,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         malloc: Some(args.sample_bytes.unwrap_or(0)),
         pages: false,
         stack_sample_period: 1,
-        count_faults: false,
+        exits: false,
         oom: false,
     };
     let prefix = args.symbol_prefix.clone();

@@ -129,7 +129,7 @@ pub async fn run(args: &OomArgs) -> Result<()> {
         malloc: None,
         pages: false,
         stack_sample_period: 1,
-        count_faults: false,
+        exits: false,
         oom: true,
     };
     let target = TargetArgs {

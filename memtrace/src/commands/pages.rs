@@ -229,7 +229,7 @@ pub async fn run(args: &PagesArgs) -> Result<()> {
         malloc: None,
         pages: true,
         stack_sample_period: args.sample,
-        count_faults: false,
+        exits: false,
         oom: false,
     };
     let mut books = PageBooks {

@@ -215,7 +215,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         malloc: None,
         pages: false,
         stack_sample_period: 1,
-        count_faults: false,
+        exits: false,
         oom: false,
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
