@@ -11,6 +11,20 @@ pub struct Event {
     pub raw: StackEvent,
 }
 
+/// A ring-buffer record of its own type (not a `StackEvent`), if `bytes` is one of `kind`:
+/// such records start with their kind, as every record does.
+pub fn decode_record<T: aya::Pod>(bytes: &[u8], kind: EventKind) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    let raw = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    if EventKind::from_raw(raw) != Some(kind) {
+        return None;
+    }
+    // SAFETY: the length was checked; T is plain data (Pod), valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
 impl Event {
     pub fn decode(mut bytes: &[u8]) -> Option<Self> {
         if bytes.len() < std::mem::size_of::<StackEvent>() {

@@ -25,7 +25,7 @@ use crate::{
     bpf::Tracer,
     cli::{AgentArgs, RunArgs, TargetArgs},
     commands::oom::{decode_kill, victim_cgroup},
-    events::comm_to_string,
+    events::{comm_to_string, decode_record},
     memcg::MemoryHierarchy,
     output::{self, profile::Reweighted},
     pipeline::{self, KernelOptions},
@@ -171,15 +171,7 @@ impl AgentFeed {
 
 /// The record, if it is a process's end.
 fn decode_exit(bytes: &[u8]) -> Option<ProcessExit> {
-    if bytes.len() < std::mem::size_of::<ProcessExit>() {
-        return None;
-    }
-    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-    if EventKind::from_raw(kind) != Some(EventKind::ProcessExit) {
-        return None;
-    }
-    // SAFETY: the length was checked; ProcessExit is plain data valid for any bit pattern.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ProcessExit>()) })
+    decode_record(bytes, EventKind::ProcessExit)
 }
 
 impl AgentFeed {

@@ -7,7 +7,7 @@ use memtrace_common::{EventKind, OomKill};
 use crate::{
     bpf::Tracer,
     cli::{OomArgs, OomFormat, RunArgs, TargetArgs},
-    events::comm_to_string,
+    events::{comm_to_string, decode_record},
     memcg::MemoryHierarchy,
     oom_report::{OomKillRow, OomReport},
     output, outputs,
@@ -91,15 +91,7 @@ fn limiting_cgroup(hierarchy: &MemoryHierarchy, path: &str) -> Option<String> {
 
 /// The record, if it is an OOM kill.
 pub fn decode_kill(bytes: &[u8]) -> Option<OomKill> {
-    if bytes.len() < std::mem::size_of::<OomKill>() {
-        return None;
-    }
-    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-    if EventKind::from_raw(kind) != Some(EventKind::OomKill) {
-        return None;
-    }
-    // SAFETY: the length was checked; OomKill is plain data valid for any bit pattern.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OomKill>()) })
+    decode_record(bytes, EventKind::OomKill)
 }
 
 impl Consumer for KillLog {
