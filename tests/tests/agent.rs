@@ -4,10 +4,13 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
+    os::unix::process::ExitStatusExt,
     time::{Duration, Instant},
 };
 
-use tests::{memtrace, run_workload, serial, spawn_memtrace, TempDir};
+use tests::{
+    memtrace, run_workload, serial, spawn_memtrace, swap_env::MemoryCgroup, workload, TempDir,
+};
 
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
@@ -133,6 +136,174 @@ fn the_fault_profile_names_the_workloads_function() {
     };
     assert_eq!(top.code(), 0, "{}", top.describe());
     assert!(top.stdout.contains("touch_pages"), "{}", top.describe());
+}
+
+/// A Prometheus server (Debian's), started on loopback with a config that scrapes the agent
+/// every second; stopped on drop.
+struct PrometheusServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl PrometheusServer {
+    fn start(agent_port: u16) -> Option<Self> {
+        if !tests::on_path("prometheus") {
+            assert!(
+                !tests::in_ci(),
+                "`prometheus` is not on PATH and CI=true: `cargo xtask setup` installs it"
+            );
+            eprintln!("skipped: no `prometheus` (install Debian's prometheus package)");
+            return None;
+        }
+        let dir = TempDir::new("prometheus");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: memtrace\n    \
+                 static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus");
+        let server = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "prometheus did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(server)
+    }
+
+    /// The value of an instant query's first result, if any.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let body = get(self.port, &format!("/api/v1/query?query={encoded}"));
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prometheus itself scrapes the agent: the workload's minor-fault series, queried through
+/// Prometheus's HTTP API, is within 5% of the workload's getrusage.
+#[test]
+fn prometheus_sees_the_workloads_faults() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let agent_port = free_port();
+    let listen = format!("127.0.0.1:{agent_port}");
+    let mut agent = spawn_memtrace(&["agent", "--listen", &listen]);
+    agent.wait_attached();
+    let Some(prometheus) = PrometheusServer::start(agent_port) else {
+        return;
+    };
+    let report = run_workload("fault_touch", &["20000"]);
+    let wanted = report.minflt as f64;
+    let promql = "sum(memtrace_page_faults_total{comm=\"fault_touch\",kind=\"minor\"})";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let seen = prometheus.query(promql);
+        if seen.is_some_and(|v| v >= wanted * 0.95) || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    drop(prometheus);
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let seen = seen.unwrap_or_else(|| panic!("Prometheus has no value for {promql}"));
+    assert!(
+        (seen - wanted).abs() <= wanted * 0.05,
+        "Prometheus says {seen} minor faults, getrusage {wanted}"
+    );
+}
+
+/// An OOM kill in a memory cgroup shows in memtrace_oom_kills_total, under the victim's
+/// name and cgroup.
+#[test]
+fn an_oom_kill_is_counted() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = spawn_memtrace(&["agent", "--listen", &listen]);
+    agent.wait_attached();
+    let limit_mib = 32u64;
+    let cgroup = MemoryCgroup::create(limit_mib);
+    let limit = (limit_mib << 20).to_string();
+    let _ = std::fs::write(cgroup.dir.join("memory.memsw.limit_in_bytes"), &limit);
+    let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec {} {}",
+            cgroup.procs().display(),
+            workload("fault_touch").display(),
+            ((2 * limit_mib) << 20) / 4096
+        ))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("sh");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "not OOM-killed: {status}"
+    );
+    let name = cgroup.dir.file_name().unwrap().to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (kills, text) = loop {
+        let text = get(port, "/metrics");
+        let kills = sample(
+            &text,
+            "memtrace_oom_kills_total",
+            &["comm=\"fault_touch\"", &name],
+        );
+        if kills.is_some() || Instant::now() > deadline {
+            break (kills, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert_eq!(kills, Some(1.0), "{text}");
 }
 
 #[test]

@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("linux-perf", &["perf", "--version"]),
     ("bpftool", &["bpftool", "version"]),
     ("golang-go", &["go", "version"]),
+    // A real Prometheus server scraping memtrace agent (tests).
+    ("prometheus", &["prometheus", "--version"]),
     // Another allocator, for memtrace malloc --lib (tests).
     (
         "libjemalloc2",
