@@ -306,6 +306,68 @@ fn an_oom_kill_is_counted() {
     assert_eq!(kills, Some(1.0), "{text}");
 }
 
+/// 1,000 short-lived processes, each with a name of its own: the series stay within the
+/// configured bound, and the rest go to comm="other" rather than nowhere.
+#[test]
+fn series_stay_bounded_under_process_churn() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("agent-churn");
+    let port = free_port();
+    let max_series = 50;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\nmax_series = {max_series}\n"),
+    )
+    .unwrap();
+    // Names of their own: the kernel names a process after the file it execs.
+    let names = dir.join("names");
+    std::fs::create_dir_all(&names).unwrap();
+    let processes = 1000;
+    for i in 0..processes {
+        std::os::unix::fs::symlink("/bin/true", names.join(format!("churn{i}"))).unwrap();
+    }
+    let mut agent = spawn_memtrace(&["agent", "--config", config.to_str().unwrap()]);
+    agent.wait_attached();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ $i -lt {processes} ]; do {}/churn$i; i=$((i+1)); done",
+            names.display()
+        ))
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    // Two reads of the kernel's counts after the last exit.
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = get(port, "/metrics");
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("memtrace_page_faults_total{") && l.contains("kind=\"minor\""))
+        .collect();
+    assert!(
+        series.len() <= max_series + 1,
+        "{} minor-fault series, the bound is {max_series} (+ other)\n{text}",
+        series.len()
+    );
+    let churned = series.iter().filter(|l| l.contains("comm=\"churn")).count();
+    let other = sample(
+        &text,
+        "memtrace_page_faults_total",
+        &["kind=\"minor\"", "comm=\"other\""],
+    );
+    assert!(
+        churned < processes && other.is_some_and(|v| v > 0.0),
+        "{churned} churn series, other {other:?}\n{text}"
+    );
+}
+
 #[test]
 fn a_bad_config_file_is_refused_naming_its_line() {
     let dir = TempDir::new("agent-config");
