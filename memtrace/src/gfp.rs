@@ -854,17 +854,37 @@ print fmt: "page=%p pfn=0x%lx order=%d migratetype=%d gfp_flags=%s", REC->pfn !=
     fn allocate_pages() -> Result<()> {
         use std::io::{Read, Seek, Write};
         const HUGE: usize = 2 << 20;
-        let mut anonymous = vec![0u8; 4 * HUGE];
-        let start = anonymous.as_ptr() as usize;
+        // Fresh from the kernel (not the allocator, which may hand back memory another test
+        // freed and so already touched): every page touched below is allocated.
+        let length = 4 * HUGE;
+        // SAFETY: a new private anonymous mapping; nothing else refers to it.
+        let anonymous = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        anyhow::ensure!(
+            anonymous != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let start = anonymous as usize;
         let aligned = start.next_multiple_of(HUGE) - start;
-        let huge = anonymous[aligned..aligned + 2 * HUGE].as_mut_ptr();
-        // SAFETY: only advice about 4 MiB inside memory `anonymous` owns, at a page-aligned
-        // (2 MiB-aligned) address; madvise maps and unmaps nothing.
-        unsafe { libc::madvise(huge.cast(), 2 * HUGE, libc::MADV_HUGEPAGE) };
-        for byte in anonymous.iter_mut().step_by(4096) {
-            *byte = 1;
+        // SAFETY: writes and advice inside the mapping made above, at page-aligned (the huge
+        // part 2 MiB-aligned) addresses; it is unmapped once, after the last write.
+        unsafe {
+            let base = anonymous.cast::<u8>();
+            libc::madvise(base.add(aligned).cast(), 2 * HUGE, libc::MADV_HUGEPAGE);
+            for offset in (0..length).step_by(4096) {
+                base.add(offset).write_volatile(1);
+            }
+            libc::munmap(anonymous, length);
         }
-        std::hint::black_box(&anonymous);
 
         let mut file = tempfile::tempfile()?;
         file.write_all(&vec![7u8; 1 << 20])?;
