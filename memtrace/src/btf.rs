@@ -33,6 +33,8 @@ struct Type {
     members: Vec<(u32, u32, u32)>,
     /// Arrays: (element type id, number of elements).
     array: Option<(u32, u32)>,
+    /// Enums (plain or 64-bit): (name, value) in declaration order.
+    enumerators: Vec<(u32, i64)>,
 }
 
 /// Where a member is: its byte offset from the start of the struct, and its type.
@@ -83,6 +85,7 @@ impl Btf {
             size_or_type: 0,
             members: Vec::new(),
             array: None,
+            enumerators: Vec::new(),
         }];
         let mut at = header_len + type_off;
         let end = at + type_len;
@@ -91,6 +94,7 @@ impl Btf {
             at += 12;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
+            // kind_flag: bitfield offsets in structs, signed values in enums.
             let bitfields = info >> 31 == 1;
             let mut ty = Type {
                 name,
@@ -98,6 +102,7 @@ impl Btf {
                 size_or_type,
                 members: Vec::new(),
                 array: None,
+                enumerators: Vec::new(),
             };
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => at += 4,
@@ -118,8 +123,29 @@ impl Btf {
                         at += 12;
                     }
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => at += 8 * vlen,
-                KIND_DATASEC | KIND_ENUM64 => at += 12 * vlen,
+                KIND_ENUM => {
+                    for _ in 0..vlen {
+                        let value = u32_at(at + 4)?;
+                        let value = if bitfields {
+                            i64::from(value as i32)
+                        } else {
+                            i64::from(value)
+                        };
+                        ty.enumerators.push((u32_at(at)?, value));
+                        at += 8;
+                    }
+                }
+                KIND_ENUM64 => {
+                    for _ in 0..vlen {
+                        let (low, high) = (u32_at(at + 4)?, u32_at(at + 8)?);
+                        // Unsigned values above i64::MAX wrap; kernel enums do not go there.
+                        let value = (u64::from(high) << 32 | u64::from(low)) as i64;
+                        ty.enumerators.push((u32_at(at)?, value));
+                        at += 12;
+                    }
+                }
+                KIND_FUNC_PROTO => at += 8 * vlen,
+                KIND_DATASEC => at += 12 * vlen,
                 _ => {} // ptr, fwd, typedef, qualifiers, func, float, type tag: nothing more
             }
             types.push(ty);
@@ -198,6 +224,29 @@ impl Btf {
         self.resolve(id)?.array.map(|(element, _)| element)
     }
 
+    /// The values of `enum name` (plain or 64-bit) in declaration order, e.g. the kernel's
+    /// migratetype names. An enum declared without values (a forward declaration) is
+    /// skipped.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>> {
+        let ty = self
+            .types
+            .iter()
+            .find(|t| {
+                matches!(t.kind, KIND_ENUM | KIND_ENUM64)
+                    && !t.enumerators.is_empty()
+                    && self.name(t.name) == name.as_bytes()
+            })
+            .with_context(|| format!("no enum {name} in the kernel's type information"))?;
+        Ok(ty
+            .enumerators
+            .iter()
+            .map(|&(value_name, value)| {
+                let value_name = String::from_utf8_lossy(self.name(value_name)).into_owned();
+                (value_name, value)
+            })
+            .collect())
+    }
+
     /// The name of a struct, union or other named type.
     pub fn type_name(&self, id: u32) -> Option<String> {
         let ty = self.resolve(id)?;
@@ -205,72 +254,13 @@ impl Btf {
     }
 }
 
-/// The values of `enum name` (plain or 64-bit) in declaration order, e.g. the kernel's
-/// migratetype names. `parse` keeps only what member lookups need, so this walks the type
-/// section again; an enum declared without values (a forward declaration) is skipped.
-pub fn enum_values(data: &[u8], name: &str) -> Result<Vec<(String, i64)>> {
-    let u32_at = |at: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            data.get(at..at + 4).context("truncated")?.try_into()?,
-        ))
-    };
-    // Checks the header and gives the string section.
-    let btf = Btf::parse(data)?;
-    let header_len = u32_at(4)? as usize;
-    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
-    let mut at = header_len + type_off;
-    let end = at + type_len;
-    while at < end {
-        let (type_name, info) = (u32_at(at)?, u32_at(at + 4)?);
-        at += 12;
-        let kind = (info >> 24) & 0x1f;
-        let vlen = (info & 0xffff) as usize;
-        // For enums, kind_flag says the values are signed.
-        let signed = info >> 31 == 1;
-        let wanted = (kind == KIND_ENUM || kind == KIND_ENUM64)
-            && vlen > 0
-            && btf.name(type_name) == name.as_bytes();
-        if wanted {
-            let mut values = Vec::with_capacity(vlen);
-            for _ in 0..vlen {
-                let value_name = String::from_utf8_lossy(btf.name(u32_at(at)?)).into_owned();
-                let low = u32_at(at + 4)?;
-                let value = if kind == KIND_ENUM64 {
-                    // Unsigned values above i64::MAX wrap; kernel enums do not go there.
-                    (u64::from(u32_at(at + 8)?) << 32 | u64::from(low)) as i64
-                } else if signed {
-                    i64::from(low as i32)
-                } else {
-                    i64::from(low)
-                };
-                at += if kind == KIND_ENUM64 { 12 } else { 8 };
-                values.push((value_name, value));
-            }
-            return Ok(values);
-        }
-        at += match kind {
-            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-            KIND_ARRAY => 12,
-            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
-            KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-            _ => 0, // ptr, fwd, typedef, qualifiers, func, float, type tag: nothing more
-        };
-    }
-    bail!("the kernel has no enum {name}")
-}
-
-/// `enum_values` from the running kernel's BTF.
-pub fn vmlinux_enum_values(name: &str) -> Result<Vec<(String, i64)>> {
-    let path = "/sys/kernel/btf/vmlinux";
-    let data = std::fs::read(path).with_context(|| {
-        format!("reading the kernel's type information ({path}): the kernel needs CONFIG_DEBUG_INFO_BTF")
-    })?;
-    enum_values(&data, name).with_context(|| format!("reading enum {name} from {path}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parsed_enum(data: &[u8], name: &str) -> Result<Vec<(String, i64)>> {
+        Btf::parse(data)?.enum_values(name)
+    }
 
     /// The kernel's own BTF, against bpftool's reading of it (`bpftool btf dump ... format raw`
     /// prints each member's bits_offset).
@@ -395,22 +385,22 @@ mod tests {
         data.extend(&strings);
 
         assert_eq!(
-            enum_values(&data, "small").unwrap(),
+            parsed_enum(&data, "small").unwrap(),
             [("A".to_string(), -1), ("B".to_string(), 7)]
         );
         assert_eq!(
-            enum_values(&data, "target").unwrap(),
+            parsed_enum(&data, "target").unwrap(),
             [("BIG".to_string(), 1 << 40), ("THREE".to_string(), 3)]
         );
-        assert!(enum_values(&data, "s").is_err(), "a struct is not an enum");
-        assert!(enum_values(&data, "missing").is_err());
-        assert!(enum_values(&data[..data.len() - strings.len() - 4], "target").is_err());
+        assert!(parsed_enum(&data, "s").is_err(), "a struct is not an enum");
+        assert!(parsed_enum(&data, "missing").is_err());
+        assert!(parsed_enum(&data[..data.len() - strings.len() - 4], "target").is_err());
     }
 
     /// enum migratetype from the kernel's BTF, against bpftool's reading of it.
     #[test]
     fn migratetype_matches_bpftool() {
-        let Ok(values) = vmlinux_enum_values("migratetype") else {
+        let Ok(values) = Btf::vmlinux().and_then(|btf| btf.enum_values("migratetype")) else {
             eprintln!("note: no /sys/kernel/btf/vmlinux here");
             return;
         };

@@ -536,7 +536,7 @@ const BUILTIN_MIGRATETYPES: [(&str, i64); 8] = [
 
 impl MigrateTypes {
     pub fn from_btf() -> Result<Self> {
-        let types = Self::from_values(btf::vmlinux_enum_values("migratetype")?);
+        let types = Self::from_values(btf::Btf::vmlinux()?.enum_values("migratetype")?);
         if types.names.is_empty() {
             bail!("enum migratetype in the kernel's BTF names no migratetype");
         }

@@ -174,7 +174,7 @@ fn tracepoint_offsets(format: &str) -> std::collections::HashMap<String, u64> {
 /// task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id, as byte offsets.
 fn memcg_chain() -> Result<[u64; 5]> {
     let btf = Btf::vmlinux()?;
-    let subsystems = crate::btf::vmlinux_enum_values("cgroup_subsys_id")?;
+    let subsystems = btf.enum_values("cgroup_subsys_id")?;
     let memory = subsystems
         .iter()
         .find(|(name, _)| name == "memory_cgrp_id")
