@@ -16,7 +16,7 @@ use axum::{
     routing::get,
     Router,
 };
-use memtrace_common::{EventKind, PageContext, PageDetail, ProcessExit};
+use memtrace_common::{EventKind, ProcessExit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -24,7 +24,10 @@ use crate::{
     agent_metrics::{AgentMetrics, ProcessId, ProcessLabels},
     bpf::Tracer,
     cli::{AgentArgs, RunArgs, TargetArgs},
-    commands::oom::{decode_kill, victim_cgroup},
+    commands::{
+        oom::{decode_kill, victim_cgroup},
+        pages::Origin,
+    },
     events::{comm_to_string, decode_record},
     memcg::MemoryHierarchy,
     output::{self, profile::Reweighted},
@@ -116,11 +119,9 @@ impl AgentFeed {
             HashMap::new()
         };
         for (key, count) in page_counts {
-            let (pid, comm) = match PageDetail::unpack(key.detail).context {
-                PageContext::Interrupt => (0, "[interrupt]".to_owned()),
-                _ => (key.tgid, comm_to_string(&count.comm)),
-            };
-            let entry = pages.entry(pid).or_insert((comm, 0, 0));
+            let origin = Origin::of_key(&key);
+            let comm = origin.name(&self.known, || comm_to_string(&count.comm));
+            let entry = pages.entry(origin.pid).or_insert((comm, 0, 0));
             entry.1 += count.pages;
             entry.2 += count.allocations;
         }
@@ -132,11 +133,7 @@ impl AgentFeed {
             .collect();
         let pages: Vec<_> = pages
             .into_iter()
-            .map(|(pid, (comm, n, calls))| {
-                let name = self.known.name(pid);
-                let comm = if name.is_empty() { comm } else { name };
-                (pid, self.labels(pid, comm), n, calls)
-            })
+            .map(|(pid, (comm, n, calls))| (pid, self.labels(pid, comm), n, calls))
             .collect();
         // A gone process's cgroup is kept while the kernel's table still counts its pid.
         let counted: HashSet<u32> = pages.iter().map(|(pid, ..)| *pid).collect();

@@ -43,9 +43,9 @@ impl std::ops::AddAssign for Totals {
 
 /// Who an allocation is credited to: a process, a kernel thread, or interrupts (pid 0).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct Origin {
-    pid: u32,
-    context: PageContext,
+pub struct Origin {
+    pub pid: u32,
+    pub context: PageContext,
 }
 
 impl Origin {
@@ -56,6 +56,25 @@ impl Origin {
             tgid
         };
         Self { pid, context }
+    }
+
+    /// Whom an entry of the kernel's count table is credited to.
+    pub fn of_key(key: &PageKey) -> Self {
+        Self::of(key.tgid, PageDetail::unpack(key.detail).context)
+    }
+
+    /// Its name: "[interrupt]"; else the process's as memtrace knows it; else `recorded`
+    /// (the kernel's, at its first counted allocation: the process may be gone).
+    pub fn name(self, known: &Processes, recorded: impl FnOnce() -> String) -> String {
+        if self.context == PageContext::Interrupt {
+            return "[interrupt]".to_owned();
+        }
+        let name = known.name(self.pid);
+        if name.is_empty() {
+            recorded()
+        } else {
+            name
+        }
     }
 }
 
@@ -124,15 +143,9 @@ impl PageBooks {
     }
 
     fn name(&self, origin: Origin) -> String {
-        if origin.context == PageContext::Interrupt {
-            return "[interrupt]".to_owned();
-        }
-        let known = self.known.name(origin.pid);
-        if known.is_empty() {
+        origin.name(&self.known, || {
             self.names.get(&origin.pid).cloned().unwrap_or_default()
-        } else {
-            known
-        }
+        })
     }
 
     fn live_lines(&mut self, elapsed: Duration, interval: Duration) {
