@@ -38,6 +38,7 @@ impl Drop for SwapFile {
 /// A memory cgroup with a limit, removed when dropped.
 pub struct MemoryCgroup {
     pub dir: PathBuf,
+    pub limit_mib: u64,
 }
 
 impl MemoryCgroup {
@@ -48,7 +49,7 @@ impl MemoryCgroup {
         if v1.join("memory.limit_in_bytes").exists() {
             let dir = v1.join(name);
             fs::create_dir_all(&dir).expect("creating the v1 memory cgroup");
-            let cgroup = MemoryCgroup { dir };
+            let cgroup = MemoryCgroup { dir, limit_mib };
             write(&cgroup.dir.join("memory.limit_in_bytes"), &limit);
             return cgroup;
         }
@@ -56,10 +57,36 @@ impl MemoryCgroup {
         let _ = fs::write(root.join("cgroup.subtree_control"), "+memory");
         let dir = root.join(name);
         fs::create_dir_all(&dir).expect("creating the v2 memory cgroup");
-        let cgroup = MemoryCgroup { dir };
+        let cgroup = MemoryCgroup { dir, limit_mib };
         write(&cgroup.dir.join("memory.max"), &limit);
         let _ = fs::write(cgroup.dir.join("memory.swap.max"), "max");
         cgroup
+    }
+
+    /// A memory cgroup whose limit holds memory and swap together: going over it is an OOM
+    /// kill, not swapping.
+    pub fn without_swap(limit_mib: u64) -> Self {
+        let cgroup = Self::create(limit_mib);
+        let limit = (limit_mib << 20).to_string();
+        let _ = fs::write(cgroup.dir.join("memory.memsw.limit_in_bytes"), &limit);
+        let _ = fs::write(cgroup.dir.join("memory.swap.max"), "0");
+        cgroup
+    }
+
+    /// A shell that moves itself into the cgroup, then becomes `fault_touch` touching twice
+    /// the limit: the kernel's OOM killer ends it.
+    pub fn oom_victim(&self) -> std::process::Command {
+        let pages = ((2 * self.limit_mib) << 20) / 4096;
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec {} {pages}",
+                self.procs().display(),
+                crate::workload("fault_touch").display()
+            ))
+            .stdout(std::process::Stdio::null());
+        command
     }
 
     /// Writing a pid here moves that process into the cgroup.

@@ -8,9 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{
-    memtrace, run_workload, serial, spawn_memtrace, swap_env::MemoryCgroup, workload, TempDir,
-};
+use tests::{memtrace, run_workload, serial, spawn_memtrace, swap_env::MemoryCgroup, TempDir};
 
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
@@ -265,22 +263,8 @@ fn an_oom_kill_is_counted() {
     let listen = format!("127.0.0.1:{port}");
     let mut agent = spawn_memtrace(&["agent", "--listen", &listen]);
     agent.wait_attached();
-    let limit_mib = 32u64;
-    let cgroup = MemoryCgroup::create(limit_mib);
-    let limit = (limit_mib << 20).to_string();
-    let _ = std::fs::write(cgroup.dir.join("memory.memsw.limit_in_bytes"), &limit);
-    let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec {} {}",
-            cgroup.procs().display(),
-            workload("fault_touch").display(),
-            ((2 * limit_mib) << 20) / 4096
-        ))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("sh");
+    let cgroup = MemoryCgroup::without_swap(32);
+    let status = cgroup.oom_victim().status().expect("sh");
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),

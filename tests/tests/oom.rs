@@ -2,7 +2,7 @@
 //! touching twice its limit is killed by the kernel; the oracle is the SIGKILL `waitpid` saw,
 //! with the pid, the name and the cgroup the test gave it.
 
-use std::{os::unix::process::ExitStatusExt, process::Command};
+use std::os::unix::process::ExitStatusExt;
 
 use serde_json::Value;
 use tests::{serial, spawn_memtrace, swap_env::MemoryCgroup, traced, workload, TempDir};
@@ -15,27 +15,13 @@ fn a_cgroup_oom_kill_is_reported_with_its_victim() {
         return;
     }
     let _serial = serial();
-    let cgroup = MemoryCgroup::create(LIMIT_MIB);
-    // No swap to escape to: the limit holds memory and swap together.
-    let limit = (LIMIT_MIB << 20).to_string();
-    let _ = std::fs::write(cgroup.dir.join("memory.memsw.limit_in_bytes"), &limit);
-    let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
+    let cgroup = MemoryCgroup::without_swap(LIMIT_MIB);
     let dir = TempDir::new("oom");
     let out = dir.join("report.json");
     let mut tracer =
         spawn_memtrace(&["oom", "--format", "json", "--output", out.to_str().unwrap()]);
     tracer.wait_attached();
-    let pages = ((2 * LIMIT_MIB) << 20) / 4096;
-    let mut victim = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec {} {pages}",
-            cgroup.procs().display(),
-            workload("fault_touch").display()
-        ))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("sh");
+    let mut victim = cgroup.oom_victim().spawn().expect("sh");
     let pid = victim.id();
     let status = victim.wait().expect("wait");
     assert_eq!(
