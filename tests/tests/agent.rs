@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{memtrace, run_workload, serial, spawn_memtrace, swap_env::MemoryCgroup, TempDir};
+use tests::{
+    memtrace, run_workload, serial, spawn_memtrace, swap_env::MemoryCgroup, Background, TempDir,
+};
 
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
@@ -16,6 +18,13 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The agent serving on loopback `port`, attached.
+fn start_agent(port: u16) -> Background {
+    let mut agent = spawn_memtrace(&["agent", "--listen", &format!("127.0.0.1:{port}")]);
+    agent.wait_attached();
+    agent
 }
 
 /// GET `path` on the agent; the body's bytes.
@@ -57,9 +66,7 @@ fn fault_series_match_the_workloads_getrusage() {
     }
     let _serial = serial();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut agent = spawn_memtrace(&["agent", "--listen", &listen]);
-    agent.wait_attached();
+    let agent = start_agent(port);
     assert_eq!(get(port, "/healthz").trim(), "ok");
     let report = run_workload("fault_touch", &["20000"]);
     // The agent reads the kernel's counts every second.
@@ -223,9 +230,7 @@ fn prometheus_sees_the_workloads_faults() {
     }
     let _serial = serial();
     let agent_port = free_port();
-    let listen = format!("127.0.0.1:{agent_port}");
-    let mut agent = spawn_memtrace(&["agent", "--listen", &listen]);
-    agent.wait_attached();
+    let agent = start_agent(agent_port);
     let Some(prometheus) = PrometheusServer::start(agent_port) else {
         return;
     };
@@ -260,9 +265,7 @@ fn an_oom_kill_is_counted() {
     }
     let _serial = serial();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut agent = spawn_memtrace(&["agent", "--listen", &listen]);
-    agent.wait_attached();
+    let agent = start_agent(port);
     let cgroup = MemoryCgroup::without_swap(32);
     let status = cgroup.oom_victim().status().expect("sh");
     assert_eq!(
