@@ -215,6 +215,8 @@ pub struct ProcessExit {
     /// When it started (ns since boot, as /proc/PID/stat's starttime in other units): tells
     /// it from another process with the same pid.
     pub start_boottime_ns: u64,
+    /// Its memory cgroup (kernfs node id; 0 where unknown).
+    pub memcg: u64,
     pub comm: [u8; COMM_LEN],
 }
 

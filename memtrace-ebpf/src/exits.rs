@@ -14,6 +14,7 @@ use memtrace_common::{counter, EventKind, ProcessExit, COMM_LEN};
 use crate::{
     config, filter,
     maps::{count, EVENTS},
+    memcg,
 };
 
 // Indices into EXIT_LAYOUT.
@@ -66,6 +67,7 @@ pub fn exit_counts(_ctx: TracePointContext) -> u32 {
         minor_faults: minor,
         major_faults: major,
         start_boottime_ns: read(leader, START_BOOTTIME),
+        memcg: memcg::current_memcg(),
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     });
     // Read with the agent's next drain.

@@ -14,6 +14,7 @@ mod filter;
 mod follow;
 mod malloc;
 mod maps;
+mod memcg;
 mod oom;
 mod pages;
 mod percpu;

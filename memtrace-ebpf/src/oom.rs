@@ -2,7 +2,7 @@
 //! reported, whatever the target: a kill is rare and always worth seeing.
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext,
@@ -12,6 +12,7 @@ use memtrace_common::{counter, EventKind, OomKill, COMM_LEN};
 use crate::{
     config,
     maps::{count, EVENTS},
+    memcg,
 };
 
 #[tracepoint]
@@ -35,7 +36,7 @@ pub fn oom_kill(ctx: TracePointContext) -> u32 {
         file_rss_kb: read_u64(layout.file_rss),
         shmem_rss_kb: read_u64(layout.shmem_rss),
         pgtables_kb: read_u64(layout.pgtables),
-        trigger_memcg: current_memcg(),
+        trigger_memcg: memcg::current_memcg(),
         trigger_pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         _pad: 0,
         comm: victim_comm(&ctx, read_u32(layout.comm)),
@@ -51,26 +52,4 @@ fn victim_comm(ctx: &TracePointContext, data_loc: u32) -> [u8; COMM_LEN] {
     let offset = (data_loc & 0xffff) as usize;
     let source = (ctx.as_ptr() as *const u8).wrapping_add(offset) as *const [u8; COMM_LEN];
     unsafe { bpf_probe_read_kernel(source) }.unwrap_or([0; COMM_LEN])
-}
-
-/// The current task's memory cgroup, as its kernfs node id: task->cgroups->subsys[memory]
-/// ->cgroup->kn->id (offsets from BTF).
-#[inline(always)]
-fn current_memcg() -> u64 {
-    let chain = config::memcg_chain();
-    if chain.css_set == 0 {
-        return 0;
-    }
-    let read = |base: u64, offset: u64| -> u64 {
-        if base == 0 {
-            return 0;
-        }
-        unsafe { bpf_probe_read_kernel((base + offset) as *const u64) }.unwrap_or(0)
-    };
-    let task = unsafe { bpf_get_current_task() };
-    let css_set = read(task, chain.css_set);
-    let css = read(css_set, chain.memory_css);
-    let cgroup = read(css, chain.css_cgroup);
-    let kn = read(cgroup, chain.cgroup_kn);
-    read(kn, chain.kn_id)
 }

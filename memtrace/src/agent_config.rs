@@ -22,6 +22,12 @@ pub struct AgentConfig {
     /// Count the kernel's page allocations per process: a program on every allocation, the
     /// agent's one per-event cost (faults are the kernel's own counts).
     pub page_allocations: bool,
+    /// Count swap traffic per owning process: a program on every change of any process's
+    /// RSS counters that leaves at once unless swap entries changed.
+    pub swap: bool,
+    /// Give the memory gauges (RSS, swap) a pid label, one series per process (still at
+    /// most `max_series`, the largest first).
+    pub pid_labels: bool,
 }
 
 impl Default for AgentConfig {
@@ -32,6 +38,8 @@ impl Default for AgentConfig {
             max_series: 200,
             stack_sample: 1000,
             page_allocations: true,
+            swap: true,
+            pid_labels: false,
         }
     }
 }

@@ -4,23 +4,84 @@
 //! are bounded: the first `max_series` pairs seen keep their own, later ones add to "other".
 use std::collections::{HashMap, HashSet};
 
+use crate::container::ContainerLabels;
+
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
+    encoding::{text::encode, EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Whose figures a series holds: a process name in a cgroup, with the container and pod the
+/// cgroup path names ("" outside them; they add no series, being the cgroup's).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessLabels {
     pub comm: String,
     pub cgroup: String,
+    pub container_id: String,
+    pub pod_uid: String,
+}
+
+impl ProcessLabels {
+    pub fn new(comm: String, cgroup: String) -> Self {
+        let container = ContainerLabels::from_cgroup_path(&cgroup);
+        Self {
+            comm,
+            cgroup,
+            container_id: container.container_id,
+            pod_uid: container.pod_uid,
+        }
+    }
+
+    /// The series of everything beyond the bound.
+    fn other() -> Self {
+        Self {
+            comm: "other".to_owned(),
+            cgroup: "other".to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A series split by a kind of event (minor/major, in/out).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+    #[prometheus(flatten)]
+    pub process: ProcessLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FaultLabels {
-    pub kind: String,
-    pub comm: String,
-    pub cgroup: String,
+pub struct DirectionLabels {
+    pub direction: String,
+    #[prometheus(flatten)]
+    pub process: ProcessLabels,
+}
+
+/// A memory gauge's series: per process name and cgroup, and per pid when asked for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct MemoryLabels {
+    process: ProcessLabels,
+    pid: Option<u32>,
+}
+
+impl EncodeLabelSet for MemoryLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.process.encode(encoder)?;
+        match self.pid {
+            Some(pid) => ("pid", pid.to_string()).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One live process's memory now.
+#[derive(Clone, Debug)]
+pub struct ProcessMemory {
+    pub pid: u32,
+    pub labels: ProcessLabels,
+    pub rss_bytes: u64,
+    pub swap_bytes: u64,
 }
 
 /// A process's cumulative figures as the kernel counts them.
@@ -30,26 +91,32 @@ pub struct Totals {
     pub major: u64,
     pub pages: u64,
     pub allocations: u64,
+    pub swapped_out: u64,
+    pub swapped_in: u64,
 }
 
 /// A process: its pid and start time (clock ticks after boot), which tell it from a later
 /// process with the same pid.
 pub type ProcessId = (u32, u64);
 
-/// Faults are followed per process (from /proc and exits), pages per pid (the kernel's
-/// table keeps a pid's count).
+/// Faults are followed per process (from /proc and exits), pages and swap per pid (the
+/// kernel's tables keep a pid's counts until the agent drops them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Faults(ProcessId),
     Pages(u32),
+    Swap(u32),
 }
 
 pub struct AgentMetrics {
     registry: Registry,
-    faults: Family<FaultLabels, Counter>,
+    faults: Family<KindLabels, Counter>,
+    swap: Family<DirectionLabels, Counter>,
     pages: Family<ProcessLabels, Counter>,
     allocations: Family<ProcessLabels, Counter>,
     oom_kills: Family<ProcessLabels, Counter>,
+    rss: Family<MemoryLabels, Gauge>,
+    swapped: Family<MemoryLabels, Gauge>,
     lost_events: Counter,
     bpf_run_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     agent_rss: Gauge,
@@ -57,19 +124,28 @@ pub struct AgentMetrics {
     last: HashMap<Key, (ProcessLabels, Totals)>,
     series: HashSet<ProcessLabels>,
     max_series: usize,
+    /// Memory gauges per pid too (bounded like the rest).
+    pid_labels: bool,
     /// Kernel-side figures at the last update, for deltas.
     last_lost: u64,
     last_bpf_seconds: f64,
 }
 
 impl AgentMetrics {
-    pub fn new(max_series: usize) -> Self {
+    pub fn new(max_series: usize, pid_labels: bool) -> Self {
         let mut registry = Registry::with_prefix("memtrace");
-        let faults = Family::<FaultLabels, Counter>::default();
+        let faults = Family::<KindLabels, Counter>::default();
         registry.register(
             "page_faults",
             "Page faults, minor and major, counted in the kernel",
             faults.clone(),
+        );
+        let swap = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "swap_pages",
+            "Pages written to swap (out) and brought back by swap-in faults (in), credited to \
+             the process that owns them, whoever reclaimed them",
+            swap.clone(),
         );
         let pages = Family::<ProcessLabels, Counter>::default();
         registry.register(
@@ -88,6 +164,18 @@ impl AgentMetrics {
             "oom_kills",
             "Processes killed by the OOM killer",
             oom_kills.clone(),
+        );
+        let rss = Family::<MemoryLabels, Gauge>::default();
+        registry.register(
+            "process_rss_bytes",
+            "Resident memory of the living processes now, the largest series first",
+            rss.clone(),
+        );
+        let swapped = Family::<MemoryLabels, Gauge>::default();
+        registry.register(
+            "process_swap_bytes",
+            "Memory of the living processes out in swap now (VmSwap)",
+            swapped.clone(),
         );
         let lost_events = Counter::default();
         registry.register(
@@ -110,15 +198,19 @@ impl AgentMetrics {
         Self {
             registry,
             faults,
+            swap,
             pages,
             allocations,
             oom_kills,
+            rss,
+            swapped,
             lost_events,
             bpf_run_seconds,
             agent_rss,
             last: HashMap::new(),
             series: HashSet::new(),
             max_series,
+            pid_labels,
             last_lost: 0,
             last_bpf_seconds: 0.0,
         }
@@ -133,10 +225,7 @@ impl AgentMetrics {
             self.series.insert(labels.clone());
             return labels;
         }
-        ProcessLabels {
-            comm: "other".to_owned(),
-            cgroup: "other".to_owned(),
-        }
+        ProcessLabels::other()
     }
 
     /// The series a process's new figures go to (its labels now: an exec renames it), and
@@ -155,6 +244,10 @@ impl AgentMetrics {
         major: u64,
     ) {
         let key = Key::Faults(process);
+        // Kernel threads never fault: they take no series.
+        if minor == 0 && major == 0 && !self.last.contains_key(&key) {
+            return;
+        }
         let (series, before) = self.series_of(key, labels);
         for (kind, delta) in [
             ("minor", minor.saturating_sub(before.minor)),
@@ -162,10 +255,9 @@ impl AgentMetrics {
         ] {
             if delta > 0 {
                 self.faults
-                    .get_or_create(&FaultLabels {
+                    .get_or_create(&KindLabels {
                         kind: kind.to_owned(),
-                        comm: series.comm.clone(),
-                        cgroup: series.cgroup.clone(),
+                        process: series.clone(),
                     })
                     .inc_by(delta);
             }
@@ -199,9 +291,81 @@ impl AgentMetrics {
         self.last.insert(key, (series, now));
     }
 
+    /// A pid's swap traffic so far (the kernel's table, by owner): what grew goes to its
+    /// series.
+    pub fn update_swap(&mut self, pid: u32, labels: ProcessLabels, out: u64, back: u64) {
+        let key = Key::Swap(pid);
+        let (series, before) = self.series_of(key, labels);
+        for (direction, delta) in [
+            ("out", out.saturating_sub(before.swapped_out)),
+            ("in", back.saturating_sub(before.swapped_in)),
+        ] {
+            if delta > 0 {
+                self.swap
+                    .get_or_create(&DirectionLabels {
+                        direction: direction.to_owned(),
+                        process: series.clone(),
+                    })
+                    .inc_by(delta);
+            }
+        }
+        let now = Totals {
+            swapped_out: out,
+            swapped_in: back,
+            ..before
+        };
+        self.last.insert(key, (series, now));
+    }
+
     /// Forgets a process that ended, once its final fault counts are in.
     pub fn forget(&mut self, process: ProcessId) {
         self.last.remove(&Key::Faults(process));
+    }
+
+    /// Forgets pids whose counts the kernel's tables dropped: a later process with the pid
+    /// starts from zero there.
+    pub fn forget_pids(&mut self, pids: &HashSet<u32>) {
+        self.last.retain(|key, _| match key {
+            Key::Pages(pid) | Key::Swap(pid) => !pids.contains(pid),
+            Key::Faults(_) => true,
+        });
+    }
+
+    /// The memory gauges now: the largest `max_series` series (by resident plus swapped
+    /// memory) their own, the rest summed into "other". Rebuilt whole each time, so a series
+    /// whose processes are gone disappears.
+    pub fn set_memory(&mut self, processes: Vec<ProcessMemory>) {
+        let mut series: HashMap<MemoryLabels, (u64, u64)> = HashMap::new();
+        // Kernel threads have no memory of their own.
+        for process in processes
+            .into_iter()
+            .filter(|p| p.rss_bytes + p.swap_bytes > 0)
+        {
+            let labels = MemoryLabels {
+                pid: self.pid_labels.then_some(process.pid),
+                process: process.labels,
+            };
+            let sums = series.entry(labels).or_default();
+            sums.0 += process.rss_bytes;
+            sums.1 += process.swap_bytes;
+        }
+        let mut ranked: Vec<_> = series.into_iter().collect();
+        ranked.sort_unstable_by_key(|(_, (rss, swap))| std::cmp::Reverse(rss + swap));
+        let rest = ranked.split_off(ranked.len().min(self.max_series));
+        let other = rest.iter().fold((0, 0), |sums, (_, (rss, swap))| {
+            (sums.0 + rss, sums.1 + swap)
+        });
+        self.rss.clear();
+        self.swapped.clear();
+        let other_labels = MemoryLabels {
+            process: ProcessLabels::other(),
+            pid: None,
+        };
+        let other = (!rest.is_empty()).then_some((other_labels, other));
+        for (labels, (rss, swap)) in ranked.into_iter().chain(other) {
+            self.rss.get_or_create(&labels).set(gauge_value(rss));
+            self.swapped.get_or_create(&labels).set(gauge_value(swap));
+        }
     }
 
     pub fn oom_kill(&mut self, labels: ProcessLabels) {
@@ -218,7 +382,7 @@ impl AgentMetrics {
                 .inc_by(bpf_seconds - self.last_bpf_seconds);
             self.last_bpf_seconds = bpf_seconds;
         }
-        self.agent_rss.set(rss_bytes as i64);
+        self.agent_rss.set(gauge_value(rss_bytes));
     }
 
     /// The Prometheus text exposition.
@@ -230,15 +394,17 @@ impl AgentMetrics {
     }
 }
 
+/// A byte count as a gauge's value (i64; no memory size comes near its end).
+fn gauge_value(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn labels(comm: &str) -> ProcessLabels {
-        ProcessLabels {
-            comm: comm.to_owned(),
-            cgroup: "/".to_owned(),
-        }
+        ProcessLabels::new(comm.to_owned(), "/".to_owned())
     }
 
     fn minor(text: &str, comm: &str) -> Option<u64> {
@@ -253,7 +419,7 @@ mod tests {
 
     #[test]
     fn exited_processes_keep_their_counts_and_series_are_bounded() {
-        let mut metrics = AgentMetrics::new(2);
+        let mut metrics = AgentMetrics::new(2, false);
         metrics.update_faults((10, 1), labels("a"), 5, 0);
         metrics.update_faults((10, 1), labels("a"), 8, 0);
         metrics.update_faults((11, 1), labels("a"), 2, 0);

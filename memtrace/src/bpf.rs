@@ -427,6 +427,53 @@ impl Tracer {
         Ok(totals)
     }
 
+    /// Drops the kernel's per-pid counts (page allocations, swap) of processes that ended and
+    /// were read for the last time, so an always-on trace's tables hold the living. A pid
+    /// whose last run of allocations still sits in a CPU's cache is kept for now: the cache
+    /// would bring it back into the table. Returns the pids dropped.
+    pub fn forget_counts(
+        &mut self,
+        pids: &std::collections::HashSet<u32>,
+    ) -> Result<std::collections::HashSet<u32>> {
+        let caches: PerCpuArray<_, PageCountCache> =
+            PerCpuArray::try_from(self.map("PAGE_COUNT_CACHE")?)?;
+        let cached: std::collections::HashSet<u32> = caches
+            .get(&0, 0)?
+            .iter()
+            .filter(|c| c.count.allocations > 0)
+            .map(|c| c.key.tgid)
+            .collect();
+        let forgotten: std::collections::HashSet<u32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| !cached.contains(pid))
+            .collect();
+        let mut pages: PerCpuHashMap<_, PageKey, PageCount> =
+            PerCpuHashMap::try_from(self.map_mut("PAGE_COUNTS")?)?;
+        let stale: Vec<PageKey> = pages
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| forgotten.contains(&key.tgid))
+            .collect();
+        for key in stale {
+            // Gone already (another reader) is as good as removed.
+            let _ = pages.remove(&key);
+        }
+        let mut swap: PerCpuHashMap<_, u32, SwapCounts> =
+            PerCpuHashMap::try_from(self.map_mut("SWAP_COUNTS")?)?;
+        for pid in &forgotten {
+            let _ = swap.remove(pid);
+        }
+        Ok(forgotten)
+    }
+
+    /// The swap programs (see memtrace-ebpf's `swap`): every change of a process's swap
+    /// entries, and each page reclaim writes to swap.
+    pub fn attach_swap(&mut self) -> Result<()> {
+        self.attach_raw_tracepoint("swap_rss_stat", "rss_stat")?;
+        self.attach_tracepoint("swap_write_folio", "vmscan", "mm_vmscan_write_folio")
+    }
+
     /// A handle to read user stacks by key.
     pub fn user_stacks(&self) -> Result<HashMap<&MapData, u64, UserStack>> {
         let map = self.map("USER_STACKS")?;

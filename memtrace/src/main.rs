@@ -2,10 +2,12 @@
 //! exit codes; see `commands/` for the subcommands.
 mod agent_config;
 mod agent_metrics;
+mod agent_profile;
 mod bpf;
 mod btf;
 mod cli;
 mod commands;
+mod container;
 mod drain;
 mod error;
 mod events;

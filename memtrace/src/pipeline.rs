@@ -156,7 +156,7 @@ pub async fn trace(
         deadline: run_args.duration,
         exits,
     };
-    let (reason, duration) = session::run(&mut drain, logger, consumer, &stop, &tracer).await?;
+    let (reason, duration) = session::run(&mut drain, logger, consumer, &stop, &mut tracer).await?;
 
     let exit = child.map(|child| {
         // After Ctrl-C the command got the signal too; give it a moment to finish.

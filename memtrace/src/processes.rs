@@ -64,6 +64,13 @@ impl Processes {
         }
     }
 
+    /// Drops what is kept about `pid`, a process that ended and is no longer needed.
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.forget(pid);
+        self.comms.remove(&pid);
+        self.mapping_generations.remove(&pid);
+    }
+
     /// Says how many records were skipped, if any.
     pub fn report_undecodable(&self) {
         if self.undecodable > 0 {

@@ -286,6 +286,17 @@ impl MapsCache {
         self.ahead.retain(|&(pid, _), _| pid != child);
     }
 
+    /// Everything kept for `pid` (an ended process whose stacks are all resolved): an
+    /// always-on consumer would otherwise keep every process it ever saw.
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+        self.generations.remove(&pid);
+        self.retired.retain(|&(p, _), _| p != pid);
+        self.ahead.retain(|&(p, _), _| p != pid);
+        // Files no snapshot maps any more.
+        self.files.retain(|_, file| file.strong_count() > 0);
+    }
+
     /// The snapshot is known to be incomplete (read at exec, before the dynamic loader mapped
     /// the libraries): the next miss reads the maps again without waiting out the rate limit.
     pub fn expect_changes(&mut self, pid: u32) {

@@ -34,7 +34,7 @@ pub trait Consumer {
     fn on_targets(&mut self, _pids: &[u32]) {}
     /// Called about every 5 ms (the drain tick) with the time since tracing started; `tracer` gives the
     /// kernel's counters and maps.
-    fn on_tick(&mut self, _elapsed: Duration, _tracer: &Tracer) {}
+    fn on_tick(&mut self, _elapsed: Duration, _tracer: &mut Tracer) {}
 }
 
 /// When to stop, besides Ctrl-C and SIGTERM.
@@ -59,7 +59,7 @@ pub async fn run(
     logger: Option<Logger>,
     consumer: &mut dyn Consumer,
     stop: &StopWhen,
-    tracer: &Tracer,
+    tracer: &mut Tracer,
 ) -> Result<(StopReason, Duration)> {
     let started = Instant::now();
     let mut interrupt = signal(SignalKind::interrupt())?;

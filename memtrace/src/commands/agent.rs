@@ -3,7 +3,7 @@
 //! process's exit), page allocations are counted per process by a program; each second the
 //! agent turns them into monotonic counters per (comm, cgroup), bounded in number.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     agent_config::AgentConfig,
-    agent_metrics::{AgentMetrics, ProcessId, ProcessLabels},
+    agent_metrics::{AgentMetrics, ProcessId, ProcessLabels, ProcessMemory},
+    agent_profile::{RollingProfile, PROFILE_WINDOW},
     bpf::Tracer,
     cli::{AgentArgs, RunArgs, TargetArgs},
     commands::{
@@ -36,17 +37,16 @@ use crate::{
     session::Consumer,
     stacks::{StackCounts, StackKey},
     symbolize::Symbolizer,
+    sysmem::{self, SystemSample},
 };
 
 /// How often the kernel's counts are read into the metrics.
 const UPDATE_EVERY: Duration = Duration::from_secs(1);
+/// Cgroup paths remembered by id at most (more are forgotten and looked up again).
+const MAX_CGROUPS: usize = 4096;
 /// How often the ring is drained (sampled stacks and OOM kills only: few events, and an idle
 /// agent should mostly sleep).
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
-/// The rolling fault profile covers at most this much of the past...
-const PROFILE_WINDOW: Duration = Duration::from_secs(600);
-/// ...and holds at most this many sampled stacks (the oldest go first).
-const PROFILE_SAMPLES: usize = 100_000;
 
 /// A request from the HTTP side for the fault profile of the last `seconds`.
 struct ProfileRequest {
@@ -61,20 +61,60 @@ struct AgentFeed {
     hierarchy: Option<MemoryHierarchy>,
     /// Each process's memory cgroup, read once.
     cgroups: HashMap<u32, String>,
+    /// Cgroup paths by kernfs node id (as exit records give them), each looked up once.
+    cgroup_paths: HashMap<u64, Option<String>>,
     /// Processes that ended (final counts taken) while /proc may still show them.
     ended: HashSet<ProcessId>,
     /// /proc's start times are clock ticks; the exit record's are nanoseconds.
     nanoseconds_per_tick: u64,
     page_allocations: bool,
+    swap: bool,
     next_update: Duration,
-    /// Sampled fault stacks, oldest first, with when they came.
-    samples: VecDeque<(Duration, StackKey)>,
+    profile: RollingProfile,
+    /// Time since tracing began, at the last tick.
     now: Duration,
+    /// 1 fault in this many has its stacks taken.
     stack_period: u64,
     requests: mpsc::Receiver<ProfileRequest>,
     symbolizer: Symbolizer,
     /// Keeps kernel.bpf_stats collection on while the agent runs.
     _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// A living process as /proc shows it each second.
+struct LiveProcess {
+    process: ProcessId,
+    comm: String,
+    minor_faults: u64,
+    major_faults: u64,
+    rss_bytes: u64,
+}
+
+/// Every process in /proc now.
+fn live_processes() -> Vec<LiveProcess> {
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let page_size = procfs::page_size();
+    processes
+        .flatten()
+        .filter_map(|p| p.stat().ok())
+        .filter_map(|stat| {
+            Some(LiveProcess {
+                process: (u32::try_from(stat.pid).ok()?, stat.starttime),
+                minor_faults: stat.minflt,
+                major_faults: stat.majflt,
+                rss_bytes: stat.rss * page_size,
+                comm: stat.comm,
+            })
+        })
+        .collect()
+}
+
+/// Whether any memory is out in swap now: when none is, no process's VmSwap needs reading.
+fn swap_in_use() -> bool {
+    let system = SystemSample::read();
+    system.swap_total_kb > system.swap_free_kb
 }
 
 impl AgentFeed {
@@ -90,55 +130,66 @@ impl AgentFeed {
                     .unwrap_or_default()
             })
             .clone();
-        ProcessLabels { comm, cgroup }
+        ProcessLabels::new(comm, cgroup)
     }
 
     /// The kernel's counts now into the metrics: faults of live processes from /proc (the
-    /// kernel counts them per task), page allocations from the programs' table.
-    fn update(&mut self, tracer: &Tracer) {
-        let mut alive: HashSet<u32> = HashSet::new();
-        let mut faults: Vec<(ProcessId, String, u64, u64)> = Vec::new();
-        if let Ok(processes) = procfs::process::all_processes() {
-            for stat in processes.flatten().filter_map(|p| p.stat().ok()) {
-                let Ok(pid) = u32::try_from(stat.pid) else {
-                    continue;
-                };
-                alive.insert(pid);
-                let process = (pid, stat.starttime);
-                if !self.ended.contains(&process) && pid != std::process::id() {
-                    faults.push((process, stat.comm, stat.minflt, stat.majflt));
-                }
-            }
-        }
+    /// kernel counts them per task), page allocations and swap traffic from the programs'
+    /// tables; then the tables' pids that are gone are dropped from them.
+    fn update(&mut self, tracer: &mut Tracer) {
+        let live = live_processes();
+        let alive: HashSet<u32> = live.iter().map(|p| p.process.0).collect();
         // An ended process's pid gone from /proc (reaped): it cannot be seen again.
         self.ended.retain(|(pid, _)| alive.contains(pid));
-        let mut pages: HashMap<u32, (String, u64, u64)> = HashMap::new();
-        let page_counts = if self.page_allocations {
-            tracer.page_counts().unwrap_or_default()
+        let read_swap = self.swap && swap_in_use();
+        let mut faults = Vec::new();
+        let mut memory = Vec::new();
+        for p in live {
+            let pid = p.process.0;
+            let labels = self.labels(pid, p.comm);
+            if !self.ended.contains(&p.process) && pid != std::process::id() {
+                faults.push((p.process, labels.clone(), p.minor_faults, p.major_faults));
+            }
+            let swap_kb = if read_swap {
+                sysmem::vmswap_kb(pid)
+            } else {
+                None
+            };
+            memory.push(ProcessMemory {
+                pid,
+                labels,
+                rss_bytes: p.rss_bytes,
+                swap_bytes: swap_kb.unwrap_or(0) * 1024,
+            });
+        }
+        let pages = self.page_counts(tracer);
+        let swap = if self.swap {
+            tracer.swap_counts().unwrap_or_default()
         } else {
             HashMap::new()
         };
-        for (key, count) in page_counts {
-            let origin = Origin::of_key(&key);
-            let comm = origin.name(&self.known, || comm_to_string(&count.comm));
-            let entry = pages.entry(origin.pid).or_insert((comm, 0, 0));
-            entry.1 += count.pages;
-            entry.2 += count.allocations;
-        }
-        let faults: Vec<_> = faults
-            .into_iter()
-            .map(|(process, comm, minor, major)| {
-                (process, self.labels(process.0, comm), minor, major)
-            })
-            .collect();
         let pages: Vec<_> = pages
             .into_iter()
             .map(|(pid, (comm, n, calls))| (pid, self.labels(pid, comm), n, calls))
             .collect();
-        // A gone process's cgroup is kept while the kernel's table still counts its pid.
-        let counted: HashSet<u32> = pages.iter().map(|(pid, ..)| *pid).collect();
-        self.cgroups
-            .retain(|pid, _| alive.contains(pid) || counted.contains(pid));
+        let swap: Vec<_> = swap
+            .into_iter()
+            .map(|(pid, counts)| {
+                // 0: pages whose owner the program has not learnt yet.
+                let comm = match pid {
+                    0 => "[owner unknown]".to_owned(),
+                    _ => self.known.name(pid),
+                };
+                (pid, self.labels(pid, comm), counts)
+            })
+            .collect();
+        // The tables' pids that are gone: read for the last time just now.
+        let gone: HashSet<u32> = (pages.iter().map(|(pid, ..)| *pid))
+            .chain(swap.iter().map(|(pid, ..)| *pid))
+            .filter(|pid| *pid != 0 && !alive.contains(pid))
+            .collect();
+        let forgotten = tracer.forget_counts(&gone).unwrap_or_default();
+        self.cgroups.retain(|pid, _| alive.contains(pid));
         let counters = tracer.counters().unwrap_or_default();
         let (run_time, _) = tracer.program_runs();
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,21 +199,62 @@ impl AgentFeed {
         for (pid, labels, n, calls) in pages {
             metrics.update_pages(pid, labels, n, calls);
         }
+        for (pid, labels, counts) in swap {
+            metrics.update_swap(pid, labels, counts.out_written, counts.swapped_in);
+        }
+        metrics.forget_pids(&forgotten);
+        metrics.set_memory(memory);
         metrics.health(counters.lost, run_time.as_secs_f64(), own_rss_bytes());
     }
 
-    /// A process ended: its lifetime fault counts are final.
+    /// The path of the memory cgroup with kernfs node id `id`.
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        let hierarchy = self.hierarchy.as_ref()?;
+        if self.cgroup_paths.len() >= MAX_CGROUPS {
+            self.cgroup_paths.clear();
+        }
+        (self.cgroup_paths)
+            .entry(id)
+            .or_insert_with(|| hierarchy.path_of_id(id))
+            .clone()
+    }
+
+    /// Page allocations per pid (name, pages, calls) from the kernel's table.
+    fn page_counts(&self, tracer: &Tracer) -> HashMap<u32, (String, u64, u64)> {
+        let mut pages: HashMap<u32, (String, u64, u64)> = HashMap::new();
+        if !self.page_allocations {
+            return pages;
+        }
+        for (key, count) in tracer.page_counts().unwrap_or_default() {
+            let origin = Origin::of_key(&key);
+            let comm = origin.name(&self.known, || comm_to_string(&count.comm));
+            let entry = pages.entry(origin.pid).or_insert((comm, 0, 0));
+            entry.1 += count.pages;
+            entry.2 += count.allocations;
+        }
+        pages
+    }
+
+    /// A process ended: its lifetime fault counts are final, and what is kept about it goes
+    /// once no sampled stack needs it.
     fn on_exit(&mut self, exit: &ProcessExit) {
         let process = (
             exit.tgid,
             exit.start_boottime_ns / self.nanoseconds_per_tick,
         );
+        // /proc/PID/cgroup of an exiting process already says "/": the record's is right.
+        if let Some(path) = self.cgroup_path(exit.memcg) {
+            self.cgroups.insert(exit.tgid, path);
+        }
         let labels = self.labels(exit.tgid, comm_to_string(&exit.comm));
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         metrics.update_faults(process, labels, exit.minor_faults, exit.major_faults);
         metrics.forget(process);
         drop(metrics);
         self.ended.insert(process);
+        if self.profile.ended(exit.tgid) {
+            self.known.forget(exit.tgid);
+        }
     }
 }
 
@@ -176,7 +268,7 @@ impl AgentFeed {
     fn profile(&mut self, tracer: &Tracer, seconds: u64) -> Result<Vec<u8>> {
         let since = self.now.saturating_sub(Duration::from_secs(seconds));
         let mut counts = StackCounts::default();
-        for (_, key) in self.samples.iter().filter(|(at, _)| *at >= since) {
+        for key in self.profile.since(since) {
             counts.add(*key, 1);
         }
         let known = &self.known;
@@ -244,11 +336,10 @@ impl Consumer for AgentFeed {
             // A sampled fault's stacks, for the rolling profile.
             if let Some(event) = self.known.admit(bytes) {
                 if matches!(event.kind, EventKind::MinorFault | EventKind::MajorFault) {
-                    if self.samples.len() >= PROFILE_SAMPLES {
-                        self.samples.pop_front();
-                    }
                     let key = self.known.stack_key(&event);
-                    self.samples.push_back((self.now, key));
+                    for pid in self.profile.push(self.now, key) {
+                        self.known.forget(pid);
+                    }
                 }
             }
             return;
@@ -256,22 +347,18 @@ impl Consumer for AgentFeed {
         let cgroup = (self.hierarchy.as_ref())
             .and_then(|h| victim_cgroup(h, &kill))
             .unwrap_or_default();
-        let labels = ProcessLabels {
-            comm: comm_to_string(&kill.comm),
-            cgroup,
-        };
+        let labels = ProcessLabels::new(comm_to_string(&kill.comm), cgroup);
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         metrics.oom_kill(labels);
     }
 
-    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
         self.now = elapsed;
         if elapsed >= self.next_update {
             self.next_update = elapsed + UPDATE_EVERY;
             self.update(tracer);
-            let oldest = elapsed.saturating_sub(PROFILE_WINDOW);
-            while self.samples.front().is_some_and(|(at, _)| *at < oldest) {
-                self.samples.pop_front();
+            for pid in self.profile.expire(elapsed) {
+                self.known.forget(pid);
             }
         }
         while let Ok(request) = self.requests.try_recv() {
@@ -300,7 +387,10 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
                 config.listen
             )
         })?;
-    let metrics = Arc::new(Mutex::new(AgentMetrics::new(config.max_series)));
+    let metrics = Arc::new(Mutex::new(AgentMetrics::new(
+        config.max_series,
+        config.pid_labels,
+    )));
     let (requests, profile_requests) = mpsc::channel(8);
     let router = Router::new()
         .route("/metrics", get(serve_metrics))
@@ -325,7 +415,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         user_stacks: true,
         kernel_stacks: true,
         file_tags: false,
-        swap: false,
+        swap: config.swap,
         malloc: None,
         pages: config.page_allocations,
         stack_sample_period: config.stack_sample,
@@ -347,13 +437,15 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         metrics,
         hierarchy: MemoryHierarchy::find(),
         cgroups: HashMap::new(),
+        cgroup_paths: HashMap::new(),
         ended: HashSet::new(),
         page_allocations: config.page_allocations,
+        swap: config.swap,
         // SAFETY: sysconf has no preconditions.
         nanoseconds_per_tick: 1_000_000_000
             / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64),
         next_update: Duration::ZERO,
-        samples: VecDeque::new(),
+        profile: RollingProfile::default(),
         now: Duration::ZERO,
         stack_period: config.stack_sample,
         requests: profile_requests,
@@ -370,10 +462,14 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         if config.page_allocations {
             tracer.attach_tracepoint("page_alloc", "kmem", "mm_page_alloc")?;
         }
+        if config.swap {
+            tracer.attach_swap()?;
+        }
         tracer.attach_tracepoint("oom_kill", "oom", "mark_victim")
     };
     let traced = pipeline::trace(&target, &run_args, options, &attach, &mut feed).await?;
-    feed.update(&traced.tracer);
+    let mut tracer = traced.tracer;
+    feed.update(&mut tracer);
     eprintln!("memtrace: agent stopped");
     Ok(())
 }

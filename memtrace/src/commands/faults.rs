@@ -137,7 +137,7 @@ impl Consumer for FaultCounter {
         }
     }
 
-    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
         let counters = tracer.counters().unwrap_or_default();
         if let Some(interval) = self.progress.interval_due(elapsed) {
             let seconds = interval.as_secs_f64();

@@ -150,7 +150,7 @@ impl Consumer for AllocBooks {
         }
     }
 
-    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
         self.now = elapsed;
         if elapsed >= self.next_exit_check {
             self.next_exit_check = elapsed + EXIT_CHECK_EVERY;

@@ -220,7 +220,7 @@ impl Consumer for PageBooks {
         entry.0 += allocation.totals;
     }
 
-    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
         let Some(interval) = self.progress.interval_due(elapsed) else {
             let counters = tracer.counters().unwrap_or_default();
             let text = format!("{} allocations seen, {} lost", counters.seen, counters.lost);

@@ -72,7 +72,7 @@ impl Consumer for SwapWatch {
         }
     }
 
-    fn on_tick(&mut self, elapsed: Duration, tracer: &Tracer) {
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
         let Some(interval) = self.progress.interval_due(elapsed) else {
             return;
         };
@@ -219,8 +219,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         oom: false,
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
-        tracer.attach_raw_tracepoint("swap_rss_stat", "rss_stat")?;
-        tracer.attach_tracepoint("swap_write_folio", "vmscan", "mm_vmscan_write_folio")?;
+        tracer.attach_swap()?;
         tracer.attach_faults(false, true, 1)
     };
     let mut watch = SwapWatch {
