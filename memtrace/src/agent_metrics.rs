@@ -75,6 +75,25 @@ impl EncodeLabelSet for MemoryLabels {
     }
 }
 
+/// The agent's own state, each second.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Events the kernel could not deliver (total).
+    pub lost_events: u64,
+    /// Time in the agent's eBPF programs (total).
+    pub bpf_seconds: f64,
+    pub rss_bytes: u64,
+    /// Entries in the kernel's tables that grow with processes.
+    pub map_entries: Vec<(&'static str, u64)>,
+    /// Address-space snapshots the agent keeps for symbolizing stacks.
+    pub processes_held: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
 /// One live process's memory now.
 #[derive(Clone, Debug)]
 pub struct ProcessMemory {
@@ -120,6 +139,8 @@ pub struct AgentMetrics {
     lost_events: Counter,
     bpf_run_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     agent_rss: Gauge,
+    map_entries: Family<MapLabels, Gauge>,
+    processes_held: Gauge,
     /// What each process had at the last update, with its series.
     last: HashMap<Key, (ProcessLabels, Totals)>,
     series: HashSet<ProcessLabels>,
@@ -195,6 +216,19 @@ impl AgentMetrics {
             "The agent's own resident memory",
             agent_rss.clone(),
         );
+        let map_entries = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "bpf_map_entries",
+            "Entries in the agent's kernel tables that grow with processes (exited ones are \
+             dropped)",
+            map_entries.clone(),
+        );
+        let processes_held = Gauge::default();
+        registry.register(
+            "agent_processes_held",
+            "Processes whose memory maps the agent keeps to symbolize sampled stacks",
+            processes_held.clone(),
+        );
         Self {
             registry,
             faults,
@@ -207,6 +241,8 @@ impl AgentMetrics {
             lost_events,
             bpf_run_seconds,
             agent_rss,
+            map_entries,
+            processes_held,
             last: HashMap::new(),
             series: HashSet::new(),
             max_series,
@@ -373,16 +409,26 @@ impl AgentMetrics {
         self.oom_kills.get_or_create(&series).inc();
     }
 
-    /// The agent's own figures: lost events and eBPF run time (kernel totals), its RSS.
-    pub fn health(&mut self, lost: u64, bpf_seconds: f64, rss_bytes: u64) {
-        self.lost_events.inc_by(lost.saturating_sub(self.last_lost));
-        self.last_lost = self.last_lost.max(lost);
-        if bpf_seconds > self.last_bpf_seconds {
+    /// The agent's own figures: lost events and eBPF run time (kernel totals), its RSS and
+    /// how much it holds.
+    pub fn health(&mut self, health: &Health) {
+        self.lost_events
+            .inc_by(health.lost_events.saturating_sub(self.last_lost));
+        self.last_lost = self.last_lost.max(health.lost_events);
+        if health.bpf_seconds > self.last_bpf_seconds {
             self.bpf_run_seconds
-                .inc_by(bpf_seconds - self.last_bpf_seconds);
-            self.last_bpf_seconds = bpf_seconds;
+                .inc_by(health.bpf_seconds - self.last_bpf_seconds);
+            self.last_bpf_seconds = health.bpf_seconds;
         }
-        self.agent_rss.set(gauge_value(rss_bytes));
+        self.agent_rss.set(gauge_value(health.rss_bytes));
+        for (map, entries) in &health.map_entries {
+            self.map_entries
+                .get_or_create(&MapLabels {
+                    map: (*map).to_owned(),
+                })
+                .set(gauge_value(*entries));
+        }
+        self.processes_held.set(gauge_value(health.processes_held));
     }
 
     /// The Prometheus text exposition.
@@ -434,5 +480,72 @@ mod tests {
         assert_eq!(minor(&text, "b"), Some(1), "{text}");
         assert_eq!(minor(&text, "c"), None, "{text}");
         assert_eq!(minor(&text, "other"), Some(10), "{text}");
+    }
+
+    fn gauge(text: &str, metric: &str, labels: &str) -> Option<i64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{metric}{{{labels}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn memory_gauges_keep_the_largest_series_and_sum_the_rest() {
+        let mut metrics = AgentMetrics::new(2, false);
+        let process = |pid, comm, rss_bytes, swap_bytes| ProcessMemory {
+            pid,
+            labels: labels(comm),
+            rss_bytes,
+            swap_bytes,
+        };
+        metrics.set_memory(vec![
+            process(1, "big", 100, 0),
+            process(2, "big", 50, 10),
+            process(3, "mid", 80, 0),
+            process(4, "small", 5, 1),
+            process(5, "tiny", 1, 0),
+            // A kernel thread: no memory, no series.
+            process(6, "kthread", 0, 0),
+        ]);
+        let text = metrics.render();
+        let rss = |comm: &str| {
+            gauge(
+                &text,
+                "memtrace_process_rss_bytes",
+                &format!("comm=\"{comm}\""),
+            )
+        };
+        assert_eq!(rss("big"), Some(150), "{text}");
+        assert_eq!(rss("mid"), Some(80), "{text}");
+        assert_eq!(rss("other"), Some(6), "{text}");
+        assert_eq!(rss("small"), None, "{text}");
+        assert_eq!(rss("kthread"), None, "{text}");
+        let swap = gauge(&text, "memtrace_process_swap_bytes", "comm=\"big\"");
+        assert_eq!(swap, Some(10), "{text}");
+        // Rebuilt each time: a series whose processes are gone disappears.
+        metrics.set_memory(vec![process(3, "mid", 70, 0)]);
+        let text = metrics.render();
+        assert!(!text.contains("comm=\"big\""), "{text}");
+        assert!(!text.contains("comm=\"other\""), "{text}");
+    }
+
+    #[test]
+    fn pid_labels_only_when_asked_for() {
+        let process = ProcessMemory {
+            pid: 42,
+            labels: ProcessLabels::new("web".to_owned(), "/docker/".to_owned() + &"ab".repeat(32)),
+            rss_bytes: 4096,
+            swap_bytes: 0,
+        };
+        let mut plain = AgentMetrics::new(10, false);
+        plain.set_memory(vec![process.clone()]);
+        let text = plain.render();
+        assert!(!text.contains("pid="), "{text}");
+        assert!(
+            text.contains(&format!("container_id=\"{}\"", "ab".repeat(32))),
+            "{text}"
+        );
+        let mut with_pids = AgentMetrics::new(10, true);
+        with_pids.set_memory(vec![process]);
+        assert!(with_pids.render().contains("pid=\"42\""));
     }
 }

@@ -360,6 +360,11 @@ impl MapsCache {
         snapshot.merge(vec![mapping]);
     }
 
+    /// Address-space snapshots held (current and retired by an exec).
+    pub fn snapshots(&self) -> usize {
+        self.procs.len() + self.retired.len()
+    }
+
     /// How many execs of `pid` memtrace has seen: the generation of its current address space.
     pub fn generation(&self, pid: u32) -> u32 {
         self.generations.get(&pid).copied().unwrap_or(0)

@@ -43,7 +43,12 @@ pub struct MemoryCgroup {
 
 impl MemoryCgroup {
     pub fn create(limit_mib: u64) -> Self {
-        let name = format!("memtrace-test-{}", std::process::id());
+        Self::create_named(&format!("memtrace-test-{}", std::process::id()), limit_mib)
+    }
+
+    /// A memory cgroup at the hierarchy's top named `name` (e.g. the way a container runtime
+    /// names its scopes).
+    pub fn create_named(name: &str, limit_mib: u64) -> Self {
         let limit = (limit_mib << 20).to_string();
         let v1 = Path::new("/sys/fs/cgroup/memory");
         if v1.join("memory.limit_in_bytes").exists() {

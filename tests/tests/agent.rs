@@ -9,7 +9,9 @@ use std::{
 };
 
 use tests::{
-    memtrace, run_workload, serial, spawn_memtrace, swap_env::MemoryCgroup, Background, TempDir,
+    memtrace, run_workload, serial, spawn_memtrace, spawn_waiting,
+    swap_env::{MemoryCgroup, SwapFile},
+    Background, TempDir,
 };
 
 /// A free loopback port (bound, then released).
@@ -49,6 +51,19 @@ fn get_bytes(port: u16, path: &str) -> Vec<u8> {
 /// GET `path` on the agent; the body as text.
 fn get(port: u16, path: &str) -> String {
     String::from_utf8_lossy(&get_bytes(port, path)).into_owned()
+}
+
+/// Processes alive now.
+fn procfs_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count()
 }
 
 /// The value of the first sample of `metric` whose labels contain all of `labels`.
@@ -343,6 +358,18 @@ fn series_stay_bounded_under_process_churn() {
         "{} minor-fault series, the bound is {max_series} (+ other)\n{text}",
         series.len()
     );
+    // The exited processes left the kernel's table and the agent's memory.
+    let live = procfs_processes();
+    for (metric, labels) in [
+        ("memtrace_bpf_map_entries", &["map=\"page_counts\""][..]),
+        ("memtrace_agent_processes_held", &[][..]),
+    ] {
+        let held = sample(&text, metric, labels);
+        assert!(
+            held.is_some_and(|h| h <= (live + 100) as f64),
+            "{metric} {held:?} with {live} processes alive after {processes} exited\n{text}"
+        );
+    }
     let churned = series.iter().filter(|l| l.contains("comm=\"churn")).count();
     let other = sample(
         &text,
@@ -352,6 +379,125 @@ fn series_stay_bounded_under_process_churn() {
     assert!(
         churned < processes && other.is_some_and(|v| v > 0.0),
         "{churned} churn series, other {other:?}\n{text}"
+    );
+}
+
+/// The kernel's swap counters (pswpin, pswpout) in /proc/vmstat.
+fn vmstat_swap() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/vmstat").expect("/proc/vmstat");
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (get("pswpin"), get("pswpout"))
+}
+
+/// A field of /proc/PID/status in bytes (its kB figure).
+fn status_bytes(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb * 1024.0
+}
+
+fn within(measured: Option<f64>, expected: f64, fraction: f64) -> bool {
+    measured.is_some_and(|m| (m - expected).abs() <= expected * fraction)
+}
+
+/// A workload thrashing in a memory cgroup named as Docker names a container's scope: its
+/// swap traffic is credited to it (not to kswapd) within 10% of the kernel's pswpout and
+/// pswpin, under the container's id; its RSS and swap gauges (with a pid label, asked for)
+/// are its own /proc/PID/status figures.
+#[test]
+fn swap_traffic_and_memory_are_the_owners() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("agent-swap");
+    let port = free_port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\npid_labels = true\n"),
+    )
+    .unwrap();
+    let container_id = format!("{:064x}", 0x5eed_u64 + u64::from(std::process::id()));
+    let _swap = SwapFile::create(512);
+    let cgroup = MemoryCgroup::create_named(&format!("docker-{container_id}.scope"), 64);
+    let mut agent = spawn_memtrace(&["agent", "--config", config.to_str().unwrap()]);
+    agent.wait_attached();
+    let mut workload = spawn_waiting("swap_cycle", &["128", "1"]);
+    std::fs::write(cgroup.procs(), workload.pid.to_string()).unwrap();
+    let before = vmstat_swap();
+    workload.go();
+    let after = vmstat_swap();
+    let (pswpin, pswpout) = (after.0 - before.0, after.1 - before.1);
+    assert!(pswpout > 0.0, "nothing swapped out");
+    let owner = [
+        "comm=\"swap_cycle\"".to_owned(),
+        format!("container_id=\"{container_id}\""),
+    ];
+    let series = |text: &str, direction: &str| {
+        let direction = format!("direction=\"{direction}\"");
+        let mut labels: Vec<&str> = owner.iter().map(String::as_str).collect();
+        labels.push(&direction);
+        sample(text, "memtrace_swap_pages_total", &labels)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = get(port, "/metrics");
+        let done = within(series(&text, "out"), pswpout, 0.10)
+            && within(series(&text, "in"), pswpin, 0.10);
+        if done || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // The workload lingers: its memory now, as the kernel sees it and as /metrics says.
+    let pid = format!("pid=\"{}\"", workload.pid);
+    let rss = sample(&text, "memtrace_process_rss_bytes", &[&pid]);
+    let swapped = sample(&text, "memtrace_process_swap_bytes", &[&pid]);
+    let (vm_rss, vm_swap) = (
+        status_bytes(workload.pid, "VmRSS:"),
+        status_bytes(workload.pid, "VmSwap:"),
+    );
+    workload.finish();
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(
+        within(series(&text, "out"), pswpout, 0.10),
+        "swapped out: {:?} in /metrics, /proc/vmstat pswpout {pswpout}\n{text}",
+        series(&text, "out")
+    );
+    assert!(
+        within(series(&text, "in"), pswpin, 0.10),
+        "swapped in: {:?} in /metrics, /proc/vmstat pswpin {pswpin}\n{text}",
+        series(&text, "in")
+    );
+    let kswapd_out = sample(
+        &text,
+        "memtrace_swap_pages_total",
+        &["comm=\"kswapd0\"", "direction=\"out\""],
+    );
+    assert!(kswapd_out.is_none(), "kswapd credited\n{text}");
+    assert!(
+        within(rss, vm_rss, 0.10),
+        "RSS gauge {rss:?}, VmRSS {vm_rss}\n{text}"
+    );
+    assert!(
+        within(swapped, vm_swap, 0.10),
+        "swap gauge {swapped:?}, VmSwap {vm_swap}\n{text}"
     );
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     agent_config::AgentConfig,
-    agent_metrics::{AgentMetrics, ProcessId, ProcessLabels, ProcessMemory},
+    agent_metrics::{AgentMetrics, Health, ProcessId, ProcessLabels, ProcessMemory},
     agent_profile::{RollingProfile, PROFILE_WINDOW},
     bpf::Tracer,
     cli::{AgentArgs, RunArgs, TargetArgs},
@@ -59,8 +59,8 @@ struct AgentFeed {
     known: Processes,
     metrics: Arc<Mutex<AgentMetrics>>,
     hierarchy: Option<MemoryHierarchy>,
-    /// Each process's memory cgroup, read once.
-    cgroups: HashMap<u32, String>,
+    /// Each process's memory cgroup, with its fault count when read.
+    cgroups: HashMap<u32, KnownCgroup>,
     /// Cgroup paths by kernfs node id (as exit records give them), each looked up once.
     cgroup_paths: HashMap<u64, Option<String>>,
     /// Processes that ended (final counts taken) while /proc may still show them.
@@ -79,6 +79,13 @@ struct AgentFeed {
     symbolizer: Symbolizer,
     /// Keeps kernel.bpf_stats collection on while the agent runs.
     _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// A process's memory cgroup as last read.
+struct KnownCgroup {
+    path: String,
+    /// The process's faults (minor + major) when it was read.
+    faults: u64,
 }
 
 /// A living process as /proc shows it each second.
@@ -120,17 +127,33 @@ fn swap_in_use() -> bool {
 impl AgentFeed {
     fn labels(&mut self, pid: u32, comm: String) -> ProcessLabels {
         let hierarchy = &self.hierarchy;
-        let cgroup = self
+        let cgroup = &self
             .cgroups
             .entry(pid)
-            .or_insert_with(|| {
-                hierarchy
+            .or_insert_with(|| KnownCgroup {
+                path: hierarchy
                     .as_ref()
                     .and_then(|h| h.path_of(pid))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                faults: 0,
             })
-            .clone();
-        ProcessLabels::new(comm, cgroup)
+            .path;
+        ProcessLabels::new(comm, cgroup.clone())
+    }
+
+    /// A process may have been moved to another cgroup since its was read (container
+    /// runtimes move a process after starting it): read again for a process that took
+    /// faults since, which is what gets counted; an idle one costs nothing.
+    fn refresh_cgroup(&mut self, pid: u32, faults: u64) {
+        let Some(known) = self.cgroups.get_mut(&pid) else {
+            return;
+        };
+        if known.faults != faults {
+            known.faults = faults;
+            if let Some(path) = self.hierarchy.as_ref().and_then(|h| h.path_of(pid)) {
+                known.path = path;
+            }
+        }
     }
 
     /// The kernel's counts now into the metrics: faults of live processes from /proc (the
@@ -146,6 +169,10 @@ impl AgentFeed {
         let mut memory = Vec::new();
         for p in live {
             let pid = p.process.0;
+            // (An exiting process's /proc/PID/cgroup says "/": its exit record's is kept.)
+            if !self.ended.contains(&p.process) {
+                self.refresh_cgroup(pid, p.minor_faults + p.major_faults);
+            }
             let labels = self.labels(pid, p.comm);
             if !self.ended.contains(&p.process) && pid != std::process::id() {
                 faults.push((p.process, labels.clone(), p.minor_faults, p.major_faults));
@@ -162,12 +189,13 @@ impl AgentFeed {
                 swap_bytes: swap_kb.unwrap_or(0) * 1024,
             });
         }
-        let pages = self.page_counts(tracer);
+        let (pages, page_entries) = self.page_counts(tracer);
         let swap = if self.swap {
             tracer.swap_counts().unwrap_or_default()
         } else {
             HashMap::new()
         };
+        let swap_entries = swap.len() as u64;
         let pages: Vec<_> = pages
             .into_iter()
             .map(|(pid, (comm, n, calls))| (pid, self.labels(pid, comm), n, calls))
@@ -204,7 +232,13 @@ impl AgentFeed {
         }
         metrics.forget_pids(&forgotten);
         metrics.set_memory(memory);
-        metrics.health(counters.lost, run_time.as_secs_f64(), own_rss_bytes());
+        metrics.health(&Health {
+            lost_events: counters.lost,
+            bpf_seconds: run_time.as_secs_f64(),
+            rss_bytes: own_rss_bytes(),
+            map_entries: vec![("page_counts", page_entries), ("swap_counts", swap_entries)],
+            processes_held: self.known.maps.snapshots() as u64,
+        });
     }
 
     /// The path of the memory cgroup with kernfs node id `id`.
@@ -219,20 +253,23 @@ impl AgentFeed {
             .clone()
     }
 
-    /// Page allocations per pid (name, pages, calls) from the kernel's table.
-    fn page_counts(&self, tracer: &Tracer) -> HashMap<u32, (String, u64, u64)> {
+    /// Page allocations per pid (name, pages, calls) from the kernel's table, and the table's
+    /// entries.
+    fn page_counts(&self, tracer: &Tracer) -> (HashMap<u32, (String, u64, u64)>, u64) {
         let mut pages: HashMap<u32, (String, u64, u64)> = HashMap::new();
         if !self.page_allocations {
-            return pages;
+            return (pages, 0);
         }
-        for (key, count) in tracer.page_counts().unwrap_or_default() {
+        let table = tracer.page_counts().unwrap_or_default();
+        let entries = table.len() as u64;
+        for (key, count) in table {
             let origin = Origin::of_key(&key);
             let comm = origin.name(&self.known, || comm_to_string(&count.comm));
             let entry = pages.entry(origin.pid).or_insert((comm, 0, 0));
             entry.1 += count.pages;
             entry.2 += count.allocations;
         }
-        pages
+        (pages, entries)
     }
 
     /// A process ended: its lifetime fault counts are final, and what is kept about it goes
@@ -244,7 +281,8 @@ impl AgentFeed {
         );
         // /proc/PID/cgroup of an exiting process already says "/": the record's is right.
         if let Some(path) = self.cgroup_path(exit.memcg) {
-            self.cgroups.insert(exit.tgid, path);
+            let faults = exit.minor_faults + exit.major_faults;
+            self.cgroups.insert(exit.tgid, KnownCgroup { path, faults });
         }
         let labels = self.labels(exit.tgid, comm_to_string(&exit.comm));
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
