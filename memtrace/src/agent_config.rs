@@ -19,12 +19,18 @@ pub struct AgentConfig {
     pub max_series: usize,
     /// Take the stacks of 1 fault in this many, for /pprof/faults.
     pub stack_sample: u64,
-    /// Count the kernel's page allocations per process: a program on every allocation, the
-    /// agent's one per-event cost (faults are the kernel's own counts).
+    /// Count the kernel's page allocations per process: a program on every allocation
+    /// (faults are the kernel's own counts and cost nothing). Off by default: on a burst of
+    /// allocations it costs several percent.
     pub page_allocations: bool,
     /// Count swap traffic per owning process: a program on every change of any process's
-    /// RSS counters that leaves at once unless swap entries changed.
-    pub swap: bool,
+    /// RSS counters, which leaves at once unless swap entries changed. "auto": from the
+    /// moment the host has swap (none can happen without).
+    pub swap: Switch,
+    /// Turn on the kernel's eBPF run-time statistics (kernel.bpf_stats_enabled) for
+    /// memtrace_bpf_run_seconds_total. They time every eBPF program on the host, not only
+    /// the agent's.
+    pub bpf_stats: bool,
     /// Give the memory gauges (RSS, swap) a pid label, one series per process (still at
     /// most `max_series`, the largest first).
     pub pid_labels: bool,
@@ -37,9 +43,33 @@ impl Default for AgentConfig {
             allow_remote: false,
             max_series: 200,
             stack_sample: 1000,
-            page_allocations: true,
-            swap: true,
+            page_allocations: false,
+            swap: Switch::Auto,
+            bpf_stats: true,
             pid_labels: false,
+        }
+    }
+}
+
+/// A setting that is on, off, or decided by the host ("auto").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Switch {
+    Set(bool),
+    #[serde(with = "auto")]
+    Auto,
+}
+
+/// The word "auto" as a unit variant.
+mod auto {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+        match String::deserialize(deserializer)?.as_str() {
+            "auto" => Ok(()),
+            other => Err(D::Error::custom(format!(
+                "expected true, false or \"auto\", found \"{other}\""
+            ))),
         }
     }
 }
@@ -125,6 +155,18 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("line 3"), "{text}");
         let err = load_text("max_series = 5\nlisten_on = 1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+    }
+
+    #[test]
+    fn switches_take_true_false_or_auto() {
+        assert_eq!(load_text("swap = true\n").unwrap().swap, Switch::Set(true));
+        assert_eq!(
+            load_text("swap = false\n").unwrap().swap,
+            Switch::Set(false)
+        );
+        assert_eq!(load_text("swap = \"auto\"\n").unwrap().swap, Switch::Auto);
+        let err = load_text("\nswap = \"sometimes\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 

@@ -22,11 +22,19 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The agent serving on loopback `port`, attached.
-fn start_agent(port: u16) -> Background {
-    let mut agent = spawn_memtrace(&["agent", "--listen", &format!("127.0.0.1:{port}")]);
+/// The agent serving on loopback `port` with `settings` (config file lines), attached; its
+/// config file lives as long as the directory returned.
+fn start_agent(port: u16, settings: &str) -> (Background, TempDir) {
+    let dir = TempDir::new("agent");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\n{settings}"),
+    )
+    .unwrap();
+    let mut agent = spawn_memtrace(&["agent", "--config", config.to_str().unwrap()]);
     agent.wait_attached();
-    agent
+    (agent, dir)
 }
 
 /// GET `path` on the agent; the body's bytes.
@@ -81,7 +89,7 @@ fn fault_series_match_the_workloads_getrusage() {
     }
     let _serial = serial();
     let port = free_port();
-    let agent = start_agent(port);
+    let (agent, _config) = start_agent(port, "page_allocations = true\n");
     assert_eq!(get(port, "/healthz").trim(), "ok");
     let report = run_workload("fault_touch", &["20000"]);
     // The agent reads the kernel's counts every second.
@@ -137,14 +145,7 @@ fn the_fault_profile_names_the_workloads_function() {
     let _serial = serial();
     let dir = TempDir::new("agent-pprof");
     let port = free_port();
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("listen = \"127.0.0.1:{port}\"\nstack_sample = 10\n"),
-    )
-    .unwrap();
-    let mut agent = spawn_memtrace(&["agent", "--config", config.to_str().unwrap()]);
-    agent.wait_attached();
+    let (agent, _config) = start_agent(port, "stack_sample = 10\n");
     run_workload("fault_touch", &["20000"]);
     let profile = dir.join("faults.pb.gz");
     std::fs::write(&profile, get_bytes(port, "/pprof/faults?seconds=60")).unwrap();
@@ -245,7 +246,7 @@ fn prometheus_sees_the_workloads_faults() {
     }
     let _serial = serial();
     let agent_port = free_port();
-    let agent = start_agent(agent_port);
+    let (agent, _config) = start_agent(agent_port, "");
     let Some(prometheus) = PrometheusServer::start(agent_port) else {
         return;
     };
@@ -280,7 +281,7 @@ fn an_oom_kill_is_counted() {
     }
     let _serial = serial();
     let port = free_port();
-    let agent = start_agent(port);
+    let (agent, _config) = start_agent(port, "");
     let cgroup = MemoryCgroup::without_swap(32);
     let status = cgroup.oom_victim().status().expect("sh");
     assert_eq!(
@@ -319,12 +320,6 @@ fn series_stay_bounded_under_process_churn() {
     let dir = TempDir::new("agent-churn");
     let port = free_port();
     let max_series = 50;
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("listen = \"127.0.0.1:{port}\"\nmax_series = {max_series}\n"),
-    )
-    .unwrap();
     // Names of their own: the kernel names a process after the file it execs.
     let names = dir.join("names");
     std::fs::create_dir_all(&names).unwrap();
@@ -332,8 +327,8 @@ fn series_stay_bounded_under_process_churn() {
     for i in 0..processes {
         std::os::unix::fs::symlink("/bin/true", names.join(format!("churn{i}"))).unwrap();
     }
-    let mut agent = spawn_memtrace(&["agent", "--config", config.to_str().unwrap()]);
-    agent.wait_attached();
+    let settings = format!("max_series = {max_series}\npage_allocations = true\n");
+    let (agent, _config) = start_agent(port, &settings);
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -423,19 +418,14 @@ fn swap_traffic_and_memory_are_the_owners() {
         return;
     }
     let _serial = serial();
-    let dir = TempDir::new("agent-swap");
     let port = free_port();
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("listen = \"127.0.0.1:{port}\"\npid_labels = true\n"),
-    )
-    .unwrap();
+    // swap = "auto": the host has no swap yet; the agent starts counting once it has.
+    let (agent, _config) = start_agent(port, "pid_labels = true\n");
     let container_id = format!("{:064x}", 0x5eed_u64 + u64::from(std::process::id()));
-    let _swap = SwapFile::create(512);
     let cgroup = MemoryCgroup::create_named(&format!("docker-{container_id}.scope"), 64);
-    let mut agent = spawn_memtrace(&["agent", "--config", config.to_str().unwrap()]);
-    agent.wait_attached();
+    let _swap = SwapFile::create(512);
+    // The agent looks for swap each second.
+    std::thread::sleep(Duration::from_secs(3));
     let mut workload = spawn_waiting("swap_cycle", &["128", "1"]);
     std::fs::write(cgroup.procs(), workload.pid.to_string()).unwrap();
     let before = vmstat_swap();

@@ -20,7 +20,7 @@ use memtrace_common::{EventKind, ProcessExit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    agent_config::AgentConfig,
+    agent_config::{AgentConfig, Switch},
     agent_metrics::{AgentMetrics, Health, ProcessId, ProcessLabels, ProcessMemory},
     agent_profile::{RollingProfile, PROFILE_WINDOW},
     bpf::Tracer,
@@ -68,7 +68,7 @@ struct AgentFeed {
     /// /proc's start times are clock ticks; the exit record's are nanoseconds.
     nanoseconds_per_tick: u64,
     page_allocations: bool,
-    swap: bool,
+    swap: SwapCounting,
     next_update: Duration,
     profile: RollingProfile,
     /// Time since tracing began, at the last tick.
@@ -118,10 +118,13 @@ fn live_processes() -> Vec<LiveProcess> {
         .collect()
 }
 
-/// Whether any memory is out in swap now: when none is, no process's VmSwap needs reading.
-fn swap_in_use() -> bool {
-    let system = SystemSample::read();
-    system.swap_total_kb > system.swap_free_kb
+/// Whether the agent counts swap traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SwapCounting {
+    Off,
+    /// swap = "auto" on a host without swap: the programs attach once it has some.
+    WhenSwapIsOn,
+    On,
 }
 
 impl AgentFeed {
@@ -164,7 +167,16 @@ impl AgentFeed {
         let alive: HashSet<u32> = live.iter().map(|p| p.process.0).collect();
         // An ended process's pid gone from /proc (reaped): it cannot be seen again.
         self.ended.retain(|(pid, _)| alive.contains(pid));
-        let read_swap = self.swap && swap_in_use();
+        let system = SystemSample::read();
+        if self.swap == SwapCounting::WhenSwapIsOn && system.swap_total_kb > 0 {
+            match tracer.attach_swap() {
+                Ok(()) => log::info!("swap is on: counting swap traffic per process"),
+                Err(err) => log::warn!("cannot count swap traffic: {err:#}"),
+            }
+            self.swap = SwapCounting::On;
+        }
+        // With nothing in swap, no process's VmSwap needs reading.
+        let read_swap = system.swap_total_kb > system.swap_free_kb;
         let mut faults = Vec::new();
         let mut memory = Vec::new();
         for p in live {
@@ -190,7 +202,7 @@ impl AgentFeed {
             });
         }
         let (pages, page_entries) = self.page_counts(tracer);
-        let swap = if self.swap {
+        let swap = if self.swap == SwapCounting::On {
             tracer.swap_counts().unwrap_or_default()
         } else {
             HashMap::new()
@@ -448,12 +460,17 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         config.listen
     );
 
+    // Swap traffic needs swap: "auto" waits for the host to have some.
+    let swap_now = match config.swap {
+        Switch::Set(on) => on,
+        Switch::Auto => SystemSample::read().swap_total_kb > 0,
+    };
     let options = KernelOptions {
         // Of 1 fault in stack_sample only, for /pprof/faults.
         user_stacks: true,
         kernel_stacks: true,
         file_tags: false,
-        swap: config.swap,
+        swap: config.swap != Switch::Set(false),
         malloc: None,
         pages: config.page_allocations,
         stack_sample_period: config.stack_sample,
@@ -478,7 +495,11 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         cgroup_paths: HashMap::new(),
         ended: HashSet::new(),
         page_allocations: config.page_allocations,
-        swap: config.swap,
+        swap: match config.swap {
+            Switch::Set(false) => SwapCounting::Off,
+            _ if swap_now => SwapCounting::On,
+            _ => SwapCounting::WhenSwapIsOn,
+        },
         // SAFETY: sysconf has no preconditions.
         nanoseconds_per_tick: 1_000_000_000
             / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64),
@@ -488,9 +509,14 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         stack_period: config.stack_sample,
         requests: profile_requests,
         symbolizer: Symbolizer::new(),
-        _stats: aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .map_err(|err| log::warn!("eBPF run-time statistics unavailable: {err}"))
-            .ok(),
+        _stats: config
+            .bpf_stats
+            .then(|| {
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .map_err(|err| log::warn!("eBPF run-time statistics unavailable: {err}"))
+                    .ok()
+            })
+            .flatten(),
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
         // Faults are counted by the kernel per task: the programs run for 1 fault in
@@ -500,7 +526,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         if config.page_allocations {
             tracer.attach_tracepoint("page_alloc", "kmem", "mm_page_alloc")?;
         }
-        if config.swap {
+        if swap_now {
             tracer.attach_swap()?;
         }
         tracer.attach_tracepoint("oom_kill", "oom", "mark_victim")
