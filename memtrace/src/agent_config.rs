@@ -158,6 +158,17 @@ mod tests {
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 
+    /// deploy/agent.toml is what systemd and Kubernetes users copy: it must load, and say
+    /// the defaults it claims to.
+    #[test]
+    fn the_example_config_loads_and_says_the_defaults() {
+        let example: AgentConfig = toml::from_str(include_str!("../../deploy/agent.toml")).unwrap();
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{:?}", AgentConfig::default())
+        );
+    }
+
     #[test]
     fn switches_take_true_false_or_auto() {
         assert_eq!(load_text("swap = true\n").unwrap().swap, Switch::Set(true));

@@ -87,6 +87,8 @@ pub struct Health {
     pub map_entries: Vec<(&'static str, u64)>,
     /// Address-space snapshots the agent keeps for symbolizing stacks.
     pub processes_held: u64,
+    /// Times the kernel's stack tables were emptied (total).
+    pub stack_table_clears: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,9 +143,15 @@ pub struct AgentMetrics {
     agent_rss: Gauge,
     map_entries: Family<MapLabels, Gauge>,
     processes_held: Gauge,
+    stack_table_clears: Counter,
     /// What each process had at the last update, with its series.
     last: HashMap<Key, (ProcessLabels, Totals)>,
-    series: HashSet<ProcessLabels>,
+    /// The series with their own labels, with the update each last grew in.
+    series: HashMap<ProcessLabels, u64>,
+    /// Updates so far (one a second).
+    epoch: u64,
+    /// A series that has not grown for this many updates gives its place up.
+    idle_updates: u64,
     max_series: usize,
     /// Memory gauges per pid too (bounded like the rest).
     pid_labels: bool,
@@ -229,6 +237,13 @@ impl AgentMetrics {
             "Processes whose memory maps the agent keeps to symbolize sampled stacks",
             processes_held.clone(),
         );
+        let stack_table_clears = Counter::default();
+        registry.register(
+            "stack_table_clears",
+            "Times the kernel's stack tables were emptied as they neared full (their stacks \
+             were symbolized into the profile already)",
+            stack_table_clears.clone(),
+        );
         Self {
             registry,
             faults,
@@ -243,8 +258,11 @@ impl AgentMetrics {
             agent_rss,
             map_entries,
             processes_held,
+            stack_table_clears,
             last: HashMap::new(),
-            series: HashSet::new(),
+            series: HashMap::new(),
+            epoch: 0,
+            idle_updates: SERIES_IDLE_UPDATES,
             max_series,
             pid_labels,
             last_lost: 0,
@@ -254,14 +272,55 @@ impl AgentMetrics {
 
     /// The series a process's figures go to: its own while there is room, else "other".
     fn series_for(&mut self, labels: ProcessLabels) -> ProcessLabels {
-        if self.series.contains(&labels) {
+        if self.series.contains_key(&labels) {
             return labels;
         }
         if self.series.len() < self.max_series {
-            self.series.insert(labels.clone());
+            self.series.insert(labels.clone(), self.epoch);
             return labels;
         }
         ProcessLabels::other()
+    }
+
+    /// The series counted something in this update.
+    fn grew(&mut self, series: &ProcessLabels) {
+        if let Some(epoch) = self.series.get_mut(series) {
+            *epoch = self.epoch;
+        }
+    }
+
+    /// Ends an update: series idle for `idle_updates` leave the exposition and give their
+    /// place to others (processes that started after the first `max_series` pairs, such as a
+    /// service started after a boot's burst of short-lived commands). Prometheus sees such
+    /// a series end; if it comes back it starts again from zero, which `rate()` takes as a
+    /// counter reset.
+    pub fn end_update(&mut self) {
+        self.epoch += 1;
+        let (epoch, idle) = (self.epoch, self.idle_updates);
+        let mut gone = Vec::new();
+        self.series.retain(|labels, grew| {
+            let keep = epoch - *grew <= idle;
+            if !keep {
+                gone.push(labels.clone());
+            }
+            keep
+        });
+        for process in gone {
+            for kind in ["minor", "major"] {
+                self.faults.remove(&KindLabels {
+                    kind: kind.to_owned(),
+                    process: process.clone(),
+                });
+            }
+            for direction in ["in", "out"] {
+                self.swap.remove(&DirectionLabels {
+                    direction: direction.to_owned(),
+                    process: process.clone(),
+                });
+            }
+            self.pages.remove(&process);
+            self.allocations.remove(&process);
+        }
     }
 
     /// The series a process's new figures go to (its labels now: an exec renames it), and
@@ -296,6 +355,7 @@ impl AgentMetrics {
                         process: series.clone(),
                     })
                     .inc_by(delta);
+                self.grew(&series);
             }
         }
         let now = Totals {
@@ -314,6 +374,7 @@ impl AgentMetrics {
         let grew = pages.saturating_sub(before.pages);
         if grew > 0 {
             self.pages.get_or_create(&series).inc_by(grew);
+            self.grew(&series);
         }
         let grew = allocations.saturating_sub(before.allocations);
         if grew > 0 {
@@ -343,6 +404,7 @@ impl AgentMetrics {
                         process: series.clone(),
                     })
                     .inc_by(delta);
+                self.grew(&series);
             }
         }
         let now = Totals {
@@ -429,6 +491,9 @@ impl AgentMetrics {
                 .set(gauge_value(*entries));
         }
         self.processes_held.set(gauge_value(health.processes_held));
+        let cleared = health.stack_table_clears;
+        self.stack_table_clears
+            .inc_by(cleared.saturating_sub(self.stack_table_clears.get()));
     }
 
     /// The Prometheus text exposition.
@@ -439,6 +504,9 @@ impl AgentMetrics {
         text
     }
 }
+
+/// Five minutes without growth (updates are a second apart) frees a series' place.
+const SERIES_IDLE_UPDATES: u64 = 300;
 
 /// A byte count as a gauge's value (i64; no memory size comes near its end).
 fn gauge_value(bytes: u64) -> i64 {
@@ -486,6 +554,29 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(&format!("{metric}{{{labels}")))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn idle_series_give_their_place_to_newcomers() {
+        let mut metrics = AgentMetrics::new(1, false);
+        metrics.idle_updates = 2;
+        metrics.update_faults((10, 1), labels("boot"), 5, 0);
+        metrics.end_update();
+        // The bound is reached: a service started later goes to "other"...
+        metrics.update_faults((20, 1), labels("service"), 3, 0);
+        metrics.end_update();
+        assert_eq!(minor(&metrics.render(), "service"), None);
+        // ...until "boot" has been idle long enough.
+        for _ in 0..2 {
+            metrics.update_faults((20, 1), labels("service"), 3, 0);
+            metrics.end_update();
+        }
+        metrics.update_faults((20, 1), labels("service"), 7, 0);
+        metrics.end_update();
+        let text = metrics.render();
+        assert_eq!(minor(&text, "boot"), None, "{text}");
+        assert_eq!(minor(&text, "service"), Some(4), "{text}");
+        assert_eq!(minor(&text, "other"), Some(3), "{text}");
     }
 
     #[test]

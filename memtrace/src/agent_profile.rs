@@ -1,13 +1,14 @@
 //! The agent's rolling fault profile: the sampled fault stacks of the last ten minutes, at
-//! most `PROFILE_SAMPLES` of them, and which ended processes they still need. An ended
-//! process's maps are kept until its last sampled stack leaves the window (they symbolize
-//! it), then forgotten: an always-on agent must not keep every process it ever saw.
+//! most `PROFILE_SAMPLES` of them, each symbolized once as it arrives. Holding names rather
+//! than addresses, the profile needs no process's memory maps afterwards (processes are
+//! forgotten when they end) and no entry of the kernel's stack tables (cleared when full).
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
+    sync::Arc,
     time::Duration,
 };
 
-use crate::stacks::StackKey;
+use crate::{report::StackRow, stacks::StackKey};
 
 /// The profile covers at most this much of the past...
 pub const PROFILE_WINDOW: Duration = Duration::from_secs(600);
@@ -17,63 +18,53 @@ const PROFILE_SAMPLES: usize = 100_000;
 #[derive(Default)]
 pub struct RollingProfile {
     /// Sampled stacks, oldest first, with when they came.
-    samples: VecDeque<(Duration, StackKey)>,
-    /// Samples held per process.
-    held: HashMap<u32, usize>,
-    /// Ended processes whose samples are still held.
-    ended: HashSet<u32>,
+    samples: VecDeque<(Duration, Arc<StackRow>)>,
+    /// Each stack symbolized once, by the kernel tables' keys (valid until they are cleared).
+    interned: HashMap<StackKey, Arc<StackRow>>,
 }
 
 impl RollingProfile {
-    /// A sampled stack at `now`. Returns the ended processes whose last sample made room for it.
-    pub fn push(&mut self, now: Duration, key: StackKey) -> Vec<u32> {
-        let mut released = Vec::new();
+    /// A sampled stack at `now`; `resolve` symbolizes it if it is new.
+    pub fn push(&mut self, now: Duration, key: StackKey, resolve: impl FnOnce() -> StackRow) {
         if self.samples.len() >= PROFILE_SAMPLES {
-            released.extend(self.pop());
+            self.samples.pop_front();
         }
-        *self.held.entry(key.tgid).or_default() += 1;
-        self.samples.push_back((now, key));
-        released
+        let row = self
+            .interned
+            .entry(key)
+            .or_insert_with(|| Arc::new(resolve()));
+        self.samples.push_back((now, Arc::clone(row)));
     }
 
-    /// Drops the samples older than the window at `now`; returns the ended processes no
-    /// sample needs any more.
-    pub fn expire(&mut self, now: Duration) -> Vec<u32> {
+    /// Drops the samples older than the window at `now`, and the stacks no sample holds.
+    pub fn expire(&mut self, now: Duration) {
         let oldest = now.saturating_sub(PROFILE_WINDOW);
-        let mut released = Vec::new();
         while self.samples.front().is_some_and(|(at, _)| *at < oldest) {
-            released.extend(self.pop());
+            self.samples.pop_front();
         }
-        released
+        self.interned.retain(|_, row| Arc::strong_count(row) > 1);
     }
 
-    /// `tgid` ended: true if no sample needs it (forget it now), else it is released later.
-    pub fn ended(&mut self, tgid: u32) -> bool {
-        if self.held.contains_key(&tgid) {
-            self.ended.insert(tgid);
-            return false;
-        }
-        true
+    /// The kernel's stack tables were cleared: their keys may now name other stacks.
+    pub fn forget_keys(&mut self) {
+        self.interned.clear();
     }
 
-    /// The samples taken at or after `since`.
-    pub fn since(&self, since: Duration) -> impl Iterator<Item = &StackKey> {
-        self.samples
-            .iter()
-            .filter(move |(at, _)| *at >= since)
-            .map(|(_, key)| key)
-    }
-
-    /// Drops the oldest sample; its process if that was its last and it has ended.
-    fn pop(&mut self) -> Option<u32> {
-        let (_, key) = self.samples.pop_front()?;
-        let held = self.held.get_mut(&key.tgid)?;
-        *held -= 1;
-        if *held > 0 {
-            return None;
+    /// The stacks sampled at or after `since`, most first, each counted `period` times.
+    pub fn rows(&self, since: Duration, period: u64) -> Vec<StackRow> {
+        let mut counts: HashMap<*const StackRow, (&StackRow, u64)> = HashMap::new();
+        for (_, row) in self.samples.iter().filter(|(at, _)| *at >= since) {
+            counts.entry(Arc::as_ptr(row)).or_insert((row, 0)).1 += 1;
         }
-        self.held.remove(&key.tgid);
-        self.ended.remove(&key.tgid).then_some(key.tgid)
+        let mut rows: Vec<StackRow> = counts
+            .into_values()
+            .map(|(row, n)| StackRow {
+                count: n * period,
+                ..row.clone()
+            })
+            .collect();
+        rows.sort_by(|a, b| (b.count, a.pid, &a.frames).cmp(&(a.count, b.pid, &b.frames)));
+        rows
     }
 }
 
@@ -82,34 +73,54 @@ mod tests {
     use super::*;
     use memtrace_common::EventKind;
 
-    fn key(tgid: u32) -> StackKey {
+    fn key(tgid: u32, user_stack: u64) -> StackKey {
         StackKey {
             tgid,
             generation: 0,
             kind: EventKind::MinorFault,
-            user_stack: 1,
+            user_stack,
             kernel_stack_id: 1,
         }
     }
 
+    fn row(tgid: u32, function: &str) -> StackRow {
+        let mut row = StackRow::new(tgid, "w".into(), "minor", 1, Vec::new(), Vec::new());
+        row.frames = vec![function.to_owned()];
+        row
+    }
+
     #[test]
-    fn an_ended_process_is_released_with_its_last_sample() {
+    fn stacks_are_counted_in_the_window_and_symbolized_once() {
         let mut profile = RollingProfile::default();
         let second = Duration::from_secs(1);
-        assert!(profile.push(second, key(7)).is_empty());
-        assert!(profile.push(2 * second, key(7)).is_empty());
-        assert!(profile.push(3 * second, key(8)).is_empty());
-        // 9 has no samples: forget it at once; 7 still has two.
-        assert!(profile.ended(9));
-        assert!(!profile.ended(7));
-        assert!(profile.expire(PROFILE_WINDOW + second).is_empty());
-        assert_eq!(profile.since(Duration::ZERO).count(), 3);
+        let mut resolved = 0;
+        for at in 1..=3 {
+            profile.push(at * second, key(7, 1), || {
+                resolved += 1;
+                row(7, "touch")
+            });
+        }
+        profile.push(4 * second, key(8, 2), || row(8, "read"));
+        assert_eq!(resolved, 1);
+        let rows = profile.rows(Duration::ZERO, 10);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].pid, rows[0].count), (7, 30));
+        assert_eq!((rows[1].pid, rows[1].count), (8, 10));
+        // The last 2 seconds only.
         assert_eq!(
-            profile.expire(PROFILE_WINDOW + 2 * second + second / 2),
-            vec![7]
+            profile
+                .rows(3 * second, 1)
+                .iter()
+                .map(|r| r.count)
+                .sum::<u64>(),
+            2
         );
-        // 8 lives on: its samples expire, nothing to release.
-        assert!(profile.expire(PROFILE_WINDOW * 2).is_empty());
-        assert_eq!(profile.since(Duration::ZERO).count(), 0);
+        // Samples leave with the window, and their stacks with them.
+        profile.expire(PROFILE_WINDOW + 3 * second + second / 2);
+        assert_eq!(profile.rows(Duration::ZERO, 1).len(), 1);
+        assert_eq!(profile.interned.len(), 1);
+        profile.expire(PROFILE_WINDOW * 2);
+        assert!(profile.rows(Duration::ZERO, 1).is_empty());
+        assert!(profile.interned.is_empty());
     }
 }

@@ -474,6 +474,27 @@ impl Tracer {
         self.attach_tracepoint("swap_write_folio", "vmscan", "mm_vmscan_write_folio")
     }
 
+    /// Empties the stack tables (user and kernel), and each CPU's note of the user stack it
+    /// stored last (which would skip storing it again). A stack stored while this runs may
+    /// be lost with them.
+    pub fn clear_stacks(&mut self) -> Result<()> {
+        let mut user: HashMap<_, u64, UserStack> = HashMap::try_from(self.map_mut("USER_STACKS")?)?;
+        let keys: Vec<u64> = user.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            let _ = user.remove(&key);
+        }
+        let mut kernel = StackTraceMap::try_from(self.map_mut("STACKS")?)?;
+        let ids: Vec<u32> = kernel.stack_ids().filter_map(|id| id.ok()).collect();
+        for id in ids {
+            let _ = kernel.remove(&id);
+        }
+        let mut last: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map_mut("LAST_STORED_STACK")?)?;
+        let cpus = aya::util::nr_cpus().map_err(cpu_list_error)?;
+        last.set(0, aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        Ok(())
+    }
+
     /// A handle to read user stacks by key.
     pub fn user_stacks(&self) -> Result<HashMap<&MapData, u64, UserStack>> {
         let map = self.map("USER_STACKS")?;

@@ -19,13 +19,15 @@ use crate::{
     watch::ProcessWatch,
 };
 
-/// Ring buffer size: at a fault storm's ~500k events/s of 64 bytes, 8 MiB holds a quarter second.
+/// Ring buffer size for tracing every event: at a fault storm's ~500k events/s of 64 bytes, 8 MiB holds a quarter second.
 pub const RING_BYTES: u32 = 8 << 20;
 pub const STACK_ENTRIES: u32 = 16384;
 
 /// What a subcommand asks of the kernel side beyond its hooks.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelOptions {
+    /// The event ring's size (a power of two).
+    pub ring_bytes: u32,
     pub user_stacks: bool,
     pub kernel_stacks: bool,
     /// Name the file of each file fault in the kernel (see `KernelConfig::file_tags`).
@@ -75,7 +77,7 @@ pub async fn trace(
         file_tags: options.file_tags,
         user_stacks: options.user_stacks,
         kernel_stacks: options.kernel_stacks,
-        ring_bytes: RING_BYTES,
+        ring_bytes: options.ring_bytes,
         malloc: options.malloc,
         pages: if options.pages {
             Some(crate::kernel_layout::PageTracing::discover()?)

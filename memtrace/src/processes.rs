@@ -71,6 +71,17 @@ impl Processes {
         self.mapping_generations.remove(&pid);
     }
 
+    /// Forgets every process but those `keep` says to keep.
+    pub fn retain(&mut self, keep: impl Fn(u32) -> bool) {
+        let pids = (self.maps.pids().into_iter())
+            .chain(self.comms.keys().copied())
+            .chain(self.mapping_generations.keys().copied())
+            .collect::<std::collections::HashSet<u32>>();
+        for pid in pids.into_iter().filter(|&pid| !keep(pid)) {
+            self.forget(pid);
+        }
+    }
+
     /// Says how many records were skipped, if any.
     pub fn report_undecodable(&self) {
         if self.undecodable > 0 {

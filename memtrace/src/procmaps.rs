@@ -360,6 +360,15 @@ impl MapsCache {
         snapshot.merge(vec![mapping]);
     }
 
+    /// Every pid something is kept for.
+    pub fn pids(&self) -> std::collections::HashSet<u32> {
+        (self.procs.keys().copied())
+            .chain(self.generations.keys().copied())
+            .chain(self.retired.keys().map(|(pid, _)| *pid))
+            .chain(self.ahead.keys().map(|(pid, _)| *pid))
+            .collect()
+    }
+
     /// Address-space snapshots held (current and retired by an exec).
     pub fn snapshots(&self) -> usize {
         self.procs.len() + self.retired.len()

@@ -113,8 +113,13 @@ pub fn bench(which: &[String]) -> Result<()> {
         Some("malloc") => malloc(),
         Some("pages") => pages(),
         Some("agent") => agent(),
+        // Ten minutes: run on its own, never as part of the whole set.
+        Some("agent-soak") => crate::soak::soak(),
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: faults, swap, malloc, pages, agent")
+            bail!(
+                "unknown benchmark {other:?}; available: faults, swap, malloc, pages, agent, \
+                 agent-soak"
+            )
         }
     }
 }
@@ -233,10 +238,17 @@ fn agent() -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let log = scratch.join("agent.log");
-    let no_pages = scratch.join("no-pages.toml");
-    std::fs::write(&no_pages, "page_allocations = false\n")?;
+    // A config file per variant: the agent's options are its config's.
+    let config_file = |name: &str, text: &str| -> Result<String> {
+        let path = scratch.join(name);
+        std::fs::write(&path, text)?;
+        Ok(format!("--config {}", path.display()))
+    };
+    let pages = config_file("pages.toml", "page_allocations = true\n")?;
+    let swap = config_file("swap.toml", "swap = true\n")?;
+    let everything = config_file("everything.toml", "page_allocations = true\nswap = true\n")?;
     // The agent starts, the workload runs once it has attached, then the agent stops.
-    let beside = |options: String| -> Vec<String> {
+    let beside = |options: &str| -> Vec<String> {
         let script = format!(
             "{memtrace} agent --listen {AGENT_LISTEN} {options} 2>{log} & agent=$!; i=0; \
              until grep -q 'memtrace: tracing' {log} || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; \
@@ -248,20 +260,34 @@ fn agent() -> Result<()> {
             .map(str::to_owned)
             .collect()
     };
+    let agent_config = |name: &str, records: &'static str, options: &str| Config {
+        name: name.to_owned(),
+        records,
+        prefix: beside(options),
+        report: None,
+    };
     let configs = [
         Config::untraced(),
-        Config {
-            name: "memtrace agent beside".into(),
-            records: "faults (the kernel's counts) and page allocations (a program) per process",
-            prefix: beside(String::new()),
-            report: None,
-        },
-        Config {
-            name: "memtrace agent, page_allocations = false".into(),
-            records: "faults per process (the kernel's counts)",
-            prefix: beside(format!("--config {}", no_pages.display())),
-            report: None,
-        },
+        agent_config(
+            "memtrace agent (defaults)",
+            "faults per process (the kernel's counts); swap \"auto\": no swap on this host",
+            "",
+        ),
+        agent_config(
+            "memtrace agent, page_allocations = true",
+            "+ page allocations per process (a program on each)",
+            &pages,
+        ),
+        agent_config(
+            "memtrace agent, swap = true",
+            "+ swap traffic per owner (a program on each RSS counter change)",
+            &swap,
+        ),
+        agent_config(
+            "memtrace agent, page_allocations = true, swap = true",
+            "faults, page allocations and swap per process",
+            &everything,
+        ),
         Config::bpftrace(
             "bpftrace, empty program",
             "nothing: the floor cost of running any eBPF program on every fault",
@@ -447,7 +473,7 @@ fn malloc() -> Result<()> {
 }
 
 /// Root check, set-up and a release build; the target folder and memtrace's path.
-fn prepare() -> Result<(PathBuf, String)> {
+pub(crate) fn prepare() -> Result<(PathBuf, String)> {
     if !crate::is_root() {
         bail!("benchmarks trace with eBPF: run them as root");
     }
@@ -644,12 +670,6 @@ fn table(configs: &[Config], samples: &[Samples]) -> String {
 /// Replaces the `name` section of BENCHMARKS.md (between its markers); `what` says what was
 /// timed.
 fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
-    let path = workspace_root().join("BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let (begin, end) = (
-        format!("<!-- bench:{name} -->"),
-        format!("<!-- /bench:{name} -->"),
-    );
     let uname = Command::new("uname")
         .arg("-r")
         .output()
@@ -658,13 +678,26 @@ fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let section = format!(
-        "{begin}\nMeasured by `MEMTRACE_BENCH_ROUNDS={rounds} cargo xtask bench {name}` on {today}: \
+    let header = format!(
+        "Measured by `MEMTRACE_BENCH_ROUNDS={rounds} cargo xtask bench {name}` on {today}: \
          Linux {uname}, {cpus} CPUs; {what}, {rounds} interleaved rounds, medians. \
-         attach, CPU and peak RSS are memtrace's own (from its report).\n\n{table}{end}",
+         attach, CPU and peak RSS are memtrace's own (from its report).",
         today = today(),
         rounds = rounds(),
     );
+    write_section_as(name, &header, table)
+}
+
+/// Replaces the `name` section of BENCHMARKS.md with `header` (how it was measured) and
+/// `table`.
+pub(crate) fn write_section_as(name: &str, header: &str, table: &str) -> Result<()> {
+    let path = workspace_root().join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (begin, end) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let section = format!("{begin}\n{header}\n\n{table}{end}");
     let updated = match (existing.find(&begin), existing.find(&end)) {
         (Some(start), Some(stop)) => format!(
             "{}{section}{}",
@@ -678,7 +711,7 @@ fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
     Ok(())
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     Command::new("date")
         .arg("+%Y-%m-%d")
         .output()

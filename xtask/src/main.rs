@@ -2,6 +2,7 @@
 
 mod bench;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},

@@ -23,7 +23,7 @@ use crate::{
     agent_config::{AgentConfig, Switch},
     agent_metrics::{AgentMetrics, Health, ProcessId, ProcessLabels, ProcessMemory},
     agent_profile::{RollingProfile, PROFILE_WINDOW},
-    bpf::Tracer,
+    bpf::{self, Tracer},
     cli::{AgentArgs, RunArgs, TargetArgs},
     commands::{
         oom::{decode_kill, victim_cgroup},
@@ -34,14 +34,20 @@ use crate::{
     output::{self, profile::Reweighted},
     pipeline::{self, KernelOptions},
     processes::Processes,
+    report::StackRow,
     session::Consumer,
-    stacks::{StackCounts, StackKey},
+    stacks::StackKey,
     symbolize::Symbolizer,
     sysmem::{self, SystemSample},
 };
 
 /// How often the kernel's counts are read into the metrics.
 const UPDATE_EVERY: Duration = Duration::from_secs(1);
+/// The agent's events are few (sampled stacks, process exits, OOM kills): a small ring
+/// keeps its memory small (the ring is mapped twice, and counts twice in its RSS).
+const RING_BYTES: u32 = 1 << 20;
+/// The kernel's stack tables hold 16,384 stacks each: emptied at three quarters.
+const CLEAR_STACKS_AT: usize = 12_288;
 /// Cgroup paths remembered by id at most (more are forgotten and looked up again).
 const MAX_CGROUPS: usize = 4096;
 /// How often the ring is drained (sampled stacks and OOM kills only: few events, and an idle
@@ -71,6 +77,16 @@ struct AgentFeed {
     swap: SwapCounting,
     next_update: Duration,
     profile: RollingProfile,
+    /// Sampled stacks drained since the last tick, to symbolize.
+    pending: Vec<(Duration, StackKey)>,
+    /// Processes that ended since the last tick.
+    departed: Vec<u32>,
+    /// The names processes ended with since the last update (their maps and names are
+    /// forgotten at once; their last page and swap counts are read at the update).
+    exit_names: HashMap<u32, String>,
+    /// Stacks in the kernel's tables (user key, kernel id) since they were last emptied.
+    stack_keys: HashSet<(u64, i32)>,
+    stack_table_clears: u64,
     /// Time since tracing began, at the last tick.
     now: Duration,
     /// 1 fault in this many has its stacks taken.
@@ -167,6 +183,9 @@ impl AgentFeed {
         let alive: HashSet<u32> = live.iter().map(|p| p.process.0).collect();
         // An ended process's pid gone from /proc (reaped): it cannot be seen again.
         self.ended.retain(|(pid, _)| alive.contains(pid));
+        // What is kept about processes gone (the profile holds its stacks symbolized; records
+        // of a process can come after its exit: the kernel's mapping records travel apart).
+        self.known.retain(|pid| alive.contains(&pid));
         let system = SystemSample::read();
         if self.swap == SwapCounting::WhenSwapIsOn && system.swap_total_kb > 0 {
             match tracer.attach_swap() {
@@ -216,8 +235,9 @@ impl AgentFeed {
             .into_iter()
             .map(|(pid, counts)| {
                 // 0: pages whose owner the program has not learnt yet.
-                let comm = match pid {
-                    0 => "[owner unknown]".to_owned(),
+                let comm = match (pid, self.exit_names.get(&pid)) {
+                    (0, _) => "[owner unknown]".to_owned(),
+                    (_, Some(name)) => name.clone(),
                     _ => self.known.name(pid),
                 };
                 (pid, self.labels(pid, comm), counts)
@@ -243,6 +263,7 @@ impl AgentFeed {
             metrics.update_swap(pid, labels, counts.out_written, counts.swapped_in);
         }
         metrics.forget_pids(&forgotten);
+        metrics.end_update();
         metrics.set_memory(memory);
         metrics.health(&Health {
             lost_events: counters.lost,
@@ -250,7 +271,11 @@ impl AgentFeed {
             rss_bytes: own_rss_bytes(),
             map_entries: vec![("page_counts", page_entries), ("swap_counts", swap_entries)],
             processes_held: self.known.maps.snapshots() as u64,
+            stack_table_clears: self.stack_table_clears,
         });
+        drop(metrics);
+        // Their last counts are in.
+        self.exit_names.clear();
     }
 
     /// The path of the memory cgroup with kernfs node id `id`.
@@ -274,10 +299,22 @@ impl AgentFeed {
         }
         let table = tracer.page_counts().unwrap_or_default();
         let entries = table.len() as u64;
+        // The name each pid allocated most pages under (a process's first pages may carry
+        // the name it had before its exec).
+        let mut most: HashMap<u32, u64> = HashMap::new();
         for (key, count) in table {
             let origin = Origin::of_key(&key);
-            let comm = origin.name(&self.known, || comm_to_string(&count.comm));
-            let entry = pages.entry(origin.pid).or_insert((comm, 0, 0));
+            let exited = self.exit_names.get(&origin.pid);
+            let comm = match exited {
+                Some(name) if key.tgid == origin.pid => name.clone(),
+                _ => origin.name(&self.known, || comm_to_string(&count.comm)),
+            };
+            let entry = pages.entry(origin.pid).or_insert((comm.clone(), 0, 0));
+            let largest = most.entry(origin.pid).or_default();
+            if count.pages > *largest {
+                *largest = count.pages;
+                entry.0 = comm;
+            }
             entry.1 += count.pages;
             entry.2 += count.allocations;
         }
@@ -302,9 +339,10 @@ impl AgentFeed {
         metrics.forget(process);
         drop(metrics);
         self.ended.insert(process);
-        if self.profile.ended(exit.tgid) {
-            self.known.forget(exit.tgid);
-        }
+        self.exit_names
+            .insert(exit.tgid, comm_to_string(&exit.comm));
+        // Forgotten once its sampled stacks in this drain are symbolized.
+        self.departed.push(exit.tgid);
     }
 }
 
@@ -314,30 +352,55 @@ fn decode_exit(bytes: &[u8]) -> Option<ProcessExit> {
 }
 
 impl AgentFeed {
+    /// The stacks sampled since the last tick, symbolized into the profile while their
+    /// processes' maps and the kernel's stack tables hold them; then the processes that
+    /// ended are forgotten, and the stack tables emptied when they near full.
+    fn resolve_samples(&mut self, tracer: &mut Tracer) {
+        if !self.pending.is_empty() {
+            if let (Ok(user_stacks), Ok(kernel_stacks)) = (tracer.user_stacks(), tracer.stacks()) {
+                for (at, key) in std::mem::take(&mut self.pending) {
+                    self.stack_keys
+                        .insert((key.user_stack, key.kernel_stack_id));
+                    let (known, symbolizer) = (&self.known, &mut self.symbolizer);
+                    self.profile.push(at, key, || {
+                        let user = bpf::user_stack_frames(&user_stacks, key.user_stack);
+                        let kernel = bpf::stack_frames(&kernel_stacks, key.kernel_stack_id);
+                        let kind = match key.kind {
+                            EventKind::MajorFault => "major",
+                            _ => "minor",
+                        };
+                        StackRow::new(
+                            key.tgid,
+                            known.name(key.tgid),
+                            kind,
+                            1,
+                            symbolizer.user_frames(&known.maps, key.tgid, key.generation, &user),
+                            symbolizer.kernel_frames(&kernel),
+                        )
+                    });
+                }
+            }
+            self.pending.clear();
+        }
+        for pid in std::mem::take(&mut self.departed) {
+            self.known.forget(pid);
+        }
+        // The tables keep every stack stored (each CPU skips storing its last one again):
+        // emptied before they fill, what they held is in the profile already.
+        if self.stack_keys.len() >= CLEAR_STACKS_AT {
+            if let Err(err) = tracer.clear_stacks() {
+                log::warn!("cannot empty the stack tables: {err:#}");
+            }
+            self.stack_keys.clear();
+            self.profile.forget_keys();
+            self.stack_table_clears += 1;
+        }
+    }
+
     /// The gzip'd pprof profile of the fault stacks sampled in the last `seconds`.
     fn profile(&mut self, tracer: &Tracer, seconds: u64) -> Result<Vec<u8>> {
         let since = self.now.saturating_sub(Duration::from_secs(seconds));
-        let mut counts = StackCounts::default();
-        for key in self.profile.since(since) {
-            counts.add(*key, 1);
-        }
-        let known = &self.known;
-        let label = |key: &StackKey| {
-            let kind = if key.kind == EventKind::MajorFault {
-                "major"
-            } else {
-                "minor"
-            };
-            (known.name(key.tgid), kind)
-        };
-        let rows = counts.resolve(
-            tracer,
-            &mut self.symbolizer,
-            &self.known.maps,
-            None,
-            self.stack_period,
-            &label,
-        )?;
+        let rows = self.profile.rows(since, self.stack_period);
         let profile = Reweighted {
             command: "agent",
             target: "system-wide".to_owned(),
@@ -387,9 +450,7 @@ impl Consumer for AgentFeed {
             if let Some(event) = self.known.admit(bytes) {
                 if matches!(event.kind, EventKind::MinorFault | EventKind::MajorFault) {
                     let key = self.known.stack_key(&event);
-                    for pid in self.profile.push(self.now, key) {
-                        self.known.forget(pid);
-                    }
+                    self.pending.push((self.now, key));
                 }
             }
             return;
@@ -404,12 +465,15 @@ impl Consumer for AgentFeed {
 
     fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
         self.now = elapsed;
+        self.resolve_samples(tracer);
         if elapsed >= self.next_update {
             self.next_update = elapsed + UPDATE_EVERY;
             self.update(tracer);
-            for pid in self.profile.expire(elapsed) {
-                self.known.forget(pid);
-            }
+            self.profile.expire(elapsed);
+            // Setting up (BTF, kallsyms, the programs) and each second's reads leave freed
+            // heap behind: hand it back, or the agent's RSS keeps the high-water mark.
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
         }
         while let Ok(request) = self.requests.try_recv() {
             let _ = request.reply.send(self.profile(tracer, request.seconds));
@@ -466,6 +530,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         Switch::Auto => SystemSample::read().swap_total_kb > 0,
     };
     let options = KernelOptions {
+        ring_bytes: RING_BYTES,
         // Of 1 fault in stack_sample only, for /pprof/faults.
         user_stacks: true,
         kernel_stacks: true,
@@ -505,6 +570,11 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
             / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64),
         next_update: Duration::ZERO,
         profile: RollingProfile::default(),
+        pending: Vec::new(),
+        departed: Vec::new(),
+        exit_names: HashMap::new(),
+        stack_keys: HashSet::new(),
+        stack_table_clears: 0,
         now: Duration::ZERO,
         stack_period: config.stack_sample,
         requests: profile_requests,
