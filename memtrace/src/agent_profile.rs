@@ -1,9 +1,12 @@
 //! The agent's rolling fault profile: the sampled fault stacks of the last ten minutes, at
-//! most `PROFILE_SAMPLES` of them, each symbolized once as it arrives. Holding names rather
-//! than addresses, the profile needs no process's memory maps afterwards (processes are
+//! most `PROFILE_SAMPLES` of them, each symbolized as it arrives. Holding names rather than
+//! addresses, the profile needs no process's memory maps afterwards (processes are
 //! forgotten when they end) and no entry of the kernel's stack tables (cleared when full).
+//! Stacks are kept once per content (name, kind, frames), not per process: a thousand
+//! short-lived processes running the same code hold one stack.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
+    hash::{Hash, Hasher},
     sync::Arc,
     time::Duration,
 };
@@ -19,8 +22,35 @@ const PROFILE_SAMPLES: usize = 100_000;
 pub struct RollingProfile {
     /// Sampled stacks, oldest first, with when they came.
     samples: VecDeque<(Duration, Arc<StackRow>)>,
-    /// Each stack symbolized once, by the kernel tables' keys (valid until they are cleared).
-    interned: HashMap<StackKey, Arc<StackRow>>,
+    /// The stacks resolved lately, by the kernel tables' keys (a key names one process's
+    /// stack; forgotten each second, and when the tables are cleared).
+    by_key: HashMap<StackKey, Arc<StackRow>>,
+    /// Every stack held, once.
+    by_content: HashSet<Content>,
+}
+
+/// A stack compared by what it shows.
+struct Content(Arc<StackRow>);
+
+impl Content {
+    fn identity(&self) -> (&str, &str, &[String], &[String]) {
+        let row = &self.0;
+        (&row.comm, &row.kind, &row.frames, &row.kernel_frames)
+    }
+}
+
+impl PartialEq for Content {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for Content {}
+
+impl Hash for Content {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
 }
 
 impl RollingProfile {
@@ -29,11 +59,23 @@ impl RollingProfile {
         if self.samples.len() >= PROFILE_SAMPLES {
             self.samples.pop_front();
         }
-        let row = self
-            .interned
-            .entry(key)
-            .or_insert_with(|| Arc::new(resolve()));
-        self.samples.push_back((now, Arc::clone(row)));
+        let row = match self.by_key.get(&key) {
+            Some(row) => Arc::clone(row),
+            None => {
+                let content = Content(Arc::new(resolve()));
+                let row = match self.by_content.get(&content) {
+                    Some(held) => Arc::clone(&held.0),
+                    None => {
+                        let row = Arc::clone(&content.0);
+                        self.by_content.insert(content);
+                        row
+                    }
+                };
+                self.by_key.insert(key, Arc::clone(&row));
+                row
+            }
+        };
+        self.samples.push_back((now, row));
     }
 
     /// Drops the samples older than the window at `now`, and the stacks no sample holds.
@@ -42,12 +84,14 @@ impl RollingProfile {
         while self.samples.front().is_some_and(|(at, _)| *at < oldest) {
             self.samples.pop_front();
         }
-        self.interned.retain(|_, row| Arc::strong_count(row) > 1);
+        self.by_key.clear();
+        self.by_content
+            .retain(|content| Arc::strong_count(&content.0) > 1);
     }
 
     /// The kernel's stack tables were cleared: their keys may now name other stacks.
     pub fn forget_keys(&mut self) {
-        self.interned.clear();
+        self.by_key.clear();
     }
 
     /// The stacks sampled at or after `since`, most first, each counted `period` times.
@@ -83,44 +127,41 @@ mod tests {
         }
     }
 
-    fn row(tgid: u32, function: &str) -> StackRow {
-        let mut row = StackRow::new(tgid, "w".into(), "minor", 1, Vec::new(), Vec::new());
+    fn row(function: &str) -> StackRow {
+        let mut row = StackRow::new(0, "w".into(), "minor", 1, Vec::new(), Vec::new());
         row.frames = vec![function.to_owned()];
         row
     }
 
     #[test]
-    fn stacks_are_counted_in_the_window_and_symbolized_once() {
+    fn stacks_are_counted_in_the_window_and_held_once() {
         let mut profile = RollingProfile::default();
         let second = Duration::from_secs(1);
         let mut resolved = 0;
         for at in 1..=3 {
             profile.push(at * second, key(7, 1), || {
                 resolved += 1;
-                row(7, "touch")
+                row("touch")
             });
         }
-        profile.push(4 * second, key(8, 2), || row(8, "read"));
+        // Another process on the same code: one stack held for both.
+        profile.push(3 * second, key(9, 1), || row("touch"));
+        profile.push(4 * second, key(8, 2), || row("read"));
         assert_eq!(resolved, 1);
+        assert_eq!(profile.by_content.len(), 2);
         let rows = profile.rows(Duration::ZERO, 10);
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].pid, rows[0].count), (7, 30));
-        assert_eq!((rows[1].pid, rows[1].count), (8, 10));
+        assert_eq!((rows[0].frames[0].as_str(), rows[0].count), ("touch", 40));
+        assert_eq!((rows[1].frames[0].as_str(), rows[1].count), ("read", 10));
         // The last 2 seconds only.
-        assert_eq!(
-            profile
-                .rows(3 * second, 1)
-                .iter()
-                .map(|r| r.count)
-                .sum::<u64>(),
-            2
-        );
+        let recent: u64 = profile.rows(3 * second, 1).iter().map(|r| r.count).sum();
+        assert_eq!(recent, 3);
         // Samples leave with the window, and their stacks with them.
         profile.expire(PROFILE_WINDOW + 3 * second + second / 2);
         assert_eq!(profile.rows(Duration::ZERO, 1).len(), 1);
-        assert_eq!(profile.interned.len(), 1);
+        assert_eq!(profile.by_content.len(), 1);
         profile.expire(PROFILE_WINDOW * 2);
         assert!(profile.rows(Duration::ZERO, 1).is_empty());
-        assert!(profile.interned.is_empty());
+        assert!(profile.by_content.is_empty());
     }
 }

@@ -369,8 +369,9 @@ impl AgentFeed {
                             EventKind::MajorFault => "major",
                             _ => "minor",
                         };
+                        // Summed over the processes of a name: no pid.
                         StackRow::new(
-                            key.tgid,
+                            0,
                             known.name(key.tgid),
                             kind,
                             1,

@@ -188,23 +188,27 @@ impl Builder {
             let location_id = (stack.kernel_detail.iter().chain(&stack.user_detail))
                 .map(|frame| self.location(frame))
                 .collect();
-            let label = vec![
-                Label {
-                    key: self.string("pid"),
-                    num: stack.pid.into(),
-                    ..Default::default()
-                },
-                Label {
-                    key: self.string("comm"),
-                    str: self.string(&stack.comm),
-                    ..Default::default()
-                },
-                Label {
-                    key: self.string("kind"),
-                    str: self.string(&stack.kind),
-                    ..Default::default()
-                },
-            ];
+            // pid 0: a stack summed over the processes of one name (the agent's profile).
+            let pid = (stack.pid != 0).then(|| Label {
+                key: self.string("pid"),
+                num: stack.pid.into(),
+                ..Default::default()
+            });
+            let label = pid
+                .into_iter()
+                .chain([
+                    Label {
+                        key: self.string("comm"),
+                        str: self.string(&stack.comm),
+                        ..Default::default()
+                    },
+                    Label {
+                        key: self.string("kind"),
+                        str: self.string(&stack.kind),
+                        ..Default::default()
+                    },
+                ])
+                .collect();
             let value = vec![i64::try_from(stack.count).unwrap_or(i64::MAX)];
             self.profile.sample.push(Sample {
                 location_id,
