@@ -89,6 +89,8 @@ pub struct Health {
     pub processes_held: u64,
     /// Times the kernel's stack tables were emptied (total).
     pub stack_table_clears: u64,
+    /// Distinct stacks in the rolling fault profile.
+    pub profile_stacks: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +146,7 @@ pub struct AgentMetrics {
     map_entries: Family<MapLabels, Gauge>,
     processes_held: Gauge,
     stack_table_clears: Counter,
+    profile_stacks: Gauge,
     /// What each process had at the last update, with its series.
     last: HashMap<Key, (ProcessLabels, Totals)>,
     /// The series with their own labels, with the update each last grew in.
@@ -244,6 +247,12 @@ impl AgentMetrics {
              were symbolized into the profile already)",
             stack_table_clears.clone(),
         );
+        let profile_stacks = Gauge::default();
+        registry.register(
+            "profile_stacks",
+            "Distinct stacks held in the rolling fault profile",
+            profile_stacks.clone(),
+        );
         Self {
             registry,
             faults,
@@ -259,6 +268,7 @@ impl AgentMetrics {
             map_entries,
             processes_held,
             stack_table_clears,
+            profile_stacks,
             last: HashMap::new(),
             series: HashMap::new(),
             epoch: 0,
@@ -491,6 +501,7 @@ impl AgentMetrics {
                 .set(gauge_value(*entries));
         }
         self.processes_held.set(gauge_value(health.processes_held));
+        self.profile_stacks.set(gauge_value(health.profile_stacks));
         let cleared = health.stack_table_clears;
         self.stack_table_clears
             .inc_by(cleared.saturating_sub(self.stack_table_clears.get()));

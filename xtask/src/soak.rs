@@ -118,7 +118,8 @@ pub fn soak() -> Result<()> {
 
     let mut table = String::from(
         "| time | agent RSS | page_counts entries | swap_counts entries | processes held | \
-         stack-table clears | processes churned |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+         stack-table clears | profile stacks | processes churned |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in &rows {
         table += &row.markdown();
@@ -154,6 +155,7 @@ struct Row {
     swap_entries: f64,
     held: f64,
     clears: f64,
+    stacks: f64,
     churned: u64,
 }
 
@@ -174,6 +176,7 @@ impl Row {
             ),
             held: sum_series(metrics, "memtrace_agent_processes_held", &[]),
             clears: sum_series(metrics, "memtrace_stack_table_clears_total", &[]),
+            stacks: sum_series(metrics, "memtrace_profile_stacks", &[]),
             churned,
         }
     }
@@ -181,26 +184,28 @@ impl Row {
     fn line(&self) -> String {
         format!(
             "{:>4.0} s  RSS {:.1} MiB  page_counts {:.0}  swap_counts {:.0}  held {:.0}  \
-             stack-table clears {:.0}  churned {}",
+             stack-table clears {:.0}  profile stacks {:.0}  churned {}",
             self.at.as_secs_f64(),
             self.rss_bytes / (1 << 20) as f64,
             self.page_entries,
             self.swap_entries,
             self.held,
             self.clears,
+            self.stacks,
             self.churned
         )
     }
 
     fn markdown(&self) -> String {
         format!(
-            "| {:.0} s | {:.1} MiB | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
+            "| {:.0} s | {:.1} MiB | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
             self.at.as_secs_f64(),
             self.rss_bytes / (1 << 20) as f64,
             self.page_entries,
             self.swap_entries,
             self.held,
             self.clears,
+            self.stacks,
             self.churned
         )
     }

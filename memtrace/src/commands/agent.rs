@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     agent_config::{AgentConfig, Switch},
     agent_metrics::{AgentMetrics, Health, ProcessId, ProcessLabels, ProcessMemory},
-    agent_profile::{RollingProfile, PROFILE_WINDOW},
+    agent_profile::{RollingProfile, Stack, PROFILE_WINDOW},
     bpf::{self, Tracer},
     cli::{AgentArgs, RunArgs, TargetArgs},
     commands::{
@@ -34,7 +34,6 @@ use crate::{
     output::{self, profile::Reweighted},
     pipeline::{self, KernelOptions},
     processes::Processes,
-    report::StackRow,
     session::Consumer,
     stacks::StackKey,
     symbolize::Symbolizer,
@@ -272,6 +271,7 @@ impl AgentFeed {
             map_entries: vec![("page_counts", page_entries), ("swap_counts", swap_entries)],
             processes_held: self.known.maps.snapshots() as u64,
             stack_table_clears: self.stack_table_clears,
+            profile_stacks: self.profile.held().0 as u64,
         });
         drop(metrics);
         // Their last counts are in.
@@ -362,22 +362,18 @@ impl AgentFeed {
                     self.stack_keys
                         .insert((key.user_stack, key.kernel_stack_id));
                     let (known, symbolizer) = (&self.known, &mut self.symbolizer);
-                    self.profile.push(at, key, || {
+                    let kind = match key.kind {
+                        EventKind::MajorFault => "major",
+                        _ => "minor",
+                    };
+                    self.profile.push(at, key, kind, || {
                         let user = bpf::user_stack_frames(&user_stacks, key.user_stack);
                         let kernel = bpf::stack_frames(&kernel_stacks, key.kernel_stack_id);
-                        let kind = match key.kind {
-                            EventKind::MajorFault => "major",
-                            _ => "minor",
-                        };
-                        // Summed over the processes of a name: no pid.
-                        StackRow::new(
-                            0,
-                            known.name(key.tgid),
-                            kind,
-                            1,
+                        let stack = Stack::new(
                             symbolizer.user_frames(&known.maps, key.tgid, key.generation, &user),
                             symbolizer.kernel_frames(&kernel),
-                        )
+                        );
+                        (known.name(key.tgid), stack)
                     });
                 }
             }
