@@ -346,6 +346,8 @@ pub mod filter_mode {
 pub mod stack_flags {
     pub const USER: u32 = 1;
     pub const KERNEL: u32 = 2;
+    /// Page allocations take stacks too (`memtrace pages`; the agent counts them only).
+    pub const PAGE_ALLOCS: u32 = 4;
 }
 
 /// Indices into the per-CPU `COUNTERS` array. The kernel counts what it could not deliver, so

@@ -55,6 +55,7 @@ pub fn page_alloc(ctx: TracePointContext) -> u32 {
     let gfp_flags = unsafe { ctx.read_at::<u64>(GFP_FLAGS) }.unwrap_or(0);
     let pages = 1u64 << (detail.order & 31);
     if !count_in_kernel(cache, detail, gfp_flags, pages)
+        || config::stack_flags() & stack_flags::PAGE_ALLOCS == 0
         || config::stack_flags() & (stack_flags::USER | stack_flags::KERNEL) == 0
         || !sample::sampled(sampler::PAGE_STACKS)
     {

@@ -43,6 +43,8 @@ pub struct KernelConfig {
     pub file_tags: bool,
     pub user_stacks: bool,
     pub kernel_stacks: bool,
+    /// Page allocations take stacks (as user_stacks and kernel_stacks say).
+    pub page_stacks: bool,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
     /// Stacks the stack map can hold.
@@ -125,6 +127,10 @@ impl Tracer {
             0
         } | if config.kernel_stacks {
             stack_flags::KERNEL
+        } else {
+            0
+        } | if config.page_stacks {
+            stack_flags::PAGE_ALLOCS
         } else {
             0
         };

@@ -39,6 +39,8 @@ pub struct KernelOptions {
     pub malloc: Option<u64>,
     /// Kernel page allocations.
     pub pages: bool,
+    /// ...with their stacks (as user_stacks and kernel_stacks say), or counted only.
+    pub page_stacks: bool,
     /// Take stacks for 1 event in N where a program samples itself (pages, counted faults).
     pub stack_sample_period: u64,
     /// Report each process's lifetime fault counts when it ends (the agent).
@@ -76,6 +78,7 @@ pub async fn trace(
         follow_children: target_args.follow_children,
         file_tags: options.file_tags,
         user_stacks: options.user_stacks,
+        page_stacks: options.page_stacks,
         kernel_stacks: options.kernel_stacks,
         ring_bytes: options.ring_bytes,
         malloc: options.malloc,

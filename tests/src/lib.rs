@@ -348,13 +348,19 @@ pub struct Background {
 
 /// Starts memtrace with `args` in the background.
 pub fn spawn_memtrace<S: AsRef<OsStr>>(args: &[S]) -> Background {
-    let mut child = Command::new(memtrace_bin())
-        .args(args)
+    let mut command = Command::new(memtrace_bin());
+    command.args(args);
+    spawn_background(command)
+}
+
+/// `command` (memtrace, or a wrapper that runs it) in the background, as `spawn_memtrace`.
+pub fn spawn_background(mut command: Command) -> Background {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", memtrace_bin().display()));
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let stdout = read_all(child.stdout.take().unwrap());
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (send, stderr_lines) = mpsc::channel();

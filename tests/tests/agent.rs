@@ -159,6 +159,41 @@ fn the_fault_profile_names_the_workloads_function() {
     assert!(top.stdout.contains("touch_pages"), "{}", top.describe());
 }
 
+/// Every fault's stacks taken while thousands of processes come and go: the kernel's stack
+/// tables fill and are emptied, and the profile still names the workload's function.
+#[test]
+fn the_profile_outlives_full_stack_tables() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("agent-stack-tables");
+    let port = free_port();
+    let (agent, _config) = start_agent(port, "stack_sample = 1\n");
+    // Each process's stacks are its own (its libraries are placed at random).
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done")
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    run_workload("fault_touch", &["20000"]);
+    // The next update reports the clears.
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = get(port, "/metrics");
+    let profile = dir.join("faults.pb.gz");
+    std::fs::write(&profile, get_bytes(port, "/pprof/faults?seconds=60")).unwrap();
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let clears = sample(&text, "memtrace_stack_table_clears_total", &[]);
+    assert!(clears.is_some_and(|c| c >= 1.0), "no clear\n{text}");
+    let Some(top) = tests::go_pprof_top(&profile, &[], dir.path()) else {
+        return;
+    };
+    assert!(top.stdout.contains("touch_pages"), "{}", top.describe());
+}
+
 /// A Prometheus server (Debian's), started on loopback with a config that scrapes the agent
 /// every second; stopped on drop.
 struct PrometheusServer {
@@ -488,6 +523,62 @@ fn swap_traffic_and_memory_are_the_owners() {
     assert!(
         within(swapped, vm_swap, 0.10),
         "swap gauge {swapped:?}, VmSwap {vm_swap}\n{text}"
+    );
+}
+
+/// The systemd unit's promise: the capabilities it keeps are enough. The agent runs under
+/// exactly that bounding set (and no new privileges), with deploy/agent.toml's settings, and
+/// serves fault counts and a profile.
+#[test]
+fn the_systemd_units_capabilities_are_enough() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let unit = std::fs::read_to_string(deploy.join("memtrace-agent.service")).unwrap();
+    let capabilities: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet in the unit")
+        .split_whitespace()
+        .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let dir = TempDir::new("agent-unit");
+    let port = free_port();
+    let config = dir.join("agent.toml");
+    let example = std::fs::read_to_string(deploy.join("agent.toml")).unwrap();
+    std::fs::write(
+        &config,
+        example.replace("127.0.0.1:9464", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .arg(format!("--bounding-set=-all,{}", capabilities.join(",")))
+        .arg("--no-new-privs")
+        .arg(tests::memtrace_bin())
+        .args(["agent", "--config", config.to_str().unwrap()]);
+    let mut agent = tests::spawn_background(command);
+    agent.wait_attached();
+    run_workload("fault_touch", &["20000"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = get(port, "/metrics");
+    let profile = get_bytes(port, "/pprof/faults?seconds=60");
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let minor = sample(
+        &text,
+        "memtrace_page_faults_total",
+        &["kind=\"minor\"", "comm=\"fault_touch\""],
+    );
+    assert!(minor.is_some_and(|m| m >= 20_000.0), "{text}");
+    // gzip's magic: a profile was made.
+    assert!(
+        profile.starts_with(&[0x1f, 0x8b]),
+        "{} bytes",
+        profile.len()
     );
 }
 

@@ -445,6 +445,8 @@ impl Consumer for AgentFeed {
         let Some(kill) = decode_kill(bytes) else {
             // A sampled fault's stacks, for the rolling profile.
             if let Some(event) = self.known.admit(bytes) {
+                // Whatever carried them, its stacks are in the kernel's tables.
+                (self.stack_keys).insert((event.raw.user_stack, event.raw.kernel_stack_id));
                 if matches!(event.kind, EventKind::MinorFault | EventKind::MajorFault) {
                     let key = self.known.stack_key(&event);
                     self.pending.push((self.now, key));
@@ -527,6 +529,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         Switch::Auto => SystemSample::read().swap_total_kb > 0,
     };
     let options = KernelOptions {
+        page_stacks: false,
         ring_bytes: RING_BYTES,
         // Of 1 fault in stack_sample only, for /pprof/faults.
         user_stacks: true,

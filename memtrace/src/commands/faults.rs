@@ -172,6 +172,7 @@ impl Consumer for FaultCounter {
 pub async fn run(args: &FaultsArgs) -> Result<()> {
     let mut outputs = Outputs::open(&args.output)?;
     let options = KernelOptions {
+        page_stacks: false,
         ring_bytes: pipeline::RING_BYTES,
         user_stacks: matches!(args.stacks, Stacks::User | Stacks::Both),
         kernel_stacks: matches!(args.stacks, Stacks::Kernel | Stacks::Both),

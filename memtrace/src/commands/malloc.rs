@@ -404,6 +404,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         interval: args.interval,
     };
     let options = KernelOptions {
+        page_stacks: false,
         ring_bytes: pipeline::RING_BYTES,
         user_stacks: true,
         kernel_stacks: false,

@@ -114,6 +114,7 @@ impl Consumer for KillLog {
 pub async fn run(args: &OomArgs) -> Result<()> {
     let mut out = outputs::report_writer(args.output.as_deref())?;
     let options = KernelOptions {
+        page_stacks: false,
         ring_bytes: pipeline::RING_BYTES,
         user_stacks: false,
         kernel_stacks: false,

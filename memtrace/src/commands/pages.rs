@@ -235,6 +235,7 @@ impl Consumer for PageBooks {
 pub async fn run(args: &PagesArgs) -> Result<()> {
     let mut outputs = Outputs::open(&args.output)?;
     let options = KernelOptions {
+        page_stacks: true,
         ring_bytes: pipeline::RING_BYTES,
         user_stacks: matches!(args.stacks, Stacks::User | Stacks::Both),
         kernel_stacks: matches!(args.stacks, Stacks::Kernel | Stacks::Both),

@@ -208,6 +208,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         interval: Some(args.interval),
     };
     let options = KernelOptions {
+        page_stacks: false,
         ring_bytes: pipeline::RING_BYTES,
         user_stacks: true, // for swap-in stacks, the only events with stacks here
         kernel_stacks: false,
