@@ -81,7 +81,10 @@ pub fn soak() -> Result<()> {
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or(0u64);
             rows.push(Row::read(started.elapsed(), &metrics, churned));
-            eprintln!("soak: {}", rows.last().map(Row::line).unwrap_or_default());
+            eprint!(
+                "soak: {}",
+                rows.last().map(Row::markdown).unwrap_or_default()
+            );
             next += SAMPLE_EVERY;
         }
         thread::sleep(Duration::from_millis(200));
@@ -179,21 +182,6 @@ impl Row {
             stacks: sum_series(metrics, "memtrace_profile_stacks", &[]),
             churned,
         }
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "{:>4.0} s  RSS {:.1} MiB  page_counts {:.0}  swap_counts {:.0}  held {:.0}  \
-             stack-table clears {:.0}  profile stacks {:.0}  churned {}",
-            self.at.as_secs_f64(),
-            self.rss_bytes / (1 << 20) as f64,
-            self.page_entries,
-            self.swap_entries,
-            self.held,
-            self.clears,
-            self.stacks,
-            self.churned
-        )
     }
 
     fn markdown(&self) -> String {
