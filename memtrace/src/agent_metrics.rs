@@ -80,6 +80,8 @@ impl EncodeLabelSet for MemoryLabels {
 pub struct Health {
     /// Events the kernel could not deliver (total).
     pub lost_events: u64,
+    /// Page allocations not counted because the kernel's count table was full (total).
+    pub uncounted_page_allocations: u64,
     /// Time in the agent's eBPF programs (total).
     pub bpf_seconds: f64,
     pub rss_bytes: u64,
@@ -141,6 +143,7 @@ pub struct AgentMetrics {
     rss: Family<MemoryLabels, Gauge>,
     swapped: Family<MemoryLabels, Gauge>,
     lost_events: Counter,
+    uncounted_page_allocations: Counter,
     bpf_run_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     agent_rss: Gauge,
     map_entries: Family<MapLabels, Gauge>,
@@ -209,6 +212,13 @@ impl AgentMetrics {
             "Memory of the living processes out in swap now (VmSwap)",
             swapped.clone(),
         );
+        let uncounted_page_allocations = Counter::default();
+        registry.register(
+            "uncounted_page_allocations",
+            "Page allocations not counted because the kernel's count table was full (the \
+             page allocation series are lower bounds when this grows)",
+            uncounted_page_allocations.clone(),
+        );
         let lost_events = Counter::default();
         registry.register(
             "lost_events",
@@ -263,6 +273,7 @@ impl AgentMetrics {
             rss,
             swapped,
             lost_events,
+            uncounted_page_allocations,
             bpf_run_seconds,
             agent_rss,
             map_entries,
@@ -487,6 +498,9 @@ impl AgentMetrics {
         self.lost_events
             .inc_by(health.lost_events.saturating_sub(self.last_lost));
         self.last_lost = self.last_lost.max(health.lost_events);
+        let uncounted = health.uncounted_page_allocations;
+        self.uncounted_page_allocations
+            .inc_by(uncounted.saturating_sub(self.uncounted_page_allocations.get()));
         if health.bpf_seconds > self.last_bpf_seconds {
             self.bpf_run_seconds
                 .inc_by(health.bpf_seconds - self.last_bpf_seconds);

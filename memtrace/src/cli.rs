@@ -189,7 +189,8 @@ Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
                  largest max_series series; a pid label with pid_labels = true)
              The agent's own: memtrace_lost_events_total, memtrace_bpf_run_seconds_total,
              memtrace_agent_rss_bytes, memtrace_bpf_map_entries{map},
-             memtrace_agent_processes_held, memtrace_stack_table_clears_total
+             memtrace_uncounted_page_allocations_total, memtrace_agent_processes_held,
+             memtrace_profile_stacks, memtrace_stack_table_clears_total
   /pprof/faults?seconds=N
              gzip'd pprof of the fault stacks sampled in the last N seconds (default 60;
              1 fault in stack_sample; ten minutes kept), for go tool pprof, Pyroscope, Parca

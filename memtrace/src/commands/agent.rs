@@ -266,6 +266,7 @@ impl AgentFeed {
         metrics.set_memory(memory);
         metrics.health(&Health {
             lost_events: counters.lost,
+            uncounted_page_allocations: counters.page_counts_full,
             bpf_seconds: run_time.as_secs_f64(),
             rss_bytes: own_rss_bytes(),
             map_entries: vec![("page_counts", page_entries), ("swap_counts", swap_entries)],
