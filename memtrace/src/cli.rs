@@ -18,6 +18,7 @@ Examples:
   sudo memtrace pages --duration 10s                which processes take physical pages
   sudo memtrace oom                                 OOM kills as they happen, and why
   sudo memtrace agent                               always-on counters on :9464/metrics
+  memtrace stat 1234                                a process's memory basics, from /proc
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input, 3 a gate failed (swap),
 127 command not found.
@@ -54,10 +55,16 @@ pub enum Command {
     /// and whether a cgroup limit or the whole machine ran out.
     #[command(after_help = OOM_HELP)]
     Oom(Box<OomArgs>),
-    /// Always-on, system-wide counters (faults, page allocations, OOM kills per comm and
-    /// cgroup) served to Prometheus on /metrics.
+    /// Always-on, system-wide: faults, swap, OOM kills, RSS (and page allocations) per
+    /// process name, cgroup and container, served to Prometheus on /metrics, and sampled
+    /// fault stacks as pprof.
     #[command(after_help = AGENT_HELP)]
     Agent(Box<AgentArgs>),
+    /// A process's memory basics from /proc (VSZ, RSS by kind, swap, heap, stack against
+    /// its limit, threads, mappings, faults, memory cgroup, pressure). No root needed for
+    /// one's own processes.
+    #[command(after_help = STAT_HELP)]
+    Stat(StatArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -175,6 +182,21 @@ Examples:
   sudo memtrace oom                                   watch until Ctrl-C
   sudo memtrace oom --format json -- ./load-test.sh   the kills during a load test
   sudo memtrace oom --duration 1h --output kills.json --format json";
+
+const STAT_HELP: &str = "\
+What it shows (all from /proc/PID and the cgroup filesystem; nothing is traced):
+  VSZ       everything mapped, touched or not: large is usually fine (mapped files, arenas)
+  RSS       in RAM now: anonymous (heap, stacks), file-backed (code, mapped files), shmem
+  swap      memory of the process out in swap (VmSwap)
+  heap      resident in the [heap] mapping (brk) and private anonymous mappings
+  stack     the main thread's stack mapping (VmStk) against its soft RLIMIT_STACK
+  faults    minor and major since the process started
+  cgroup    its memory cgroup (v1 or v2): limit, usage, headroom
+  pressure  PSI memory some/full (10 s average): the cgroup's on v2, else the machine's
+
+Examples:
+  memtrace stat 1234
+  memtrace stat --format json $(pidof nginx | cut -d' ' -f1)";
 
 const AGENT_HELP: &str = "\
 Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
@@ -323,13 +345,26 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatArgs {
+    /// The process to show.
+    #[arg(value_name = "PID", value_parser = parse_pid)]
+    pub pid: u32,
+    /// Report format.
+    #[arg(short, long, value_enum, default_value_t = TableOrJson::Table)]
+    pub format: TableOrJson,
+    /// Write the report to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct OomArgs {
     /// Stop after this long (e.g. 30s); default: until Ctrl-C or the command exits.
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Report format.
-    #[arg(short, long, value_enum, default_value_t = OomFormat::Table)]
-    pub format: OomFormat,
+    #[arg(short, long, value_enum, default_value_t = TableOrJson::Table)]
+    pub format: TableOrJson,
     /// Write the report to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -339,7 +374,7 @@ pub struct OomArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OomFormat {
+pub enum TableOrJson {
     Table,
     Json,
 }

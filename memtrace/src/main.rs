@@ -24,6 +24,7 @@ mod outputs;
 mod pages_report;
 mod pipeline;
 mod probe_site;
+mod process_memory;
 mod processes;
 mod procmaps;
 mod progress;
@@ -69,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pages(args) => commands::pages::run(&args).await,
         Command::Oom(args) => commands::oom::run(&args).await,
         Command::Agent(args) => commands::agent::run(&args).await,
+        Command::Stat(args) => commands::stat::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

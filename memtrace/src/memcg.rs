@@ -96,6 +96,21 @@ impl MemoryHierarchy {
         None
     }
 
+    /// The memory pressure (PSI some and full, 10 s averages, percent) of the cgroup at
+    /// `path`: cgroup v2 only (v1 keeps none per cgroup).
+    pub fn pressure(&self, path: &str) -> Option<(f64, f64)> {
+        use procfs::FromRead;
+        if !self.v2 {
+            return None;
+        }
+        let file = self
+            .root
+            .join(path.trim_start_matches('/'))
+            .join("memory.pressure");
+        let psi = procfs::MemoryPressure::from_file(file).ok()?;
+        Some((f64::from(psi.some.avg10), f64::from(psi.full.avg10)))
+    }
+
     /// The cgroup at `path`: its limit, usage and whether the limit was ever hit.
     pub fn read(&self, path: &str) -> MemoryCgroup {
         let dir = self.root.join(path.trim_start_matches('/'));

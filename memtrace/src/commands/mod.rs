@@ -4,4 +4,5 @@ pub mod faults;
 pub mod malloc;
 pub mod oom;
 pub mod pages;
+pub mod stat;
 pub mod swap;

@@ -6,7 +6,7 @@ use memtrace_common::{EventKind, OomKill};
 
 use crate::{
     bpf::Tracer,
-    cli::{OomArgs, OomFormat, RunArgs, TargetArgs},
+    cli::{OomArgs, RunArgs, TableOrJson, TargetArgs},
     events::{comm_to_string, decode_record},
     memcg::MemoryHierarchy,
     oom_report::{OomKillRow, OomReport},
@@ -156,8 +156,8 @@ pub async fn run(args: &OomArgs) -> Result<()> {
         kills: log.kills,
     };
     match args.format {
-        OomFormat::Table => output::oom::write(&report, &mut out)?,
-        OomFormat::Json => output::json::write_value(&report, &mut out)?,
+        TableOrJson::Table => output::oom::write(&report, &mut out)?,
+        TableOrJson::Json => output::json::write_value(&report, &mut out)?,
     }
     out.flush()?;
     Ok(())

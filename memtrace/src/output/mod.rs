@@ -7,6 +7,7 @@ pub mod oom;
 pub mod pages;
 pub mod pprof;
 pub mod profile;
+pub mod stat;
 pub mod swap;
 pub mod table;
 
