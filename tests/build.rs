@@ -18,6 +18,7 @@ const WORKLOADS: &[&str] = &[
     "malloc_kinds",
     "malloc_threads",
     "demo",
+    "memory_shape",
 ];
 
 fn main() {

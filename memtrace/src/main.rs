@@ -36,6 +36,7 @@ mod symbolize;
 mod sysmem;
 mod system;
 mod target;
+mod verdicts;
 mod watch;
 
 use std::io::ErrorKind;
@@ -71,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Oom(args) => commands::oom::run(&args).await,
         Command::Agent(args) => commands::agent::run(&args).await,
         Command::Stat(args) => commands::stat::run(&args),
+        Command::Diagnose(args) => commands::diagnose::run(&args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -1,4 +1,5 @@
 //! Output sinks: each turns a finished report into one format.
+pub mod diagnose;
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
@@ -30,7 +31,7 @@ pub fn title(
 }
 
 /// How a traced command ended, as the table reports say it.
-fn exit_line(exit: &CommandExit) -> String {
+pub fn exit_line(exit: &CommandExit) -> String {
     let how = match (exit.exit_code, exit.signal) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),

@@ -1,0 +1,220 @@
+//! `memtrace diagnose`: watches one process for a while (its faults and swap traffic with
+//! eBPF, its memory from /proc every interval), then says what is wrong, with evidence and
+//! the command to run next (see `verdicts`).
+use std::{io::Write, time::Duration};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    bpf::Tracer,
+    cli::{DiagnoseArgs, RunArgs, TableOrJson, TargetArgs},
+    error::GateFailed,
+    memcg::MemoryHierarchy,
+    output, outputs,
+    pipeline::{self, KernelOptions},
+    processes::Processes,
+    report::CommandExit,
+    session::Consumer,
+    sysmem::SystemSample,
+    verdicts::{self, Limits, Sample, Severity, Verdict},
+};
+
+/// The JSON report (the contract: command, pid, duration_s, verdicts, samples).
+#[derive(Serialize)]
+pub struct DiagnoseReport {
+    pub command: &'static str,
+    pub pid: u32,
+    pub comm: String,
+    pub duration_s: f64,
+    pub verdicts: Vec<Verdict>,
+    pub samples: Vec<Sample>,
+    pub stack_limit_kb: Option<u64>,
+    pub cgroup: Option<String>,
+    pub cgroup_limit_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<CommandExit>,
+}
+
+/// Samples the watched process every interval.
+struct Watch {
+    known: Processes,
+    pid: Option<u32>,
+    comm: String,
+    interval: Duration,
+    next_sample: Duration,
+    samples: Vec<Sample>,
+    limits: Limits,
+    hierarchy: Option<MemoryHierarchy>,
+    cgroup: Option<String>,
+    swap: bool,
+}
+
+impl Watch {
+    /// The process now, or None once it is gone.
+    fn sample(&mut self, t: Duration, tracer: &Tracer) -> Option<Sample> {
+        let pid = self.pid?;
+        let process = procfs::process::Process::new(pid as i32).ok()?;
+        let stat = process.stat().ok()?;
+        let status = process.status().ok()?;
+        self.look(&process, &stat.comm);
+        let swapped = if self.swap {
+            tracer
+                .swap_counts()
+                .ok()
+                .and_then(|counts| counts.get(&pid).copied())
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        let cgroup_usage_bytes = match (&self.hierarchy, &self.cgroup) {
+            (Some(h), Some(path)) => h.read(path).usage_bytes,
+            _ => None,
+        };
+        Some(Sample {
+            t: t.as_secs_f64(),
+            rss_kb: status.vmrss.unwrap_or(0),
+            vsz_kb: stat.vsize / 1024,
+            swap_kb: status.vmswap.unwrap_or(0),
+            minflt: stat.minflt,
+            majflt: stat.majflt,
+            rss_anon_kb: status.rssanon.unwrap_or(0),
+            stack_kb: status.vmstk.unwrap_or(0),
+            swap_out_pages: swapped.out_written,
+            swap_in_pages: swapped.swapped_in,
+            cgroup_usage_bytes,
+        })
+    }
+
+    /// Its name, stack limit, cgroup and the cgroup's limit, which an exec or a move (a
+    /// command that puts itself in a cgroup, a container runtime) can change.
+    fn look(&mut self, process: &procfs::process::Process, comm: &str) {
+        comm.clone_into(&mut self.comm);
+        self.limits.stack_limit_kb =
+            process
+                .limits()
+                .ok()
+                .and_then(|limits| match limits.max_stack_size.soft_limit {
+                    procfs::process::LimitValue::Value(bytes) => Some(bytes / 1024),
+                    procfs::process::LimitValue::Unlimited => None,
+                });
+        if let (Some(h), Some(pid)) = (&self.hierarchy, self.pid) {
+            let path = h.path_of(pid);
+            if path != self.cgroup {
+                self.limits.cgroup_limit_bytes =
+                    path.as_ref().and_then(|path| h.read(path).limit_bytes);
+                self.cgroup = path;
+                // Usage read so far was another cgroup's: not to be held against this limit.
+                for sample in &mut self.samples {
+                    sample.cgroup_usage_bytes = None;
+                }
+            }
+        }
+    }
+}
+
+impl Consumer for Watch {
+    fn processes(&mut self) -> &mut Processes {
+        &mut self.known
+    }
+
+    fn on_targets(&mut self, pids: &[u32]) {
+        self.pid = pids.first().copied();
+    }
+
+    fn on_record(&mut self, bytes: &[u8]) {
+        // Fork, exec and the faults' records keep names and maps current.
+        self.known.admit(bytes);
+    }
+
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
+        if elapsed < self.next_sample {
+            return;
+        }
+        self.next_sample = elapsed + self.interval;
+        if let Some(sample) = self.sample(elapsed, tracer) {
+            self.samples.push(sample);
+        }
+    }
+}
+
+pub async fn run(args: &DiagnoseArgs) -> Result<()> {
+    let mut out = outputs::report_writer(args.output.as_deref())?;
+    let target = TargetArgs {
+        pids: args.pid.into_iter().collect(),
+        cgroup: None,
+        follow_children: false,
+        command: args.command.clone(),
+    };
+    let run_args = RunArgs {
+        duration: Some(args.duration),
+        interval: None,
+    };
+    // Swap traffic can only be counted where there is swap.
+    let swap = SystemSample::read().swap_total_kb > 0;
+    let options = KernelOptions {
+        ring_bytes: pipeline::RING_BYTES,
+        page_stacks: false,
+        // The faults are the kernel's counts (/proc); the programs run for 1 in 100, for
+        // names and maps.
+        user_stacks: false,
+        kernel_stacks: false,
+        file_tags: false,
+        swap,
+        malloc: None,
+        pages: false,
+        stack_sample_period: 100,
+        exits: false,
+        oom: false,
+    };
+    let attach = |tracer: &mut Tracer, _single: Option<u32>| {
+        if swap {
+            tracer.attach_swap()?;
+        }
+        Ok(())
+    };
+    let mut watch = Watch {
+        known: Processes::default(),
+        pid: None,
+        comm: String::new(),
+        interval: args.interval,
+        next_sample: Duration::ZERO,
+        samples: Vec::new(),
+        limits: Limits::default(),
+        hierarchy: MemoryHierarchy::find(),
+        cgroup: None,
+        swap,
+    };
+    let traced = pipeline::trace(&target, &run_args, options, &attach, &mut watch).await?;
+    let pid = watch.pid.unwrap_or(0);
+    let verdicts = verdicts::judge(pid, &watch.samples, &watch.limits, &args.thresholds);
+    let raised = verdicts
+        .iter()
+        .filter(|v| v.severity >= Severity::Warning)
+        .count();
+    let report = DiagnoseReport {
+        command: "diagnose",
+        pid,
+        comm: watch.comm,
+        duration_s: traced.duration.as_secs_f64(),
+        verdicts,
+        samples: watch.samples,
+        stack_limit_kb: watch.limits.stack_limit_kb,
+        cgroup: watch.cgroup,
+        cgroup_limit_bytes: watch.limits.cgroup_limit_bytes,
+        exit: traced.exit,
+    };
+    match args.format {
+        TableOrJson::Table => output::diagnose::write(&report, &mut out)?,
+        TableOrJson::Json => output::json::write_value(&report, &mut out)?,
+    }
+    out.flush()?;
+    if raised > 0 {
+        return Err(GateFailed(format!(
+            "{raised} verdict{} of warning or worse (exit 3)",
+            if raised == 1 { "" } else { "s" }
+        ))
+        .into());
+    }
+    Ok(())
+}
