@@ -389,6 +389,10 @@ pub struct DiagnoseArgs {
     /// Write the report to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also write one self-contained HTML page: memory and fault rates over time, the
+    /// verdicts, a flame graph of the faults (sampled: 1 minor fault in 100, every major).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     #[command(flatten)]
     pub thresholds: DiagnoseThresholds,
     /// Start this command and watch it (after `--`).

@@ -186,3 +186,78 @@ fn a_working_set_larger_than_memory_is_swap_thrashing() {
     );
     assert_eq!(t.run.code(), 3, "{}", t.context());
 }
+
+/// The --html page opens in headless Chromium with no console errors, and the screenshot
+/// shows the memory chart (its RSS line's blue) and the verdict table (a warning row's
+/// yellow). The screenshot is kept in `target/test-artifacts/diagnose.png`.
+#[test]
+fn the_html_page_opens_in_chromium_with_its_chart_and_verdicts() {
+    if !tests::require_root() {
+        return;
+    }
+    if !tests::on_path("chromium") {
+        assert!(
+            !tests::in_ci(),
+            "`chromium` is not on PATH and CI=true: `cargo xtask setup` installs it"
+        );
+        eprintln!("skipped: no `chromium` (install Debian's chromium package)");
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("diagnose-html");
+    let page = dir.join("diagnose.html");
+    let t = diagnose(&["--html", page.to_str().unwrap()], &["grow", "400", "40"]);
+    assert!(verdict(&t, "heap-growth").is_some(), "{}", t.context());
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: nothing to fetch.
+    for reference in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(!html.contains(reference), "an external asset: {reference}");
+    }
+    assert!(!html.contains("<script"), "a script in the page");
+    let screenshot = dir.join("diagnose.png");
+    let run = tests::run_command(
+        std::process::Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1000,1800",
+            ])
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .arg(format!("--screenshot={}", screenshot.display()))
+            .arg(format!("file://{}", page.display())),
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let console: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Failed to load"))
+        .collect();
+    assert!(console.is_empty(), "console: {console:#?}");
+    let artefact = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artifacts/diagnose.png");
+    std::fs::create_dir_all(artefact.parent().unwrap()).unwrap();
+    std::fs::copy(&screenshot, &artefact).unwrap();
+    let pixels = |rgb: [u8; 3]| count_pixels(&screenshot, rgb);
+    let (chart, table) = (pixels([0x1f, 0x77, 0xb4]), pixels([0xfb, 0xee, 0xc2]));
+    assert!(
+        chart >= 200 && table >= 2000,
+        "RSS line {chart} px, warning row {table} px in {}",
+        artefact.display()
+    );
+}
+
+/// Pixels of exactly this color in a PNG.
+fn count_pixels(path: &std::path::Path, rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buffer = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buffer).unwrap();
+    let channels = info.color_type.samples();
+    buffer[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p.len() >= 3 && p[..3] == rgb)
+        .count()
+}

@@ -20,6 +20,8 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("golang-go", &["go", "version"]),
     // A real Prometheus server scraping memtrace agent (tests).
     ("prometheus", &["prometheus", "--version"]),
+    // Headless, it opens `memtrace diagnose --html` pages in the tests.
+    ("chromium", &["chromium", "--version"]),
     // Another allocator, for memtrace malloc --lib (tests).
     (
         "libjemalloc2",

@@ -4,6 +4,7 @@
 use std::{io::Write, time::Duration};
 
 use anyhow::Result;
+use memtrace_common::EventKind;
 use serde::Serialize;
 
 use crate::{
@@ -11,11 +12,14 @@ use crate::{
     cli::{DiagnoseArgs, RunArgs, TableOrJson, TargetArgs},
     error::GateFailed,
     memcg::MemoryHierarchy,
-    output, outputs,
+    output::{self, profile::Reweighted},
+    outputs,
     pipeline::{self, KernelOptions},
     processes::Processes,
     report::CommandExit,
     session::Consumer,
+    stacks::{StackCounts, StackKey},
+    symbolize::Symbolizer,
     sysmem::SystemSample,
     verdicts::{self, Limits, Sample, Severity, Verdict},
 };
@@ -48,7 +52,14 @@ struct Watch {
     hierarchy: Option<MemoryHierarchy>,
     cgroup: Option<String>,
     swap: bool,
+    /// Sampled fault stacks (--html's flame graph): minor faults 1 in MINOR_PERIOD, every
+    /// major one.
+    minor_stacks: StackCounts,
+    major_stacks: StackCounts,
 }
+
+/// 1 minor fault in this many has its stacks taken for the flame graph.
+const MINOR_PERIOD: u64 = 100;
 
 impl Watch {
     /// The process now, or None once it is gone.
@@ -56,7 +67,12 @@ impl Watch {
         let pid = self.pid?;
         let process = procfs::process::Process::new(pid as i32).ok()?;
         let stat = process.stat().ok()?;
+        // An exiting process has given its memory back already: not a reading of it.
+        if matches!(stat.state, 'Z' | 'X') {
+            return None;
+        }
         let status = process.status().ok()?;
+        status.vmrss?;
         self.look(&process, &stat.comm);
         let swapped = if self.swap {
             tracer
@@ -123,8 +139,16 @@ impl Consumer for Watch {
     }
 
     fn on_record(&mut self, bytes: &[u8]) {
-        // Fork, exec and the faults' records keep names and maps current.
-        self.known.admit(bytes);
+        // Fork and exec records keep names and maps current; faults bring their stacks.
+        let Some(event) = self.known.admit(bytes) else {
+            return;
+        };
+        let key = self.known.stack_key(&event);
+        match event.kind {
+            EventKind::MinorFault => self.minor_stacks.add(key, 1),
+            EventKind::MajorFault => self.major_stacks.add(key, 1),
+            _ => {}
+        }
     }
 
     fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer) {
@@ -152,13 +176,13 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
     };
     // Swap traffic can only be counted where there is swap.
     let swap = SystemSample::read().swap_total_kb > 0;
+    // Fault counts are the kernel's (/proc); the fault programs only take stacks, for --html.
+    let stacks = args.html.is_some();
     let options = KernelOptions {
         ring_bytes: pipeline::RING_BYTES,
         page_stacks: false,
-        // The faults are the kernel's counts (/proc); the programs run for 1 in 100, for
-        // names and maps.
-        user_stacks: false,
-        kernel_stacks: false,
+        user_stacks: stacks,
+        kernel_stacks: stacks,
         file_tags: false,
         swap,
         malloc: None,
@@ -170,6 +194,10 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
         if swap {
             tracer.attach_swap()?;
+        }
+        if stacks {
+            tracer.attach_faults(true, false, MINOR_PERIOD)?;
+            tracer.attach_faults(false, true, 1)?;
         }
         Ok(())
     };
@@ -184,9 +212,16 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         hierarchy: MemoryHierarchy::find(),
         cgroup: None,
         swap,
+        minor_stacks: StackCounts::default(),
+        major_stacks: StackCounts::default(),
     };
     let traced = pipeline::trace(&target, &run_args, options, &attach, &mut watch).await?;
     let pid = watch.pid.unwrap_or(0);
+    let watch_stacks = FaultStacks {
+        minor: std::mem::take(&mut watch.minor_stacks),
+        major: std::mem::take(&mut watch.major_stacks),
+        known: std::mem::take(&mut watch.known),
+    };
     let verdicts = verdicts::judge(pid, &watch.samples, &watch.limits, &args.thresholds);
     let raised = verdicts
         .iter()
@@ -204,6 +239,12 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         cgroup_limit_bytes: watch.limits.cgroup_limit_bytes,
         exit: traced.exit,
     };
+    if let Some(path) = &args.html {
+        let flamegraph = fault_flamegraph(&watch_stacks, &traced.tracer, &report)?;
+        let mut page = outputs::report_writer(Some(path))?;
+        output::diagnose_html::write(&report, &flamegraph, &mut page)?;
+        page.flush()?;
+    }
     match args.format {
         TableOrJson::Table => output::diagnose::write(&report, &mut out)?,
         TableOrJson::Json => output::json::write_value(&report, &mut out)?,
@@ -217,4 +258,54 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The sampled fault stacks and what names them.
+struct FaultStacks {
+    minor: StackCounts,
+    major: StackCounts,
+    known: Processes,
+}
+
+/// The flame graph of the sampled faults (counts scaled back to all faults), as SVG.
+fn fault_flamegraph(
+    stacks: &FaultStacks,
+    tracer: &Tracer,
+    report: &DiagnoseReport,
+) -> Result<Vec<u8>> {
+    let mut symbolizer = Symbolizer::new();
+    let mut rows = Vec::new();
+    for (counts, kind, period) in [
+        (&stacks.minor, "minor", MINOR_PERIOD),
+        (&stacks.major, "major", 1),
+    ] {
+        let label = |key: &StackKey| (stacks.known.name(key.tgid), kind);
+        rows.extend(counts.resolve(
+            tracer,
+            &mut symbolizer,
+            &stacks.known.maps,
+            None,
+            period,
+            &label,
+        )?);
+    }
+    let profile = Reweighted {
+        command: "diagnose",
+        target: format!("pid {}", report.pid),
+        duration_s: report.duration_s,
+        lost_events: tracer.counters().map_or(0, |c| c.lost),
+        rows,
+        sample_type: ("faults", "count"),
+        period: 1,
+        sampling_note: Some(format!(
+            "stacks of 1 minor fault in {MINOR_PERIOD} and every major fault"
+        )),
+    };
+    let mut svg = Vec::new();
+    output::flamegraph::write(
+        &profile,
+        &format!("Faults of pid {} ({})", report.pid, report.comm),
+        &mut svg,
+    )?;
+    Ok(svg)
 }

@@ -1,5 +1,6 @@
 //! Output sinks: each turns a finished report into one format.
 pub mod diagnose;
+pub mod diagnose_html;
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
