@@ -86,14 +86,7 @@ impl ProcessMemory {
                 _ => {}
             }
         }
-        let stack_limit_kb =
-            process
-                .limits()
-                .ok()
-                .and_then(|limits| match limits.max_stack_size.soft_limit {
-                    LimitValue::Value(bytes) => Some(bytes / 1024),
-                    LimitValue::Unlimited => None,
-                });
+        let stack_limit_kb = stack_limit_kb(&process);
         let hierarchy = MemoryHierarchy::find();
         let cgroup = hierarchy.as_ref().and_then(|h| {
             let path = h.path_of(pid)?;
@@ -145,6 +138,14 @@ impl ProcessMemory {
     pub fn stack_used_percent(&self) -> Option<f64> {
         let limit = self.stack_limit_kb.filter(|&l| l > 0)?;
         Some(self.stack_kb as f64 / limit as f64 * 100.0)
+    }
+}
+
+/// The soft RLIMIT_STACK of a process (None: unlimited, or unreadable).
+pub fn stack_limit_kb(process: &Process) -> Option<u64> {
+    match process.limits().ok()?.max_stack_size.soft_limit {
+        LimitValue::Value(bytes) => Some(bytes / 1024),
+        LimitValue::Unlimited => None,
     }
 }
 

@@ -509,3 +509,19 @@ pub fn go_pprof_top(profile: &Path, args: &[&str], scratch: &Path) -> Option<Run
             .env("GOTOOLCHAIN", "local"),
     ))
 }
+
+/// A field of /proc/PID/status in KiB (`VmRSS:`, `VmSwap:`, ...), the kernel's own figure.
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}

@@ -423,22 +423,6 @@ fn vmstat_swap() -> (f64, f64) {
     (get("pswpin"), get("pswpout"))
 }
 
-/// A field of /proc/PID/status in bytes (its kB figure).
-fn status_bytes(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix(" kB")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    kb * 1024.0
-}
-
 fn within(measured: Option<f64>, expected: f64, fraction: f64) -> bool {
     measured.is_some_and(|m| (m - expected).abs() <= expected * fraction)
 }
@@ -493,8 +477,8 @@ fn swap_traffic_and_memory_are_the_owners() {
     let rss = sample(&text, "memtrace_process_rss_bytes", &[&pid]);
     let swapped = sample(&text, "memtrace_process_swap_bytes", &[&pid]);
     let (vm_rss, vm_swap) = (
-        status_bytes(workload.pid, "VmRSS:"),
-        status_bytes(workload.pid, "VmSwap:"),
+        tests::status_kb(workload.pid, "VmRSS:") as f64 * 1024.0,
+        tests::status_kb(workload.pid, "VmSwap:") as f64 * 1024.0,
     );
     workload.finish();
     agent.signal(libc::SIGTERM);

@@ -4,28 +4,13 @@
 use std::process::Command;
 
 use serde_json::Value;
-use tests::{memtrace, run_command, serial, spawn_waiting, swap_env::MemoryCgroup};
+use tests::{memtrace, run_command, serial, spawn_waiting, status_kb, swap_env::MemoryCgroup};
 
 /// `memtrace stat --format json PID`, parsed.
 fn stat(pid: u32) -> Value {
     let run = memtrace(&["stat", "--format", "json", &pid.to_string()]);
     assert_eq!(run.code(), 0, "{}", run.describe());
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.describe()))
-}
-
-/// A field of /proc/PID/status in KiB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix(" kB")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn within(measured: u64, expected: u64, fraction: f64) -> bool {

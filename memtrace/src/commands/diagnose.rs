@@ -15,6 +15,7 @@ use crate::{
     output::{self, profile::Reweighted},
     outputs,
     pipeline::{self, KernelOptions},
+    process_memory,
     processes::Processes,
     report::CommandExit,
     session::Consumer,
@@ -106,14 +107,7 @@ impl Watch {
     /// command that puts itself in a cgroup, a container runtime) can change.
     fn look(&mut self, process: &procfs::process::Process, comm: &str) {
         comm.clone_into(&mut self.comm);
-        self.limits.stack_limit_kb =
-            process
-                .limits()
-                .ok()
-                .and_then(|limits| match limits.max_stack_size.soft_limit {
-                    procfs::process::LimitValue::Value(bytes) => Some(bytes / 1024),
-                    procfs::process::LimitValue::Unlimited => None,
-                });
+        self.limits.stack_limit_kb = process_memory::stack_limit_kb(process);
         if let (Some(h), Some(pid)) = (&self.hierarchy, self.pid) {
             let path = h.path_of(pid);
             if path != self.cgroup {

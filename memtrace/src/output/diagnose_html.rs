@@ -5,6 +5,7 @@ use std::{fmt::Write as _, io::Write};
 
 use base64::Engine;
 
+use super::flamegraph::xml_escape as escape;
 use crate::{commands::diagnose::DiagnoseReport, verdicts::Sample};
 
 /// One line of a chart: its name, color and points (seconds, value).
@@ -201,13 +202,6 @@ fn line_chart(id: &str, unit: &str, series: &[Series]) -> String {
         );
     }
     svg + "</svg>\n"
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@ fn write_empty(title: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn xml_escape(text: &str) -> String {
+/// Text for XML and HTML: the characters markup gives meaning escaped.
+pub fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
