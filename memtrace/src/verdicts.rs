@@ -21,6 +21,8 @@ pub struct Sample {
     pub rss_anon_kb: u64,
     /// The main thread's stack mapping.
     pub stack_kb: u64,
+    /// Pages the kernel's page allocator gave the process since the watch began (eBPF).
+    pub pages_allocated: u64,
     /// Pages of the process written to swap and brought back since the watch began (eBPF,
     /// credited to the owner).
     pub swap_out_pages: u64,
@@ -255,12 +257,17 @@ fn allocation_churn(pid: u32, samples: &[Sample], th: &DiagnoseThresholds) -> Op
     if rates.minor < th.minor_faults_per_s || rates.with_minor < 0.5 {
         return None;
     }
+    let steady = steady(samples, th.warmup);
+    let (first, last) = (steady.first()?, steady.last()?);
+    let pages_per_s =
+        last.pages_allocated.saturating_sub(first.pages_allocated) as f64 / (last.t - first.t);
     Some(Verdict {
         id: "allocation-churn",
         severity: Severity::Warning,
         evidence: json!({
             "minor_faults_per_s": round(rates.minor, 0),
             "intervals_with_minor_faults": round(rates.with_minor, 2),
+            "pages_allocated_per_s": round(pages_per_s, 0),
         }),
         advice: format!(
             "aggressive allocation (memory mapped fresh and released again, or GC pressure): \

@@ -70,6 +70,18 @@ fn steady_growth_is_heap_growth_at_its_rate() {
         advice.contains(&format!("memtrace malloc --leaks --pid {}", t.workload.pid)),
         "{advice}"
     );
+    // Every page its anonymous memory grew by came from the kernel's page allocator, which
+    // the kernel-side count saw.
+    let samples = t.report["samples"].as_array().unwrap();
+    let (first, last) = (&samples[0], &samples[samples.len() - 1]);
+    let grew_kb = last["rss_anon_kb"].as_u64().unwrap() - first["rss_anon_kb"].as_u64().unwrap();
+    let allocated_kb = 4
+        * (last["pages_allocated"].as_u64().unwrap() - first["pages_allocated"].as_u64().unwrap());
+    assert!(
+        allocated_kb as f64 >= grew_kb as f64 * 0.9,
+        "{allocated_kb} KiB allocated, anonymous memory grew {grew_kb} KiB\n{}",
+        t.context()
+    );
     // The JSON contract's sample keys.
     let sample = &t.report["samples"][0];
     for key in ["t", "rss_kb", "vsz_kb", "swap_kb", "minflt", "majflt"] {

@@ -107,18 +107,20 @@ pub fn bench(which: &[String]) -> Result<()> {
             .and_then(|()| swap())
             .and_then(|()| malloc())
             .and_then(|()| pages())
-            .and_then(|()| agent()),
+            .and_then(|()| agent())
+            .and_then(|()| diagnose()),
         Some("faults") => faults(),
         Some("swap") => swap(),
         Some("malloc") => malloc(),
         Some("pages") => pages(),
         Some("agent") => agent(),
+        Some("diagnose") => diagnose(),
         // Ten minutes: run on its own, never as part of the whole set.
         Some("agent-soak") => crate::soak::soak(),
         Some(other) => {
             bail!(
                 "unknown benchmark {other:?}; available: faults, swap, malloc, pages, agent, \
-                 agent-soak"
+                 agent-soak, diagnose"
             )
         }
     }
@@ -226,6 +228,43 @@ fn pages() -> Result<()> {
         STORM_ARGS.join(" ")
     );
     write_section("pages", &what, &table)
+}
+
+/// `memtrace diagnose` watching the fault storm: its /proc samples, the kernel's count of
+/// the process's page allocations, and (with --html) the faults' sampled stacks.
+fn diagnose() -> Result<()> {
+    let (target, memtrace) = prepare()?;
+    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let html = format!("--html {}", scratch.join("diagnose.html").display());
+    let memtrace_diagnose = |options: &str, records| {
+        Config::memtrace(&memtrace, &scratch, "diagnose", options, records)
+    };
+    let configs = [
+        Config::untraced(),
+        memtrace_diagnose(
+            "",
+            "/proc every 500 ms; page allocations counted in the kernel",
+        ),
+        memtrace_diagnose(
+            &html,
+            "as above, and the stacks of 1 minor fault in 100 (the page's flame graph)",
+        ),
+        Config::bpftrace(
+            "bpftrace, empty program",
+            "nothing: the floor cost of running any eBPF program on every fault",
+            "software:page-faults:1 /pid == cpid/ { }",
+        ),
+    ];
+    let samples = measure(&configs, &storm_argv(&target.join("workloads/fault_storm")))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let table = table(&configs, &samples);
+    println!("{table}");
+    let what = format!(
+        "the workload `fault_storm {}` (its own loop time; every fault allocates a page)",
+        STORM_ARGS.join(" ")
+    );
+    write_section("diagnose", &what, &table)
 }
 
 /// Where the agent listens during its benchmark (loopback; a port tests do not use).

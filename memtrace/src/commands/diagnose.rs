@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::{
     bpf::Tracer,
     cli::{DiagnoseArgs, RunArgs, TableOrJson, TargetArgs},
+    commands::pages::Origin,
     error::GateFailed,
     memcg::MemoryHierarchy,
     output::{self, profile::Reweighted},
@@ -17,7 +18,7 @@ use crate::{
     pipeline::{self, KernelOptions},
     process_memory,
     processes::Processes,
-    report::CommandExit,
+    report::{CommandExit, TracerCost},
     session::Consumer,
     stacks::{StackCounts, StackKey},
     symbolize::Symbolizer,
@@ -39,6 +40,10 @@ pub struct DiagnoseReport {
     pub cgroup_limit_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<CommandExit>,
+    /// Events the kernel could not deliver (the fault stacks of --html).
+    pub lost_events: u64,
+    /// What watching cost memtrace itself.
+    pub tracer: TracerCost,
 }
 
 /// Samples the watched process every interval.
@@ -75,6 +80,17 @@ impl Watch {
         let status = process.status().ok()?;
         status.vmrss?;
         self.look(&process, &stat.comm);
+        // The kernel's table counts only the watched process's allocations.
+        let pages_allocated = tracer
+            .page_counts()
+            .map(|counts| {
+                counts
+                    .iter()
+                    .filter(|(key, _)| Origin::of_key(key).pid == pid)
+                    .map(|(_, count)| count.pages)
+                    .sum()
+            })
+            .unwrap_or(0);
         let swapped = if self.swap {
             tracer
                 .swap_counts()
@@ -97,6 +113,7 @@ impl Watch {
             majflt: stat.majflt,
             rss_anon_kb: status.rssanon.unwrap_or(0),
             stack_kb: status.vmstk.unwrap_or(0),
+            pages_allocated,
             swap_out_pages: swapped.out_written,
             swap_in_pages: swapped.swapped_in,
             cgroup_usage_bytes,
@@ -180,12 +197,14 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         file_tags: false,
         swap,
         malloc: None,
-        pages: false,
+        // Counted in the kernel, no stacks: allocation churn's evidence.
+        pages: true,
         stack_sample_period: 100,
         exits: false,
         oom: false,
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
+        tracer.attach_tracepoint("page_alloc", "kmem", "mm_page_alloc")?;
         if swap {
             tracer.attach_swap()?;
         }
@@ -232,6 +251,8 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         cgroup: watch.cgroup,
         cgroup_limit_bytes: watch.limits.cgroup_limit_bytes,
         exit: traced.exit,
+        lost_events: traced.tracer.counters().map_or(0, |c| c.lost),
+        tracer: TracerCost::measure(traced.attach_ms, &traced.tracer),
     };
     if let Some(path) = &args.html {
         let flamegraph = fault_flamegraph(&watch_stacks, &traced.tracer, &report)?;

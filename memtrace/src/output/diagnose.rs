@@ -62,5 +62,5 @@ pub fn write(report: &DiagnoseReport, out: &mut dyn Write) -> anyhow::Result<()>
     if let Some(exit) = &report.exit {
         writeln!(out, "\n{}", super::exit_line(exit))?;
     }
-    Ok(())
+    super::table::cost_line(&report.tracer, out)
 }

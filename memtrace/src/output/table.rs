@@ -2,7 +2,7 @@
 //! and per-region tables, then the top stacks with symbolized frames.
 use std::io::Write;
 
-use crate::report::{FaultReport, Frame};
+use crate::report::{FaultReport, Frame, TracerCost};
 
 /// Rows shown in the process and region tables; the rest are counted in a "(N more)" line.
 const MAX_ROWS: usize = 20;
@@ -13,7 +13,11 @@ pub fn write(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::R
     processes(report, out)?;
     regions(report, out)?;
     stacks(report, top, out)?;
-    let cost = &report.tracer;
+    cost_line(&report.tracer, out)
+}
+
+/// What tracing cost memtrace itself, the last line of a table report.
+pub fn cost_line(cost: &TracerCost, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "\nmemtrace itself: attached in {:.0} ms, {:.2} s CPU, {} MiB peak RSS",
