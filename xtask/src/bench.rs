@@ -46,7 +46,18 @@ impl Config {
         options: &str,
         records: &'static str,
     ) -> Self {
-        let report = scratch.join(format!("{subcommand}{}.json", options.replace(' ', "_")));
+        // A file name from the options (which may hold paths).
+        let name: String = options
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let report = scratch.join(format!("{subcommand}{name}.json"));
         Self {
             name: format!("memtrace {subcommand} {options}")
                 .trim_end()
@@ -246,10 +257,13 @@ fn diagnose() -> Result<()> {
             "",
             "/proc every 500 ms; page allocations counted in the kernel",
         ),
-        memtrace_diagnose(
-            &html,
-            "as above, and the stacks of 1 minor fault in 100 (the page's flame graph)",
-        ),
+        Config {
+            name: "memtrace diagnose --html FILE".into(),
+            ..memtrace_diagnose(
+                &html,
+                "as above, and the stacks of 1 minor fault in 100 (the page's flame graph)",
+            )
+        },
         Config::bpftrace(
             "bpftrace, empty program",
             "nothing: the floor cost of running any eBPF program on every fault",
