@@ -3,6 +3,7 @@
 use std::{
     fs::File,
     io::{BufWriter, Write},
+    os::unix::fs::OpenOptionsExt,
     path::Path,
 };
 
@@ -69,10 +70,26 @@ fn create(path: &Path, option: &str) -> Result<BufWriter<File>> {
             path.display()
         )));
     }
-    File::create(path).map(BufWriter::new).map_err(|err| {
-        usage(format!(
-            "{option} {}: cannot write it ({err})",
-            path.display()
-        ))
+    // Never through a symbolic link: as root, a link planted at a predictable path (in /tmp)
+    // would aim memtrace's write at any file on the machine.
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    opened.map(BufWriter::new).map_err(|err| {
+        if err.raw_os_error() == Some(libc::ELOOP) {
+            usage(format!(
+                "{option} {}: is a symbolic link, which memtrace does not write through; \
+                 remove it or give another path",
+                path.display()
+            ))
+        } else {
+            usage(format!(
+                "{option} {}: cannot write it ({err})",
+                path.display()
+            ))
+        }
     })
 }

@@ -4,7 +4,7 @@
 //! Cases rejected by the argument parser do not need root; the others do (memtrace checks its
 //! privileges before the target).
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, os::unix::process::ExitStatusExt, path::Path, process::Command};
 
 use tests::{memtrace, memtrace_bin, run_command, serial, spawn_memtrace, Run, TempDir};
 
@@ -338,4 +338,89 @@ fn follow_children_needs_a_target() {
 fn pid_and_command_conflict() {
     let _serial = serial();
     expect_failure(&["--pid", "1", "--", "true"], 2, &["cannot be used with"]);
+}
+
+/// `--output` at a path where someone planted a symbolic link (say in /tmp, with memtrace
+/// running as root): refused, and the link's target untouched.
+#[test]
+fn a_planted_symlink_is_not_written_through() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("planted-link");
+    let victim = dir.join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    let link = dir.join("report.json");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let link_arg = link.to_str().unwrap();
+    expect_failure(
+        &["--output", link_arg, "--", "true"],
+        2,
+        &[
+            &format!("--output {link_arg}: is a symbolic link"),
+            "another path",
+        ],
+    );
+    let me = std::process::id().to_string();
+    let run = memtrace(&["stat", "--output", link_arg, &me]);
+    assert_eq!(run.code(), 2, "{}", run.describe());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+/// eBPF programs loaded now (bpftool's count).
+fn programs_loaded() -> usize {
+    let run = run_command(Command::new("bpftool").args(["prog", "list"]));
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    run.stdout
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|id| id.ends_with(':'))
+        })
+        .count()
+}
+
+/// kill -9 of memtrace mid-trace: every program and link it loaded goes with it (the kernel
+/// holds them by memtrace's file descriptors), and the traced process carries on.
+#[test]
+fn kill_9_leaves_no_program_behind_and_the_target_unharmed() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let before = programs_loaded();
+    let mut workload = tests::spawn_waiting("fault_touch", &["20000"]);
+    let pid = workload.pid.to_string();
+    let mut tracer = spawn_memtrace(&["faults", "--pid", &pid, "--duration", "60s"]);
+    tracer.wait_attached();
+    let during = programs_loaded();
+    assert!(
+        during > before,
+        "{during} programs while tracing, {before} before"
+    );
+    tracer.signal(libc::SIGKILL);
+    let run = tracer.wait();
+    assert_eq!(
+        run.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        run.describe()
+    );
+    // The kernel frees them as the last reference goes; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut after = programs_loaded();
+    while after != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        after = programs_loaded();
+    }
+    assert_eq!(
+        after, before,
+        "{during} while tracing, {before} before, {after} after"
+    );
+    // The target runs its phase and exits cleanly.
+    let report = workload.go();
+    assert!(report.phase_minflt >= 20_000, "{report:?}");
+    workload.finish();
 }
