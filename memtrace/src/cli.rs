@@ -335,6 +335,10 @@ pub struct FaultsArgs {
     /// Trace 1 in N faults (counts are rescaled by N and marked as estimates).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub sample: u64,
+    /// The kernel-to-memtrace ring buffer's size (a power of two: 64K, 8M, 64M). Larger
+    /// rides out longer bursts; a full ring loses events, which the report counts.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_ring_size)]
+    pub ring_buffer: u32,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -607,6 +611,26 @@ fn parse_pid(text: &str) -> Result<u32, String> {
     }
 }
 
+/// A ring buffer size: a power of two from 4K (a page) to 1G, with an optional K, M or G.
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let (digits, scale) = match upper.trim_end_matches('B').chars().last() {
+        Some('K') => (&upper[..upper.find('K').unwrap_or(0)], 1u64 << 10),
+        Some('M') => (&upper[..upper.find('M').unwrap_or(0)], 1 << 20),
+        Some('G') => (&upper[..upper.find('G').unwrap_or(0)], 1 << 30),
+        _ => (upper.as_str(), 1),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&b| b.is_power_of_two() && (4096..=1 << 30).contains(&b))
+        .ok_or_else(|| {
+            format!("{text} is not a ring buffer size: a power of two from 4K to 1G (64K, 8M)")
+        })?;
+    Ok(bytes as u32)
+}
+
 fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
@@ -634,6 +658,17 @@ mod tests {
         assert!(parse_pid("-5").is_err());
         assert!(parse_pid("abc").is_err());
         assert!(parse_pid("99999999999").is_err());
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_in_range() {
+        assert_eq!(parse_ring_size("4K"), Ok(4096));
+        assert_eq!(parse_ring_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_ring_size("64kb"), Ok(64 << 10));
+        assert_eq!(parse_ring_size("1G"), Ok(1 << 30));
+        for bad in ["3K", "2K", "2G", "", "M", "-8M", "eight"] {
+            assert!(parse_ring_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

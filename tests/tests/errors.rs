@@ -424,3 +424,21 @@ fn kill_9_leaves_no_program_behind_and_the_target_unharmed() {
     assert!(report.phase_minflt >= 20_000, "{report:?}");
     workload.finish();
 }
+
+/// A 4 KiB RLIMIT_MEMLOCK, too small for any map on kernels that still charge maps to it:
+/// memtrace lifts it itself (as bpftrace does) and traces as usual.
+#[test]
+fn a_tiny_memlock_limit_is_lifted() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let run = run_command(
+        Command::new("prlimit")
+            .arg("--memlock=4096:4096")
+            .arg(memtrace_bin())
+            .args(["faults", "--", "true"]),
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(run.stdout.contains("PROCESSES"), "{}", run.describe());
+}

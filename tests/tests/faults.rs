@@ -727,3 +727,42 @@ fn cgroup() {
     drop(cgroup);
     w.finish();
 }
+
+/// A ring buffer of one page, four threads faulting on two CPUs: the ring overflows. Every
+/// fault is either received or counted lost, exactly (their sum is the workload's
+/// getrusage), and the report says its figures are lower bounds.
+#[test]
+fn a_full_ring_loses_events_it_counts_exactly() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let threads = workload("fault_threads");
+    let command = [threads.to_str().unwrap(), "4", "20000"];
+    let t = traced::trace(
+        "faults",
+        &["--ring-buffer", "4K", "--stacks", "none"],
+        &command,
+    );
+    let lost = t.report["lost_events"].as_u64().unwrap();
+    let received = u64_of(t.process(), "minor");
+    let faults = t.workload.minflt;
+    assert!(lost > 0, "the ring did not overflow\n{}", t.context());
+    assert!(
+        (received + lost).abs_diff(faults) * 200 <= faults,
+        "received {received} + lost {lost} vs {faults} faults by getrusage\n{}",
+        t.context()
+    );
+    let run = memtrace(&[
+        "faults",
+        "--ring-buffer",
+        "4K",
+        "--stacks",
+        "none",
+        "--",
+        command[0],
+        "4",
+        "20000",
+    ]);
+    assert!(run.stdout.contains("lower bounds"), "{}", run.describe());
+}

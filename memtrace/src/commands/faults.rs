@@ -173,7 +173,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     let mut outputs = Outputs::open(&args.output)?;
     let options = KernelOptions {
         page_stacks: false,
-        ring_bytes: pipeline::RING_BYTES,
+        ring_bytes: args.ring_buffer,
         user_stacks: matches!(args.stacks, Stacks::User | Stacks::Both),
         kernel_stacks: matches!(args.stacks, Stacks::Kernel | Stacks::Both),
         // A file fault's tag is taken by the fault's own program: every fault must run one.
