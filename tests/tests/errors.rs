@@ -442,3 +442,89 @@ fn a_tiny_memlock_limit_is_lifted() {
     assert_eq!(run.code(), 0, "{}", run.describe());
     assert!(run.stdout.contains("PROCESSES"), "{}", run.describe());
 }
+
+/// SIGTERM and Ctrl-C (SIGINT) during every tracing command: the report is still written,
+/// whole, and memtrace exits 0.
+#[test]
+fn every_command_writes_its_report_when_stopped() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let mut workload = tests::spawn_waiting("fault_touch", &["2000"]);
+    let pid = workload.pid.to_string();
+    let commands: [&[&str]; 6] = [
+        &["faults", "--pid", &pid],
+        &["swap", "--pid", &pid],
+        &["malloc", "--pid", &pid],
+        &["pages", "--pid", &pid],
+        &["oom"],
+        &["diagnose", "--pid", &pid],
+    ];
+    for (i, command) in commands.iter().enumerate() {
+        let signal = if i % 2 == 0 {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        let dir = TempDir::new("stopped");
+        let out = dir.join("report.json");
+        let mut argv: Vec<&str> = command.to_vec();
+        argv.extend(["--format", "json", "--output", out.to_str().unwrap()]);
+        let mut tracer = spawn_memtrace(&argv);
+        tracer.wait_attached();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        tracer.signal(signal);
+        let run = tracer.wait();
+        assert_eq!(
+            run.code(),
+            0,
+            "memtrace {argv:?} after signal {signal}\n{}",
+            run.describe()
+        );
+        let text = fs::read_to_string(&out)
+            .unwrap_or_else(|e| panic!("memtrace {argv:?}: no report ({e})\n{}", run.describe()));
+        let report: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("memtrace {argv:?}: not JSON ({e}): {text}"));
+        assert_eq!(report["command"], command[0], "{text}");
+    }
+    workload.go();
+    workload.finish();
+}
+
+/// A binary without symbols: its frames are shown as addresses, in its module; nothing fails.
+#[test]
+fn a_stripped_binary_shows_addresses() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("stripped");
+    let stripped = dir.join("fault_touch_stripped");
+    fs::copy(tests::workload("fault_touch"), &stripped).unwrap();
+    let strip = run_command(Command::new("strip").arg(&stripped));
+    assert_eq!(strip.code(), 0, "{}", strip.describe());
+    let out = dir.join("report.json");
+    let run = memtrace(&[
+        "faults",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        stripped.to_str().unwrap(),
+        "20000",
+    ]);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    let top = &report["stacks"][0];
+    let frame = &top["frames_detail"][0];
+    assert!(
+        frame["function"].is_null(),
+        "a name in a stripped binary? {top}"
+    );
+    assert_eq!(frame["module"], "fault_touch_stripped", "{top}");
+    let name = top["frames"][0].as_str().unwrap();
+    assert!(name.starts_with("0x"), "{top}");
+}
