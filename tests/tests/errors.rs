@@ -149,6 +149,14 @@ fn bad_durations_and_sample() {
         &["a duration must be more than zero"],
     );
     expect_failure(&["--sample", "0"], 2, &["--sample", "0 is not in 1.."]);
+    for size in ["lots", "3K", "--ring-buffer=-8M", "2G"] {
+        let args: Vec<&str> = if size.starts_with("--") {
+            vec![size]
+        } else {
+            vec!["--ring-buffer", size]
+        };
+        expect_failure(&args, 2, &["is not a ring buffer size", "a power of two"]);
+    }
 }
 
 #[test]
@@ -527,4 +535,35 @@ fn a_stripped_binary_shows_addresses() {
     assert_eq!(frame["module"], "fault_touch_stripped", "{top}");
     let name = top["frames"][0].as_str().unwrap();
     assert!(name.starts_with("0x"), "{top}");
+}
+
+/// Puts tracefs back at /sys/kernel/tracing if it is missing, whatever the test did.
+struct TracefsBack;
+
+impl Drop for TracefsBack {
+    fn drop(&mut self) {
+        if !Path::new("/sys/kernel/tracing/events").is_dir() {
+            let _ = Command::new("mount")
+                .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+                .status();
+        }
+    }
+}
+
+/// tracefs unmounted: memtrace mounts it again itself (as bpftrace does), says so with -v,
+/// and traces.
+#[test]
+fn tracefs_unmounted_is_mounted_again() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let _back = TracefsBack;
+    let umount = run_command(Command::new("umount").arg("/sys/kernel/tracing"));
+    assert_eq!(umount.code(), 0, "{}", umount.describe());
+    assert!(!Path::new("/sys/kernel/tracing/events").is_dir());
+    let run = memtrace(&["-v", "faults", "--", "true"]);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(run.stderr.contains("mounted tracefs"), "{}", run.describe());
+    assert!(Path::new("/sys/kernel/tracing/events").is_dir());
 }
