@@ -49,6 +49,8 @@ pub struct KernelConfig {
     pub ring_bytes: u32,
     /// Stacks the stack map can hold.
     pub stack_entries: u32,
+    /// Per-process page allocation counts the table can hold.
+    pub page_count_entries: u32,
     /// Swap accounting: where the kernel keeps the counters it reads (None: not used, and its
     /// maps get one entry).
     pub swap: Option<SwapLayout>,
@@ -198,7 +200,10 @@ impl Tracer {
             .override_global("REGS_SP", &u64::from(pages.regs_sp), true)
             .override_global("OOM_FIELDS", &oom.fields, true)
             .override_global("MEMCG_CHAIN", &oom.memcg_chain, true)
-            .map_max_entries("PAGE_COUNTS", sized(config.pages.is_some(), 16384))
+            .map_max_entries(
+                "PAGE_COUNTS",
+                sized(config.pages.is_some(), config.page_count_entries),
+            )
             .override_global("EXP_TABLE", &exponential_table(), true)
             .map_max_entries(
                 "PENDING_ALLOCS",

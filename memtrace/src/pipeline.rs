@@ -22,6 +22,23 @@ use crate::{
 /// Ring buffer size for tracing every event: at a fault storm's ~500k events/s of 64 bytes, 8 MiB holds a quarter second.
 pub const RING_BYTES: u32 = 8 << 20;
 pub const STACK_ENTRIES: u32 = 16384;
+/// Per-process page allocation counts (one entry per process and kind of allocation).
+pub const PAGE_COUNT_ENTRIES: u32 = 16384;
+
+/// The size of the tables that grow with what is traced (stacks, page allocation counts),
+/// from MEMTRACE_MAX_MAP_ENTRIES, as bpftrace takes BPFTRACE_MAX_MAP_KEYS: to bound the
+/// kernel memory memtrace takes, or to see what a full table does (counted and reported).
+fn max_table_entries() -> Result<Option<u32>> {
+    let Ok(text) = std::env::var("MEMTRACE_MAX_MAP_ENTRIES") else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(crate::error::usage(format!(
+            "MEMTRACE_MAX_MAP_ENTRIES={text}: not a positive number of entries"
+        ))),
+    }
+}
 
 /// What a subcommand asks of the kernel side beyond its hooks.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +90,7 @@ pub async fn trace(
     system::raise_open_files_limit();
 
     features::check(matches!(target, Target::Cgroup { .. }))?;
+    let table_entries = max_table_entries()?;
     let config = KernelConfig {
         filter: target.filter(),
         follow_children: target_args.follow_children,
@@ -105,10 +123,11 @@ pub async fn trace(
         },
         // No stacks, no need for the stack maps' memory (the kernel needs at least one entry).
         stack_entries: if options.user_stacks || options.kernel_stacks {
-            STACK_ENTRIES
+            table_entries.unwrap_or(STACK_ENTRIES)
         } else {
             1
         },
+        page_count_entries: table_entries.unwrap_or(PAGE_COUNT_ENTRIES),
     };
     log::debug!("checked, {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     let mut tracer = Tracer::load(&config)?;

@@ -567,3 +567,61 @@ fn tracefs_unmounted_is_mounted_again() {
     assert!(run.stderr.contains("mounted tracefs"), "{}", run.describe());
     assert!(Path::new("/sys/kernel/tracing/events").is_dir());
 }
+
+/// `memtrace <argv>` with its tables cut to `entries` (MEMTRACE_MAX_MAP_ENTRIES), its JSON
+/// report and its table report's stdout.
+fn with_tiny_tables(entries: &str, argv: &[&str]) -> (serde_json::Value, String) {
+    let dir = TempDir::new("tiny-tables");
+    let out = dir.join("report.json");
+    let json = |format: &str, output: Option<&Path>| {
+        let mut command = Command::new(memtrace_bin());
+        command.env("MEMTRACE_MAX_MAP_ENTRIES", entries);
+        command.args(&argv[..1]).args(["--format", format]);
+        if let Some(path) = output {
+            command.arg("--output").arg(path);
+        }
+        let run = run_command(command.args(&argv[1..]));
+        assert_eq!(run.code(), 0, "{}", run.describe());
+        run
+    };
+    json("json", Some(&out));
+    let table = json("table", None);
+    let report = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    (report, table.stdout)
+}
+
+/// Tables too small for what is traced (two entries): the stacks and counts that did not fit
+/// are counted, and both reports say so.
+#[test]
+fn full_tables_are_counted_and_reported() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    // A shell running a command: dozens of distinct stacks and kinds of page allocation.
+    let shell = ["--", "sh", "-c", "ls -R /usr/share/doc > /dev/null"];
+    let mut faults = vec!["faults"];
+    faults.extend(shell);
+    let (report, table) = with_tiny_tables("2", &faults);
+    let errors = report["stack_errors"].as_u64().unwrap();
+    assert!(errors > 0, "{report}");
+    assert!(table.contains("stacks could not be stored"), "{table}");
+    let mut pages = vec!["pages", "--stacks", "none"];
+    pages.extend(shell);
+    let (report, table) = with_tiny_tables("2", &pages);
+    let full = report["counts_full"].as_u64().unwrap();
+    assert!(full > 0, "{report}");
+    assert!(table.contains("lower bound"), "{table}");
+    // A bad value is refused before anything is traced.
+    let run = run_command(
+        Command::new(memtrace_bin())
+            .env("MEMTRACE_MAX_MAP_ENTRIES", "many")
+            .args(["faults", "--", "true"]),
+    );
+    assert_eq!(run.code(), 2, "{}", run.describe());
+    assert!(
+        run.stderr.contains("MEMTRACE_MAX_MAP_ENTRIES=many"),
+        "{}",
+        run.describe()
+    );
+}
