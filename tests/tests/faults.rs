@@ -766,3 +766,63 @@ fn a_full_ring_loses_events_it_counts_exactly() {
     ]);
     assert!(run.stdout.contains("lower bounds"), "{}", run.describe());
 }
+
+/// A traced pid that execs another program mid-trace: its row takes the new program's name,
+/// and its faults after the exec are symbolized in the new binary.
+#[test]
+fn a_target_that_execs_is_reported_as_the_new_program() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let touch = workload("fault_touch");
+    // A shell that waits for a line on stdin, then becomes fault_touch.
+    let mut shell = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("read go; exec {} 20000", touch.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let pid = shell.id().to_string();
+    let dir = TempDir::new("exec-target");
+    let out = dir.join("report.json");
+    let mut tracer = spawn_memtrace(&[
+        "faults",
+        "--pid",
+        &pid,
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    {
+        use std::io::Write;
+        let mut stdin = shell.stdin.take().unwrap();
+        writeln!(stdin, "go").unwrap();
+    }
+    let output = shell.wait_with_output().expect("the workload");
+    assert!(output.status.success(), "{output:?}");
+    let figures = parse_report(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    // memtrace stops by itself once its target is gone.
+    let run = tracer.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let report: Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    let row = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pid"] == figures.pid)
+        .unwrap_or_else(|| panic!("no row for {}: {report}", figures.pid));
+    assert_eq!(row["comm"], "fault_touch", "{row}");
+    assert!(row["minor"].as_u64().unwrap() >= 20_000, "{row}");
+    let named = report["stacks"].as_array().unwrap().iter().any(|s| {
+        s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "touch_pages")
+    });
+    assert!(named, "no stack names touch_pages: {report}");
+}
