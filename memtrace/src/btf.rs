@@ -262,14 +262,8 @@ mod tests {
         Btf::parse(data)?.enum_values(name)
     }
 
-    /// The kernel's own BTF, against bpftool's reading of it (`bpftool btf dump ... format raw`
-    /// prints each member's bits_offset).
-    #[test]
-    fn offsets_match_bpftool() {
-        let Ok(btf) = Btf::vmlinux() else {
-            eprintln!("note: no /sys/kernel/btf/vmlinux here");
-            return;
-        };
+    /// bpftool's raw dump of the kernel's BTF; None where bpftool is missing (never under CI).
+    fn bpftool_raw_dump() -> Option<String> {
         let output = std::process::Command::new("bpftool")
             .args([
                 "btf",
@@ -285,9 +279,22 @@ mod tests {
                 std::env::var("CI").is_err(),
                 "bpftool is needed for this test under CI"
             );
+            return None;
+        };
+        Some(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The kernel's own BTF, against bpftool's reading of it (`bpftool btf dump ... format raw`
+    /// prints each member's bits_offset).
+    #[test]
+    fn offsets_match_bpftool() {
+        let Ok(btf) = Btf::vmlinux() else {
+            eprintln!("note: no /sys/kernel/btf/vmlinux here");
             return;
         };
-        let dump = String::from_utf8_lossy(&output.stdout);
+        let Some(dump) = bpftool_raw_dump() else {
+            return;
+        };
         // Direct members of struct percpu_counter and task_struct, as bpftool prints them.
         for (strukt, member) in [("percpu_counter", "count"), ("percpu_counter", "counters")] {
             let header = format!("STRUCT '{strukt}' ");
@@ -404,24 +411,9 @@ mod tests {
             eprintln!("note: no /sys/kernel/btf/vmlinux here");
             return;
         };
-        let output = std::process::Command::new("bpftool")
-            .args([
-                "btf",
-                "dump",
-                "file",
-                "/sys/kernel/btf/vmlinux",
-                "format",
-                "raw",
-            ])
-            .output();
-        let Some(output) = output.ok().filter(|o| o.status.success()) else {
-            assert!(
-                std::env::var("CI").is_err(),
-                "bpftool is needed for this test under CI"
-            );
+        let Some(dump) = bpftool_raw_dump() else {
             return;
         };
-        let dump = String::from_utf8_lossy(&output.stdout);
         // "\t'MIGRATE_UNMOVABLE' val=0" lines under "ENUM 'migratetype' ...".
         let expected: Vec<(String, i64)> = dump
             .lines()

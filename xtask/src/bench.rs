@@ -372,15 +372,7 @@ fn idle_agent(memtrace: &str, log: &Path) -> Result<String> {
         .spawn()
         .context("starting the agent")?;
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let cpu = |pid: u32| -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let after = &stat[stat.rfind(')').context("stat")? + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks / per_second)
-    };
+    let cpu = crate::soak::cpu_seconds;
     let before = cpu(agent.id())?;
     let window = 10.0;
     std::thread::sleep(std::time::Duration::from_secs_f64(window));

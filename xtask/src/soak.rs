@@ -264,7 +264,7 @@ fn sum_series(text: &str, metric: &str, labels: &[&str]) -> f64 {
 }
 
 /// User + system CPU time of `pid` so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("stat")? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
