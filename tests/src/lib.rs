@@ -525,3 +525,25 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
+
+/// GET `path` from an HTTP server on `addr` (the agent): its status line and body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("GET {path}: no end of headers")))?;
+    let status = String::from_utf8_lossy(&response[..end])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, response[end + 4..].to_vec()))
+}

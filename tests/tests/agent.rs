@@ -2,7 +2,6 @@
 //! config file, a busy port, a remote address without permission).
 
 use std::{
-    io::{Read, Write},
     net::{TcpListener, TcpStream},
     os::unix::process::ExitStatusExt,
     time::{Duration, Instant},
@@ -39,21 +38,10 @@ fn start_agent(port: u16, settings: &str) -> (Background, TempDir) {
 
 /// GET `path` on the agent; the body's bytes.
 fn get_bytes(port: u16, path: &str) -> Vec<u8> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the agent");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(response.len());
-    let head = String::from_utf8_lossy(&response[..end]);
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    response.get(end + 4..).unwrap_or_default().to_vec()
+    let (status, body) =
+        tests::http_get(&format!("127.0.0.1:{port}"), path).expect("GET from the agent");
+    assert!(status.starts_with("HTTP/1.1 200"), "GET {path}: {status}");
+    body
 }
 
 /// GET `path` on the agent; the body as text.

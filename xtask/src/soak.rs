@@ -4,8 +4,6 @@
 //! kernel tables and the processes it holds; at the end, the fault counts the agent served for
 //! the storm against the storm's own getrusage. Figures go to BENCHMARKS.md.
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::Path,
     process::{Command, Stdio},
     sync::{
@@ -240,18 +238,9 @@ fn get_metrics() -> Result<String> {
 
 /// The body of GET `path` on the agent.
 fn get(path: &str) -> Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(LISTEN)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let start = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no HTTP body")?;
-    Ok(response[start + 4..].to_vec())
+    let (status, body) = tests::http_get(LISTEN, path)?;
+    anyhow::ensure!(status.starts_with("HTTP/1.1 200"), "GET {path}: {status}");
+    Ok(body)
 }
 
 /// The sum of `metric`'s samples whose labels contain all of `labels`.
