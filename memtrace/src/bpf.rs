@@ -518,6 +518,46 @@ impl Tracer {
         Ok(StackTraceMap::try_from(map)?)
     }
 
+    /// Loads every program of the object without attaching any: the kernel's verifier judges
+    /// each (`memtrace check`). Programs already loaded count as accepted.
+    pub fn load_every_program(&mut self) -> Vec<ProgramLoad> {
+        use aya::programs::Program;
+        let mut loads: Vec<ProgramLoad> = self
+            .ebpf
+            .programs_mut()
+            .map(|(name, program)| {
+                let (kind, result) = match program {
+                    Program::TracePoint(p) => ("tracepoint", p.load()),
+                    Program::RawTracePoint(p) => ("raw_tracepoint", p.load()),
+                    Program::PerfEvent(p) => ("perf_event", p.load()),
+                    Program::UProbe(p) => ("uprobe", p.load()),
+                    other => {
+                        let kind = "other";
+                        return ProgramLoad {
+                            name: name.to_string(),
+                            kind,
+                            error: Some(format!(
+                                "memtrace has no loader for {:?}",
+                                other.prog_type()
+                            )),
+                        };
+                    }
+                };
+                let error = match result {
+                    Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => None,
+                    Err(err) => Some(verifier_summary(&err)),
+                };
+                ProgramLoad {
+                    name: name.to_string(),
+                    kind,
+                    error,
+                }
+            })
+            .collect();
+        loads.sort_by(|a, b| a.name.cmp(&b.name));
+        loads
+    }
+
     fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {
         self.ebpf
             .program_mut(name)
@@ -534,6 +574,33 @@ impl Tracer {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("eBPF map {name} missing"))
+    }
+}
+
+/// The kernel's verdict on one program (see [`Tracer::load_every_program`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProgramLoad {
+    pub name: String,
+    /// aya's program type: tracepoint, raw_tracepoint, perf_event, uprobe.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Why the kernel refused it: the error and the verifier log's last lines.
+    pub error: Option<String>,
+}
+
+/// A load error in a few lines: the verifier's log can run to thousands, and its end says why.
+fn verifier_summary(err: &aya::programs::ProgramError) -> String {
+    match err {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+            format!("{io_error}; verifier: {tail}")
+        }
+        other => other.to_string(),
     }
 }
 

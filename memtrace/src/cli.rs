@@ -71,6 +71,11 @@ pub enum Command {
     /// warning or critical verdict is raised.
     #[command(after_help = DIAGNOSE_HELP)]
     Diagnose(Box<DiagnoseArgs>),
+    /// What this kernel offers memtrace: the features it needs, every eBPF program loaded
+    /// (the verifier's verdict on each, none attached), and which subcommands work here.
+    /// Exit 1 when the kernel refuses a program.
+    #[command(after_help = CHECK_HELP)]
+    Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -460,6 +465,29 @@ pub struct StatArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Report format.
+    #[arg(short, long, value_enum, default_value_t = TableOrJson::Table)]
+    pub format: TableOrJson,
+    /// Write the report to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+const CHECK_HELP: &str = "\
+Run it first on a new kernel, or when a subcommand fails to start. It needs root (it loads
+eBPF programs) and changes nothing: no program is attached, and all are unloaded on exit.
+
+A subcommand is 'ok' when every program it uses passed the verifier, every tracepoint it
+attaches to exists, and the kernel structures it reads were found in the kernel's BTF;
+otherwise the report says what is missing. memtrace supports Linux 6.1 and later (see the
+README); `memtrace swap` needs 6.2+ for per-process figures.
+
+Examples:
+  sudo memtrace check
+  sudo memtrace check --format json | jq '.commands[] | select(.ok | not)'";
 
 #[derive(Debug, Args)]
 pub struct OomArgs {

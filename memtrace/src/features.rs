@@ -9,15 +9,30 @@ use aya::{
 
 /// Fails naming every missing feature. `cgroup_filter`: `--cgroup` is in use.
 pub fn check(cgroup_filter: bool) -> Result<()> {
-    let mut missing = Vec::new();
+    let missing: Vec<&str> = support(cgroup_filter)
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(what, _)| what)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "this kernel lacks what memtrace needs: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Each feature memtrace needs, and whether this kernel has it (one it cannot probe counts as
+/// present: the load then says more).
+pub fn support(cgroup_filter: bool) -> Vec<(&'static str, bool)> {
+    let mut support = Vec::new();
     for (map, what) in [
         (MapType::RingBuf, "BPF ring buffers (Linux 5.8+)"),
         (MapType::StackTrace, "BPF stack-trace maps (Linux 4.6+)"),
         (MapType::LruHash, "BPF LRU hash maps (Linux 4.10+)"),
     ] {
-        if !is_map_supported(map).unwrap_or(true) {
-            missing.push(what);
-        }
+        support.push((what, is_map_supported(map).unwrap_or(true)));
     }
     for (program, what) in [
         (
@@ -29,9 +44,7 @@ pub fn check(cgroup_filter: bool) -> Result<()> {
             "BPF programs on tracepoints (Linux 4.7+)",
         ),
     ] {
-        if !is_program_supported(program).unwrap_or(true) {
-            missing.push(what);
-        }
+        support.push((what, is_program_supported(program).unwrap_or(true)));
     }
     let mut helpers = vec![(
         BpfHelper::BPF_FUNC_probe_read_user,
@@ -44,15 +57,10 @@ pub fn check(cgroup_filter: bool) -> Result<()> {
         ));
     }
     for (helper, what) in helpers {
-        if !is_helper_supported(ProgramType::PerfEvent, helper).unwrap_or(true) {
-            missing.push(what);
-        }
+        support.push((
+            what,
+            is_helper_supported(ProgramType::PerfEvent, helper).unwrap_or(true),
+        ));
     }
-    if !missing.is_empty() {
-        bail!(
-            "this kernel lacks what memtrace needs: {}",
-            missing.join(", ")
-        );
-    }
-    Ok(())
+    support
 }

@@ -7,7 +7,7 @@ mod agent_profile;
 mod bpf;
 pub mod btf;
 mod cli;
-mod commands;
+pub mod commands;
 pub mod container;
 mod drain;
 mod error;
@@ -35,8 +35,8 @@ mod stacks;
 mod swap_report;
 mod symbolize;
 pub mod sysmem;
-mod system;
-mod target;
+pub mod system;
+pub mod target;
 mod verdicts;
 mod watch;
 
@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => commands::agent::run(&args).await,
         Command::Stat(args) => commands::stat::run(&args),
         Command::Diagnose(args) => commands::diagnose::run(&args).await,
+        Command::Check(args) => commands::check::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
