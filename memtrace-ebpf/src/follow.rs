@@ -48,14 +48,15 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A followed process leaves the target set when its thread-group leader exits
-/// (sched:sched_process_exit fires per thread; `group_dead` is not in older kernels' format).
+/// A traced process leaves the target set when its thread-group leader exits, in the kernel,
+/// before its pid can be given to another process (sched:sched_process_exit fires per thread;
+/// `group_dead` is not in older kernels' format).
 #[tracepoint]
 pub fn process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if pid_tgid as u32 == tgid {
-        let _ = TARGET_TGIDS.remove(tgid);
+        filter::target_exited(tgid);
     }
     0
 }

@@ -40,6 +40,26 @@ fn max_table_entries() -> Result<Option<u32>> {
     }
 }
 
+/// Whether this kernel has tracepoint `category:name` (tracefs must be mounted).
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    std::path::Path::new("/sys/kernel/tracing/events")
+        .join(category)
+        .join(name)
+        .is_dir()
+}
+
+/// Whether memtrace can count swap traffic per process on this kernel; when not, says so
+/// (`instead`: what the subcommand still does without) and the subcommand goes on without.
+pub fn swap_counting_supported(instead: &str) -> bool {
+    match crate::kernel_layout::SwapLayout::discover() {
+        Ok(_) => true,
+        Err(err) => {
+            eprintln!("memtrace: no per-process swap counts on this kernel ({err:#}); {instead}");
+            false
+        }
+    }
+}
+
 /// What a subcommand asks of the kernel side beyond its hooks.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelOptions {
@@ -90,6 +110,16 @@ pub async fn trace(
     system::raise_open_files_limit();
 
     features::check(matches!(target, Target::Cgroup { .. }))?;
+    let mut options = options;
+    if options.file_tags && !tracepoint_exists("filemap", "mm_filemap_fault") {
+        // Older kernels (6.1) lack it: file faults are then named by the mapping at the
+        // address, from /proc/PID/maps, which misses a file mapped and unmapped in between.
+        eprintln!(
+            "memtrace: this kernel has no filemap:mm_filemap_fault tracepoint; file faults are \
+             named by their mappings in /proc/PID/maps instead"
+        );
+        options.file_tags = false;
+    }
     let table_entries = max_table_entries()?;
     let config = KernelConfig {
         filter: target.filter(),
@@ -137,10 +167,15 @@ pub async fn trace(
     );
     let logger = tracer.init_logger();
     let single = config.single_process();
+    if config.file_tags {
+        // Before the fault programs: each file fault finds its file's tag.
+        tracer.attach_tracepoint("filemap_fault", "filemap", "mm_filemap_fault")?;
+    }
     attach(&mut tracer, single)?;
     tracer.attach_tracepoint("process_exec", "sched", "sched_process_exec")?;
     tracer.attach_tracepoint("task_newtask", "task", "task_newtask")?;
-    if target_args.follow_children {
+    if matches!(config.filter, crate::bpf::Filter::Tgids(_)) {
+        // Traced processes leave the filter as they exit, so a reused pid is not traced.
         tracer.attach_tracepoint("process_exit", "sched", "sched_process_exit")?;
     }
     let mut drain = Drain::new(tracer.take_events()?, watch_mappings(&target))?;

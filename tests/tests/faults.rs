@@ -826,3 +826,66 @@ fn a_target_that_execs_is_reported_as_the_new_program() {
     });
     assert!(named, "no stack names touch_pages: {report}");
 }
+
+/// Workload `name` started as `spawn_waiting` does, but with pid `pid` (free again): the kernel
+/// gives a new process the pid after /proc/sys/kernel/ns_last_pid.
+fn spawn_with_pid(pid: u32, name: &str, args: &[&str]) -> tests::Waiting {
+    for _ in 0..100 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("writing /proc/sys/kernel/ns_last_pid (needs root)");
+        let w = spawn_waiting(name, args);
+        if w.pid == pid {
+            return w;
+        }
+    }
+    panic!("no new process got pid {pid} in 100 tries");
+}
+
+/// A traced process exits, and a new process gets its pid while memtrace still traces (held
+/// stopped meanwhile, so the new one surely runs before memtrace notices the exit): the new
+/// process is not the target and none of its faults count. Alone (the single-process filter)
+/// and beside a second traced process (the set).
+#[test]
+fn a_reused_pid_is_not_traced() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    for with_second in [false, true] {
+        let mut first = spawn_waiting("fault_touch", &["2000"]);
+        let mut second = with_second.then(|| spawn_waiting("fault_touch", &["10"]));
+        let dir = TempDir::new("pid-reuse");
+        let out = dir.join("report.json");
+        let pid = first.pid.to_string();
+        let mut args = vec!["faults", "--pid", &pid];
+        let second_pid = second.as_ref().map(|w| w.pid.to_string());
+        if let Some(second_pid) = &second_pid {
+            args.extend(["--pid", second_pid]);
+        }
+        args.extend(["--format", "json", "--output", out.to_str().unwrap()]);
+        let mut tracer = spawn_memtrace(&args);
+        tracer.wait_attached();
+        let figures = first.go();
+        tracer.signal(libc::SIGSTOP);
+        let first_pid = first.pid;
+        first.finish();
+        let mut reuse = spawn_with_pid(first_pid, "fault_touch", &["20000"]);
+        let reused = reuse.go();
+        reuse.finish();
+        tracer.signal(libc::SIGCONT);
+        if let Some(mut second) = second.take() {
+            second.go();
+            second.finish();
+        }
+        // memtrace stops by itself once its targets are gone.
+        let run = tracer.wait();
+        assert_eq!(run.code(), 0, "{}", run.describe());
+        let t = Traced {
+            report: read_json(&out, &run),
+            run,
+            workload: figures,
+        };
+        assert!(reused.phase_minflt >= 20_000, "{reused:?}");
+        assert_phase_counted(&t, first_pid);
+    }
+}

@@ -197,13 +197,9 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
     };
     let (minor, major) = (args.kind != Kind::Major, args.kind != Kind::Minor);
     let period = args.sample;
-    let attach = |tracer: &mut Tracer, _single: Option<u32>| {
-        if options.file_tags {
-            // Names the file each file-served fault came from, at fault time.
-            tracer.attach_tracepoint("filemap_fault", "filemap", "mm_filemap_fault")?;
-        }
-        tracer.attach_faults(minor, major, period)
-    };
+    // The pipeline attaches the file tagger (file_tags) where the kernel has its tracepoint.
+    let attach =
+        |tracer: &mut Tracer, _single: Option<u32>| tracer.attach_faults(minor, major, period);
     let traced = pipeline::trace(&args.target, &args.run, options, &attach, &mut counter).await?;
     counter.progress.finish();
 
