@@ -75,6 +75,9 @@ pub struct SwapReport {
     pub command: &'static str,
     pub duration_s: f64,
     pub lost_events: u64,
+    /// Swap-out and swap-in are counted per process (false on kernels whose counters memtrace
+    /// cannot read, Linux before 6.2: processes' swap figures are then 0).
+    pub per_process_swap: bool,
     pub thrashing: bool,
     pub thrashing_detail: Option<Thrashing>,
     /// The thresholds thrashing was judged by (flags --thrash-*).

@@ -420,7 +420,11 @@ impl AgentFeed {
 
 /// The agent's resident memory, from /proc/self/statm.
 fn own_rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm_rss_bytes(&std::fs::read_to_string("/proc/self/statm").unwrap_or_default())
+}
+
+/// The resident memory in the text of a /proc/PID/statm file (0 if it says none).
+pub fn statm_rss_bytes(statm: &str) -> u64 {
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)
@@ -525,7 +529,18 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
     );
 
     // Swap traffic needs swap: "auto" waits for the host to have some.
-    let swap_now = match config.swap {
+    // On kernels whose swap counters memtrace cannot read, "auto" means off (said once).
+    let swap_setting = match config.swap {
+        Switch::Auto
+            if !pipeline::swap_counting_supported(
+                "memtrace_swap_pages_total is not served (swap = \"auto\")",
+            ) =>
+        {
+            Switch::Set(false)
+        }
+        setting => setting,
+    };
+    let swap_now = match swap_setting {
         Switch::Set(on) => on,
         Switch::Auto => SystemSample::read().swap_total_kb > 0,
     };
@@ -536,7 +551,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         user_stacks: true,
         kernel_stacks: true,
         file_tags: false,
-        swap: config.swap != Switch::Set(false),
+        swap: swap_setting != Switch::Set(false),
         malloc: None,
         pages: config.page_allocations,
         stack_sample_period: config.stack_sample,
@@ -561,7 +576,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         cgroup_paths: HashMap::new(),
         ended: HashSet::new(),
         page_allocations: config.page_allocations,
-        swap: match config.swap {
+        swap: match swap_setting {
             Switch::Set(false) => SwapCounting::Off,
             _ if swap_now => SwapCounting::On,
             _ => SwapCounting::WhenSwapIsOn,

@@ -45,55 +45,87 @@ enum Layout {
     Exits,
 }
 
-/// Each subcommand: the programs it loads besides [`PIPELINE`], and the layouts it reads.
-const COMMANDS: &[(&str, &[&str], &[Layout])] = &[
-    (
-        "faults",
-        &[
-            "minor_fault",
-            "major_fault",
-            "filemap_fault",
-            "process_exit",
-        ],
-        &[],
-    ),
-    (
-        "swap",
-        &["swap_rss_stat", "swap_write_folio", "learn_cpu_offset"],
-        &[Layout::Swap],
-    ),
-    (
-        "malloc",
-        &[
-            "malloc_enter",
-            "calloc_enter",
-            "realloc_enter",
-            "reallocarray_enter",
-            "posix_memalign_enter",
-            "aligned_alloc_enter",
-            "memalign_enter",
-            "valloc_enter",
-            "pvalloc_enter",
-            "free_enter",
-            "alloc_return",
-            "mmap_enter",
-            "mmap_exit",
-            "munmap_enter",
-        ],
-        &[],
-    ),
-    ("pages", &["page_alloc"], &[Layout::Pages]),
-    ("oom", &["oom_kill"], &[Layout::Oom]),
-    (
-        "diagnose",
-        &["minor_fault", "major_fault", "page_alloc"],
-        &[Layout::Pages],
-    ),
-    (
-        "agent",
-        &["minor_fault", "major_fault", "exit_counts"],
-        &[Layout::Exits],
-    ),
+/// What a subcommand uses besides [`PIPELINE`]: without a `needs` part it cannot run; without
+/// an `improves` part it runs and says what it leaves out.
+struct Uses {
+    command: &'static str,
+    needs: (&'static [&'static str], &'static [Layout]),
+    improves: (&'static [&'static str], &'static [Layout]),
+}
+
+const SWAP_PROGRAMS: &[&str] = &["swap_rss_stat", "swap_write_folio", "learn_cpu_offset"];
+
+const COMMANDS: &[Uses] = &[
+    Uses {
+        command: "faults",
+        needs: (&["minor_fault", "major_fault", "process_exit"], &[]),
+        // Names the file of each file fault (else from /proc/PID/maps).
+        improves: (&["filemap_fault"], &[]),
+    },
+    Uses {
+        command: "swap",
+        needs: (&["major_fault"], &[]),
+        // Per-process swap counts (else system figures and major faults only).
+        improves: (SWAP_PROGRAMS, &[Layout::Swap]),
+    },
+    Uses {
+        command: "malloc",
+        needs: (
+            &[
+                "malloc_enter",
+                "calloc_enter",
+                "realloc_enter",
+                "reallocarray_enter",
+                "posix_memalign_enter",
+                "aligned_alloc_enter",
+                "memalign_enter",
+                "valloc_enter",
+                "pvalloc_enter",
+                "free_enter",
+                "alloc_return",
+                "mmap_enter",
+                "mmap_exit",
+                "munmap_enter",
+            ],
+            &[],
+        ),
+        improves: (&[], &[]),
+    },
+    Uses {
+        command: "pages",
+        needs: (&["page_alloc"], &[Layout::Pages]),
+        improves: (&[], &[]),
+    },
+    Uses {
+        command: "oom",
+        needs: (&["oom_kill"], &[Layout::Oom]),
+        improves: (&[], &[]),
+    },
+    Uses {
+        command: "diagnose",
+        needs: (
+            &["minor_fault", "major_fault", "page_alloc"],
+            &[Layout::Pages],
+        ),
+        improves: (SWAP_PROGRAMS, &[Layout::Swap]),
+    },
+    Uses {
+        command: "agent",
+        needs: (
+            &["minor_fault", "major_fault", "exit_counts", "oom_kill"],
+            &[Layout::Exits, Layout::Oom],
+        ),
+        // page_allocations = true needs page_alloc; swap = "auto" goes without swap counts.
+        improves: (
+            &[
+                "page_alloc",
+                "swap_rss_stat",
+                "swap_write_folio",
+                "learn_cpu_offset",
+            ],
+            &[Layout::Pages, Layout::Swap],
+        ),
+    },
 ];
 
 #[derive(Serialize)]
@@ -128,9 +160,12 @@ impl Program {
 #[derive(Serialize)]
 struct CommandSupport {
     name: &'static str,
+    /// It runs here (perhaps degraded).
     ok: bool,
-    /// What keeps it from working here (empty when ok).
+    /// What keeps it from running here (empty when ok).
     problems: Vec<String>,
+    /// What it runs without here, and says so when it does.
+    degraded: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -193,7 +228,12 @@ fn check() -> Result<CheckReport> {
         .collect();
     let commands = COMMANDS
         .iter()
-        .map(|(name, uses, layouts)| command_support(name, uses, layouts, &programs))
+        .map(|uses| CommandSupport {
+            name: uses.command,
+            ok: problems(uses.needs, true, &programs).is_empty(),
+            problems: problems(uses.needs, true, &programs),
+            degraded: problems(uses.improves, false, &programs),
+        })
         .collect();
     Ok(CheckReport {
         command: "check",
@@ -227,15 +267,15 @@ fn load_only_config() -> KernelConfig {
     }
 }
 
-fn command_support(
-    name: &'static str,
-    uses: &[&str],
-    layouts: &[Layout],
+/// What is missing of `programs` and `layouts` (with the pipeline's programs when `pipeline`).
+fn problems(
+    (uses, layouts): (&[&str], &[Layout]),
+    pipeline: bool,
     programs: &[Program],
-) -> CommandSupport {
+) -> Vec<String> {
     let used = |program: &&Program| {
-        let program = program.load.name.as_str();
-        PIPELINE.contains(&program) || uses.contains(&program)
+        let name = program.load.name.as_str();
+        (pipeline && PIPELINE.contains(&name)) || uses.contains(&name)
     };
     let mut problems: Vec<String> = programs
         .iter()
@@ -247,11 +287,7 @@ fn command_support(
             problems.push(format!("{err:#}"));
         }
     }
-    CommandSupport {
-        name,
-        ok: problems.is_empty(),
-        problems,
-    }
+    problems
 }
 
 fn discover(layout: Layout) -> Result<()> {
@@ -297,10 +333,12 @@ fn write_table(report: &CheckReport, out: &mut dyn Write) -> Result<()> {
     }
     writeln!(out, "subcommands")?;
     for command in &report.commands {
-        let verdict = if command.ok {
+        let verdict = if !command.ok {
+            format!("not here: {}", command.problems.join("; "))
+        } else if command.degraded.is_empty() {
             "ok".to_string()
         } else {
-            format!("not here: {}", command.problems.join("; "))
+            format!("ok, without: {}", command.degraded.join("; "))
         };
         writeln!(out, "  {:<9} {verdict}", command.name)?;
     }

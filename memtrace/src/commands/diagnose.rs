@@ -186,7 +186,8 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         interval: None,
     };
     // Swap traffic can only be counted where there is swap.
-    let swap = SystemSample::read().swap_total_kb > 0;
+    let swap = SystemSample::read().swap_total_kb > 0
+        && pipeline::swap_counting_supported("swap traffic is judged from /proc/vmstat alone");
     // Fault counts are the kernel's (/proc); the fault programs only take stacks, for --html.
     let stacks = args.html.is_some();
     let options = KernelOptions {

@@ -207,13 +207,16 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         duration: args.duration,
         interval: Some(args.interval),
     };
+    let per_process = pipeline::swap_counting_supported(
+        "reporting system swap traffic, memory pressure and major faults per process only",
+    );
     let options = KernelOptions {
         page_stacks: false,
         ring_bytes: pipeline::RING_BYTES,
         user_stacks: true, // for swap-in stacks, the only events with stacks here
         kernel_stacks: false,
         file_tags: false,
-        swap: true,
+        swap: per_process,
         malloc: None,
         pages: false,
         stack_sample_period: 1,
@@ -221,7 +224,9 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         oom: false,
     };
     let attach = |tracer: &mut Tracer, _single: Option<u32>| {
-        tracer.attach_swap()?;
+        if per_process {
+            tracer.attach_swap()?;
+        }
         tracer.attach_faults(false, true, 1)
     };
     let mut watch = SwapWatch {
@@ -249,7 +254,7 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         watch.close_interval(elapsed, (elapsed - since).max(1e-3), &counts, end);
     }
     watch.known.report_undecodable();
-    let report = build_report(args, watch, &traced, &counts, start, end)?;
+    let report = build_report(args, watch, &traced, &counts, (start, end), per_process)?;
     match args.format {
         SwapFormat::Table => output::swap::write(&report, &mut out)?,
         SwapFormat::Json => output::json::write_value(&report, &mut out)?,
@@ -272,8 +277,8 @@ fn build_report(
     watch: SwapWatch,
     traced: &pipeline::Traced,
     counts: &HashMap<u32, SwapCounts>,
-    start: SystemSample,
-    end: SystemSample,
+    (start, end): (SystemSample, SystemSample),
+    per_process: bool,
 ) -> Result<SwapReport> {
     let mut pids: Vec<u32> = counts
         .keys()
@@ -368,6 +373,7 @@ fn build_report(
         command: "swap",
         duration_s: traced.duration.as_secs_f64(),
         lost_events: counters.lost,
+        per_process_swap: per_process,
         thrashing: watch.thrashing.is_some(),
         thrashing_detail: watch.thrashing,
         thrashing_thresholds: args.thrashing,

@@ -11,6 +11,13 @@ pub fn write(report: &SwapReport, out: &mut dyn Write) -> anyhow::Result<()> {
         report.duration_s,
         report.exit.as_ref(),
     )?;
+    if !report.per_process_swap {
+        writeln!(
+            out,
+            "NOTE: this kernel's per-process swap counters are not readable (Linux 6.2+): \
+             processes show major faults only"
+        )?;
+    }
     if report.lost_events > 0 {
         writeln!(
             out,
