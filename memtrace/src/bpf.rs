@@ -636,3 +636,58 @@ pub fn stack_frames(stacks: &StackTraceMap<&MapData>, id: i32) -> Vec<u64> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{Object, ObjectSection, SectionFlags};
+
+    /// The BPF helpers the object's programs call (`call imm` with src_reg 0), by number.
+    fn helpers_called(elf: &[u8]) -> std::collections::BTreeSet<i32> {
+        let file = object::File::parse(elf).expect("the eBPF object is an ELF file");
+        let mut helpers = std::collections::BTreeSet::new();
+        for section in file.sections() {
+            let executable = matches!(section.flags(), SectionFlags::Elf { sh_flags }
+                if sh_flags & u64::from(object::elf::SHF_EXECINSTR) != 0);
+            if !executable {
+                continue;
+            }
+            let code = section.data().expect("section data");
+            for insn in code.chunks_exact(8) {
+                // BPF_JMP | BPF_CALL, src_reg 0: a helper (1: a BPF-to-BPF call, 2: a kfunc).
+                if insn[0] == 0x85 && insn[1] >> 4 == 0 {
+                    helpers.insert(i32::from_le_bytes(insn[4..8].try_into().unwrap()));
+                }
+            }
+        }
+        helpers
+    }
+
+    /// memtrace only observes: no program can write a process's memory, change a function's
+    /// return value, or signal a process.
+    #[test]
+    fn programs_call_no_helper_that_changes_the_traced_system() {
+        if OBJECT.is_empty() {
+            assert!(
+                !std::env::var("CI").is_ok_and(|ci| ci == "true"),
+                "built with MEMTRACE_SKIP_EBPF=1: no eBPF object to check, and CI never skips"
+            );
+            return;
+        }
+        let helpers = helpers_called(OBJECT);
+        // Sanity of the decoding: every program asks which process it runs in.
+        const GET_CURRENT_PID_TGID: i32 = 14;
+        assert!(helpers.contains(&GET_CURRENT_PID_TGID), "{helpers:?}");
+        for (id, name) in [
+            (36, "bpf_probe_write_user"),
+            (58, "bpf_override_return"),
+            (109, "bpf_send_signal"),
+            (117, "bpf_send_signal_thread"),
+        ] {
+            assert!(
+                !helpers.contains(&id),
+                "a program calls {name}: {helpers:?}"
+            );
+        }
+    }
+}
