@@ -587,3 +587,74 @@ fn a_remote_address_needs_permission() {
     assert_eq!(run.code(), 2, "{}", run.describe());
     assert!(run.stderr.contains("--allow-remote"), "{}", run.describe());
 }
+
+/// `request` (a whole HTTP/1.1 request) sent to the agent; the status line of its answer.
+fn status_of(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the agent");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("no answer")
+        .to_string()
+}
+
+/// The endpoints only read; no request, nor a flood of them, makes the agent work without
+/// bound: writes are refused, the profile window is clamped to what is kept, a queue of
+/// profile requests is bounded (refused past it), and the agent answers after.
+#[test]
+fn no_request_makes_the_agent_work_without_bound() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let port = free_port();
+    let (agent, _config) = start_agent(port, "");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n");
+    for (request, expected) in [
+        (
+            "POST /metrics HTTP/1.1\r\nHost: l\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_string(),
+            "405",
+        ),
+        (
+            "DELETE /pprof/faults HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n".to_string(),
+            "405",
+        ),
+        (get("/admin"), "404"),
+        (get("/pprof/faults?seconds=-1"), "400"),
+        (get("/pprof/faults?seconds=99999999999999999999999"), "400"),
+        // Clamped to the ten minutes kept.
+        (get("/pprof/faults?seconds=18446744073709551615"), "200"),
+    ] {
+        let status = status_of(port, &request);
+        assert!(
+            status.contains(expected),
+            "{request:?}: {status}, expected {expected}"
+        );
+    }
+    // A flood of profile requests at once: each is answered (served, or refused as busy).
+    let flood: Vec<_> = (0..64)
+        .map(|_| {
+            let request = get("/pprof/faults?seconds=600");
+            std::thread::spawn(move || status_of(port, &request))
+        })
+        .collect();
+    for answer in flood {
+        let status = answer.join().unwrap();
+        assert!(
+            status.contains("200") || status.contains("503"),
+            "a profile request during a flood: {status}"
+        );
+    }
+    assert!(status_of(port, &get("/healthz")).contains("200"));
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+}
