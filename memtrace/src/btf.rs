@@ -1,9 +1,15 @@
 //! Just enough of the kernel's BTF (/sys/kernel/btf/vmlinux) to find where a struct member lives:
 //! the eBPF programs read a few kernel structs directly, and their layout differs between builds.
 //! Format: Documentation/bpf/btf.rst (a header, then the type section, then the string section).
+use std::collections::HashSet;
+
 use anyhow::{bail, Context, Result};
 
 const MAGIC: u16 = 0xeb9f;
+/// The most types a lookup follows (typedefs and qualifiers, anonymous members, arrays of
+/// arrays): far more than any kernel type nests, and the end of a malformed BTF whose types
+/// refer to themselves.
+const MAX_DEPTH: usize = 64;
 
 // Type kinds (btf_type.info bits 24-28).
 const KIND_INT: u32 = 1;
@@ -166,9 +172,10 @@ impl Btf {
             .map(|id| id as u32)
     }
 
-    /// Follows typedefs and qualifiers to the type they name.
+    /// Follows typedefs and qualifiers to the type they name (None for a chain that goes on
+    /// and on: a malformed BTF's typedef of itself).
     fn resolve(&self, mut id: u32) -> Option<&Type> {
-        loop {
+        for _ in 0..MAX_DEPTH {
             let ty = self.types.get(id as usize)?;
             match ty.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
@@ -177,15 +184,31 @@ impl Btf {
                 _ => return Some(ty),
             }
         }
+        None
     }
 
     /// Member `name` of the struct or union `id`, looking inside its anonymous members too (the
     /// kernel nests many fields in unnamed structs and unions).
     pub fn member(&self, id: u32, name: &str) -> Option<Member> {
+        self.member_within(id, name, 0, &mut HashSet::new())
+    }
+
+    /// `member` at nesting `depth`, not looking into the types in `seen` again: a malformed BTF
+    /// may nest a type in itself, and looking again could find nothing new anyway.
+    fn member_within(
+        &self,
+        id: u32,
+        name: &str,
+        depth: usize,
+        seen: &mut HashSet<u32>,
+    ) -> Option<Member> {
+        if depth >= MAX_DEPTH || !seen.insert(id) {
+            return None;
+        }
         let ty = self.resolve(id)?;
         for &(member_name, type_id, bits) in &ty.members {
             let found = if member_name == 0 {
-                self.member(type_id, name)
+                self.member_within(type_id, name, depth + 1, seen)
             } else if self.name(member_name) == name.as_bytes() {
                 Some(Member { offset: 0, type_id })
             } else {
@@ -193,7 +216,7 @@ impl Btf {
             };
             if let Some(inner) = found {
                 return Some(Member {
-                    offset: bits / 8 + inner.offset,
+                    offset: (bits / 8).checked_add(inner.offset)?,
                     type_id: inner.type_id,
                 });
             }
@@ -212,9 +235,17 @@ impl Btf {
 
     /// Size in bytes of a type (arrays: of the whole array).
     pub fn size_of(&self, id: u32) -> Option<u32> {
+        self.size_within(id, 0)
+    }
+
+    /// `size_of` at nesting `depth` (arrays of arrays); None where it does not fit in a u32.
+    fn size_within(&self, id: u32, depth: usize) -> Option<u32> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
         let ty = self.resolve(id)?;
         match ty.array {
-            Some((element, count)) => Some(self.size_of(element)? * count),
+            Some((element, count)) => self.size_within(element, depth + 1)?.checked_mul(count),
             None => Some(ty.size_or_type),
         }
     }
@@ -251,6 +282,63 @@ impl Btf {
     pub fn type_name(&self, id: u32) -> Option<String> {
         let ty = self.resolve(id)?;
         Some(String::from_utf8_lossy(self.name(ty.name)).into_owned())
+    }
+}
+
+/// Hand-made BTF blobs for tests: types as u32 words, with their names.
+#[cfg(test)]
+pub(crate) mod blob {
+    pub const KIND_INT: u32 = super::KIND_INT;
+    pub const KIND_ARRAY: u32 = super::KIND_ARRAY;
+    pub const KIND_STRUCT: u32 = super::KIND_STRUCT;
+    pub const KIND_ENUM: u32 = super::KIND_ENUM;
+    pub const KIND_TYPEDEF: u32 = super::KIND_TYPEDEF;
+
+    #[derive(Default)]
+    pub struct Blob {
+        strings: Vec<u8>,
+        types: Vec<u32>,
+        count: u32,
+    }
+
+    impl Blob {
+        /// Adds a type: its name, `info` (kind << 24 | vlen, kind_flag at bit 31), size or
+        /// type, then the words that follow (members, array, enumerators). Returns its id.
+        pub fn add(&mut self, name: &str, info: u32, size_or_type: u32, rest: &[u32]) -> u32 {
+            let name = self.name(name);
+            self.types.extend([name, info, size_or_type]);
+            self.types.extend(rest);
+            self.count += 1;
+            self.count
+        }
+
+        /// The offset of `text` in the string section ("" is 0).
+        pub fn name(&mut self, text: &str) -> u32 {
+            if self.strings.is_empty() {
+                self.strings.push(0);
+            }
+            if text.is_empty() {
+                return 0;
+            }
+            let offset = self.strings.len() as u32;
+            self.strings.extend_from_slice(text.as_bytes());
+            self.strings.push(0);
+            offset
+        }
+
+        pub fn bytes(&self) -> Vec<u8> {
+            let types: Vec<u8> = self.types.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut data = Vec::new();
+            data.extend(super::MAGIC.to_le_bytes());
+            data.extend([1, 0]); // version, flags
+            let (types_len, strings_len) = (types.len() as u32, self.strings.len() as u32);
+            for v in [24, 0, types_len, types_len, strings_len] {
+                data.extend(v.to_le_bytes());
+            }
+            data.extend(&types);
+            data.extend(&self.strings);
+            data
+        }
     }
 }
 
@@ -427,5 +515,47 @@ mod tests {
             .collect();
         assert!(!expected.is_empty(), "bpftool shows no enum migratetype");
         assert_eq!(values, expected);
+    }
+
+    /// Found by fuzzing (cargo xtask fuzz btf), here cut down to the types that matter: types
+    /// that refer to themselves (an anonymous member of its own struct, a typedef of itself,
+    /// an array of itself) recursed until the stack overflowed or looped for ever, and sizes
+    /// and offsets past 4 GiB overflowed.
+    #[test]
+    fn malformed_types_are_not_found_rather_than_crash() {
+        use blob::*;
+        let mut b = Blob::default();
+        let x = b.name("x");
+        // [1] struct s { struct s; int x; } -- its anonymous member is itself.
+        let s = b.add("s", KIND_STRUCT << 24 | 2, 8, &[0, 1, 0, x, 3, 32]);
+        // [2] typedef loop loop;
+        let looped = b.add("loop", KIND_TYPEDEF << 24, 2, &[]);
+        // [3] int
+        let int = b.add("int", KIND_INT << 24, 4, &[32]);
+        // [4] int[2^31]: 8 GiB.
+        let huge = b.add("", KIND_ARRAY << 24, 0, &[int, int, 1 << 31]);
+        // [5] an array of itself.
+        let recursive = b.add("", KIND_ARRAY << 24, 0, &[5, int, 2]);
+        // Structs nested 9 deep, each the anonymous member of the next at 512 MiB - 1 byte.
+        let mut far = s;
+        for _ in 0..9 {
+            far = b.add("", KIND_STRUCT << 24 | 1, 8, &[0, far, u32::MAX - 7]);
+        }
+        let btf = Btf::parse(&b.bytes()).unwrap();
+
+        assert_eq!(
+            btf.member(s, "x"),
+            Some(Member {
+                offset: 4,
+                type_id: int
+            })
+        );
+        assert_eq!(btf.member(s, "missing"), None);
+        assert_eq!(btf.member(looped, "x"), None);
+        assert_eq!((btf.size_of(looped), btf.type_name(looped)), (None, None));
+        assert_eq!(btf.size_of(huge), None);
+        assert_eq!(btf.size_of(recursive), None);
+        // x would be 4.5 GiB into the outermost struct.
+        assert_eq!(btf.member(far, "x"), None);
     }
 }

@@ -398,14 +398,24 @@ fn literal(text: &str) -> Result<Value> {
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// Operands being read, one inside the other (see `unary`).
+    depth: usize,
 }
+
+/// How deep operands may nest (parentheses, casts, `~`): the kernel's masks go about 10 deep;
+/// deeper is not a mask, and would overflow the stack.
+const MAX_NESTING: usize = 256;
 
 /// Binary operators by C precedence, loosest first.
 const LEVELS: [&[&str]; 4] = [&["|"], &["^"], &["&"], &["<<", ">>"]];
 
 impl Parser {
     fn new(tokens: Vec<Token>) -> Self {
-        Self { tokens, at: 0 }
+        Self {
+            tokens,
+            at: 0,
+            depth: 0,
+        }
     }
 
     fn peek(&self) -> Option<&Token> {
@@ -484,6 +494,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Value> {
+        if self.depth >= MAX_NESTING {
+            bail!("a flag mask nested more than {MAX_NESTING} deep");
+        }
+        self.depth += 1;
+        let value = self.operand();
+        self.depth -= 1;
+        value
+    }
+
+    fn operand(&mut self) -> Result<Value> {
         match self.next() {
             Some(Token::Number(value)) => Ok(value),
             Some(Token::Punct("~")) => {
@@ -536,7 +556,12 @@ const BUILTIN_MIGRATETYPES: [(&str, i64); 8] = [
 
 impl MigrateTypes {
     pub fn from_btf() -> Result<Self> {
-        let types = Self::from_values(btf::Btf::vmlinux()?.enum_values("migratetype")?);
+        Self::from_parsed_btf(&btf::Btf::vmlinux()?)
+    }
+
+    /// enum migratetype of `btf`.
+    pub fn from_parsed_btf(btf: &btf::Btf) -> Result<Self> {
+        let types = Self::from_values(btf.enum_values("migratetype")?);
         if types.names.is_empty() {
             bail!("enum migratetype in the kernel's BTF names no migratetype");
         }
@@ -646,6 +671,23 @@ mod tests {
         ] {
             assert!(eval(text).is_err(), "{text:?} should not evaluate");
         }
+    }
+
+    /// Found by reading (then confirmed with the proc_text fuzz target): operands nested
+    /// thousands deep overflowed the stack.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let nested = |depth: usize, operator: &str| {
+            format!("{}1{}", operator.repeat(depth), ")".repeat(depth))
+        };
+        assert_eq!(eval(&nested(200, "(")).unwrap(), 1);
+        assert!(eval(&nested(100_000, "(")).is_err());
+        assert!(eval(&"~".repeat(100_000)).is_err());
+        let format = format!(
+            "print fmt: \"%s\", __print_flags(REC->gfp_flags, \"|\", {{{}, \"X\"}})",
+            nested(100_000, "(")
+        );
+        assert!(GfpNames::from_format(&format).is_err());
     }
 
     fn table(entries: &[(u64, &str)]) -> GfpNames {

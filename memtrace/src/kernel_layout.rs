@@ -36,13 +36,18 @@ pub struct SwapLayout {
 impl SwapLayout {
     pub fn discover() -> Result<Self> {
         let btf = Btf::vmlinux()?;
-        Self::from_btf(&btf).context(
+        let layout = Self::from_btf(&btf).context(
             "memtrace swap reads the kernel's per-process swap counters and does not recognise \
              this kernel's layout (it needs Linux 6.2+, where they are per-CPU counters)",
-        )
+        )?;
+        Ok(Self {
+            do_swap_page: kernel_function_range("do_swap_page"),
+            ..layout
+        })
     }
 
-    fn from_btf(btf: &Btf) -> Result<Self> {
+    /// The offsets in `btf`; `do_swap_page` (from kallsyms) is left to `discover`.
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
         let rss = btf.struct_member("mm_struct", "rss_stat")?;
         let element = btf
             .element_of(rss.type_id)
@@ -54,8 +59,11 @@ impl SwapLayout {
         let stride = btf
             .size_of(element)
             .context("no size for struct percpu_counter")?;
+        let swap_counter = (MM_SWAPENTS.checked_mul(stride))
+            .and_then(|offset| offset.checked_add(rss.offset))
+            .context("mm_struct.rss_stat[MM_SWAPENTS] lies beyond 4 GiB")?;
         Ok(Self {
-            swap_counter: rss.offset + MM_SWAPENTS * stride,
+            swap_counter,
             counter_count: btf.struct_member("percpu_counter", "count")?.offset,
             counter_percpu: btf.struct_member("percpu_counter", "counters")?.offset,
             task_mm: btf.struct_member("task_struct", "mm")?.offset,
@@ -64,7 +72,7 @@ impl SwapLayout {
                 .then(|| btf.struct_member("pt_regs", "orig_ax").ok())
                 .flatten()
                 .map(|m| m.offset),
-            do_swap_page: kernel_function_range("do_swap_page"),
+            do_swap_page: None,
         })
     }
 }
@@ -90,7 +98,10 @@ pub struct PageTracing {
 
 impl PageTracing {
     pub fn discover() -> Result<Self> {
-        let btf = Btf::vmlinux()?;
+        Self::from_btf(&Btf::vmlinux()?)
+    }
+
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
         let member = |object: &str, name: &str| {
             btf.struct_member(object, name)
                 .with_context(|| format!("memtrace pages reads {object}.{name}"))
@@ -152,7 +163,7 @@ impl OomTracing {
 }
 
 /// The byte offset of each field of a tracepoint's format text.
-fn tracepoint_offsets(format: &str) -> std::collections::HashMap<String, u64> {
+pub fn tracepoint_offsets(format: &str) -> std::collections::HashMap<String, u64> {
     format
         .lines()
         .filter_map(|line| {
@@ -173,7 +184,11 @@ fn tracepoint_offsets(format: &str) -> std::collections::HashMap<String, u64> {
 
 /// task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id, as byte offsets.
 fn memcg_chain() -> Result<[u64; 5]> {
-    let btf = Btf::vmlinux()?;
+    memcg_chain_in(&Btf::vmlinux()?)
+}
+
+/// The offsets of `memcg_chain` in `btf`.
+pub fn memcg_chain_in(btf: &Btf) -> Result<[u64; 5]> {
     let subsystems = btf.enum_values("cgroup_subsys_id")?;
     let memory = subsystems
         .iter()
@@ -183,9 +198,14 @@ fn memcg_chain() -> Result<[u64; 5]> {
     let offset = |object: &str, member: &str| -> Result<u64> {
         Ok(u64::from(btf.struct_member(object, member)?.offset))
     };
+    let cgroups = offset("task_struct", "cgroups")?;
+    let subsys = offset("css_set", "subsys")?;
+    let memory_subsys = (memory.checked_mul(8))
+        .and_then(|at| at.checked_add(subsys))
+        .context("css_set.subsys[memory_cgrp_id] is out of range")?;
     Ok([
-        offset("task_struct", "cgroups")?,
-        offset("css_set", "subsys")? + 8 * memory,
+        cgroups,
+        memory_subsys,
         offset("cgroup_subsys_state", "cgroup")?,
         offset("cgroup", "kn")?,
         offset("kernfs_node", "id")?,
@@ -202,7 +222,10 @@ pub struct ExitLayout {
 
 impl ExitLayout {
     pub fn discover() -> Result<Self> {
-        let btf = Btf::vmlinux()?;
+        Self::from_btf(&Btf::vmlinux()?)
+    }
+
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
         let offset = |object: &str, member: &str| -> Result<u64> {
             Ok(u64::from(
                 btf.struct_member(object, member)
@@ -255,5 +278,45 @@ mod tests {
         assert_eq!(layout.fields[0], 8, "pid right after the common header");
         // task_struct.cgroups and cgroup.kn lie well inside their structs.
         assert!(layout.memcg_chain[0] > 0 && layout.memcg_chain[3] > 0);
+    }
+
+    /// Found by fuzzing (cargo xtask fuzz btf), cut down: offsets computed from a BTF's sizes
+    /// and enum values overflowed.
+    #[test]
+    fn out_of_range_offsets_are_errors() {
+        use crate::btf::blob::*;
+        let mut b = Blob::default();
+        let (count, rss_stat, subsys) = (b.name("count"), b.name("rss_stat"), b.name("subsys"));
+        let (cgroups, memory) = (b.name("cgroups"), b.name("memory_cgrp_id"));
+        let int = b.add("int", KIND_INT << 24, 4, &[32]);
+        // A 2 GiB percpu_counter: rss_stat[MM_SWAPENTS] lies at 4 GiB.
+        let counter = b.add(
+            "percpu_counter",
+            KIND_STRUCT << 24 | 1,
+            1 << 31,
+            &[count, int, 0],
+        );
+        let counters = b.add("", KIND_ARRAY << 24, 0, &[counter, int, 4]);
+        b.add(
+            "mm_struct",
+            KIND_STRUCT << 24 | 1,
+            8,
+            &[rss_stat, counters, 0],
+        );
+        // memory_cgrp_id = -1: css_set.subsys[-1].
+        b.add("task_struct", KIND_STRUCT << 24 | 1, 8, &[cgroups, int, 0]);
+        b.add("css_set", KIND_STRUCT << 24 | 1, 8, &[subsys, int, 64]);
+        b.add(
+            "cgroup_subsys_id",
+            1 << 31 | KIND_ENUM << 24 | 1,
+            4,
+            &[memory, u32::MAX],
+        );
+        let btf = Btf::parse(&b.bytes()).unwrap();
+
+        let err = SwapLayout::from_btf(&btf).unwrap_err();
+        assert!(format!("{err:#}").contains("beyond 4 GiB"), "{err:#}");
+        let err = memcg_chain_in(&btf).unwrap_err();
+        assert!(format!("{err:#}").contains("out of range"), "{err:#}");
     }
 }

@@ -32,7 +32,11 @@ impl MemoryHierarchy {
     /// The memory controller's mount, from /proc/mounts: a v1 `memory` hierarchy first (where
     /// it exists the controller is not on v2), else the v2 mount.
     pub fn find() -> Option<Self> {
-        let mounts = fs::read_to_string("/proc/mounts").ok()?;
+        Self::from_mounts(&fs::read_to_string("/proc/mounts").ok()?)
+    }
+
+    /// The memory controller's mount in the text of /proc/mounts (see `find`).
+    pub fn from_mounts(mounts: &str) -> Option<Self> {
         let mut v2 = None;
         for line in mounts.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -59,7 +63,11 @@ impl MemoryHierarchy {
 
     /// The memory cgroup path of `pid`, from /proc/PID/cgroup.
     pub fn path_of(&self, pid: u32) -> Option<String> {
-        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        self.path_in(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+    }
+
+    /// The memory cgroup path in the text of a /proc/PID/cgroup file.
+    pub fn path_in(&self, text: &str) -> Option<String> {
         text.lines().find_map(|line| {
             let mut parts = line.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
@@ -114,9 +122,17 @@ impl MemoryHierarchy {
     /// The cgroup at `path`: its limit, usage and whether the limit was ever hit.
     pub fn read(&self, path: &str) -> MemoryCgroup {
         let dir = self.root.join(path.trim_start_matches('/'));
-        let number = |file: &str| -> Option<u64> { read_trimmed(&dir.join(file))?.parse().ok() };
-        let (limit, usage, limit_hit) = if self.v2 {
-            let events = read_trimmed(&dir.join("memory.events")).unwrap_or_default();
+        MemoryCgroup::from_files(self.v2, |file| read_trimmed(&dir.join(file)))
+    }
+}
+
+impl MemoryCgroup {
+    /// A cgroup from its files: `file` gives the trimmed text of the cgroup directory's file
+    /// of that name (`memory.max`, ...), None if it cannot be read.
+    pub fn from_files(v2: bool, file: impl Fn(&str) -> Option<String>) -> Self {
+        let number = |name: &str| -> Option<u64> { file(name)?.parse().ok() };
+        let (limit, usage, limit_hit) = if v2 {
+            let events = file("memory.events").unwrap_or_default();
             let event = |key: &str| {
                 events
                     .lines()
@@ -131,11 +147,10 @@ impl MemoryHierarchy {
         } else {
             // With swap accounting the memory+swap counter may be the one that fails; some
             // kernels keep no failure counts, but count the cgroup's OOM kills.
-            let failures = ["memory.failcnt", "memory.memsw.failcnt"]
+            let failed = ["memory.failcnt", "memory.memsw.failcnt"]
                 .iter()
-                .map(|file| number(file).unwrap_or(0))
-                .sum::<u64>();
-            let control = read_trimmed(&dir.join("memory.oom_control")).unwrap_or_default();
+                .any(|name| number(name).is_some_and(|count| count > 0));
+            let control = file("memory.oom_control").unwrap_or_default();
             let kills = control
                 .lines()
                 .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
@@ -143,7 +158,7 @@ impl MemoryHierarchy {
             (
                 number("memory.limit_in_bytes"),
                 number("memory.usage_in_bytes"),
-                failures > 0 || kills > 0,
+                failed || kills > 0,
             )
         };
         let limit_bytes = limit.filter(|&l| l < UNLIMITED);
@@ -159,4 +174,68 @@ impl MemoryHierarchy {
 
 fn read_trimmed(path: &Path) -> Option<String> {
     Some(fs::read_to_string(path).ok()?.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cgroup directory whose files hold `files` (name, text).
+    fn cgroup(v2: bool, files: &[(&str, &str)]) -> MemoryCgroup {
+        MemoryCgroup::from_files(v2, |name| {
+            let (_, text) = files.iter().find(|(file, _)| *file == name)?;
+            Some(text.trim().to_owned())
+        })
+    }
+
+    #[test]
+    fn v2_limit_usage_and_events() {
+        let events = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n";
+        let read = cgroup(
+            true,
+            &[
+                ("memory.max", "536870912\n"),
+                ("memory.current", "1000\n"),
+                ("memory.events", events),
+            ],
+        );
+        assert_eq!(read.limit_bytes, Some(536870912));
+        assert_eq!(read.usage_bytes, Some(1000));
+        assert!(read.limit_hit);
+        let unlimited = cgroup(true, &[("memory.max", "max\n"), ("memory.current", "5\n")]);
+        assert_eq!((unlimited.limit_bytes, unlimited.limit_hit), (None, false));
+    }
+
+    #[test]
+    fn v1_failure_counts() {
+        let limit = ("memory.limit_in_bytes", "9223372036854771712\n");
+        let read = cgroup(false, &[limit, ("memory.failcnt", "3\n")]);
+        assert_eq!((read.limit_bytes, read.limit_hit), (None, true));
+        assert!(!cgroup(false, &[limit, ("memory.failcnt", "0")]).limit_hit);
+        // Found by fuzzing (cargo xtask fuzz proc_text): two failure counts whose sum does
+        // not fit in a u64 overflowed.
+        let huge = "9999000900000000000";
+        let read = cgroup(
+            false,
+            &[("memory.failcnt", huge), ("memory.memsw.failcnt", huge)],
+        );
+        assert!(read.limit_hit);
+    }
+
+    #[test]
+    fn mounts_and_cgroup_paths() {
+        let mounts = "sysfs /sys sysfs rw 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n\
+                      cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,memory 0 0\n";
+        let v1 = MemoryHierarchy::from_mounts(mounts).unwrap();
+        assert_eq!(
+            (v1.root.to_str(), v1.v2),
+            (Some("/sys/fs/cgroup/memory"), false)
+        );
+        let cgroup = "4:memory:/process_api/17\n0::/\n";
+        assert_eq!(v1.path_in(cgroup).as_deref(), Some("/process_api/17"));
+        let v2 = MemoryHierarchy::from_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0").unwrap();
+        assert_eq!(v2.path_in(cgroup).as_deref(), Some("/"));
+        assert!(MemoryHierarchy::from_mounts("proc /proc proc rw 0 0\n").is_none());
+    }
 }

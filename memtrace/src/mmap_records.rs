@@ -362,13 +362,13 @@ impl Drop for RingBuffer {
 
 /// What one buffer record means to us.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Event {
+pub enum Event {
     Record(MmapRecord),
     Lost(u64),
 }
 
 /// Hands the records to `sink` in time order and returns the lost-record count.
-fn deliver(mut events: Vec<(u64, Event)>, sink: &mut dyn FnMut(MmapRecord)) -> u64 {
+pub fn deliver(mut events: Vec<(u64, Event)>, sink: &mut dyn FnMut(MmapRecord)) -> u64 {
     // Stable, so records with equal times keep their order within a buffer.
     events.sort_by_key(|&(time, _)| time);
     let mut lost = 0u64;
@@ -383,7 +383,7 @@ fn deliver(mut events: Vec<(u64, Event)>, sink: &mut dyn FnMut(MmapRecord)) -> u
 
 /// The records in a run of buffer bytes, each with its time. Stops at the first header that
 /// cannot be right, since nothing after it can be found reliably.
-fn parse_records(bytes: &[u8]) -> Vec<(u64, Event)> {
+pub fn parse_records(bytes: &[u8]) -> Vec<(u64, Event)> {
     let mut events = Vec::new();
     let mut rest = bytes;
     while let (Some(kind), Some(misc), Some(size)) =

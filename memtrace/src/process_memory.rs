@@ -3,7 +3,7 @@
 use std::io::ErrorKind;
 
 use anyhow::Result;
-use procfs::process::{LimitValue, MMapPath, Process};
+use procfs::process::{LimitValue, MMapPath, MemoryMaps, Process};
 use serde::Serialize;
 
 use crate::{error::usage, memcg::MemoryHierarchy};
@@ -76,16 +76,7 @@ impl ProcessMemory {
         let maps = process
             .smaps()
             .map_err(|err| not_readable(pid, "smaps", err))?;
-        let (mut heap_brk_kb, mut heap_anon_mappings_kb) = (0, 0);
-        for map in maps.iter() {
-            let rss_kb = map.extension.map.get("Rss").copied().unwrap_or(0) / 1024;
-            let private = !map.perms.contains(procfs::process::MMPermissions::SHARED);
-            match &map.pathname {
-                MMapPath::Heap => heap_brk_kb += rss_kb,
-                MMapPath::Anonymous if private => heap_anon_mappings_kb += rss_kb,
-                _ => {}
-            }
-        }
+        let (heap_brk_kb, heap_anon_mappings_kb) = heap_kb(&maps);
         let stack_limit_kb = stack_limit_kb(&process);
         let hierarchy = MemoryHierarchy::find();
         let cgroup = hierarchy.as_ref().and_then(|h| {
@@ -139,6 +130,22 @@ impl ProcessMemory {
         let limit = self.stack_limit_kb.filter(|&l| l > 0)?;
         Some(self.stack_kb as f64 / limit as f64 * 100.0)
     }
+}
+
+/// The resident heap in a process's smaps, in KiB: the `[heap]` mapping (brk), and private
+/// anonymous mappings.
+pub fn heap_kb(smaps: &MemoryMaps) -> (u64, u64) {
+    let (mut heap_brk_kb, mut heap_anon_mappings_kb) = (0, 0);
+    for map in smaps.iter() {
+        let rss_kb = map.extension.map.get("Rss").copied().unwrap_or(0) / 1024;
+        let private = !map.perms.contains(procfs::process::MMPermissions::SHARED);
+        match &map.pathname {
+            MMapPath::Heap => heap_brk_kb += rss_kb,
+            MMapPath::Anonymous if private => heap_anon_mappings_kb += rss_kb,
+            _ => {}
+        }
+    }
+    (heap_brk_kb, heap_anon_mappings_kb)
 }
 
 /// The soft RLIMIT_STACK of a process (None: unlimited, or unreadable).

@@ -102,7 +102,8 @@ impl Mapping {
 
     /// Offset of `addr` in the backing file (meaningful for file-backed mappings).
     pub fn file_offset(&self, addr: u64) -> u64 {
-        addr - self.start + self.offset
+        // Wrapping: a bogus maps line (or an address outside the mapping) must not panic.
+        addr.wrapping_sub(self.start).wrapping_add(self.offset)
     }
 
     /// The backing file's identity, for file-backed mappings.

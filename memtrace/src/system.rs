@@ -30,7 +30,11 @@ pub fn check_privileges() -> Result<()> {
 }
 
 fn effective_capabilities() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
+    effective_capabilities_in(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The CapEff field of a /proc/PID/status text.
+pub fn effective_capabilities_in(status: &str) -> Option<u64> {
     let hex = status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))?;

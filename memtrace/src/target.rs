@@ -74,18 +74,21 @@ impl Target {
 fn check_pid(pid: u32) -> Result<()> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|_| usage(format!("no process with pid {pid}")))?;
-    // Field 9 (flags) comes after the parenthesised comm, which may itself contain spaces.
-    let flags = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0);
-    if flags & PF_KTHREAD != 0 {
+    if stat_flags(&stat) & PF_KTHREAD != 0 {
         return Err(usage(format!(
             "pid {pid} is a kernel thread: it has no user memory to fault on; pick a user process"
         )));
     }
     Ok(())
+}
+
+/// The flags field of a /proc/PID/stat text (0 if it has none).
+pub fn stat_flags(stat: &str) -> u64 {
+    // Field 9 (flags) comes after the parenthesised comm, which may itself contain spaces.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// A cgroup v2 directory's id (its inode number, as bpf_get_current_cgroup_id reports) and its

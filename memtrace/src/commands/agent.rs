@@ -126,7 +126,7 @@ fn live_processes() -> Vec<LiveProcess> {
                 process: (u32::try_from(stat.pid).ok()?, stat.starttime),
                 minor_faults: stat.minflt,
                 major_faults: stat.majflt,
-                rss_bytes: stat.rss * page_size,
+                rss_bytes: stat.rss.saturating_mul(page_size),
                 comm: stat.comm,
             })
         })
@@ -430,7 +430,7 @@ pub fn statm_rss_bytes(statm: &str) -> u64 {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
-    pages * 4096
+    pages.saturating_mul(4096)
 }
 
 impl Consumer for AgentFeed {
@@ -683,5 +683,18 @@ async fn serve_fault_profile(
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response()
         }
         _ => (StatusCode::SERVICE_UNAVAILABLE, "no answer\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_from_statm() {
+        assert_eq!(statm_rss_bytes("2790 645 481 1 0 176 0\n"), 645 * 4096);
+        assert_eq!(statm_rss_bytes(""), 0);
+        // Found by fuzzing (cargo xtask fuzz proc_text): 2^52 pages overflowed the multiply.
+        assert_eq!(statm_rss_bytes("0 4503599627370496 0"), u64::MAX);
     }
 }
