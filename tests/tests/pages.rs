@@ -84,35 +84,6 @@ fn touched_pages_are_credited_to_the_toucher() {
     );
 }
 
-/// Counted in the kernel (--stacks none): the same pages, no stacks.
-#[test]
-fn counts_in_the_kernel_match_without_stacks() {
-    if !tests::require_root() {
-        return;
-    }
-    let _serial = serial();
-    let pages = 20_000u64;
-    let path = workload("fault_touch");
-    let t = traced::trace(
-        "pages",
-        &["--stacks", "none"],
-        &[path.to_str().unwrap(), &pages.to_string()],
-    );
-    assert_eq!(t.run.code(), 0, "{}", t.context());
-    let pid = u64::from(t.workload.pid);
-    let credited: u64 = rows(&t.report, "processes")
-        .iter()
-        .filter(|p| u64_of(p, "pid") == pid)
-        .map(|p| u64_of(p, "pages"))
-        .sum();
-    assert!(
-        (pages * 95 / 100..=pages * 3 / 2).contains(&credited),
-        "{credited} pages credited, touched {pages}\n{}",
-        t.context()
-    );
-    assert!(rows(&t.report, "stacks").is_empty(), "{}", t.context());
-}
-
 /// A loop device whose backing file lives in a temporary directory; detached on drop.
 struct LoopDevice {
     device: PathBuf,

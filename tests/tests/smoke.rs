@@ -164,6 +164,7 @@ fn fault_counts_match_getrusage() {
     );
 }
 
+/// Counted in the kernel (--stacks none): the pages the workload touched, and no stacks.
 #[test]
 fn page_allocations_cover_the_touched_pages() {
     if !tests::require_root() {
@@ -189,6 +190,11 @@ fn page_allocations_cover_the_touched_pages() {
     assert!(
         (pages * 95 / 100..=pages * 3 / 2).contains(&credited),
         "{credited} pages credited, the workload touched {pages}\n{}",
+        t.context()
+    );
+    assert!(
+        t.report["stacks"].as_array().unwrap().is_empty(),
+        "--stacks none took stacks\n{}",
         t.context()
     );
 }

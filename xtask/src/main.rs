@@ -1,8 +1,10 @@
 //! memtrace's developer and CI chores: `cargo xtask <setup|demo|test|ci|bench>`.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod soak;
+mod vm_test;
 
 use std::{
     path::{Path, PathBuf},
@@ -25,7 +27,8 @@ enum Task {
     Setup,
     /// Build memtrace and the workloads, then run `memtrace faults` on the demo (needs root).
     Demo,
-    /// Setup, build memtrace (release), run all tests; args after `--` go to `cargo test`.
+    /// Setup, build memtrace (release), run all tests, and with no args the eBPF smoke tests on
+    /// Debian's 6.1 and 6.12 kernels (vm-test); args after `--` go to `cargo test`.
     Test {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
@@ -40,6 +43,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The eBPF smoke tests on Debian's 6.1 and 6.12 kernels under QEMU (needs root; downloads
+    /// the kernels with apt). Name kernels (6.1, 6.12) to boot only those.
+    VmTest { kernels: Vec<String> },
+    /// Fuzz the ring-buffer record decoders and the /proc, /sys and BTF parsers (cargo fuzz).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all): ring_records, proc_text, btf.
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +64,10 @@ fn main() -> ExitCode {
         Task::Test { cargo_test_args } => setup::setup().and_then(|()| test(&cargo_test_args)),
         Task::Ci { cargo_test_args } => ci(&cargo_test_args),
         Task::Bench { args } => bench::bench(&args).map(|()| ExitCode::SUCCESS),
+        Task::Fuzz { seconds, targets } => {
+            fuzz::fuzz(seconds, &targets).map(|()| ExitCode::SUCCESS)
+        }
+        Task::VmTest { kernels } => vm_test::vm_test(&kernels).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: error: {e:#}");
@@ -93,11 +111,38 @@ fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
         totals.add(&line);
     }
     let code = child.wait()?.code();
+    let mut vm_failed = false;
+    if cargo_test_args.is_empty() {
+        // The whole suite: the smoke tests again on the other supported kernels.
+        vm_failed = vm_totals(&mut totals);
+    }
     println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(match code {
+        Some(_) if vm_failed => ExitCode::FAILURE,
         Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
         None => ExitCode::FAILURE,
     })
+}
+
+/// Runs `vm-test` on every kernel, adding each guest's results to `totals` (a kernel that
+/// gave none counts as one failure); true when anything failed.
+fn vm_totals(totals: &mut Totals) -> bool {
+    match vm_test::boot_all(&[]) {
+        Ok(outcomes) => {
+            for outcome in &outcomes {
+                match &outcome.result_line {
+                    Some(line) => totals.add(line),
+                    None => totals.failed += 1,
+                }
+            }
+            outcomes.iter().any(|o| !o.passed)
+        }
+        Err(err) => {
+            eprintln!("xtask: vm-test: {err:#}");
+            totals.failed += 1;
+            true
+        }
+    }
 }
 
 /// Sums of cargo test's `test result: ok. N passed; M failed; ...` lines.

@@ -22,6 +22,10 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("prometheus", &["prometheus", "--version"]),
     // Headless, it opens `memtrace diagnose --html` pages in the tests.
     ("chromium", &["chromium", "--version"]),
+    // `cargo xtask vm-test`: other kernels under QEMU, in an initramfs with busybox.
+    ("qemu-system-x86", &["qemu-system-x86_64", "--version"]),
+    ("busybox-static", &["busybox", "true"]),
+    ("cpio", &["cpio", "--version"]),
     // Another allocator, for memtrace malloc --lib (tests).
     (
         "libjemalloc2",
