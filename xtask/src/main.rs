@@ -33,7 +33,8 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// fmt check, setup, clippy (-D warnings), then the same as `test`.
+    /// fmt check, setup, clippy (-D warnings), each fuzz target for 20 s, then the same as
+    /// `test`.
     Ci {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
@@ -177,8 +178,13 @@ fn ci(cargo_test_args: &[String]) -> Result<ExitCode> {
         "clippy --workspace --exclude memtrace-ebpf {lints}"
     )))?;
     run(&mut cargo(&format!("clippy -p memtrace-ebpf {lints}")))?;
+    // Before the tests, so the run still closes on their total.
+    fuzz::fuzz(CI_FUZZ_SECONDS, &[])?;
     test(cargo_test_args)
 }
+
+/// Each fuzz target's time in CI (the corpus starts from the seeds each run).
+const CI_FUZZ_SECONDS: u64 = 20;
 
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
