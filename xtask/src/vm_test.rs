@@ -199,7 +199,9 @@ fn extract_vmlinuz(deb: &Path) -> Result<Vec<u8>> {
 }
 
 /// The guest's init: mounts what memtrace needs, runs the smoke tests and `memtrace check`,
-/// and powers off. Lines starting with `vm-test:` are read back from the serial log.
+/// and powers off. /tmp stays the initramfs's own (writable) folder: the binaries may live
+/// under it (a checkout in /tmp), and a tmpfs there would hide them. Lines starting with
+/// `vm-test:` are read back from the serial log.
 fn init_script(memtrace: &Path, smoke: &Path) -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -211,7 +213,6 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
-mount -t tmpfs tmpfs /tmp
 echo "vm-test: kernel $(uname -r)"
 cd /
 CI=true MEMTRACE_BIN={memtrace} {smoke} --test-threads=1
