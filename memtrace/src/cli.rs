@@ -482,7 +482,8 @@ eBPF programs) and changes nothing: no program is attached, and all are unloaded
 
 A subcommand is 'ok' when every program it uses passed the verifier, every tracepoint it
 attaches to exists, and the kernel structures it reads were found in the kernel's BTF;
-otherwise the report says what is missing. memtrace supports Linux 6.1 and later (see the
+'ok, without: ...' when it runs but leaves out what the kernel lacks (and says so when run);
+otherwise 'not here', with what is missing. memtrace supports Linux 6.1 and later (see the
 README); `memtrace swap` needs 6.2+ for per-process figures.
 
 Examples:
