@@ -10,6 +10,8 @@ use crate::{is_root, run, show};
 /// Debian packages, each with a command that works once it is installed (for other systems).
 const PACKAGES: &[(&str, &[&str])] = &[
     ("gcc", &["gcc", "--version"]),
+    // libFuzzer's C++ sources (`cargo xtask fuzz`, through libfuzzer-sys).
+    ("g++", &["g++", "--version"]),
     (
         "llvm-22-dev",
         &["/usr/lib/llvm-22/bin/llvm-config", "--version"],
