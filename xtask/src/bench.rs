@@ -88,6 +88,16 @@ impl Config {
     }
 
     /// The workload alone: the baseline every ratio is taken against.
+    /// bpftrace running an empty program on each of the workload's faults: what any eBPF
+    /// program on every fault costs at least.
+    fn fault_floor() -> Self {
+        Self::bpftrace(
+            "bpftrace, empty program",
+            "nothing: the floor cost of running any eBPF program on every fault",
+            "software:page-faults:1 /pid == cpid/ { }",
+        )
+    }
+
     fn untraced() -> Self {
         Self {
             name: "untraced".into(),
@@ -139,9 +149,7 @@ pub fn bench(which: &[String]) -> Result<()> {
 
 fn faults() -> Result<()> {
     let (target, memtrace) = prepare()?;
-    let storm = target.join("workloads/fault_storm");
-    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = Scratch::new("bench")?;
     let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     let memtrace_config =
         |options, records| Config::memtrace(&memtrace, &scratch, "faults", options, records);
@@ -155,11 +163,7 @@ fn faults() -> Result<()> {
             "--sample 100",
             "1 in 100 faults: user + kernel stack, address, region",
         ),
-        Config::bpftrace(
-            "bpftrace, empty program",
-            "nothing: the floor cost of running any eBPF program on every fault",
-            "software:page-faults:1 /pid == cpid/ { }",
-        ),
+        Config::fault_floor(),
         Config::bpftrace(
             "bpftrace",
             "every fault: count per user + kernel stack",
@@ -175,23 +179,14 @@ fn faults() -> Result<()> {
             report: None,
         },
     ];
-    let samples = measure(&configs, &storm_argv(&storm))?;
-    let _ = std::fs::remove_dir_all(&scratch);
-    let table = table(&configs, &samples);
-    println!("{table}");
-    let what = format!(
-        "the workload `fault_storm {}` (its own loop time)",
-        STORM_ARGS.join(" ")
-    );
-    write_section("faults", &what, &table)
+    storm_section("faults", &configs, &target, "its own loop time")
 }
 
 /// `memtrace pages` on the fault storm (every fault allocates a page), beside bpftrace counting
 /// kmem:mm_page_alloc by stack.
 fn pages() -> Result<()> {
     let (target, memtrace) = prepare()?;
-    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = Scratch::new("bench")?;
     let memtrace_pages =
         |options, records| Config::memtrace(&memtrace, &scratch, "pages", options, records);
     let program =
@@ -230,23 +225,19 @@ fn pages() -> Result<()> {
             &program(""),
         ),
     ];
-    let samples = measure(&configs, &storm_argv(&target.join("workloads/fault_storm")))?;
-    let _ = std::fs::remove_dir_all(&scratch);
-    let table = table(&configs, &samples);
-    println!("{table}");
-    let what = format!(
-        "the workload `fault_storm {}` (its own loop time; every fault allocates a page)",
-        STORM_ARGS.join(" ")
-    );
-    write_section("pages", &what, &table)
+    storm_section(
+        "pages",
+        &configs,
+        &target,
+        "its own loop time; every fault allocates a page",
+    )
 }
 
 /// `memtrace diagnose` watching the fault storm: its /proc samples, the kernel's count of
 /// the process's page allocations, and (with --html) the faults' sampled stacks.
 fn diagnose() -> Result<()> {
     let (target, memtrace) = prepare()?;
-    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = Scratch::new("bench")?;
     let html = format!("--html {}", scratch.join("diagnose.html").display());
     let memtrace_diagnose = |options: &str, records| {
         Config::memtrace(&memtrace, &scratch, "diagnose", options, records)
@@ -264,21 +255,14 @@ fn diagnose() -> Result<()> {
                 "as above, and the stacks of 1 minor fault in 100 (the page's flame graph)",
             )
         },
-        Config::bpftrace(
-            "bpftrace, empty program",
-            "nothing: the floor cost of running any eBPF program on every fault",
-            "software:page-faults:1 /pid == cpid/ { }",
-        ),
+        Config::fault_floor(),
     ];
-    let samples = measure(&configs, &storm_argv(&target.join("workloads/fault_storm")))?;
-    let _ = std::fs::remove_dir_all(&scratch);
-    let table = table(&configs, &samples);
-    println!("{table}");
-    let what = format!(
-        "the workload `fault_storm {}` (its own loop time; every fault allocates a page)",
-        STORM_ARGS.join(" ")
-    );
-    write_section("diagnose", &what, &table)
+    storm_section(
+        "diagnose",
+        &configs,
+        &target,
+        "its own loop time; every fault allocates a page",
+    )
 }
 
 /// Where the agent listens during its benchmark (loopback; a port tests do not use).
@@ -288,8 +272,7 @@ const AGENT_LISTEN: &str = "127.0.0.1:9479";
 /// and memory over ten seconds).
 fn agent() -> Result<()> {
     let (target, memtrace) = prepare()?;
-    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = Scratch::new("bench")?;
     let log = scratch.join("agent.log");
     // A config file per variant: the agent's options are its config's.
     let config_file = |name: &str, text: &str| -> Result<String> {
@@ -341,15 +324,10 @@ fn agent() -> Result<()> {
             "faults, page allocations and swap per process",
             &everything,
         ),
-        Config::bpftrace(
-            "bpftrace, empty program",
-            "nothing: the floor cost of running any eBPF program on every fault",
-            "software:page-faults:1 /pid == cpid/ { }",
-        ),
+        Config::fault_floor(),
     ];
     let samples = measure(&configs, &storm_argv(&target.join("workloads/fault_storm")))?;
     let idle = idle_agent(&memtrace, &log)?;
-    let _ = std::fs::remove_dir_all(&scratch);
     let table = format!(
         "{}
 {idle}
@@ -397,8 +375,7 @@ fn idle_agent(memtrace: &str, log: &Path) -> Result<String> {
 /// workload: twice a 64 MiB memory cgroup's limit touched, then read back twice, on a swap file.
 fn swap() -> Result<()> {
     let (target, memtrace) = prepare()?;
-    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = Scratch::new("bench")?;
     let report = scratch.join("swap.json");
     let configs = [
         Config::untraced(),
@@ -426,7 +403,6 @@ fn swap() -> Result<()> {
         ),
     ];
     let swapping = measure(&configs, &cycle)?;
-    let _ = std::fs::remove_dir_all(&scratch);
     let tables = format!(
         "On the fault storm (`fault_storm {}`):\n\n{}\nOn the swap workload (`swap_cycle 128 2` in a \
          64 MiB memory cgroup, 512 MiB swap file):\n\n{}",
@@ -446,8 +422,7 @@ const MALLOC_PAIRS: u64 = 2_000_000;
 /// merely counting malloc calls by user stack.
 fn malloc() -> Result<()> {
     let (target, memtrace) = prepare()?;
-    let scratch = std::env::temp_dir().join(format!("memtrace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = Scratch::new("bench")?;
     let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
     let memtrace_malloc =
         |options, records| Config::memtrace(&memtrace, &scratch, "malloc", options, records);
@@ -486,7 +461,6 @@ fn malloc() -> Result<()> {
         MALLOC_PAIRS.to_string(),
     ];
     let samples = measure(&configs, &storm)?;
-    let _ = std::fs::remove_dir_all(&scratch);
     let untraced = median(&samples[0].elapsed);
     let mut table = table(&configs, &samples);
     table += "\nAbove untraced, per malloc/free pair (per probed call: half of it):\n\n";
@@ -530,6 +504,44 @@ pub(crate) fn prepare() -> Result<(PathBuf, String)> {
         .to_string_lossy()
         .into_owned();
     Ok((target, memtrace))
+}
+
+/// Measures `configs` on the fault storm, prints their table and writes it as section `name`;
+/// `how` says what was timed.
+fn storm_section(name: &str, configs: &[Config], target: &Path, how: &str) -> Result<()> {
+    let samples = measure(configs, &storm_argv(&target.join("workloads/fault_storm")))?;
+    let table = table(configs, &samples);
+    println!("{table}");
+    let what = format!(
+        "the workload `fault_storm {}` ({how})",
+        STORM_ARGS.join(" ")
+    );
+    write_section(name, &what, &table)
+}
+
+/// A benchmark's folder for reports and config files, removed when it ends (however it ends).
+pub(crate) struct Scratch(PathBuf);
+
+impl Scratch {
+    /// `memtrace-KIND-PID` in the temporary folder.
+    pub(crate) fn new(kind: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("memtrace-{kind}-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn storm_argv(storm: &Path) -> Vec<String> {

@@ -29,7 +29,7 @@ pub fn soak() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(600);
-    let scratch = std::env::temp_dir().join(format!("memtrace-soak-{}", std::process::id()));
+    let scratch = crate::bench::Scratch::new("soak")?;
     std::fs::create_dir_all(scratch.join("names"))?;
     for i in 0..CHURN_NAMES {
         std::os::unix::fs::symlink("/bin/true", scratch.join(format!("names/churn{i}")))?;
@@ -112,7 +112,6 @@ pub fn soak() -> Result<()> {
     // SAFETY: kill has no memory-safety preconditions; the child is ours and not reaped.
     unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
     let status = agent.wait()?;
-    let _ = std::fs::remove_dir_all(&scratch);
     if !status.success() {
         bail!("the agent exited with {status}");
     }
