@@ -40,14 +40,6 @@ fn max_table_entries() -> Result<Option<u32>> {
     }
 }
 
-/// Whether this kernel has tracepoint `category:name` (tracefs must be mounted).
-fn tracepoint_exists(category: &str, name: &str) -> bool {
-    std::path::Path::new("/sys/kernel/tracing/events")
-        .join(category)
-        .join(name)
-        .is_dir()
-}
-
 /// Whether memtrace can count swap traffic per process on this kernel; when not, says so
 /// (`instead`: what the subcommand still does without) and the subcommand goes on without.
 pub fn swap_counting_supported(instead: &str) -> bool {
@@ -111,7 +103,7 @@ pub async fn trace(
 
     features::check(matches!(target, Target::Cgroup { .. }))?;
     let mut options = options;
-    if options.file_tags && !tracepoint_exists("filemap", "mm_filemap_fault") {
+    if options.file_tags && !system::tracepoint_exists("filemap/mm_filemap_fault") {
         // Older kernels (6.1) lack it: file faults are then named by the mapping at the
         // address, from /proc/PID/maps, which misses a file mapped and unmapped in between.
         eprintln!(

@@ -71,6 +71,12 @@ pub fn raise_open_files_limit() {
     }
 }
 
+/// Whether this kernel has the tracepoint `category/name` (e.g. `filemap/mm_filemap_fault`);
+/// tracefs must be mounted ([`ensure_tracefs`]).
+pub fn tracepoint_exists(event: &str) -> bool {
+    Path::new(TRACEFS).join("events").join(event).is_dir()
+}
+
 /// Mounts tracefs when it is missing (as bpftrace does), or says exactly what to run.
 pub fn ensure_tracefs() -> Result<()> {
     if Path::new(TRACEFS).join("events").is_dir() {

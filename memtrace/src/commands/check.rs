@@ -13,8 +13,6 @@ use crate::{
     output, outputs, system,
 };
 
-const TRACEFS_EVENTS: &str = "/sys/kernel/tracing/events";
-
 /// The tracefs event each tracepoint program attaches to (raw tracepoints name the same
 /// event); perf-event and uprobe programs have none.
 const HOOKS: &[(&str, &str)] = &[
@@ -219,8 +217,7 @@ fn check() -> Result<CheckReport> {
                 .find(|(name, _)| *name == load.name)
                 .map(|(_, tp)| *tp);
             Program {
-                tracepoint_present: tracepoint
-                    .map(|tp| Path::new(TRACEFS_EVENTS).join(tp).is_dir()),
+                tracepoint_present: tracepoint.map(system::tracepoint_exists),
                 tracepoint,
                 load,
             }
