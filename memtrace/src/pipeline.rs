@@ -10,6 +10,7 @@ use crate::{
     cli::{RunArgs, TargetArgs},
     drain::Drain,
     features,
+    kernel_layout::SwapLayout,
     launch::ChildExit,
     mmap_records::{MmapWatch, WatchScope},
     report::CommandExit,
@@ -40,14 +41,15 @@ fn max_table_entries() -> Result<Option<u32>> {
     }
 }
 
-/// Whether memtrace can count swap traffic per process on this kernel; when not, says so
-/// (`instead`: what the subcommand still does without) and the subcommand goes on without.
-pub fn swap_counting_supported(instead: &str) -> bool {
-    match crate::kernel_layout::SwapLayout::discover() {
-        Ok(_) => true,
+/// Where this kernel keeps the counters swap counting reads, when memtrace can read them;
+/// when not, says so (`instead`: what the subcommand still does without) and the subcommand
+/// goes on without.
+pub fn swap_layout(instead: &str) -> Option<SwapLayout> {
+    match SwapLayout::discover() {
+        Ok(layout) => Some(layout),
         Err(err) => {
             eprintln!("memtrace: no per-process swap counts on this kernel ({err:#}); {instead}");
-            false
+            None
         }
     }
 }
@@ -61,8 +63,9 @@ pub struct KernelOptions {
     pub kernel_stacks: bool,
     /// Name the file of each file fault in the kernel (see `KernelConfig::file_tags`).
     pub file_tags: bool,
-    /// Count swap traffic per owner (reads kernel structs: their layout comes from BTF).
-    pub swap: bool,
+    /// Count swap traffic per owner, reading the kernel's counters where this layout (from
+    /// BTF: [`swap_layout`]) says.
+    pub swap: Option<SwapLayout>,
     /// Heap allocations through uprobes: None when not traced; Some(N) samples 1 point per
     /// N bytes on average (0: every block).
     pub malloc: Option<u64>,
@@ -138,11 +141,7 @@ pub async fn trace(
         } else {
             None
         },
-        swap: if options.swap {
-            Some(crate::kernel_layout::SwapLayout::discover()?)
-        } else {
-            None
-        },
+        swap: options.swap,
         // No stacks, no need for the stack maps' memory (the kernel needs at least one entry).
         stack_entries: if options.user_stacks || options.kernel_stacks {
             table_entries.unwrap_or(STACK_ENTRIES)

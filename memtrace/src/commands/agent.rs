@@ -30,6 +30,7 @@ use crate::{
         pages::Origin,
     },
     events::{comm_to_string, decode_record},
+    kernel_layout::SwapLayout,
     memcg::MemoryHierarchy,
     output::{self, profile::Reweighted},
     pipeline::{self, KernelOptions},
@@ -528,17 +529,18 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         config.listen
     );
 
-    // Swap traffic needs swap: "auto" waits for the host to have some.
-    // On kernels whose swap counters memtrace cannot read, "auto" means off (said once).
-    let swap_setting = match config.swap {
-        Switch::Auto
-            if !pipeline::swap_counting_supported(
-                "memtrace_swap_pages_total is not served (swap = \"auto\")",
-            ) =>
-        {
-            Switch::Set(false)
+    // Swap traffic needs swap: "auto" waits for the host to have some. On kernels whose swap
+    // counters memtrace cannot read, "auto" means off (said once); `true` fails.
+    let swap_layout = match config.swap {
+        Switch::Set(false) => None,
+        Switch::Set(true) => Some(SwapLayout::discover()?),
+        Switch::Auto => {
+            pipeline::swap_layout("memtrace_swap_pages_total is not served (swap = \"auto\")")
         }
-        setting => setting,
+    };
+    let swap_setting = match swap_layout {
+        None => Switch::Set(false),
+        Some(_) => config.swap,
     };
     let swap_now = match swap_setting {
         Switch::Set(on) => on,
@@ -551,7 +553,7 @@ pub async fn run(args: &AgentArgs) -> Result<()> {
         user_stacks: true,
         kernel_stacks: true,
         file_tags: false,
-        swap: swap_setting != Switch::Set(false),
+        swap: swap_layout,
         malloc: None,
         pages: config.page_allocations,
         stack_sample_period: config.stack_sample,

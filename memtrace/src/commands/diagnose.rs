@@ -186,8 +186,12 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         interval: None,
     };
     // Swap traffic can only be counted where there is swap.
-    let swap = SystemSample::read().swap_total_kb > 0
-        && pipeline::swap_counting_supported("swap traffic is judged from /proc/vmstat alone");
+    let swap_layout = if SystemSample::read().swap_total_kb > 0 {
+        pipeline::swap_layout("swap traffic is judged from /proc/vmstat alone")
+    } else {
+        None
+    };
+    let swap = swap_layout.is_some();
     // Fault counts are the kernel's (/proc); the fault programs only take stacks, for --html.
     let stacks = args.html.is_some();
     let options = KernelOptions {
@@ -196,7 +200,7 @@ pub async fn run(args: &DiagnoseArgs) -> Result<()> {
         user_stacks: stacks,
         kernel_stacks: stacks,
         file_tags: false,
-        swap,
+        swap: swap_layout,
         malloc: None,
         // Counted in the kernel, no stacks: allocation churn's evidence.
         pages: true,

@@ -178,7 +178,7 @@ pub async fn run(args: &FaultsArgs) -> Result<()> {
         kernel_stacks: matches!(args.stacks, Stacks::Kernel | Stacks::Both),
         // A file fault's tag is taken by the fault's own program: every fault must run one.
         file_tags: args.kind == Kind::All && args.sample == 1,
-        swap: false,
+        swap: None,
         malloc: None,
         pages: false,
         stack_sample_period: 1,

@@ -409,7 +409,7 @@ pub async fn run(args: &MallocArgs) -> Result<()> {
         user_stacks: true,
         kernel_stacks: false,
         file_tags: false,
-        swap: false,
+        swap: None,
         malloc: Some(args.sample_bytes.unwrap_or(0)),
         pages: false,
         stack_sample_period: 1,

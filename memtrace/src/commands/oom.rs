@@ -119,7 +119,7 @@ pub async fn run(args: &OomArgs) -> Result<()> {
         user_stacks: false,
         kernel_stacks: false,
         file_tags: false,
-        swap: false,
+        swap: None,
         malloc: None,
         pages: false,
         stack_sample_period: 1,

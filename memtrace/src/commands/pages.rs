@@ -240,7 +240,7 @@ pub async fn run(args: &PagesArgs) -> Result<()> {
         user_stacks: matches!(args.stacks, Stacks::User | Stacks::Both),
         kernel_stacks: matches!(args.stacks, Stacks::Kernel | Stacks::Both),
         file_tags: false,
-        swap: false,
+        swap: None,
         malloc: None,
         pages: true,
         stack_sample_period: args.sample,

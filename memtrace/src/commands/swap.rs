@@ -207,16 +207,17 @@ pub async fn run(args: &SwapArgs) -> Result<()> {
         duration: args.duration,
         interval: Some(args.interval),
     };
-    let per_process = pipeline::swap_counting_supported(
+    let swap_layout = pipeline::swap_layout(
         "reporting system swap traffic, memory pressure and major faults per process only",
     );
+    let per_process = swap_layout.is_some();
     let options = KernelOptions {
         page_stacks: false,
         ring_bytes: pipeline::RING_BYTES,
         user_stacks: true, // for swap-in stacks, the only events with stacks here
         kernel_stacks: false,
         file_tags: false,
-        swap: per_process,
+        swap: swap_layout,
         malloc: None,
         pages: false,
         stack_sample_period: 1,
