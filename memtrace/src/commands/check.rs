@@ -43,6 +43,10 @@ enum Layout {
     Exits,
 }
 
+impl Layout {
+    const ALL: [Layout; 4] = [Layout::Swap, Layout::Pages, Layout::Oom, Layout::Exits];
+}
+
 /// What a subcommand uses besides [`PIPELINE`]: without a `needs` part it cannot run; without
 /// an `improves` part it runs and says what it leaves out.
 struct Uses {
@@ -223,13 +227,18 @@ fn check() -> Result<CheckReport> {
             }
         })
         .collect();
+    // Each layout looked up once (a parse of the kernel's BTF), whatever uses it.
+    let layouts = Layout::ALL.map(|layout| discover(layout).err().map(|err| format!("{err:#}")));
     let commands = COMMANDS
         .iter()
-        .map(|uses| CommandSupport {
-            name: uses.command,
-            ok: problems(uses.needs, true, &programs).is_empty(),
-            problems: problems(uses.needs, true, &programs),
-            degraded: problems(uses.improves, false, &programs),
+        .map(|uses| {
+            let needed = problems(uses.needs, true, &programs, &layouts);
+            CommandSupport {
+                name: uses.command,
+                ok: needed.is_empty(),
+                problems: needed,
+                degraded: problems(uses.improves, false, &programs, &layouts),
+            }
         })
         .collect();
     Ok(CheckReport {
@@ -264,11 +273,13 @@ fn load_only_config() -> KernelConfig {
     }
 }
 
-/// What is missing of `programs` and `layouts` (with the pipeline's programs when `pipeline`).
+/// What is missing of `uses` and `layouts` (with the pipeline's programs when `pipeline`);
+/// `missing` holds why each layout was not found ([`Layout::ALL`]'s order).
 fn problems(
     (uses, layouts): (&[&str], &[Layout]),
     pipeline: bool,
     programs: &[Program],
+    missing: &[Option<String>; 4],
 ) -> Vec<String> {
     let used = |program: &&Program| {
         let name = program.load.name.as_str();
@@ -279,11 +290,11 @@ fn problems(
         .filter(used)
         .filter_map(Program::problem)
         .collect();
-    for layout in layouts {
-        if let Err(err) = discover(*layout) {
-            problems.push(format!("{err:#}"));
-        }
-    }
+    problems.extend(
+        layouts
+            .iter()
+            .filter_map(|layout| missing[*layout as usize].clone()),
+    );
     problems
 }
 
