@@ -1,50 +1,26 @@
 //! memtrace: who pays for memory, and where. The binary (`main.rs`) only calls [`main`];
 //! the library exists so the fuzz targets (`memtrace/fuzz`) can reach the record decoders and
-//! the parsers of /proc and /sys text. See `commands/` for the subcommands.
-pub mod agent_config;
-mod agent_metrics;
-mod agent_profile;
-mod bpf;
-pub mod btf;
+//! the parsers of /proc and /sys text.
+//!
+//! The folders follow the data's way: `kernel` loads and attaches the eBPF object and knows
+//! this kernel; `trace` is the pipeline every tracing subcommand shares (target, drain,
+//! records, processes, stacks, symbols); `host` reads /proc and the cgroup filesystem;
+//! `commands/<name>` is one subcommand (its arguments, consumer, report and table); `output`
+//! holds the formats and files every subcommand shares; `report` the pieces every report has.
 mod cli;
 pub mod commands;
-pub mod container;
-mod drain;
 mod error;
-pub mod events;
-mod features;
-pub mod gfp;
-pub mod kernel_layout;
-mod launch;
-mod malloc_report;
-pub mod memcg;
-pub mod mmap_records;
-mod oom_report;
+pub mod host;
+pub mod kernel;
 mod output;
-mod outputs;
-mod pages_report;
-mod pipeline;
-mod probe_site;
-pub mod process_memory;
-mod processes;
-pub mod procmaps;
-mod progress;
 mod report;
-mod session;
-mod stacks;
-mod swap_report;
-mod symbolize;
-pub mod sysmem;
-pub mod system;
-pub mod target;
-mod verdicts;
-mod watch;
+pub mod trace;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::Cli;
 
 /// Parses the command line, runs it, and exits with its code (see `error::exit`).
 pub fn main() -> ! {
@@ -54,7 +30,7 @@ pub fn main() -> ! {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(run(cli)));
+        .and_then(|runtime| runtime.block_on(cli.command.run()));
     match result {
         Ok(()) => std::process::exit(error::exit::OK),
         Err(err) if is_broken_pipe(&err) => std::process::exit(error::exit::OK),
@@ -65,31 +41,9 @@ pub fn main() -> ! {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Faults(args) => commands::faults::run(&args).await,
-        Command::Swap(args) => commands::swap::run(&args).await,
-        Command::Malloc(args) => commands::malloc::run(&args).await,
-        Command::Pages(args) => commands::pages::run(&args).await,
-        Command::Oom(args) => commands::oom::run(&args).await,
-        Command::Agent(args) => commands::agent::run(&args).await,
-        Command::Stat(args) => commands::stat::run(&args),
-        Command::Diagnose(args) => commands::diagnose::run(&args).await,
-        Command::Check(args) => commands::check::run(&args),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "memtrace",
-                &mut std::io::stdout(),
-            );
-            Ok(())
-        }
-    }
-}
-
-/// -v: memtrace's own diagnostics and its eBPF programs' log (their records carry memtrace's
-/// module paths); -vv: everything, aya's loader included.
+/// memtrace's one way to speak on stderr besides its progress: `log`. Its warnings read
+/// `memtrace: ...`, as its errors do; -v adds its own diagnostics and its eBPF programs' log
+/// (their records carry memtrace's module paths); -vv: everything, aya's loader included.
 fn init_logging(verbose: u8) {
     let (ours, others) = match verbose {
         0 => (log::LevelFilter::Warn, log::LevelFilter::Warn),
@@ -99,7 +53,14 @@ fn init_logging(verbose: u8) {
     env_logger::Builder::new()
         .filter_level(others)
         .filter_module("memtrace", ours)
-        .format_timestamp(None)
+        .format(|out, record| {
+            if record.level() <= log::Level::Warn && record.target().starts_with("memtrace") {
+                writeln!(out, "memtrace: {}", record.args())
+            } else {
+                let (level, target) = (record.level(), record.target());
+                writeln!(out, "[{level:<5} {target}] {}", record.args())
+            }
+        })
         .parse_env("MEMTRACE_LOG")
         .init();
 }

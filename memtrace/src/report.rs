@@ -69,26 +69,6 @@ impl StackRow {
     }
 }
 
-/// Per-process fault totals.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProcessRow {
-    pub pid: u32,
-    pub comm: String,
-    pub minor: u64,
-    pub major: u64,
-    pub minor_per_s: f64,
-    pub major_per_s: f64,
-}
-
-/// Faults per process and memory region (`[heap]`, `[stack]`, `[anon]`, `[vdso]`, a file path).
-#[derive(Clone, Debug, Serialize)]
-pub struct RegionRow {
-    pub pid: u32,
-    pub region: String,
-    pub minor: u64,
-    pub major: u64,
-}
-
 /// How a `-- CMD` target ended.
 #[derive(Clone, Debug, Serialize)]
 pub struct CommandExit {
@@ -117,44 +97,18 @@ pub struct TracerCost {
     pub bpf_runs: Option<u64>,
 }
 
-impl TracerCost {
-    /// memtrace's usage so far, from getrusage(RUSAGE_SELF), and its programs' run time.
-    pub fn measure(attach_ms: f64, tracer: &crate::bpf::Tracer) -> Self {
-        let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .is_ok_and(|v| v.trim() == "1");
-        let runs = stats_on.then(|| tracer.program_runs());
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        Self {
-            attach_ms,
-            cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-            max_rss_kb: usage.ru_maxrss as u64,
-            bpf_run_s: runs.map(|(time, _)| time.as_secs_f64()),
-            bpf_runs: runs.map(|(_, count)| count),
-        }
-    }
-}
-
-/// Everything `memtrace faults` found.
+/// What every traced report starts with, flattened into its JSON: the subcommand, what was
+/// traced for how long, what the kernel could not deliver, how a traced command ended, and
+/// what tracing cost memtrace itself.
 #[derive(Clone, Debug, Serialize)]
-pub struct FaultReport {
+pub struct ReportHeader {
     pub command: &'static str,
     pub duration_s: f64,
     /// Events the kernel could not deliver (ring buffer full): when non-zero, every figure is a
     /// lower bound.
     pub lost_events: u64,
-    /// True when `--sample N` traced 1 in N faults: counts are estimates (rescaled by N).
-    pub sampled: bool,
-    pub sample_period: u64,
-    /// Stacks the kernel could not store (stack map full): those events have no stack.
-    pub stack_errors: u64,
     /// What was traced, in words ("pid 123", "cgroup /sys/fs/cgroup/x", "system-wide").
     pub target: String,
     pub exit: Option<CommandExit>,
     pub tracer: TracerCost,
-    pub processes: Vec<ProcessRow>,
-    pub regions: Vec<RegionRow>,
-    /// All stacks, most events first; table and JSON show the first `--top`.
-    pub stacks: Vec<StackRow>,
 }

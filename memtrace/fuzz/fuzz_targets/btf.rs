@@ -1,13 +1,13 @@
 //! memtrace's BTF reader (btf.rs) on arbitrary bytes, then every lookup memtrace makes in a
-//! parsed BTF (kernel_layout.rs, gfp.rs): a malformed blob must be an error, never a panic
+//! parsed BTF (kernel/layout.rs, kernel/gfp.rs): a malformed blob must be an error, never a panic
 //! or a hang.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memtrace::{
+use memtrace::kernel::{
     btf::Btf,
     gfp::MigrateTypes,
-    kernel_layout::{memcg_chain_in, ExitLayout, PageTracing, SwapLayout},
+    layout::{memcg_chain_in, ExitLayout, PageTracing, SwapLayout},
 };
 
 fuzz_target!(|data: &[u8]| {

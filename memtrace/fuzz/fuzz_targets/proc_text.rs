@@ -7,14 +7,13 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use memtrace::{
-    commands::agent::statm_rss_bytes,
-    container::ContainerLabels,
-    gfp::GfpNames,
-    kernel_layout::tracepoint_offsets,
-    memcg::{MemoryCgroup, MemoryHierarchy},
-    process_memory::heap_kb,
-    system::effective_capabilities_in,
-    target::stat_flags,
+    host::{
+        container::ContainerLabels,
+        memcg::{MemoryCgroup, MemoryHierarchy},
+        process_memory::{heap_kb, statm_rss_bytes},
+    },
+    kernel::{access::effective_capabilities_in, gfp::GfpNames, layout::tracepoint_offsets},
+    trace::target::stat_flags,
 };
 use procfs::{
     process::{Limits, MemoryMaps, Stat, Status},
@@ -129,7 +128,8 @@ fn limits_parser_overflows(data: &[u8]) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // procfs (process_memory.rs, procmaps.rs, diagnose.rs, agent.rs, sysmem.rs, memcg.rs).
+    // procfs (host/process_memory.rs, trace/memory_maps.rs, the diagnose sampler, the agent's feed,
+    // host/system_memory.rs, host/memcg.rs).
     if !stat_parser_panics(data) {
         if let Ok(stat) = Stat::from_read(data) {
             let _ = (stat.vsize / 1024, stat.comm.len(), stat.state);

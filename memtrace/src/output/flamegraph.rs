@@ -52,10 +52,10 @@ pub fn xml_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::profile::Reweighted;
     use crate::output::testdata;
-    use crate::report::FaultReport;
 
-    fn svg(report: &FaultReport, title: &str) -> String {
+    fn svg(report: &Reweighted, title: &str) -> String {
         let mut out = Vec::new();
         write(report, title, &mut out).unwrap();
         String::from_utf8(out).unwrap()
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn flamegraph_has_title_and_functions() {
-        let text = svg(&testdata::report(), "page faults");
+        let text = svg(&testdata::profile(), "page faults");
         assert_svg(&text);
         assert!(text.contains("page faults"));
         assert!(text.contains("fill_buffer"));
@@ -79,8 +79,8 @@ mod tests {
 
     #[test]
     fn empty_report_is_still_an_svg() {
-        let mut report = testdata::report();
-        report.stacks.clear();
+        let mut report = testdata::profile();
+        report.rows.clear();
         let text = svg(&report, "a <b> & c");
         assert_svg(&text);
         assert!(text.contains("no stacks recorded"));

@@ -66,10 +66,10 @@ fn sanitize(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::profile::Reweighted;
     use crate::output::testdata;
-    use crate::report::FaultReport;
 
-    fn folded(report: &FaultReport) -> String {
+    fn folded(report: &Reweighted) -> String {
         let mut out = Vec::new();
         write(report, &mut out).unwrap();
         String::from_utf8(out).unwrap()
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn lines_are_stack_space_count_merged_and_sorted() {
-        let text = folded(&testdata::report());
+        let text = folded(&testdata::profile());
         let lines: Vec<&str> = text.lines().collect();
         for line in &lines {
             let (stack, count) = line.rsplit_once(' ').expect("no count");
@@ -104,9 +104,9 @@ mod tests {
 
     #[test]
     fn kind_only_when_both_present_and_names_sanitized() {
-        let mut report = testdata::report();
-        report.stacks.retain(|s| s.kind == "minor");
-        report.stacks[0].frames[0] = "a\nb".into();
+        let mut report = testdata::profile();
+        report.rows.retain(|s| s.kind == "minor");
+        report.rows[0].frames[0] = "a\nb".into();
         let text = folded(&report);
         assert!(!text.contains("[minor]"), "{text}");
         assert!(
@@ -118,8 +118,8 @@ mod tests {
 
     #[test]
     fn empty_report_writes_nothing() {
-        let mut report = testdata::report();
-        report.stacks.clear();
+        let mut report = testdata::profile();
+        report.rows.clear();
         assert_eq!(folded(&report), "");
     }
 }

@@ -1,55 +1,20 @@
-//! Output sinks: each turns a finished report into one format.
-pub mod diagnose;
-pub mod diagnose_html;
+//! The formats a finished report can take that are shared by every subcommand (JSON, folded
+//! stacks, flame graphs, pprof, the pieces of text tables), and the files they go to. Each
+//! subcommand's own text table lives beside it, in `commands/<name>/table.rs`.
+pub mod files;
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
-pub mod malloc;
-pub mod oom;
-pub mod pages;
 pub mod pprof;
 pub mod profile;
-pub mod stat;
-pub mod swap;
-pub mod table;
+pub mod text;
 
-use crate::report::CommandExit;
-
-/// The first lines of every table report: what was traced for how long, and how a traced
-/// command ended.
-pub fn title(
-    out: &mut dyn std::io::Write,
-    command: &str,
-    target: &str,
-    duration_s: f64,
-    exit: Option<&CommandExit>,
-) -> anyhow::Result<()> {
-    writeln!(out, "memtrace {command}: {target}, {duration_s:.2}s")?;
-    if let Some(exit) = exit {
-        writeln!(out, "{}", exit_line(exit))?;
-    }
-    Ok(())
-}
-
-/// How a traced command ended, as the table reports say it.
-pub fn exit_line(exit: &CommandExit) -> String {
-    let how = match (exit.exit_code, exit.signal) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        (None, None) => "ended (status unknown)".to_owned(),
-    };
-    format!(
-        "command `{}` (pid {}) {how}",
-        exit.command.join(" "),
-        exit.pid
-    )
-}
-
-/// A small hand-made report shared by the sinks' unit tests.
+/// Small hand-made stacks shared by the sinks' unit tests (and the faults report's).
 #[cfg(test)]
 pub(crate) mod testdata {
-    use crate::report::{
-        CommandExit, FaultReport, Frame, ProcessRow, RegionRow, StackRow, TracerCost,
+    use crate::{
+        output::profile::Reweighted,
+        report::{Frame, StackRow},
     };
 
     pub fn frame(address: u64, function: Option<&str>, offset: u64, module: &str) -> Frame {
@@ -62,7 +27,7 @@ pub(crate) mod testdata {
     }
 
     /// Two processes, both kinds, a kernel stack, an unsymbolized frame, a name with ';'.
-    pub fn report() -> FaultReport {
+    pub fn stacks() -> Vec<StackRow> {
         let user = || {
             vec![
                 frame(0x7f00_0000_1010, Some("memset"), 0x10, "libc.so.6"),
@@ -90,88 +55,34 @@ pub(crate) mod testdata {
                 "[kernel]",
             ),
         ];
-        FaultReport {
+        vec![
+            StackRow::new(123, "server".into(), "minor", 39000, user(), kernel),
+            StackRow::new(123, "server".into(), "minor", 1000, user(), vec![]),
+            StackRow::new(124, "worker".into(), "minor", 10, worker(), vec![]),
+            // Same comm and frames as pid 124: merges with it in folded output.
+            StackRow::new(125, "worker".into(), "minor", 5, worker(), vec![]),
+            StackRow::new(
+                123,
+                "server".into(),
+                "major",
+                2,
+                user()[1..].to_vec(),
+                vec![],
+            ),
+        ]
+    }
+
+    /// The stacks as a profile of faults over two seconds, as the stack sinks see a report.
+    pub fn profile() -> Reweighted {
+        Reweighted {
             command: "faults",
+            target: "pid 123".to_owned(),
             duration_s: 2.0,
             lost_events: 0,
-            sampled: false,
-            sample_period: 1,
-            stack_errors: 0,
-            target: "pid 123".to_owned(),
-            exit: Some(CommandExit {
-                pid: 123,
-                command: vec!["./server".to_owned(), "--fill".to_owned()],
-                exit_code: Some(0),
-                signal: None,
-            }),
-            tracer: TracerCost {
-                attach_ms: 80.0,
-                cpu_s: 0.5,
-                max_rss_kb: 20000,
-                bpf_run_s: None,
-                bpf_runs: None,
-            },
-            processes: vec![
-                ProcessRow {
-                    pid: 123,
-                    comm: "server".into(),
-                    minor: 40000,
-                    major: 2,
-                    minor_per_s: 20000.0,
-                    major_per_s: 1.0,
-                },
-                ProcessRow {
-                    pid: 124,
-                    comm: "worker".into(),
-                    minor: 10,
-                    major: 0,
-                    minor_per_s: 5.0,
-                    major_per_s: 0.0,
-                },
-                ProcessRow {
-                    pid: 125,
-                    comm: "worker".into(),
-                    minor: 5,
-                    major: 0,
-                    minor_per_s: 2.5,
-                    major_per_s: 0.0,
-                },
-            ],
-            regions: vec![
-                RegionRow {
-                    pid: 123,
-                    region: "[heap]".into(),
-                    minor: 39000,
-                    major: 0,
-                },
-                RegionRow {
-                    pid: 123,
-                    region: "/usr/lib/libc.so.6".into(),
-                    minor: 1000,
-                    major: 2,
-                },
-                RegionRow {
-                    pid: 124,
-                    region: "[stack]".into(),
-                    minor: 10,
-                    major: 0,
-                },
-            ],
-            stacks: vec![
-                StackRow::new(123, "server".into(), "minor", 39000, user(), kernel),
-                StackRow::new(123, "server".into(), "minor", 1000, user(), vec![]),
-                StackRow::new(124, "worker".into(), "minor", 10, worker(), vec![]),
-                // Same comm and frames as pid 124: merges with it in folded output.
-                StackRow::new(125, "worker".into(), "minor", 5, worker(), vec![]),
-                StackRow::new(
-                    123,
-                    "server".into(),
-                    "major",
-                    2,
-                    user()[1..].to_vec(),
-                    vec![],
-                ),
-            ],
+            rows: stacks(),
+            sample_type: ("faults", "count"),
+            period: 1,
+            sampling_note: None,
         }
     }
 }

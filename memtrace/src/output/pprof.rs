@@ -275,12 +275,12 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::profile::Reweighted;
     use crate::output::testdata;
-    use crate::report::FaultReport;
     use flate2::read::GzDecoder;
     use std::io::Read;
 
-    fn decode(report: &FaultReport) -> Profile {
+    fn decode(report: &Reweighted) -> Profile {
         let mut gz = Vec::new();
         write(report, &mut gz).unwrap();
         let mut raw = Vec::new();
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let report = testdata::report();
+        let report = testdata::profile();
         let p = decode(&report);
         let s = |i: i64| p.string_table[i as usize].as_str();
         assert_eq!(p.string_table[0], "");
@@ -362,8 +362,8 @@ mod tests {
 
     #[test]
     fn empty_report_is_a_valid_profile() {
-        let mut report = testdata::report();
-        report.stacks.clear();
+        let mut report = testdata::profile();
+        report.rows.clear();
         let p = decode(&report);
         assert_eq!(p.string_table[0], "");
         assert!(p.sample.is_empty());

@@ -1,0 +1,72 @@
+//! `memtrace agent`'s command line (its settings file: `config`).
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use crate::cli::parse_duration;
+
+const AGENT_HELP: &str = "\
+Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
+  /metrics   Prometheus text. Per (comm, cgroup) series, with container_id and pod_uid
+             labels read from the cgroup path:
+               memtrace_page_faults_total{kind=\"minor\"|\"major\"}
+               memtrace_swap_pages_total{direction=\"out\"|\"in\"}  (with swap)
+               memtrace_pages_allocated_total, memtrace_page_allocations_total
+                                                    (with page_allocations = true)
+               memtrace_oom_kills_total
+               memtrace_process_rss_bytes, memtrace_process_swap_bytes  (gauges, the
+                 largest max_series series; a pid label with pid_labels = true)
+             The agent's own: memtrace_lost_events_total, memtrace_bpf_run_seconds_total,
+             memtrace_agent_rss_bytes, memtrace_bpf_map_entries{map},
+             memtrace_uncounted_page_allocations_total, memtrace_agent_processes_held,
+             memtrace_profile_stacks, memtrace_stack_table_clears_total
+  /pprof/faults?seconds=N
+             gzip'd pprof of the fault stacks sampled in the last N seconds (default 60;
+             1 fault in stack_sample; ten minutes kept), for go tool pprof, Pyroscope, Parca
+  /healthz   ok
+
+What it costs: faults are the kernel's own per-task counts (read from /proc each second,
+and at each process's exit): nothing runs per fault but 1 in stack_sample, for the
+stacks. Page allocations and swap need a program on every event: page allocations are
+off unless asked for; swap counting starts once the host has swap (swap = \"auto\").
+
+Counters stay monotonic when processes exit (their counts stay in their series). Series
+are bounded: the first max_series (comm, cgroup) pairs get their own, later ones add to
+comm=\"other\"; a series idle for five minutes gives its place up.
+
+Listens on 127.0.0.1:9464 unless told otherwise; another address needs --allow-remote.
+
+Config file (TOML, every key optional; the command line wins; deploy/agent.toml):
+  listen = \"127.0.0.1:9464\"
+  allow_remote = false
+  max_series = 200
+  stack_sample = 1000
+  page_allocations = false   # true: a program on every page allocation
+  swap = \"auto\"              # true | false | \"auto\": once the host has swap
+  bpf_stats = true           # the kernel's eBPF run-time statistics (times every
+                             # eBPF program on the host while the agent runs)
+  pid_labels = false         # true: the memory gauges get a pid label
+
+Examples:
+  sudo memtrace agent
+  sudo memtrace agent --config /etc/memtrace/agent.toml";
+
+/// Always-on, system-wide: faults, swap, OOM kills, RSS (and page allocations) per
+/// process name, cgroup and container, served to Prometheus on /metrics, and sampled
+/// fault stacks as pprof.
+#[derive(Debug, Args)]
+#[command(after_help = AGENT_HELP)]
+pub struct AgentArgs {
+    /// Serve on this address (default 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow an address other than loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Settings file (TOML; see below).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Stop after this long (default: until SIGTERM or Ctrl-C).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}

@@ -1,0 +1,71 @@
+//! `memtrace malloc`'s command line.
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use crate::cli::{parse_duration, OutputArgs, TargetArgs};
+
+const MALLOC_HELP: &str = "\
+Hooked: malloc, calloc, realloc (realloc(p, 0) frees p; a failed realloc keeps it),
+reallocarray, posix_memalign, aligned_alloc, memalign, valloc, pvalloc, free; with --mmap,
+the program's own mmap and munmap (a munmap frees the mapping that starts where it starts;
+the allocator's own mmaps belong to its blocks and are not counted twice). An allocator
+calling its own functions (realloc calling malloc) counts once. A stack's first frame is the
+function that called the allocator.
+
+The report: per process, calls to each function and bytes allocated and freed; the stacks
+that allocated the most bytes; a histogram of sizes (log2 buckets); with --leaks, the blocks
+still allocated when tracing stopped (for a command: when it exited), grouped by stack, with
+the age of the oldest. --min-age hides blocks younger than that (in flight, not leaked).
+--format folded, --flamegraph and --pprof weigh stacks by bytes: outstanding bytes with
+--leaks, allocated bytes without.
+
+The allocator: --lib PATH (jemalloc, tcmalloc, mimalloc...), with --symbol-prefix for
+prefixed builds (je_malloc). By default: the libc the target maps (--pid), or the one
+memtrace itself uses (a command, system-wide).
+
+Examples:
+  sudo memtrace malloc --leaks -- ./server --once
+  sudo memtrace malloc --pid 1234 --leaks --min-age 5s --interval 5s
+  sudo memtrace malloc --pid 1234 --lib /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+  sudo memtrace malloc --format json --output allocs.json -- ./batch-job";
+
+/// Heap allocations per call stack through uprobes on the allocator (libc's malloc and
+/// friends, or --lib's), and the blocks never freed (--leaks).
+#[derive(Debug, Args)]
+#[command(after_help = MALLOC_HELP)]
+pub struct MallocArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the stacks holding the most outstanding bytes every DURATION while tracing.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Report the blocks still allocated at the end, by stack.
+    #[arg(long)]
+    pub leaks: bool,
+    /// Also the program's own mmap and munmap calls (not the allocator's), as blocks.
+    #[arg(long)]
+    pub mmap: bool,
+    /// Sample: one point per N bytes allocated on average (Poisson, as jemalloc samples), so
+    /// a block of s bytes is seen with probability 1 - exp(-s/N); figures are estimates,
+    /// weighted by the inverse. For production: e.g. 524288.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_bytes: Option<u64>,
+    /// Blocks followed at most (the oldest stay; newer ones past this are counted, not kept).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_outstanding: u64,
+    /// With --leaks: only blocks at least this old (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+    /// The allocator library to hook (default: the target's libc).
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// Prefix of the allocator's function names (e.g. je_ for je_malloc).
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    pub symbol_prefix: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}

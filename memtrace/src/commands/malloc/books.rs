@@ -1,0 +1,342 @@
+//! The books `memtrace malloc` keeps while tracing: per process, calls and bytes; per stack,
+//! what was allocated; sizes; and every block still outstanding, with its age.
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use memtrace_common::{AllocFn, EventKind};
+
+use crate::{
+    kernel::tracer::Tracer,
+    trace::{
+        consumer::Consumer,
+        memory_maps::MapsCache,
+        processes::Processes,
+        progress::Progress,
+        records::Record,
+        stacks::{self, StackKey},
+        symbolize::Symbolizer,
+    },
+};
+
+/// How often the blocks of exited processes are folded away.
+const EXIT_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Stacks shown in the live view.
+const LIVE_STACKS: usize = 5;
+
+/// What one block seen stands for: itself, or with --sample-bytes, the calls and bytes it
+/// estimates (weighted by the inverse of its chance of being sampled).
+#[derive(Default, Clone, Copy)]
+pub struct Weight {
+    pub(super) calls: f64,
+    pub(super) bytes: f64,
+}
+
+impl std::ops::AddAssign for Weight {
+    fn add_assign(&mut self, other: Self) {
+        self.calls += other.calls;
+        self.bytes += other.bytes;
+    }
+}
+
+/// A block still allocated.
+#[derive(Clone, Copy)]
+struct Block {
+    pub(super) weight: Weight,
+    stack: StackKey,
+    /// When it was allocated, since tracing started (to the drain's tick, a few ms).
+    at: Duration,
+}
+
+/// One process's calls and bytes (estimates when sampling).
+#[derive(Default, Clone)]
+pub struct ProcessBooks {
+    pub(super) calls: HashMap<AllocFn, f64>,
+    pub(super) allocated: f64,
+    pub(super) freed: f64,
+    pub(super) frees_of_untraced_blocks: u64,
+}
+
+/// Everything gathered while tracing.
+pub struct AllocBooks {
+    /// --sample-bytes, or 0.
+    pub(super) sample_bytes: u64,
+    pub(super) processes: HashMap<u32, ProcessBooks>,
+    pub(super) stacks: HashMap<StackKey, Weight>,
+    /// Allocations by log2 of their size: bucket i holds sizes in (2^(i-1), 2^i].
+    pub(super) sizes: [f64; 65],
+    outstanding: HashMap<(u32, u64), Block>,
+    /// --max-outstanding, and the blocks past it.
+    max_outstanding: usize,
+    pub(super) outstanding_dropped: u64,
+    /// Blocks of exited processes, by stack (see `fold_exited`), and how many were folded.
+    exited: HashMap<StackKey, Outstanding>,
+    pub(super) exited_blocks: u64,
+    next_exit_check: Duration,
+    /// The drain's last tick: the time given to blocks allocated since.
+    pub(super) now: Duration,
+    progress: Progress,
+    pub(super) symbolizer: Symbolizer,
+}
+
+impl Consumer for AllocBooks {
+    fn on_record(&mut self, record: &Record, processes: &mut Processes) {
+        let Record::Event(event) = record else {
+            return;
+        };
+        let (tgid, addr, size) = (event.raw.tgid, event.raw.addr, event.raw.weight);
+        let Some(function) = AllocFn::from_raw(event.raw.detail) else {
+            return;
+        };
+        match event.kind {
+            EventKind::Alloc => {
+                // Keeps the process's maps current (a block in memory not mapped before makes
+                // them be read again), so the libraries loaded since exec get symbols.
+                processes.maps.region(tgid, addr);
+                let stack = processes.stack_key(event);
+                let weight = self.weigh(size);
+                let row = self.processes.entry(tgid).or_default();
+                *row.calls.entry(function).or_default() += weight.calls;
+                row.allocated += weight.bytes;
+                *self.stacks.entry(stack).or_default() += weight;
+                self.sizes[size_bucket(size)] += weight.calls;
+                let block = Block {
+                    weight,
+                    stack,
+                    at: self.now,
+                };
+                // A block of the image an exec replaced at the same address is not this one.
+                self.take_block(tgid, addr, &processes.maps);
+                if self.outstanding.len() < self.max_outstanding {
+                    self.outstanding.insert((tgid, addr), block);
+                } else {
+                    self.outstanding_dropped += 1;
+                }
+            }
+            EventKind::Free => {
+                let block = self.take_block(tgid, addr, &processes.maps);
+                let row = self.processes.entry(tgid).or_default();
+                // A free, or the old block of a realloc: a call of its own only when no new
+                // block came back (realloc(p, 0), which carries size 0). Sampling sends only
+                // the frees of sampled blocks, each standing for as many as its block.
+                if matches!(function, AllocFn::Free | AllocFn::Munmap) || size == 0 {
+                    let calls = block.as_ref().map_or(1.0, |b| b.weight.calls);
+                    *row.calls.entry(function).or_default() += calls;
+                }
+                match block {
+                    Some(block) => row.freed += block.weight.bytes,
+                    None => row.frees_of_untraced_blocks += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer, processes: &mut Processes) {
+        self.now = elapsed;
+        if elapsed >= self.next_exit_check {
+            self.next_exit_check = elapsed + EXIT_CHECK_EVERY;
+            self.fold_exited();
+        }
+        if self.progress.interval_due(elapsed).is_none() {
+            return;
+        }
+        let top = self.outstanding_by_stack(Duration::ZERO);
+        let keys: Vec<(StackKey, u64)> = top
+            .iter()
+            .take(LIVE_STACKS)
+            .map(|(key, o)| (*key, o.bytes()))
+            .collect();
+        let label = |key: &StackKey| (processes.name(key.tgid), "outstanding");
+        let rows = stacks::rows(tracer, &mut self.symbolizer, &processes.maps, &keys, &label)
+            .unwrap_or_default();
+        let total: f64 = self.outstanding.values().map(|b| b.weight.bytes).sum();
+        let mut table = vec![format!(
+            "memtrace malloc {:>7.1}s  outstanding: {} blocks seen, {:.0} bytes{}",
+            elapsed.as_secs_f64(),
+            self.outstanding.len(),
+            total,
+            if self.sample_bytes > 0 {
+                " (estimated)"
+            } else {
+                ""
+            }
+        )];
+        for (row, (_, o)) in rows.iter().zip(&top) {
+            table.push(format!(
+                "  {:>12} B in {:>8} blocks  pid {:<7} {}",
+                o.bytes(),
+                o.allocations(),
+                row.pid,
+                row.frames
+                    .iter()
+                    .take(4)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" < ")
+            ));
+        }
+        self.progress.interval_table(&table);
+    }
+}
+
+/// Outstanding blocks of one stack.
+pub struct Outstanding {
+    pub(super) weight: Weight,
+    pub(super) oldest: Duration,
+}
+
+impl Outstanding {
+    fn add(&mut self, block: &Block) {
+        self.weight += block.weight;
+        self.oldest = self.oldest.min(block.at);
+    }
+
+    pub fn allocations(&self) -> u64 {
+        self.weight.calls.round() as u64
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.weight.bytes.round() as u64
+    }
+}
+
+impl AllocBooks {
+    pub fn new(sample_bytes: u64, max_outstanding: u64, progress: Progress) -> Self {
+        Self {
+            processes: HashMap::new(),
+            stacks: HashMap::new(),
+            sizes: [0.0; 65],
+            sample_bytes,
+            outstanding: HashMap::new(),
+            max_outstanding: usize::try_from(max_outstanding).unwrap_or(usize::MAX),
+            outstanding_dropped: 0,
+            exited: HashMap::new(),
+            exited_blocks: 0,
+            next_exit_check: EXIT_CHECK_EVERY,
+            now: Duration::ZERO,
+            progress,
+            symbolizer: Symbolizer::new(),
+        }
+    }
+
+    /// What a block of `size` bytes stands for. Sampled with probability
+    /// p = 1 - exp(-size/N), it stands for 1/p calls and size/p bytes (unbiased).
+    fn weigh(&self, size: u64) -> Weight {
+        if self.sample_bytes == 0 {
+            return Weight {
+                calls: 1.0,
+                bytes: size as f64,
+            };
+        }
+        let p = -(-(size.max(1) as f64) / self.sample_bytes as f64).exp_m1();
+        Weight {
+            calls: 1.0 / p,
+            bytes: size as f64 / p,
+        }
+    }
+
+    /// The blocks of processes that have exited: never freed, they join the per-stack totals
+    /// of `exited` (still reported with --leaks), and the blocks themselves are dropped, so a
+    /// long system-wide trace does not keep every dead process's blocks.
+    fn fold_exited(&mut self) {
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let mut gone = Vec::new();
+        self.outstanding.retain(|&(tgid, _), block| {
+            let is_alive = *alive
+                .entry(tgid)
+                .or_insert_with(|| Path::new(&format!("/proc/{tgid}")).exists());
+            if !is_alive {
+                gone.push(*block);
+            }
+            is_alive
+        });
+        for block in gone {
+            self.retire(block);
+        }
+    }
+
+    /// The outstanding block at `addr` in the process's current image, taken out. A block
+    /// left by an image that exec replaced is retired instead: that address space is gone,
+    /// and the block was never freed in it.
+    fn take_block(&mut self, tgid: u32, addr: u64, maps: &MapsCache) -> Option<Block> {
+        let block = self.outstanding.remove(&(tgid, addr))?;
+        if block.stack.generation == maps.generation(tgid) {
+            return Some(block);
+        }
+        self.retire(block);
+        None
+    }
+
+    /// A block whose address space is gone: it joins its stack's totals in `exited`.
+    fn retire(&mut self, block: Block) {
+        self.exited
+            .entry(block.stack)
+            .or_insert_with(|| Outstanding {
+                weight: Weight::default(),
+                oldest: block.at,
+            })
+            .add(&block);
+        self.exited_blocks += 1;
+    }
+
+    /// Blocks at least `min_age` old (of processes alive or exited), by stack, most bytes
+    /// first.
+    pub fn outstanding_by_stack(&self, min_age: Duration) -> Vec<(StackKey, Outstanding)> {
+        let mut by_stack: HashMap<StackKey, Outstanding> = HashMap::new();
+        for block in self.outstanding.values() {
+            if self.now.saturating_sub(block.at) < min_age {
+                continue;
+            }
+            by_stack
+                .entry(block.stack)
+                .or_insert(Outstanding {
+                    weight: Weight::default(),
+                    oldest: block.at,
+                })
+                .add(block);
+        }
+        for (stack, folded) in &self.exited {
+            if self.now.saturating_sub(folded.oldest) < min_age {
+                continue;
+            }
+            let entry = by_stack.entry(*stack).or_insert(Outstanding {
+                weight: Weight::default(),
+                oldest: folded.oldest,
+            });
+            entry.weight += folded.weight;
+            entry.oldest = entry.oldest.min(folded.oldest);
+        }
+        let mut sorted: Vec<_> = by_stack.into_iter().collect();
+        sorted.sort_by(|a, b| {
+            (b.1.weight.bytes)
+                .total_cmp(&a.1.weight.bytes)
+                .then(a.0.user_stack.cmp(&b.0.user_stack))
+        });
+        sorted
+    }
+}
+
+/// The log2 bucket of a size: i such that 2^(i-1) < size <= 2^i (0 and 1 in bucket 0).
+pub fn size_bucket(size: u64) -> usize {
+    if size <= 1 {
+        0
+    } else {
+        64 - (size - 1).leading_zeros() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_bucket;
+
+    #[test]
+    fn sizes_fall_in_log2_buckets() {
+        assert_eq!(size_bucket(0), 0);
+        assert_eq!(size_bucket(1), 0);
+        assert_eq!(size_bucket(2), 1);
+        assert_eq!(size_bucket(3), 2);
+        assert_eq!(size_bucket(64), 6);
+        assert_eq!(size_bucket(65), 7);
+        assert_eq!(size_bucket(u64::MAX), 64);
+    }
+}

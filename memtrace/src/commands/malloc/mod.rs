@@ -1,0 +1,211 @@
+//! `memtrace malloc`: heap allocations per call stack, and the blocks never freed. The kernel
+//! side (memtrace-ebpf's `malloc`) sends every block allocated and freed; the books are kept
+//! here (`books`): per process, per stack, sizes, and the blocks still outstanding.
+pub mod args;
+mod books;
+mod probes;
+mod report;
+mod table;
+
+use std::path::Path;
+
+use anyhow::Result;
+use memtrace_common::AllocFn;
+
+use self::{
+    args::MallocArgs,
+    books::{AllocBooks, Weight},
+    report::{AllocStackRow, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket},
+};
+use crate::{
+    cli::Format,
+    kernel::hooks::{self, Attachment, CommandHooks},
+    output::{files::Outputs, folded, json},
+    trace::{
+        pipeline::{self, Traced},
+        progress::Progress,
+        request::{KernelOptions, TraceRequest},
+        stacks::{self, StackKey},
+    },
+};
+
+pub const HOOKS: CommandHooks = CommandHooks {
+    needs: &[
+        &hooks::ALLOC_ENTRIES[0],
+        &hooks::ALLOC_ENTRIES[1],
+        &hooks::ALLOC_ENTRIES[2],
+        &hooks::ALLOC_ENTRIES[3],
+        &hooks::ALLOC_ENTRIES[4],
+        &hooks::ALLOC_ENTRIES[5],
+        &hooks::ALLOC_ENTRIES[6],
+        &hooks::ALLOC_ENTRIES[7],
+        &hooks::ALLOC_ENTRIES[8],
+        &hooks::ALLOC_ENTRIES[9],
+        &hooks::ALLOC_RETURN,
+        &hooks::MMAP_ENTER,
+        &hooks::MMAP_EXIT,
+        &hooks::MUNMAP_ENTER,
+    ],
+    improves: &[],
+};
+
+pub async fn run(args: MallocArgs) -> Result<()> {
+    let mut outputs = Outputs::open(&args.output)?;
+    let library = probes::allocator_library(&args)?;
+    let sites = probes::sites(&library, &args.symbol_prefix);
+    let mut hooks: Vec<Attachment> = (sites.iter())
+        .filter_map(|(_, site)| site.clone().map(Attachment::Uprobes))
+        .collect();
+    if args.mmap {
+        hooks.extend(probes::mmap_hooks());
+    }
+    let request = TraceRequest {
+        target: args.target.request(),
+        follow_children: args.target.follow_children,
+        stop_after: args.duration,
+        kernel: KernelOptions {
+            user_stacks: true,
+            malloc: Some(args.sample_bytes.unwrap_or(0)),
+            ..KernelOptions::default()
+        },
+        hooks,
+    };
+    let mut books = AllocBooks::new(
+        args.sample_bytes.unwrap_or(0),
+        args.max_outstanding,
+        Progress::new(args.interval),
+    );
+    let traced = pipeline::trace(request, &mut books).await?;
+    books.now = traced.duration;
+    // What was hooked, aliases included, in the order tried; then --mmap's.
+    let mut attached = traced.attached.iter();
+    let mut functions: Vec<String> = (sites.into_iter())
+        .filter(|(_, site)| site.is_none() || attached.next() == Some(&true))
+        .map(|(name, _)| name)
+        .collect();
+    if args.mmap {
+        functions.extend(["mmap".to_owned(), "munmap".to_owned()]);
+    }
+    let report = build_report(&args, books, &traced, &library, functions)?;
+    let profile = table::byte_stacks(&report, args.leaks);
+    match args.output.format {
+        Format::Table => table::write(&report, &mut outputs.report)?,
+        Format::Json => json::write_value(&report, &mut outputs.report)?,
+        Format::Folded => folded::write(&profile, &mut outputs.report)?,
+    }
+    outputs.finish(&profile, "memtrace malloc")
+}
+
+fn build_report(
+    args: &MallocArgs,
+    mut books: AllocBooks,
+    traced: &Traced,
+    library: &Path,
+    functions: Vec<String>,
+) -> Result<MallocReport> {
+    let known = &traced.processes;
+    let round = |value: f64| value.round() as u64;
+    let mut processes: Vec<MallocProcessRow> = books
+        .processes
+        .iter()
+        .map(|(&pid, process)| {
+            let mut row = MallocProcessRow {
+                pid,
+                comm: known.name(pid),
+                bytes_allocated: round(process.allocated),
+                bytes_freed: round(process.freed),
+                frees_of_untraced_blocks: process.frees_of_untraced_blocks,
+                ..MallocProcessRow::default()
+            };
+            for (&function, &calls) in &process.calls {
+                *calls_of(&mut row, function) = round(calls);
+            }
+            row
+        })
+        .collect();
+    processes.sort_by_key(|p| (std::cmp::Reverse(p.bytes_allocated), p.pid));
+
+    let mut by_bytes: Vec<(StackKey, Weight)> =
+        books.stacks.iter().map(|(k, t)| (*k, *t)).collect();
+    by_bytes.sort_by(|a, b| {
+        (b.1.bytes)
+            .total_cmp(&a.1.bytes)
+            .then(a.0.user_stack.cmp(&b.0.user_stack))
+    });
+    by_bytes.truncate(args.output.top);
+    let keys: Vec<(StackKey, u64)> = by_bytes.iter().map(|(k, t)| (*k, round(t.calls))).collect();
+    let label = |key: &StackKey| (known.name(key.tgid), "alloc");
+    let mut symbolizer = std::mem::take(&mut books.symbolizer);
+    let rows = stacks::rows(&traced.tracer, &mut symbolizer, &known.maps, &keys, &label)?;
+    let stacks = rows
+        .into_iter()
+        .zip(&by_bytes)
+        .map(|(stack, (_, totals))| AllocStackRow {
+            calls: round(totals.calls),
+            bytes: round(totals.bytes),
+            stack,
+        })
+        .collect();
+
+    let outstanding = if args.leaks {
+        let mut groups = books.outstanding_by_stack(args.min_age.unwrap_or_default());
+        groups.truncate(args.output.top);
+        let keys: Vec<(StackKey, u64)> =
+            groups.iter().map(|(k, o)| (*k, o.allocations())).collect();
+        let label = |key: &StackKey| (known.name(key.tgid), "outstanding");
+        let rows = stacks::rows(&traced.tracer, &mut symbolizer, &known.maps, &keys, &label)?;
+        rows.into_iter()
+            .zip(&groups)
+            .map(|(stack, (_, o))| OutstandingRow {
+                allocations: o.allocations(),
+                bytes: o.bytes(),
+                oldest_age_s: books.now.saturating_sub(o.oldest).as_secs_f64(),
+                stack,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sizes = books
+        .sizes
+        .iter()
+        .enumerate()
+        .filter(|(_, &count)| count > 0.0)
+        .map(|(i, &count)| SizeBucket {
+            le: if i == 0 { 1 } else { 1u64 << i.min(63) },
+            count: round(count),
+        })
+        .collect();
+    let counters = traced.tracer.counters()?;
+    Ok(MallocReport {
+        header: traced.header("malloc"),
+        sampled: books.sample_bytes > 0,
+        sample_bytes: books.sample_bytes,
+        outstanding_dropped: books.outstanding_dropped,
+        exited_blocks: books.exited_blocks,
+        calls_untracked: counters.alloc_calls_untracked,
+        library: library.display().to_string(),
+        functions,
+        processes,
+        stacks,
+        outstanding,
+        sizes,
+    })
+}
+
+fn calls_of(row: &mut MallocProcessRow, function: AllocFn) -> &mut u64 {
+    match function {
+        AllocFn::Malloc => &mut row.malloc_calls,
+        AllocFn::Calloc => &mut row.calloc_calls,
+        AllocFn::Realloc => &mut row.realloc_calls,
+        AllocFn::Reallocarray => &mut row.reallocarray_calls,
+        AllocFn::PosixMemalign => &mut row.posix_memalign_calls,
+        AllocFn::AlignedAlloc => &mut row.aligned_alloc_calls,
+        AllocFn::Memalign => &mut row.memalign_calls,
+        AllocFn::Valloc => &mut row.valloc_calls,
+        AllocFn::Pvalloc => &mut row.pvalloc_calls,
+        AllocFn::Free => &mut row.free_calls,
+        AllocFn::Mmap => &mut row.mmap_calls,
+        AllocFn::Munmap => &mut row.munmap_calls,
+    }
+}

@@ -1,0 +1,82 @@
+//! What `memtrace malloc` reports. Field names of the `Serialize` types are the public JSON
+//! contract (issue #4): keep them, add freely.
+use serde::Serialize;
+
+use crate::report::{ReportHeader, StackRow};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MallocProcessRow {
+    pub pid: u32,
+    pub comm: String,
+    pub malloc_calls: u64,
+    pub calloc_calls: u64,
+    pub realloc_calls: u64,
+    pub reallocarray_calls: u64,
+    pub posix_memalign_calls: u64,
+    pub aligned_alloc_calls: u64,
+    pub memalign_calls: u64,
+    pub valloc_calls: u64,
+    pub pvalloc_calls: u64,
+    pub free_calls: u64,
+    /// With --mmap: the program's own mmap and munmap calls.
+    pub mmap_calls: u64,
+    pub munmap_calls: u64,
+    /// Bytes asked for by every allocating call.
+    pub bytes_allocated: u64,
+    /// Bytes of the blocks freed (known from their allocation).
+    pub bytes_freed: u64,
+    /// Frees of blocks allocated before tracing started.
+    pub frees_of_untraced_blocks: u64,
+}
+
+/// Allocations made on one stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct AllocStackRow {
+    pub calls: u64,
+    pub bytes: u64,
+    #[serde(flatten)]
+    pub stack: StackRow,
+}
+
+/// Blocks still allocated, by the stack that allocated them.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutstandingRow {
+    pub allocations: u64,
+    pub bytes: u64,
+    pub oldest_age_s: f64,
+    #[serde(flatten)]
+    pub stack: StackRow,
+}
+
+/// Allocations of at most `le` bytes (and more than the previous bucket's).
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeBucket {
+    pub le: u64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MallocReport {
+    #[serde(flatten)]
+    pub header: ReportHeader,
+    /// True with --sample-bytes: calls and bytes are estimates (see `sample_bytes`).
+    pub sampled: bool,
+    /// One sample point per this many bytes allocated, on average (0: every block).
+    pub sample_bytes: u64,
+    /// Blocks not followed because --max-outstanding were already (their frees then count as
+    /// frees of untraced blocks): when non-zero, `outstanding` is a lower bound.
+    pub outstanding_dropped: u64,
+    /// Blocks of processes that exited (or exec'd another program) while traced: kept as
+    /// per-stack totals in `outstanding` (they were never freed), no longer one by one.
+    pub exited_blocks: u64,
+    /// Allocator calls not followed to their return (the kernel's per-thread table was full).
+    pub calls_untracked: u64,
+    /// The allocator hooked and the functions found in it.
+    pub library: String,
+    pub functions: Vec<String>,
+    pub processes: Vec<MallocProcessRow>,
+    pub stacks: Vec<AllocStackRow>,
+    /// Only with --leaks.
+    pub outstanding: Vec<OutstandingRow>,
+    pub sizes: Vec<SizeBucket>,
+}

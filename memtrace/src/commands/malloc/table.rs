@@ -1,0 +1,137 @@
+//! The malloc report as a table for people, and as folded stacks (bytes per stack).
+use std::io::Write;
+
+use crate::commands::malloc::report::MallocReport;
+use crate::output::profile::Reweighted;
+
+pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
+    crate::output::text::title(
+        out,
+        report.header.command,
+        &report.header.target,
+        report.header.duration_s,
+        report.header.exit.as_ref(),
+    )?;
+    writeln!(
+        out,
+        "allocator: {} ({})",
+        report.library,
+        report.functions.join(", ")
+    )?;
+    if report.sampled {
+        writeln!(
+            out,
+            "sampled: one point per {} bytes allocated on average; calls and bytes are estimates",
+            report.sample_bytes
+        )?;
+    }
+    if report.header.lost_events > 0 {
+        writeln!(
+            out,
+            "WARNING: {} events lost: every figure is a lower bound",
+            report.header.lost_events
+        )?;
+    }
+    if report.outstanding_dropped > 0 || report.calls_untracked > 0 {
+        writeln!(
+            out,
+            "WARNING: {} blocks past --max-outstanding and {} calls not followed to their return: \
+             outstanding figures are lower bounds",
+            report.outstanding_dropped, report.calls_untracked
+        )?;
+    }
+    writeln!(out, "\nPROCESSES")?;
+    if report.processes.is_empty() {
+        writeln!(out, "  no allocations seen")?;
+    } else {
+        writeln!(
+            out,
+            "  {:>7}  {:<16} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+            "PID", "COMM", "MALLOC", "CALLOC", "REALLOC", "FREE", "ALLOCATED B", "FREED B"
+        )?;
+        for p in &report.processes {
+            writeln!(
+                out,
+                "  {:>7}  {:<16} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+                p.pid,
+                p.comm,
+                p.malloc_calls,
+                p.calloc_calls,
+                p.realloc_calls,
+                p.free_calls,
+                p.bytes_allocated,
+                p.bytes_freed
+            )?;
+        }
+    }
+    writeln!(out, "\nTOP ALLOCATING STACKS (by bytes)")?;
+    for (n, row) in report.stacks.iter().enumerate() {
+        writeln!(
+            out,
+            "#{}  {} bytes in {} calls  pid {} ({})",
+            n + 1,
+            row.bytes,
+            row.calls,
+            row.stack.pid,
+            row.stack.comm
+        )?;
+        write_frames(out, &row.stack.frames)?;
+    }
+    if !report.outstanding.is_empty() {
+        writeln!(out, "\nOUTSTANDING (allocated, never freed)")?;
+        for (n, row) in report.outstanding.iter().enumerate() {
+            writeln!(
+                out,
+                "#{}  {} bytes in {} blocks, oldest {:.1}s  pid {} ({})",
+                n + 1,
+                row.bytes,
+                row.allocations,
+                row.oldest_age_s,
+                row.stack.pid,
+                row.stack.comm
+            )?;
+            write_frames(out, &row.stack.frames)?;
+        }
+    }
+    writeln!(out, "\nSIZES (bytes: calls)")?;
+    for bucket in &report.sizes {
+        writeln!(out, "  <= {:>12}: {}", bucket.le, bucket.count)?;
+    }
+    Ok(())
+}
+
+fn write_frames(out: &mut dyn Write, frames: &[String]) -> anyhow::Result<()> {
+    for frame in frames {
+        writeln!(out, "    {frame}")?;
+    }
+    Ok(())
+}
+
+/// The report's stacks weighed by bytes, for the stack sinks (folded, flame graph, pprof):
+/// outstanding bytes when looking for leaks, allocated bytes otherwise.
+pub fn byte_stacks(report: &MallocReport, leaks: bool) -> Reweighted {
+    let rows = if leaks {
+        (report.outstanding.iter())
+            .map(|r| Reweighted::row(&r.stack, r.bytes))
+            .collect()
+    } else {
+        (report.stacks.iter())
+            .map(|r| Reweighted::row(&r.stack, r.bytes))
+            .collect()
+    };
+    Reweighted {
+        command: report.header.command,
+        target: report.header.target.clone(),
+        duration_s: report.header.duration_s,
+        lost_events: report.header.lost_events,
+        rows,
+        sample_type: ("space", "bytes"),
+        period: report.sample_bytes,
+        sampling_note: report.sampled.then(|| {
+            format!(
+                "sampled: one point per {} bytes on average; bytes are estimates",
+                report.sample_bytes
+            )
+        }),
+    }
+}

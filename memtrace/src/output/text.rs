@@ -1,0 +1,76 @@
+//! What every text report shares: its title line, how a traced command ended, memtrace's
+//! own cost, sizes in binary units.
+use std::io::Write;
+
+use crate::report::{CommandExit, TracerCost};
+
+/// The first lines of every table report: what was traced for how long, and how a traced
+/// command ended.
+pub fn title(
+    out: &mut dyn Write,
+    command: &str,
+    target: &str,
+    duration_s: f64,
+    exit: Option<&CommandExit>,
+) -> anyhow::Result<()> {
+    writeln!(out, "memtrace {command}: {target}, {duration_s:.2}s")?;
+    if let Some(exit) = exit {
+        writeln!(out, "{}", exit_line(exit))?;
+    }
+    Ok(())
+}
+
+/// How a traced command ended, as the table reports say it.
+pub fn exit_line(exit: &CommandExit) -> String {
+    let how = match (exit.exit_code, exit.signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended (status unknown)".to_owned(),
+    };
+    format!(
+        "command `{}` (pid {}) {how}",
+        exit.command.join(" "),
+        exit.pid
+    )
+}
+
+/// What tracing cost memtrace itself, the last line of a table report.
+pub fn cost_line(cost: &TracerCost, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\nmemtrace itself: attached in {:.0} ms, {:.2} s CPU, {} MiB peak RSS",
+        cost.attach_ms,
+        cost.cpu_s,
+        cost.max_rss_kb / 1024
+    )?;
+    Ok(())
+}
+
+/// A size given in KiB, in the largest binary unit that keeps it at or above 1.
+pub fn kib(kib: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = kib as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{kib} KiB")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kib;
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(kib(0), "0 KiB");
+        assert_eq!(kib(1023), "1023 KiB");
+        assert_eq!(kib(1536), "1.5 MiB");
+        assert_eq!(kib(8 << 20), "8.0 GiB");
+    }
+}

@@ -1,0 +1,66 @@
+//! The one ring-buffer reader every subcommand uses: waits for the kernel's (batched) wake-up
+//! or the caller's timer, decodes each record once, applies what it says of processes (forks,
+//! execs, names, executable mappings that came in meanwhile), and hands it to the consumer.
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use crate::trace::{
+    consumer::Consumer, mapping_records::MappingRecords, processes::Processes, records::Record,
+};
+
+pub struct Drain {
+    ring: AsyncFd<RingBuf<MapData>>,
+    mappings: Option<MappingRecords>,
+    /// Mapping records the kernel could not deliver (its buffer was full).
+    mappings_lost: u64,
+    /// What is known of the traced processes, kept current by the records as they pass.
+    pub processes: Processes,
+}
+
+impl Drain {
+    pub fn new(ring: RingBuf<MapData>, mappings: Option<MappingRecords>) -> Result<Self> {
+        // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd stays open
+        // for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+        Ok(Self {
+            ring,
+            mappings,
+            mappings_lost: 0,
+            processes: Processes::default(),
+        })
+    }
+
+    pub fn mappings_lost(&self) -> u64 {
+        self.mappings_lost
+    }
+
+    /// Waits until the kernel signals that records are waiting.
+    pub async fn readable(&mut self) -> Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every record now in the ring to the consumer; returns how many there were.
+    /// Mapping records go first: the mappings were made before the events that use them.
+    pub fn drain_now(&mut self, consumer: &mut dyn Consumer) -> usize {
+        let processes = &mut self.processes;
+        if let Some(mappings) = self.mappings.as_mut() {
+            self.mappings_lost += mappings.read(&mut |record| processes.on_mapping_record(record));
+        }
+        let ring = self.ring.get_mut();
+        let mut records = 0;
+        while let Some(item) = ring.next() {
+            records += 1;
+            let Some(record) = Record::decode(&item) else {
+                processes.count_undecodable();
+                continue;
+            };
+            if processes.admit(&record) {
+                consumer.on_record(&record, processes);
+            }
+        }
+        records
+    }
+}

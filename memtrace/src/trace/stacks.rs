@@ -1,0 +1,118 @@
+//! Counting events per call stack, and turning the stack ids into symbolized report rows once,
+//! at report time (each unique stack is read and symbolized once).
+use std::collections::HashMap;
+
+use anyhow::Result;
+use memtrace_common::EventKind;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
+use memtrace_common::UserStack;
+
+use crate::{
+    kernel::{tables, tracer::Tracer},
+    report::{Frame, StackRow},
+    trace::{memory_maps::MapsCache, symbolize::Symbolizer},
+};
+
+/// A stack as the kernel side identified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    /// The exec generation of the process when the stack was recorded (`MapsCache::exec`).
+    pub generation: u32,
+    pub kind: EventKind,
+    /// Key in `USER_STACKS` (0: none).
+    pub user_stack: u64,
+    pub kernel_stack_id: i32,
+}
+
+#[derive(Default)]
+pub struct StackCounts {
+    counts: HashMap<StackKey, u64>,
+}
+
+impl StackCounts {
+    pub fn add(&mut self, key: StackKey, weight: u64) {
+        *self.counts.entry(key).or_default() += weight;
+    }
+
+    /// The `limit` stacks with the most events (all with None), most first, symbolized.
+    /// `scale` multiplies counts (the sampling period); `label` gives a stack's process name
+    /// and the name of its event kind.
+    pub fn resolve(
+        &self,
+        tracer: &Tracer,
+        symbolizer: &mut Symbolizer,
+        maps: &MapsCache,
+        limit: Option<usize>,
+        scale: u64,
+        label: &dyn Fn(&StackKey) -> (String, &'static str),
+    ) -> Result<Vec<StackRow>> {
+        let mut sorted: Vec<(&StackKey, &u64)> = self.counts.iter().collect();
+        // Most first; ties broken by key so the output is deterministic.
+        sorted.sort_by(|a, b| {
+            b.1.cmp(a.1).then_with(|| {
+                (a.0.tgid, a.0.user_stack, a.0.kernel_stack_id).cmp(&(
+                    b.0.tgid,
+                    b.0.user_stack,
+                    b.0.kernel_stack_id,
+                ))
+            })
+        });
+        sorted.truncate(limit.unwrap_or(usize::MAX));
+        let keys: Vec<(StackKey, u64)> =
+            sorted.into_iter().map(|(k, &c)| (*k, c * scale)).collect();
+        rows(tracer, symbolizer, maps, &keys, label)
+    }
+}
+
+/// The kernel's stack tables (user and kernel), opened once for a batch of lookups.
+pub struct StackTables<'a> {
+    user: BpfHashMap<&'a MapData, u64, UserStack>,
+    kernel: StackTraceMap<&'a MapData>,
+}
+
+impl<'a> StackTables<'a> {
+    pub fn open(tracer: &'a Tracer) -> Result<Self> {
+        Ok(Self {
+            user: tracer.user_stacks()?,
+            kernel: tracer.stacks()?,
+        })
+    }
+
+    /// The stack's user and kernel frames, innermost first, symbolized in the process's maps
+    /// of the exec generation it was recorded in.
+    pub fn frames(
+        &self,
+        key: &StackKey,
+        symbolizer: &mut Symbolizer,
+        maps: &MapsCache,
+    ) -> (Vec<Frame>, Vec<Frame>) {
+        let user = tables::user_stack_frames(&self.user, key.user_stack);
+        let kernel = tables::stack_frames(&self.kernel, key.kernel_stack_id);
+        (
+            symbolizer.user_frames(maps, key.tgid, key.generation, &user),
+            symbolizer.kernel_frames(&kernel),
+        )
+    }
+}
+
+/// Report rows for these stacks and counts, in the order given, symbolized (each unique
+/// frame once, through the symbolizer's cache).
+pub fn rows(
+    tracer: &Tracer,
+    symbolizer: &mut Symbolizer,
+    maps: &MapsCache,
+    keys: &[(StackKey, u64)],
+    label: &dyn Fn(&StackKey) -> (String, &'static str),
+) -> Result<Vec<StackRow>> {
+    let tables = StackTables::open(tracer)?;
+    Ok(keys
+        .iter()
+        .map(|(key, count)| {
+            let (user, kernel) = tables.frames(key, symbolizer, maps);
+            let (comm, kind) = label(key);
+            StackRow::new(key.tgid, comm, kind, *count, user, kernel)
+        })
+        .collect())
+}
