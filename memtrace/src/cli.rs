@@ -1,11 +1,8 @@
-//! The command line: the subcommands (each defines its own arguments in `commands/<name>/
-//! args.rs`), the argument groups they share, and the parsers of values. What the system must
-//! confirm (does the pid exist?) is checked later, in `trace::target`.
-use std::{path::PathBuf, time::Duration};
+//! The command line's top: memtrace's name, help and global flags, its subcommands (listed
+//! in `commands`, each with its own arguments) and shell completions.
+use clap::{CommandFactory, Parser, Subcommand};
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-
-use crate::{commands, kernel::hooks::CommandHooks, trace::request::TargetRequest};
+use crate::commands;
 
 const ABOUT: &str = "Who pays for memory, and where: page faults, swap traffic and heap \
 allocations per process and call stack, traced with eBPF.";
@@ -35,211 +32,35 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: CliCommand,
 }
 
-/// Declares the subcommands: each is a folder of `commands` with its arguments (`args.rs`),
-/// its `run`, and the hooks it uses (`HOOKS`, for `memtrace check`). A new subcommand is a
-/// folder and one line in the list below.
-macro_rules! subcommands {
-    ($($variant:ident($module:ident::$args:ident)),* $(,)?) => {
-        #[derive(Debug, Subcommand)]
-        pub enum Command {
-            $($variant(Box<commands::$module::args::$args>),)*
-            /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-            Completions {
-                #[arg(value_enum)]
-                shell: clap_complete::Shell,
-            },
-        }
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    #[command(flatten)]
+    Run(commands::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
 
-        impl Command {
-            pub async fn run(self) -> anyhow::Result<()> {
-                match self {
-                    $(Self::$variant(args) => commands::$module::run(*args).await,)*
-                    Self::Completions { shell } => {
-                        clap_complete::generate(
-                            shell,
-                            &mut Cli::command(),
-                            "memtrace",
-                            &mut std::io::stdout(),
-                        );
-                        Ok(())
-                    }
-                }
+impl CliCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Self::Run(command) => command.run().await,
+            Self::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "memtrace",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
             }
         }
-
-        /// Each subcommand's name and the hooks it uses, in the order of `--help`.
-        pub const SUBCOMMANDS: &[(&str, &CommandHooks)] =
-            &[$((stringify!($module), &commands::$module::HOOKS),)*];
-    };
-}
-
-subcommands! {
-    Faults(faults::FaultsArgs),
-    Swap(swap::SwapArgs),
-    Malloc(malloc::MallocArgs),
-    Pages(pages::PagesArgs),
-    Oom(oom::OomArgs),
-    Agent(agent::AgentArgs),
-    Stat(stat::StatArgs),
-    Diagnose(diagnose::DiagnoseArgs),
-    Check(check::CheckArgs),
-}
-
-/// Which processes to trace. Shared by every tracing subcommand.
-#[derive(Debug, Clone, Args)]
-pub struct TargetArgs {
-    /// Trace this process (all its threads); repeat for several.
-    #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid)]
-    pub pids: Vec<u32>,
-    /// Trace every task in this cgroup v2 directory and below it (e.g. a container).
-    #[arg(long, value_name = "PATH", conflicts_with = "pids")]
-    pub cgroup: Option<PathBuf>,
-    /// Also trace processes that the targets fork after tracing starts.
-    #[arg(long)]
-    pub follow_children: bool,
-    /// The command to start and trace (after `--`).
-    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "cgroup"])]
-    pub command: Vec<String>,
-}
-
-impl TargetArgs {
-    /// The target as the pipeline takes it (clap has made them exclusive).
-    pub fn request(&self) -> TargetRequest {
-        if !self.command.is_empty() {
-            TargetRequest::Command(self.command.clone())
-        } else if let Some(path) = &self.cgroup {
-            TargetRequest::Cgroup(path.clone())
-        } else if !self.pids.is_empty() {
-            TargetRequest::Pids(self.pids.clone())
-        } else {
-            TargetRequest::System
-        }
     }
-}
-
-/// How long to trace and how to show progress.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Stop after this long (e.g. 500ms, 10s, 2m); default: until Ctrl-C or the target exits.
-    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    /// Print one line per process every DURATION while tracing (e.g. 1s).
-    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub interval: Option<Duration>,
-}
-
-/// Where and how to write the report.
-#[derive(Debug, Args)]
-pub struct OutputArgs {
-    /// Report format.
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// Write the report to FILE instead of standard output.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Also write an interactive flame graph of the stacks (SVG).
-    #[arg(long, value_name = "FILE.svg")]
-    pub flamegraph: Option<PathBuf>,
-    /// Also write the stacks as a gzip'd pprof profile (for go tool pprof, Pyroscope, Parca).
-    #[arg(long, value_name = "FILE")]
-    pub pprof: Option<PathBuf>,
-    /// How many call stacks the table and JSON show.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
-}
-
-impl OutputArgs {
-    /// Every stack is needed for folded, flame graph and pprof output; otherwise only the top.
-    pub fn needs_every_stack(&self) -> bool {
-        self.format == Format::Folded || self.flamegraph.is_some() || self.pprof.is_some()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TableOrJson {
-    Table,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Stacks {
-    User,
-    Kernel,
-    Both,
-    None,
-}
-
-impl Stacks {
-    pub fn user(self) -> bool {
-        matches!(self, Self::User | Self::Both)
-    }
-
-    pub fn kernel(self) -> bool {
-        matches!(self, Self::Kernel | Self::Both)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-    Folded,
-}
-
-pub(crate) fn parse_positive(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if value > 0.0 && value.is_finite() => Ok(value),
-        _ => Err(format!("{text} is not a positive number")),
-    }
-}
-
-pub(crate) fn parse_pid(text: &str) -> Result<u32, String> {
-    match text.parse::<i64>() {
-        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as u32),
-        Ok(_) => Err(format!("{text} is not a process id (pids are positive)")),
-        Err(_) => Err(format!(
-            "{text} is not a process id (expected a number, e.g. 1234)"
-        )),
-    }
-}
-
-/// A ring buffer size: a power of two from 4K (a page) to 1G, with an optional K, M or G.
-pub(crate) fn parse_ring_size(text: &str) -> Result<u32, String> {
-    let upper = text.trim().to_ascii_uppercase();
-    let (digits, scale) = match upper.trim_end_matches('B').chars().last() {
-        Some('K') => (&upper[..upper.find('K').unwrap_or(0)], 1u64 << 10),
-        Some('M') => (&upper[..upper.find('M').unwrap_or(0)], 1 << 20),
-        Some('G') => (&upper[..upper.find('G').unwrap_or(0)], 1 << 30),
-        _ => (upper.as_str(), 1),
-    };
-    let bytes = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .filter(|&b| b.is_power_of_two() && (4096..=1 << 30).contains(&b))
-        .ok_or_else(|| {
-            format!("{text} is not a ring buffer size: a power of two from 4K to 1G (64K, 8M)")
-        })?;
-    Ok(bytes as u32)
-}
-
-pub(crate) fn parse_fraction(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
-        _ => Err(format!("{text} is not a fraction between 0 and 1")),
-    }
-}
-
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|err| format!("{text:?} is not a duration ({err}); try 500ms, 10s or 2m"))?;
-    if duration.is_zero() {
-        return Err("a duration must be more than zero".into());
-    }
-    Ok(duration)
 }
 
 #[cfg(test)]
@@ -247,38 +68,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pids_must_be_positive_numbers() {
-        assert_eq!(parse_pid("1234"), Ok(1234));
-        assert!(parse_pid("0").is_err());
-        assert!(parse_pid("-5").is_err());
-        assert!(parse_pid("abc").is_err());
-        assert!(parse_pid("99999999999").is_err());
-    }
-
-    #[test]
-    fn ring_sizes_are_powers_of_two_in_range() {
-        assert_eq!(parse_ring_size("4K"), Ok(4096));
-        assert_eq!(parse_ring_size("8M"), Ok(8 << 20));
-        assert_eq!(parse_ring_size("64kb"), Ok(64 << 10));
-        assert_eq!(parse_ring_size("1G"), Ok(1 << 30));
-        for bad in ["3K", "2K", "2G", "", "M", "-8M", "eight"] {
-            assert!(parse_ring_size(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn durations_are_human() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
-
-    #[test]
     fn command_after_double_dash() {
         let cli = Cli::try_parse_from(["memtrace", "faults", "--", "ls", "-l"]).unwrap();
-        let Command::Faults(args) = cli.command else {
+        let CliCommand::Run(commands::Command::Faults(args)) = cli.command else {
             panic!()
         };
         assert_eq!(args.target.command, ["ls", "-l"]);
@@ -291,7 +83,6 @@ mod tests {
 
     #[test]
     fn definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 }

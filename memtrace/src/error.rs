@@ -1,5 +1,4 @@
 //! Errors the user must act on, and the exit code each maps to.
-use std::fmt;
 
 /// Exit codes, documented in the help and the README.
 pub mod exit {
@@ -11,37 +10,19 @@ pub mod exit {
 }
 
 /// Bad input: the user asked for something that cannot be done as asked (exit 2).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct UsageError(pub String);
 
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for UsageError {}
-
 /// The command to trace does not exist or cannot be executed (exit 127, like a shell).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: command not found")]
 pub struct CommandNotFound(pub String);
 
-impl fmt::Display for CommandNotFound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: command not found", self.0)
-    }
-}
-impl std::error::Error for CommandNotFound {}
-
 /// A pipeline gate fired (`--max-swap-in-rate`, ...): the report was written (exit 3).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct GateFailed(pub String);
-
-impl fmt::Display for GateFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for GateFailed {}
 
 /// A usage error, as an `anyhow::Error`.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {

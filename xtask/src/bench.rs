@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{cargo, run, setup, target_dir, workspace_root};
+use crate::bench_support::{cpu_seconds, prepare, today, write_section_as, Scratch};
 
 /// Interleaved rounds per configuration (MEMTRACE_BENCH_ROUNDS overrides: more rounds, less
 /// noise from the VM).
@@ -350,7 +350,7 @@ fn idle_agent(memtrace: &str, log: &Path) -> Result<String> {
         .spawn()
         .context("starting the agent")?;
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let cpu = crate::soak::cpu_seconds;
+    let cpu = cpu_seconds;
     let before = cpu(agent.id())?;
     let window = 10.0;
     std::thread::sleep(std::time::Duration::from_secs_f64(window));
@@ -491,21 +491,6 @@ fn malloc() -> Result<()> {
     write_section("malloc", &what, &table)
 }
 
-/// Root check, set-up and a release build; the target folder and memtrace's path.
-pub(crate) fn prepare() -> Result<(PathBuf, String)> {
-    if !crate::is_root() {
-        bail!("benchmarks trace with eBPF: run them as root");
-    }
-    setup::setup()?;
-    run(&mut cargo("build --release -p memtrace -p tests"))?;
-    let target = target_dir();
-    let memtrace = target
-        .join("release/memtrace")
-        .to_string_lossy()
-        .into_owned();
-    Ok((target, memtrace))
-}
-
 /// Measures `configs` on the fault storm, prints their table and writes it as section `name`;
 /// `how` says what was timed.
 fn storm_section(name: &str, configs: &[Config], target: &Path, how: &str) -> Result<()> {
@@ -517,31 +502,6 @@ fn storm_section(name: &str, configs: &[Config], target: &Path, how: &str) -> Re
         STORM_ARGS.join(" ")
     );
     write_section(name, &what, &table)
-}
-
-/// A benchmark's folder for reports and config files, removed when it ends (however it ends).
-pub(crate) struct Scratch(PathBuf);
-
-impl Scratch {
-    /// `memtrace-KIND-PID` in the temporary folder.
-    pub(crate) fn new(kind: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("memtrace-{kind}-{}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn storm_argv(storm: &Path) -> Vec<String> {
@@ -743,35 +703,4 @@ fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
         rounds = rounds(),
     );
     write_section_as(name, &header, table)
-}
-
-/// Replaces the `name` section of BENCHMARKS.md with `header` (how it was measured) and
-/// `table`.
-pub(crate) fn write_section_as(name: &str, header: &str, table: &str) -> Result<()> {
-    let path = workspace_root().join("BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let (begin, end) = (
-        format!("<!-- bench:{name} -->"),
-        format!("<!-- /bench:{name} -->"),
-    );
-    let section = format!("{begin}\n{header}\n\n{table}{end}");
-    let updated = match (existing.find(&begin), existing.find(&end)) {
-        (Some(start), Some(stop)) => format!(
-            "{}{section}{}",
-            &existing[..start],
-            &existing[stop + end.len()..]
-        ),
-        _ => format!("{}\n{section}\n", existing.trim_end()),
-    };
-    std::fs::write(&path, updated)?;
-    println!("updated {}", path.display());
-    Ok(())
-}
-
-pub(crate) fn today() -> String {
-    Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{prepare, write_section_as};
+use crate::bench_support::{cpu_seconds, prepare, today, write_section_as, Scratch};
 
 const LISTEN: &str = "127.0.0.1:9478";
 const SAMPLE_EVERY: Duration = Duration::from_secs(30);
@@ -29,7 +29,7 @@ pub fn soak() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(600);
-    let scratch = crate::bench::Scratch::new("soak")?;
+    let scratch = Scratch::new("soak")?;
     std::fs::create_dir_all(scratch.join("names"))?;
     for i in 0..CHURN_NAMES {
         std::os::unix::fs::symlink("/bin/true", scratch.join(format!("names/churn{i}")))?;
@@ -142,7 +142,7 @@ pub fn soak() -> Result<()> {
         "Measured by `MEMTRACE_SOAK_SECONDS={seconds} cargo xtask bench agent-soak` on {}: \
          `memtrace agent` with page_allocations and swap on, beside `fault_storm 64 4` run \
          over and over and a shell starting /bin/true under {CHURN_NAMES} names in a loop.",
-        crate::bench::today()
+        today()
     );
     write_section_as("agent-soak", &header, &table)
 }
@@ -249,14 +249,4 @@ fn sum_series(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// User + system CPU time of `pid` so far.
-pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = &stat[stat.rfind(')').context("stat")? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }

@@ -10,7 +10,6 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    cli::OutputArgs,
     error::usage,
     output::{self, profile::StackProfile},
 };
@@ -37,20 +36,16 @@ impl Outputs {
         Ok(())
     }
 
-    pub fn open(args: &OutputArgs) -> Result<Self> {
-        let report = report_writer(args.output.as_deref())?;
+    /// The report's file (`--output`; None: standard output) and the stack files asked for.
+    pub fn open(
+        report: Option<&Path>,
+        flamegraph: Option<&Path>,
+        pprof: Option<&Path>,
+    ) -> Result<Self> {
         Ok(Self {
-            report,
-            flamegraph: args
-                .flamegraph
-                .as_deref()
-                .map(|p| create(p, "--flamegraph"))
-                .transpose()?,
-            pprof: args
-                .pprof
-                .as_deref()
-                .map(|p| create(p, "--pprof"))
-                .transpose()?,
+            report: report_writer(report)?,
+            flamegraph: flamegraph.map(|p| create(p, "--flamegraph")).transpose()?,
+            pprof: pprof.map(|p| create(p, "--pprof")).transpose()?,
         })
     }
 }

@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::cli::parse_duration;
+use crate::commands::options::parse_duration;
 
 const AGENT_HELP: &str = "\
 Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):

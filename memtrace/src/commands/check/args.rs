@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::TableOrJson;
+use crate::commands::options::TableOrJson;
 
 const CHECK_HELP: &str = "\
 Run it first on a new kernel, or when a subcommand fails to start. It needs root (it loads

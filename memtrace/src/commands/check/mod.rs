@@ -1,6 +1,6 @@
 //! `memtrace check`: what this kernel offers memtrace, and which subcommands work on it. Every
 //! eBPF program is loaded, so the verifier judges each, but none is attached. Which hooks a
-//! subcommand uses comes from its own declaration (`HOOKS`, listed in `cli::SUBCOMMANDS`).
+//! subcommand uses comes from its own declaration (`HOOKS`, listed in `commands::SUBCOMMANDS`).
 pub mod args;
 mod table;
 
@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use self::args::CheckArgs;
 use crate::{
-    cli::{TableOrJson, SUBCOMMANDS},
+    commands::{options::TableOrJson, SUBCOMMANDS},
     kernel::{
         access,
         config::{Filter, KernelConfig},

@@ -3,7 +3,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
 
-use crate::cli::{parse_duration, parse_fraction, parse_pid, parse_positive, TableOrJson};
+use crate::commands::options::{
+    parse_duration, parse_fraction, parse_pid, parse_positive, TableOrJson,
+};
 
 const DIAGNOSE_HELP: &str = "\
 Verdicts (id, severity: what the evidence says):

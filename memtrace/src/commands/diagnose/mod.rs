@@ -14,7 +14,7 @@ use anyhow::Result;
 
 use self::{args::DiagnoseArgs, report::DiagnoseReport, sampler::Sampler, verdicts::Severity};
 use crate::{
-    cli::TableOrJson,
+    commands::options::TableOrJson,
     error::GateFailed,
     host::system_memory::SystemSample,
     kernel::hooks::{self, Attachment, CommandHooks},

@@ -1,7 +1,7 @@
 //! `memtrace faults`'s command line.
 use clap::{Args, ValueEnum};
 
-use crate::cli::{parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs};
+use crate::commands::options::{parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs};
 
 const FAULTS_HELP: &str = "\
 What is counted:

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::{
     kernel::hooks::{self, Attachment, CommandHooks},
-    output::{self, files::Outputs},
+    output,
     trace::{
         pipeline::{self, Traced},
         progress::Progress,
@@ -23,7 +23,7 @@ use self::{
     counter::{kind_name, FaultCounter},
     report::{FaultReport, ProcessRow, RegionRow},
 };
-use crate::cli::Format;
+use crate::commands::options::Format;
 
 pub const HOOKS: CommandHooks = CommandHooks {
     needs: &[&hooks::MINOR_FAULT, &hooks::MAJOR_FAULT],
@@ -32,7 +32,7 @@ pub const HOOKS: CommandHooks = CommandHooks {
 };
 
 pub async fn run(args: FaultsArgs) -> Result<()> {
-    let mut outputs = Outputs::open(&args.output)?;
+    let mut outputs = args.output.open()?;
     let kernel = KernelOptions {
         ring_bytes: args.ring_buffer,
         user_stacks: args.stacks.user(),

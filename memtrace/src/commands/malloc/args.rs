@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::cli::{parse_duration, OutputArgs, TargetArgs};
+use crate::commands::options::{parse_duration, OutputArgs, TargetArgs};
 
 const MALLOC_HELP: &str = "\
 Hooked: malloc, calloc, realloc (realloc(p, 0) frees p; a failed realloc keeps it),

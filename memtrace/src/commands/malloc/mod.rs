@@ -18,9 +18,9 @@ use self::{
     report::{AllocStackRow, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket},
 };
 use crate::{
-    cli::Format,
+    commands::options::Format,
     kernel::hooks::{self, Attachment, CommandHooks},
-    output::{files::Outputs, folded, json},
+    output::{folded, json},
     trace::{
         pipeline::{self, Traced},
         progress::Progress,
@@ -50,7 +50,7 @@ pub const HOOKS: CommandHooks = CommandHooks {
 };
 
 pub async fn run(args: MallocArgs) -> Result<()> {
-    let mut outputs = Outputs::open(&args.output)?;
+    let mut outputs = args.output.open()?;
     let library = probes::allocator_library(&args)?;
     let sites = probes::sites(&library, &args.symbol_prefix);
     let mut hooks: Vec<Attachment> = (sites.iter())

@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::cli::{parse_duration, TableOrJson};
+use crate::commands::options::{parse_duration, TableOrJson};
 
 const OOM_HELP: &str = "\
 Every OOM kill on the machine (oom:mark_victim), as it happens, on stderr, then the report:

@@ -13,7 +13,7 @@ use self::{
     report::{OomKillRow, OomReport},
 };
 use crate::{
-    cli::TableOrJson,
+    commands::options::TableOrJson,
     host::memcg::MemoryHierarchy,
     kernel::hooks::{self, Attachment, CommandHooks},
     output::{files, json},

@@ -1,7 +1,7 @@
 //! `memtrace pages`'s command line.
 use clap::Args;
 
-use crate::cli::{OutputArgs, RunArgs, Stacks, TargetArgs};
+use crate::commands::options::{OutputArgs, RunArgs, Stacks, TargetArgs};
 
 const PAGES_HELP: &str = "\
 What is counted: every allocation of physical pages by the kernel's page allocator

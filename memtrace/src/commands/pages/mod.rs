@@ -16,12 +16,12 @@ use self::{
     report::{GfpRow, MigrateTypeRow, OrderRow, PageStackRow, PagesProcessRow, PagesReport},
 };
 use crate::{
-    cli::Format,
+    commands::options::Format,
     kernel::{
         gfp::{GfpNames, MigrateTypes},
         hooks::{self, Attachment, CommandHooks},
     },
-    output::{files::Outputs, folded, json, profile::Reweighted},
+    output::{folded, json, profile::Reweighted},
     trace::{
         page_origin::{context_name, Origin},
         pipeline::{self, Traced},
@@ -38,7 +38,7 @@ pub const HOOKS: CommandHooks = CommandHooks {
 };
 
 pub async fn run(args: PagesArgs) -> Result<()> {
-    let mut outputs = Outputs::open(&args.output)?;
+    let mut outputs = args.output.open()?;
     let request = TraceRequest {
         target: args.target.request(),
         follow_children: args.target.follow_children,

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::{parse_pid, TableOrJson};
+use crate::commands::options::{parse_pid, TableOrJson};
 
 const STAT_HELP: &str = "\
 What it shows (all from /proc/PID and the cgroup filesystem; nothing is traced):

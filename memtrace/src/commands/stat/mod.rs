@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use self::args::StatArgs;
 use crate::{
-    cli::TableOrJson,
+    commands::options::TableOrJson,
     host::process_memory::ProcessMemory,
     kernel::hooks::CommandHooks,
     output::{files, json},

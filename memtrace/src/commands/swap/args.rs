@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::cli::{parse_duration, parse_positive, TableOrJson, TargetArgs};
+use crate::commands::options::{parse_duration, parse_positive, TableOrJson, TargetArgs};
 
 const SWAP_HELP: &str = "\
 What is counted, per process that owns the pages (whoever runs reclaim: kswapd, another

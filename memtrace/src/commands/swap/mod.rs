@@ -17,7 +17,7 @@ use self::{
     report::{Gate, SwapInterval, SwapProcessRow, SwapReport, SwapSystem},
 };
 use crate::{
-    cli::TableOrJson,
+    commands::options::TableOrJson,
     error::GateFailed,
     host::system_memory::{self, SystemSample},
     kernel::hooks::{self, Attachment, CommandHooks},
