@@ -332,17 +332,21 @@ pub struct StagedSwapOut {
     pub pages: u32,
 }
 
-/// How the kernel side chooses which tasks to record (the `FILTER_MODE` global).
+/// How the kernel side chooses which tasks to record ([`Settings::filter_mode`]).
 pub mod filter_mode {
     /// Every task on the machine.
     pub const ALL: u32 = 0;
     /// Tasks whose tgid is in the `TARGET_TGIDS` map.
     pub const TGIDS: u32 = 1;
-    /// Tasks in the cgroup v2 `CGROUP_ID` (at level `CGROUP_LEVEL`) or below it.
+    /// Tasks in the cgroup v2 [`Settings::cgroup_id`] (at level [`Settings::cgroup_level`])
+    /// or below it.
+    ///
+    /// [`Settings::cgroup_id`]: super::Settings::cgroup_id
+    /// [`Settings::cgroup_level`]: super::Settings::cgroup_level
     pub const CGROUP: u32 = 2;
 }
 
-/// Bits of the `STACK_FLAGS` global: which stacks to take per event.
+/// Bits of [`Settings::stack_flags`]: which stacks to take per event.
 pub mod stack_flags {
     pub const USER: u32 = 1;
     pub const KERNEL: u32 = 2;
@@ -371,6 +375,112 @@ pub mod counter {
 /// Default capacity of the target set: processes traced at once with `--follow-children`.
 pub const MAX_TARGETS: u32 = 16384;
 
+/// Entries of [`Settings::exp_table`].
+pub const EXP_TABLE_SIZE: usize = 1024;
+
+/// Everything the eBPF programs are told at load time, in one `.rodata` global (`SETTINGS` in
+/// memtrace-ebpf's `config`) that the loader writes before the programs load. The map is
+/// frozen, so the verifier sees each field as a constant and prunes the branches it switches
+/// off: an unused feature costs nothing. Fields are grouped by what reads them; a layout a
+/// subcommand does not use stays zero (its programs are never attached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    // Which tasks are recorded (memtrace-ebpf's `filter` and `follow`).
+    /// A [`filter_mode`] constant.
+    pub filter_mode: u32,
+    /// With [`filter_mode::CGROUP`]: the cgroup's depth below the root.
+    pub cgroup_level: u32,
+    /// With [`filter_mode::CGROUP`]: the cgroup v2 id.
+    pub cgroup_id: u64,
+    /// The traced process when it is the only one (no children followed): the target filter
+    /// compares with it instead of looking the set up (0: a set, or not filtering by process).
+    pub single_tgid: u32,
+    /// memtrace's own process, never traced: its work on events would make more events.
+    pub self_tgid: u32,
+    /// 1: children of traced processes are traced too (added to `TARGET_TGIDS` at fork).
+    pub follow_children: u32,
+    pub _pad0: u32,
+
+    // What each event takes, and when the reader is woken (memtrace-ebpf's `emit`, `sample`).
+    /// [`stack_flags`] bits: which stacks to take per event.
+    pub stack_flags: u32,
+    /// 1 when filemap:mm_filemap_fault tags are collected: only when every fault runs a program
+    /// that takes its tag (all kinds, no sampling); otherwise a leftover tag could be taken by a
+    /// later, unrelated fault of the same thread.
+    pub file_tags: u32,
+    /// --sample N for tracepoint programs that sample themselves (0 or 1: every event).
+    pub sample_period: u64,
+    /// Wake the reader only once this many bytes wait in the ring buffer (the reader also polls
+    /// on a timer), so a fault storm does not wake userspace once per event.
+    pub wakeup_bytes: u64,
+
+    // Swap (memtrace-ebpf's `swap` and `percpu`): kernel struct offsets from BTF (see memtrace's
+    // `kernel::layout::SwapLayout`).
+    /// do_swap_page's address, from kallsyms (0 when not found): tells swap-ins from freed
+    /// swap entries.
+    pub do_swap_page_start: u64,
+    /// The end of do_swap_page (the next symbol's address; 0 when not found).
+    pub do_swap_page_end: u64,
+    /// mm_struct.rss_stat[MM_SWAPENTS], a struct percpu_counter.
+    pub mm_swap_counter: u64,
+    /// percpu_counter.count: the shared part of the total.
+    pub counter_count: u64,
+    /// percpu_counter.counters: the per-CPU parts.
+    pub counter_percpu: u64,
+    /// task_struct.mm.
+    pub task_mm: u64,
+    /// bpf_array.pptrs: the per-CPU base of one of memtrace's own maps (see `percpu`).
+    pub array_percpu_base: u64,
+    /// pt_regs.orig_ax (x86-64 only; 0 elsewhere): see `swap::in_user_fault`.
+    pub orig_ax: u64,
+    /// Possible CPUs: how many per-CPU parts a counter has.
+    pub nr_cpus: u32,
+    pub _pad1: u32,
+
+    // Page allocations (memtrace-ebpf's `pages`): offsets from BTF that tell kernel threads and
+    // interrupts from processes.
+    /// task_struct.flags.
+    pub task_flags: u64,
+    /// task_struct.stack.
+    pub task_stack: u64,
+    /// pt_regs.sp.
+    pub regs_sp: u64,
+
+    // OOM kills (memtrace-ebpf's `oom` and `memcg`).
+    /// Offsets of oom:mark_victim's fields, from its format: pid, comm, total_vm, anon_rss,
+    /// file_rss, shmem_rss, uid, pgtables, oom_score_adj (see memtrace's `OomTracing`).
+    pub oom_fields: [u64; 9],
+    /// task->cgroups->subsys[memory]->cgroup->kn->id: task_struct.cgroups,
+    /// css_set.subsys[memory_cgrp_id], cgroup_subsys_state.cgroup, cgroup.kn, kernfs_node.id,
+    /// offsets from BTF (all 0: the cgroup is not read).
+    pub memcg_chain: [u64; 5],
+
+    // Process exits (memtrace-ebpf's `exits`, for the agent).
+    /// task_struct.signal, signal_struct.live, .min_flt, .maj_flt, task_struct.min_flt,
+    /// .maj_flt, .group_leader, .start_boottime (from BTF).
+    pub exit_layout: [u64; 8],
+
+    // Heap allocations (memtrace-ebpf's `malloc`).
+    /// memtrace malloc --sample-bytes (0: every block).
+    pub sample_bytes: u64,
+    /// -ln((i + 0.5) / EXP_TABLE_SIZE) in 16.16 fixed point: the sampler's exponential
+    /// distances (see `malloc::interval`).
+    pub exp_table: [u32; EXP_TABLE_SIZE],
+}
+
+impl Settings {
+    /// Every field 0: the value compiled into the object, before the loader writes its own.
+    // SAFETY: integers and arrays of integers only, for which all zeros is a valid value.
+    pub const ZERO: Settings = unsafe { core::mem::zeroed() };
+}
+
+// No implicit padding: the fields' sizes add up to the struct's (8-aligned) size.
+const _: () = assert!(
+    core::mem::size_of::<Settings>()
+        == 8 * 4 + 24 + 8 * 8 + 8 + 3 * 8 + (9 + 5 + 8) * 8 + 8 + 4 * EXP_TABLE_SIZE
+);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding, valid for any bit pattern.
@@ -391,4 +501,6 @@ mod pod {
     unsafe impl aya::Pod for super::OomKill {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessExit {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
 }

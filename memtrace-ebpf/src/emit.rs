@@ -33,7 +33,7 @@ pub struct Record {
     pub weight: u64,
     /// Kind-specific (`StackEvent::detail`).
     pub detail: u32,
-    /// Take the stacks the user asked for (`STACK_FLAGS`).
+    /// Take the stacks the user asked for (`Settings::stack_flags`).
     pub stacks: bool,
     /// Where the user stack comes from (when stacks are taken).
     pub user_stack: UserStackFrom,

@@ -17,7 +17,7 @@ use crate::{
     memcg,
 };
 
-// Indices into EXIT_LAYOUT.
+// Indices into `Settings::exit_layout`.
 const SIGNAL: usize = 0;
 const SIGNAL_LIVE: usize = 1;
 const SIGNAL_MIN_FLT: usize = 2;

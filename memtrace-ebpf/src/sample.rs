@@ -1,4 +1,4 @@
-//! Taking stacks for 1 event in N (--sample N, SAMPLE_PERIOD), counted per CPU and per
+//! Taking stacks for 1 event in N (--sample N, `Settings::sample_period`), counted per CPU and per
 //! sampler: cheaper than a random draw, and as fair for a steady stream.
 use crate::{config, maps::STACK_SAMPLE};
 

@@ -56,9 +56,4 @@ impl KernelConfig {
             _ => None,
         }
     }
-
-    /// Wake the reader once an eighth of the ring is filled; the reader's timer drains the rest.
-    pub fn wakeup_bytes(&self) -> u64 {
-        u64::from(self.ring_bytes / 8)
-    }
 }

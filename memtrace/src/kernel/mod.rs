@@ -10,6 +10,7 @@ pub(crate) mod hooks;
 pub mod layout;
 pub(crate) mod probe_site;
 pub(crate) mod programs;
+pub(crate) mod settings;
 pub(crate) mod tables;
 pub(crate) mod tracefs;
 pub(crate) mod tracer;

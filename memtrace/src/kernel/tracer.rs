@@ -7,21 +7,14 @@ use aya::{
 };
 use memtrace_common::MAX_TARGETS;
 
-use super::config::{Filter, KernelConfig};
-use memtrace_common::{filter_mode, stack_flags};
+use super::{
+    config::{Filter, KernelConfig},
+    settings,
+};
 
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
 pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
-
-/// The allocation sampler's exponential distances: -ln(u) in 16.16 fixed point, for u spread
-/// evenly over (0, 1) (see memtrace-ebpf's `malloc::interval`).
-fn exponential_table() -> [u32; 1024] {
-    std::array::from_fn(|i| {
-        let u = (i as f64 + 0.5) / 1024.0;
-        (-u.ln() * 65536.0).round() as u32
-    })
-}
 
 /// aya's error for an unreadable CPU list (which file, why).
 pub(super) fn cpu_list_error((what, err): (&'static str, std::io::Error)) -> anyhow::Error {
@@ -37,68 +30,16 @@ impl Tracer {
         if OBJECT.is_empty() {
             bail!("this memtrace was built without its eBPF programs (MEMTRACE_SKIP_EBPF=1); rebuild it without that variable");
         }
-        let (mode, cgroup_id, cgroup_level) = match config.filter {
-            Filter::All => (filter_mode::ALL, 0u64, 0u32),
-            Filter::Tgids(_) => (filter_mode::TGIDS, 0, 0),
-            Filter::Cgroup { id, level } => (filter_mode::CGROUP, id, level),
-        };
-        let stacks = if config.user_stacks {
-            stack_flags::USER
-        } else {
-            0
-        } | if config.kernel_stacks {
-            stack_flags::KERNEL
-        } else {
-            0
-        } | if config.page_stacks {
-            stack_flags::PAGE_ALLOCS
-        } else {
-            0
-        };
-        let follow = u32::from(config.follow_children);
-        let single_tgid = config.single_process().unwrap_or(0);
-        let wakeup = config.wakeup_bytes();
-        let self_tgid = std::process::id();
-        let file_tags = u32::from(config.file_tags);
         // Maps a subcommand does not use get one entry: they are created (and preallocated)
         // at load whether used or not.
         let sized = |used: bool, entries: u32| if used { entries } else { 1 };
         let swap = config.swap.is_some();
         let sample_bytes = config.malloc.unwrap_or(0);
-        let pages = config.pages.unwrap_or_default();
-        let oom = config.oom.unwrap_or_default();
         let swap_entries = sized(swap, MAX_TARGETS);
-        // Zeros when swap is not traced: its programs are never attached.
-        let layout = config.swap.unwrap_or_default();
-        let swap_page = layout.do_swap_page.unwrap_or((0, 0));
         let possible_cpus = aya::util::nr_cpus().map_err(cpu_list_error)? as u32;
+        let settings = settings::settings(config, possible_cpus);
         let ebpf = EbpfLoader::new()
-            .override_global("FILTER_MODE", &mode, true)
-            .override_global("STACK_FLAGS", &stacks, true)
-            .override_global("CGROUP_ID", &cgroup_id, true)
-            .override_global("CGROUP_LEVEL", &cgroup_level, true)
-            .override_global("FOLLOW_CHILDREN", &follow, true)
-            .override_global("SINGLE_TGID", &single_tgid, true)
-            .override_global("WAKEUP_BYTES", &wakeup, true)
-            .override_global("SELF_TGID", &self_tgid, true)
-            .override_global("FILE_TAGS", &file_tags, true)
-            .override_global("DO_SWAP_PAGE_START", &swap_page.0, true)
-            .override_global("DO_SWAP_PAGE_END", &swap_page.1, true)
-            .override_global("MM_SWAP_COUNTER", &u64::from(layout.swap_counter), true)
-            .override_global("COUNTER_COUNT", &u64::from(layout.counter_count), true)
-            .override_global("COUNTER_PERCPU", &u64::from(layout.counter_percpu), true)
-            .override_global("TASK_MM", &u64::from(layout.task_mm), true)
-            .override_global(
-                "ARRAY_PERCPU_BASE",
-                &u64::from(layout.array_percpu_base),
-                true,
-            )
-            .override_global("NR_CPUS", &possible_cpus, true)
-            .override_global(
-                "ORIG_AX",
-                &u64::from(layout.fault_error_code.unwrap_or(0)),
-                true,
-            )
+            .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))
@@ -107,23 +48,10 @@ impl Tracer {
             .map_max_entries("MM_STATE", swap_entries)
             .map_max_entries("SWAP_STAGED", sized(swap, 4096))
             .map_max_entries("CPU_OFFSETS", sized(swap, possible_cpus))
-            .override_global("SAMPLE_BYTES", &sample_bytes, true)
-            .override_global("SAMPLE_PERIOD", &config.stack_sample_period, true)
-            .override_global(
-                "EXIT_LAYOUT",
-                &config.exits.unwrap_or_default().fields,
-                true,
-            )
-            .override_global("TASK_FLAGS", &u64::from(pages.task_flags), true)
-            .override_global("TASK_STACK", &u64::from(pages.task_stack), true)
-            .override_global("REGS_SP", &u64::from(pages.regs_sp), true)
-            .override_global("OOM_FIELDS", &oom.fields, true)
-            .override_global("MEMCG_CHAIN", &oom.memcg_chain, true)
             .map_max_entries(
                 "PAGE_COUNTS",
                 sized(config.pages.is_some(), config.page_count_entries),
             )
-            .override_global("EXP_TABLE", &exponential_table(), true)
             .map_max_entries(
                 "PENDING_ALLOCS",
                 sized(config.malloc.is_some(), memtrace_common::PENDING_SLOTS),
@@ -204,7 +132,7 @@ impl Tracer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object::{Object, ObjectSection, SectionFlags};
+    use object::{Object, ObjectSection, ObjectSymbol, SectionFlags};
 
     /// The BPF helpers the object's programs call (`call imm` with src_reg 0), by number.
     fn helpers_called(elf: &[u8]) -> std::collections::BTreeSet<i32> {
@@ -227,15 +155,23 @@ mod tests {
         helpers
     }
 
-    /// memtrace only observes: no program can write a process's memory, change a function's
-    /// return value, or signal a process.
-    #[test]
-    fn programs_call_no_helper_that_changes_the_traced_system() {
+    /// False when built with MEMTRACE_SKIP_EBPF=1 (no object to check), which CI never does.
+    fn object_built() -> bool {
         if OBJECT.is_empty() {
             assert!(
                 !std::env::var("CI").is_ok_and(|ci| ci == "true"),
                 "built with MEMTRACE_SKIP_EBPF=1: no eBPF object to check, and CI never skips"
             );
+            return false;
+        }
+        true
+    }
+
+    /// memtrace only observes: no program can write a process's memory, change a function's
+    /// return value, or signal a process.
+    #[test]
+    fn programs_call_no_helper_that_changes_the_traced_system() {
+        if !object_built() {
             return;
         }
         let helpers = helpers_called(OBJECT);
@@ -253,5 +189,32 @@ mod tests {
                 "a program calls {name}: {helpers:?}"
             );
         }
+    }
+
+    /// The loader writes a `memtrace_common::Settings` over the programs' `SETTINGS`: the
+    /// global must be that size (aya refuses a value of another size), in the read-only data
+    /// the verifier takes as constants.
+    #[test]
+    fn settings_global_has_the_loaders_layout() {
+        if !object_built() {
+            return;
+        }
+        let file = object::File::parse(OBJECT).expect("the eBPF object is an ELF file");
+        let symbol = file
+            .symbols()
+            .find(|s| s.name() == Ok("SETTINGS"))
+            .expect("the eBPF object has a SETTINGS symbol");
+        assert_eq!(
+            symbol.size(),
+            std::mem::size_of::<memtrace_common::Settings>() as u64
+        );
+        let section = file
+            .section_by_index(symbol.section_index().expect("SETTINGS is in a section"))
+            .expect("SETTINGS's section");
+        assert!(
+            section.name().is_ok_and(|name| name.starts_with(".rodata")),
+            "SETTINGS is in {:?}, not .rodata",
+            section.name()
+        );
     }
 }

@@ -2,19 +2,14 @@
 //! own cost, sizes in binary units.
 use std::io::Write;
 
-use crate::report::{CommandExit, TracerCost};
+use crate::report::{CommandExit, ReportHeader, TracerCost};
 
 /// The first lines of every table report: what was traced for how long, and how a traced
 /// command ended.
-pub fn title(
-    out: &mut dyn Write,
-    command: &str,
-    target: &str,
-    duration_s: f64,
-    exit: Option<&CommandExit>,
-) -> anyhow::Result<()> {
+pub fn title(out: &mut dyn Write, header: &ReportHeader) -> anyhow::Result<()> {
+    let (command, target, duration_s) = (header.command, &header.target, header.duration_s);
     writeln!(out, "memtrace {command}: {target}, {duration_s:.2}s")?;
-    if let Some(exit) = exit {
+    if let Some(exit) = &header.exit {
         writeln!(out, "{}", exit_line(exit))?;
     }
     Ok(())

@@ -360,22 +360,22 @@ impl Drop for RingBuffer {
     }
 }
 
-/// What one buffer record means to us.
+/// What one perf buffer record means to us: a mapping or exec, or records the kernel lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum PerfRecord {
     Record(MmapRecord),
     Lost(u64),
 }
 
 /// Hands the records to `sink` in time order and returns the lost-record count.
-pub fn deliver(mut events: Vec<(u64, Event)>, sink: &mut dyn FnMut(MmapRecord)) -> u64 {
+pub fn deliver(mut events: Vec<(u64, PerfRecord)>, sink: &mut dyn FnMut(MmapRecord)) -> u64 {
     // Stable, so records with equal times keep their order within a buffer.
     events.sort_by_key(|&(time, _)| time);
     let mut lost = 0u64;
     for (_, event) in events {
         match event {
-            Event::Record(record) => sink(record),
-            Event::Lost(count) => lost = lost.saturating_add(count),
+            PerfRecord::Record(record) => sink(record),
+            PerfRecord::Lost(count) => lost = lost.saturating_add(count),
         }
     }
     lost
@@ -383,7 +383,7 @@ pub fn deliver(mut events: Vec<(u64, Event)>, sink: &mut dyn FnMut(MmapRecord)) 
 
 /// The records in a run of buffer bytes, each with its time. Stops at the first header that
 /// cannot be right, since nothing after it can be found reliably.
-pub fn parse_records(bytes: &[u8]) -> Vec<(u64, Event)> {
+pub fn parse_records(bytes: &[u8]) -> Vec<(u64, PerfRecord)> {
     let mut events = Vec::new();
     let mut rest = bytes;
     while let (Some(kind), Some(misc), Some(size)) =
@@ -400,14 +400,14 @@ pub fn parse_records(bytes: &[u8]) -> Vec<(u64, Event)> {
 }
 
 /// One record's payload (after the header, sample_id tail included), if it is one we want.
-fn parse_record(kind: u32, misc: u16, payload: &[u8]) -> Option<(u64, Event)> {
+fn parse_record(kind: u32, misc: u16, payload: &[u8]) -> Option<(u64, PerfRecord)> {
     let body_len = payload.len().checked_sub(SAMPLE_ID_LEN)?;
     let (body, sample_id) = payload.split_at(body_len);
     let time = u64_at(sample_id, 8)?;
     let event = match kind {
-        PERF_RECORD_MMAP2 => Event::Record(MmapRecord::Mapping(parse_mmap2(misc, body)?)),
-        PERF_RECORD_COMM => Event::Record(parse_comm_exec(misc, body)?),
-        PERF_RECORD_LOST => Event::Lost(u64_at(body, 8)?),
+        PERF_RECORD_MMAP2 => PerfRecord::Record(MmapRecord::Mapping(parse_mmap2(misc, body)?)),
+        PERF_RECORD_COMM => PerfRecord::Record(parse_comm_exec(misc, body)?),
+        PERF_RECORD_LOST => PerfRecord::Lost(u64_at(body, 8)?),
         _ => return None,
     };
     Some((time, event))
@@ -569,9 +569,9 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                (20, Event::Record(MmapRecord::Mapping(mapping.clone()))),
-                (10, Event::Record(exec.clone())),
-                (15, Event::Lost(5)),
+                (20, PerfRecord::Record(MmapRecord::Mapping(mapping.clone()))),
+                (10, PerfRecord::Record(exec.clone())),
+                (15, PerfRecord::Lost(5)),
             ]
         );
         let mut seen = Vec::new();
@@ -614,7 +614,7 @@ mod tests {
             1,
         );
         let events = parse_records(&bytes);
-        let [(_, Event::Record(MmapRecord::Mapping(mapping)))] = events.as_slice() else {
+        let [(_, PerfRecord::Record(MmapRecord::Mapping(mapping)))] = events.as_slice() else {
             panic!("{events:?}");
         };
         assert_eq!(

@@ -3,7 +3,7 @@
 //! A subcommand supplies only its request (hooks and options) and its `Consumer`.
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::{
     error::usage,
@@ -116,6 +116,7 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
     access::raise_open_files_limit();
 
     features::check(matches!(target, Target::Cgroup { .. }))?;
+    check_declared(&request)?;
     let config = kernel_config(&request, &target)?;
     log::debug!("checked, {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     let mut tracer = Tracer::load(&config)?;
@@ -219,6 +220,27 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         exit,
         attached,
     })
+}
+
+/// Every hook the request attaches is among those its subcommand declares (for `memtrace
+/// check`): a hook attached but not declared is memtrace's own mistake, refused here.
+fn check_declared(request: &TraceRequest) -> Result<()> {
+    let declared = |hook: &Hook| {
+        (request.declared.needs.iter())
+            .chain(request.declared.improves)
+            .any(|d| *d == hook)
+    };
+    match (request.hooks.iter())
+        .flat_map(Attachment::hooks)
+        .find(|hook| !declared(hook))
+    {
+        Some(hook) => bail!(
+            "internal error: the {} program is attached but not declared in its subcommand's \
+             HOOKS",
+            hook.program
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The kernel side's configuration for this request and target: its options, the tables'

@@ -4,7 +4,10 @@
 //! directly.
 use std::{path::PathBuf, time::Duration};
 
-use crate::kernel::{hooks::Attachment, layout::SwapLayout};
+use crate::kernel::{
+    hooks::{Attachment, CommandHooks},
+    layout::SwapLayout,
+};
 
 /// Ring buffer size for tracing every event: at a fault storm's ~500k events/s of 64 bytes,
 /// 8 MiB holds a quarter second.
@@ -73,8 +76,11 @@ impl Default for KernelOptions {
 }
 
 /// One trace, ready for `pipeline::trace`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TraceRequest {
+    /// What the subcommand declares it hooks (its `HOOKS`, which `memtrace check` judges):
+    /// the pipeline refuses an attachment outside it, so the two cannot drift apart.
+    pub declared: &'static CommandHooks,
     pub target: TargetRequest,
     /// Also trace the processes the targets fork (added in the kernel, inside fork).
     pub follow_children: bool,

@@ -128,6 +128,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     hooks.push(Attachment::Hook(&hooks::OOM_KILL));
     let request = TraceRequest {
+        declared: &HOOKS,
         target: TargetRequest::System,
         follow_children: false,
         stop_after: args.duration,

@@ -62,6 +62,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         });
     }
     let request = TraceRequest {
+        declared: &HOOKS,
         target: match args.pid {
             Some(pid) => TargetRequest::Pids(vec![pid]),
             None => TargetRequest::Command(args.command.clone()),

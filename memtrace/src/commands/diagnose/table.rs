@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::report::DiagnoseReport;
-use crate::output::text::kib;
+use crate::output::text::{self, kib};
 
 pub fn write(report: &DiagnoseReport, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
@@ -61,7 +61,7 @@ pub fn write(report: &DiagnoseReport, out: &mut dyn Write) -> anyhow::Result<()>
         )?;
     }
     if let Some(exit) = &report.header.exit {
-        writeln!(out, "\n{}", crate::output::text::exit_line(exit))?;
+        writeln!(out, "\n{}", text::exit_line(exit))?;
     }
-    crate::output::text::cost_line(&report.header.tracer, out)
+    text::cost_line(&report.header.tracer, out)
 }

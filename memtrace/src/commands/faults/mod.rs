@@ -51,6 +51,7 @@ pub async fn run(args: FaultsArgs) -> Result<()> {
     .map(|(_, hook)| Attachment::Sampled { hook, period })
     .collect();
     let request = TraceRequest {
+        declared: &HOOKS,
         target: args.target.request(),
         follow_children: args.target.follow_children,
         stop_after: args.run.duration,

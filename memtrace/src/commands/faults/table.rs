@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::report::FaultReport;
-use crate::report::Frame;
+use crate::{output::text, report::Frame};
 
 /// Rows shown in the process and region tables; the rest are counted in a "(N more)" line.
 const MAX_ROWS: usize = 20;
@@ -14,7 +14,7 @@ pub fn write(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::R
     processes(report, out)?;
     regions(report, out)?;
     stacks(report, top, out)?;
-    crate::output::text::cost_line(&report.header.tracer, out)
+    text::cost_line(&report.header.tracer, out)
 }
 
 /// "~" before estimates: counts rescaled from 1-in-N sampling are not exact.
@@ -27,13 +27,7 @@ fn approx(report: &FaultReport) -> &'static str {
 }
 
 fn header(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
-    crate::output::text::title(
-        out,
-        report.header.command,
-        &report.header.target,
-        report.header.duration_s,
-        report.header.exit.as_ref(),
-    )?;
+    text::title(out, &report.header)?;
     if report.header.lost_events > 0 {
         writeln!(
             out,
@@ -197,9 +191,8 @@ fn write_table(
 
 #[cfg(test)]
 mod tests {
+    use super::super::report::{testdata, RegionRow};
     use super::*;
-    use crate::commands::faults::report::testdata;
-    use crate::commands::faults::report::RegionRow;
 
     fn table(report: &FaultReport, top: usize) -> String {
         let mut out = Vec::new();

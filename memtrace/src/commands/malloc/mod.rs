@@ -60,6 +60,7 @@ pub async fn run(args: MallocArgs) -> Result<()> {
         hooks.extend(probes::mmap_hooks());
     }
     let request = TraceRequest {
+        declared: &HOOKS,
         target: args.target.request(),
         follow_children: args.target.follow_children,
         stop_after: args.duration,

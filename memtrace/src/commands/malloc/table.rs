@@ -1,17 +1,11 @@
 //! The malloc report as a table for people, and as folded stacks (bytes per stack).
 use std::io::Write;
 
-use crate::commands::malloc::report::MallocReport;
-use crate::output::profile::Reweighted;
+use super::report::MallocReport;
+use crate::output::{profile::Reweighted, text};
 
 pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
-    crate::output::text::title(
-        out,
-        report.header.command,
-        &report.header.target,
-        report.header.duration_s,
-        report.header.exit.as_ref(),
-    )?;
+    text::title(out, &report.header)?;
     writeln!(
         out,
         "allocator: {} ({})",

@@ -104,6 +104,7 @@ impl Consumer for KillLog {
 pub async fn run(args: OomArgs) -> Result<()> {
     let mut out = files::report_writer(args.output.as_deref())?;
     let request = TraceRequest {
+        declared: &HOOKS,
         target: TargetRequest::command_or_system(args.command.clone()),
         follow_children: false,
         stop_after: args.duration,

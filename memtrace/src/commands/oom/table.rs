@@ -1,16 +1,11 @@
 //! The OOM report for people: one line per kill.
 use std::io::Write;
 
-use crate::commands::oom::report::{OomKillRow, OomReport};
+use super::report::{OomKillRow, OomReport};
+use crate::output::text;
 
 pub fn write(report: &OomReport, out: &mut dyn Write) -> anyhow::Result<()> {
-    crate::output::text::title(
-        out,
-        report.header.command,
-        &report.header.target,
-        report.header.duration_s,
-        report.header.exit.as_ref(),
-    )?;
+    text::title(out, &report.header)?;
     if report.kills.is_empty() {
         writeln!(out, "no OOM kills")?;
     }

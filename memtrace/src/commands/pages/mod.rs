@@ -40,6 +40,7 @@ pub const HOOKS: CommandHooks = CommandHooks {
 pub async fn run(args: PagesArgs) -> Result<()> {
     let mut outputs = args.output.open()?;
     let request = TraceRequest {
+        declared: &HOOKS,
         target: args.target.request(),
         follow_children: args.target.follow_children,
         stop_after: args.run.duration,

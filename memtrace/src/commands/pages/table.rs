@@ -1,19 +1,14 @@
 //! The pages report as a table for people.
 use std::io::Write;
 
-use crate::commands::pages::report::PagesReport;
+use super::report::PagesReport;
+use crate::output::text;
 
 /// Processes shown in the table (the JSON has them all).
 const TABLE_PROCESSES: usize = 20;
 
 pub fn write(report: &PagesReport, top: usize, out: &mut dyn Write) -> anyhow::Result<()> {
-    crate::output::text::title(
-        out,
-        report.header.command,
-        &report.header.target,
-        report.header.duration_s,
-        report.header.exit.as_ref(),
-    )?;
+    text::title(out, &report.header)?;
     if report.sampled {
         writeln!(
             out,

@@ -59,6 +59,7 @@ pub async fn run(args: SwapArgs) -> Result<()> {
         period: 1,
     });
     let request = TraceRequest {
+        declared: &HOOKS,
         target: args.target.request(),
         // A command's children are its load: follow them.
         follow_children: args.target.follow_children || !args.target.command.is_empty(),

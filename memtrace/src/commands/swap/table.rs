@@ -1,16 +1,11 @@
 //! The swap report as a table for people.
 use std::io::Write;
 
-use crate::commands::swap::report::SwapReport;
+use super::report::SwapReport;
+use crate::output::text;
 
 pub fn write(report: &SwapReport, out: &mut dyn Write) -> anyhow::Result<()> {
-    crate::output::text::title(
-        out,
-        report.header.command,
-        &report.header.target,
-        report.header.duration_s,
-        report.header.exit.as_ref(),
-    )?;
+    text::title(out, &report.header)?;
     if !report.per_process_swap {
         writeln!(
             out,
