@@ -2,7 +2,11 @@
 //! `memory.limit_in_bytes` or v2 `memory.max`, whichever the machine has), removed even when a
 //! test fails. The oracles are the kernel's /proc/vmstat deltas and the workload's own VmSwap.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use tests::{
@@ -63,13 +67,35 @@ fn trace_swap(cgroup: &MemoryCgroup, extra: &[&str], workload_args: &str) -> Swa
 /// `trace_swap` on a swap file and in a memory cgroup made for it (both removed before this
 /// returns), holding the serial lock; None when not root outside CI (see `require_root`).
 fn swap_run(extra: &[&str], workload_args: &str) -> Option<SwapRun> {
+    swap_run_after(extra, workload_args, 100.0)
+}
+
+/// As `swap_run`, once the machine's PSI memory "full" avg10 is below `calm` percent (waiting
+/// at most a minute): the average decays over about ten seconds, so a run that follows a
+/// thrashing one would otherwise inherit its pressure, and `--thrash-psi-full` judges it.
+fn swap_run_after(extra: &[&str], workload_args: &str, calm: f64) -> Option<SwapRun> {
     if !tests::require_root() {
         return None;
     }
     let _serial = serial();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psi_full_avg10() >= calm && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let _swap = SwapFile::create(512);
     let cgroup = MemoryCgroup::create(LIMIT_MIB);
     Some(trace_swap(&cgroup, extra, workload_args))
+}
+
+/// PSI memory "full" avg10 of the whole machine, in percent (0 where PSI is off).
+fn psi_full_avg10() -> f64 {
+    let text = fs::read_to_string("/proc/pressure/memory").unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("full "))
+        .and_then(|fields| fields.split_whitespace().next())
+        .and_then(|avg10| avg10.strip_prefix("avg10="))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The workload's swap-in is the kernel's pswpin over the run, within 10%.
@@ -157,9 +183,12 @@ fn swap_traffic_is_credited_to_the_owner() {
 
 #[test]
 fn swapping_out_once_is_not_thrashing() {
-    let Some(t) = swap_run(
+    // Its own swap-out adds a few percent of PSI full; what a thrashing test before it left
+    // must not make up the rest of the default 10%.
+    let Some(t) = swap_run_after(
         &["--max-swap-in-rate", "1000000000", "--fail-on-thrashing"],
         "0",
+        3.0,
     ) else {
         return;
     };

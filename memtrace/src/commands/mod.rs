@@ -15,8 +15,8 @@ pub mod swap;
 
 use crate::kernel::hooks::CommandHooks;
 
-/// Declares the subcommands: the modules, the CLI's list of them, how each runs, and the
-/// hooks each uses (for `memtrace check`).
+/// Declares the subcommands: the CLI's list of them (each variant's help comes from its
+/// arguments' doc comment), how each runs, and the hooks each uses (for `memtrace check`).
 macro_rules! subcommands {
     ($($variant:ident($module:ident::$args:ident)),* $(,)?) => {
         #[derive(Debug, clap::Subcommand)]

@@ -7,6 +7,7 @@ mod table;
 use anyhow::Result;
 
 use crate::{
+    commands::options::Format,
     kernel::hooks::{self, Attachment, CommandHooks},
     output,
     trace::{
@@ -23,7 +24,6 @@ use self::{
     counter::{kind_name, FaultCounter},
     report::{FaultReport, ProcessRow, RegionRow},
 };
-use crate::commands::options::Format;
 
 pub const HOOKS: CommandHooks = CommandHooks {
     needs: &[&hooks::MINOR_FAULT, &hooks::MAJOR_FAULT],
