@@ -149,13 +149,11 @@ pub const ALLOC_ENTRIES: [Hook; 10] = [
 /// The return of every allocator function but free.
 pub const ALLOC_RETURN: Hook = uprobe("alloc_return");
 
-/// The entry hook of an allocator function.
-pub fn alloc_entry(function: AllocFn) -> &'static Hook {
-    let index = AllocFn::UPROBED
-        .iter()
+/// The entry hook of an allocator function (None for mmap and munmap, which are syscalls).
+pub fn alloc_entry(function: AllocFn) -> Option<&'static Hook> {
+    (AllocFn::UPROBED.iter())
         .position(|f| *f == function)
-        .unwrap_or(0);
-    &ALLOC_ENTRIES[index]
+        .map(|index| &ALLOC_ENTRIES[index])
 }
 
 /// Every hook of the object, for `memtrace check`.

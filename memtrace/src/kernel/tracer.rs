@@ -217,4 +217,31 @@ mod tests {
             section.name()
         );
     }
+
+    /// Every program of the object is declared once in `hooks` (where it attaches, what it
+    /// reads), and every hook names a program of the object: `memtrace check` and the
+    /// subcommands' declarations see them all.
+    #[test]
+    fn every_program_has_one_hook() {
+        if !object_built() {
+            return;
+        }
+        let file = object::File::parse(OBJECT).expect("the eBPF object is an ELF file");
+        let mut programs: Vec<&str> = file
+            .symbols()
+            .filter(|symbol| symbol.kind() == object::SymbolKind::Text && symbol.is_global())
+            .filter(|symbol| {
+                let section = symbol
+                    .section_index()
+                    .and_then(|i| file.section_by_index(i).ok());
+                // Programs sit in sections named by their type; .text holds helpers (memset).
+                section.is_some_and(|s| s.name().is_ok_and(|name| name != ".text"))
+            })
+            .filter_map(|symbol| symbol.name().ok())
+            .collect();
+        programs.sort_unstable();
+        let mut hooked: Vec<&str> = crate::kernel::hooks::all().map(|h| h.program).collect();
+        hooked.sort_unstable();
+        assert_eq!(programs, hooked);
+    }
 }

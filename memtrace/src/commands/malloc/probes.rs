@@ -81,7 +81,9 @@ pub fn sites(library: &Path, prefix: &str) -> Vec<(String, Option<UprobeSite>)> 
             }
             addresses.insert(address, symbol.clone());
         }
-        let entry = hooks::alloc_entry(function);
+        let Some(entry) = hooks::alloc_entry(function) else {
+            continue;
+        };
         let probes = if function == AllocFn::Free {
             // No return probe shares its breakpoint: it can move to a cheaper place.
             let offset = code.as_ref().map_or(0, |c| c.entry_offset(&symbol, 1));
