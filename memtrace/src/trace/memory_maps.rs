@@ -281,10 +281,12 @@ impl MapsCache {
             inherited: true,
         };
         self.procs.insert(child, copy);
-        // A reused pid: the new process starts at generation 0 again.
+        // A reused pid: the new process starts at generation 0 again. Mappings kept ahead are
+        // the new child's own: a child that forks, execs and maps its libraries between two
+        // drains has its mapping records read before its fork event (the drain reads them
+        // first), and they must wait for its exec event.
         self.generations.remove(&child);
         self.retired.retain(|&(pid, _), _| pid != child);
-        self.ahead.retain(|&(pid, _), _| pid != child);
     }
 
     /// Everything kept for `pid` (an ended process whose stacks are all resolved): an
@@ -413,6 +415,11 @@ fn read_process(pid: u32, files: &mut HashMap<FileId, Weak<File>>) -> Option<(u6
         return None;
     }
     let maps = process.maps().ok()?;
+    // A process between releasing its memory and becoming a zombie has no maps: that is no
+    // reading of it (it would replace what the kernel's mapping records said of it).
+    if maps.0.is_empty() {
+        return None;
+    }
     let mut mappings: Vec<Mapping> = maps.into_iter().map(|m| mapping(pid, m, files)).collect();
     mappings.sort_by_key(|m| m.start);
     Some((stat.starttime, mappings))
@@ -517,6 +524,20 @@ mod tests {
         // The current image's own records merge into it.
         maps.add_exec_mapping(1, &exec_record("/usr/bin/true", 0x30000));
         assert!(maps.lookup(pid, 0x10800).is_some() && maps.lookup(pid, 0x30800).is_some());
+    }
+
+    /// A child that forks, execs and maps its libraries between two drains: the mapping
+    /// records (read first) come before its fork event, and must still be there at its exec.
+    #[test]
+    fn mapping_records_read_before_the_fork_survive_it() {
+        let mut maps = MapsCache::default();
+        let record = exec_record("/usr/bin/true", 0x10000);
+        let child = record.pid;
+        maps.add_exec_mapping(1, &record);
+        maps.fork(std::process::id(), child);
+        maps.exec(child);
+        let found = maps.lookup(child, 0x10800).expect("installed at the exec");
+        assert_eq!(found.module(), "true");
     }
 
     #[test]
