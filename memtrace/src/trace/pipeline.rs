@@ -89,7 +89,7 @@ impl Traced {
     }
 
     /// memtrace's usage so far, from getrusage(RUSAGE_SELF), and its programs' run time.
-    pub fn cost(&self) -> TracerCost {
+    fn cost(&self) -> TracerCost {
         let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .is_ok_and(|v| v.trim() == "1");
         let runs = stats_on.then(|| self.tracer.program_runs());
