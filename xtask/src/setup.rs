@@ -28,11 +28,30 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("qemu-system-x86", &["qemu-system-x86_64", "--version"]),
     ("busybox-static", &["busybox", "true"]),
     ("cpio", &["cpio", "--version"]),
-    // Another allocator, for memtrace malloc --lib (tests).
+    // The other allocators memtrace malloc finds and hooks (tests, benchmarks).
     (
         "libjemalloc2",
         &["test", "-e", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"],
     ),
+    (
+        "libtcmalloc-minimal4",
+        &[
+            "test",
+            "-e",
+            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+        ],
+    ),
+    (
+        "libmimalloc2.0",
+        &["test", "-e", "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"],
+    ),
+    // Real programs nobody here wrote, built as users' programs are (no frame pointers,
+    // jemalloc, forking servers): the tests run memtrace on them.
+    ("redis-server", &["redis-server", "--version"]),
+    ("redis-tools", &["redis-cli", "--version"]),
+    ("postgresql", &["pgbench", "--version"]),
+    ("stress-ng", &["stress-ng", "--version"]),
+    ("python3", &["python3", "--version"]),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TRACEFS: &str = "/sys/kernel/tracing";
