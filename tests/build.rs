@@ -20,6 +20,14 @@ const WORKLOADS: &[&str] = &[
     "demo",
     "memory_shape",
 ];
+/// malloc_leak again, linked against another allocator (which then serves its malloc and
+/// free, as jemalloc serves redis's): built when `cargo xtask setup` installed the allocator.
+const ALLOCATOR_BUILDS: &[(&str, &str)] = &[
+    ("malloc_leak_jemalloc", "libjemalloc.so.2"),
+    ("malloc_leak_tcmalloc", "libtcmalloc_minimal.so.4"),
+    ("malloc_leak_mimalloc", "libmimalloc.so.2"),
+];
+const LIBRARY_DIR: &str = "/usr/lib/x86_64-linux-gnu";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -46,11 +54,20 @@ fn main() {
     for name in WORKLOADS {
         let src = manifest_dir.join(format!("workloads/{name}.c"));
         println!("cargo:rerun-if-changed={}", src.display());
-        compile(&src, &out_dir.join(name));
+        compile(&src, &out_dir.join(name), &[]);
+    }
+    let leak = manifest_dir.join("workloads/malloc_leak.c");
+    for (name, library) in ALLOCATOR_BUILDS {
+        let library = Path::new(LIBRARY_DIR).join(library);
+        if library.exists() {
+            compile(&leak, &out_dir.join(name), &[library.as_os_str()]);
+        } else {
+            println!("cargo:warning={name} not built: no {}", library.display());
+        }
     }
 }
 
-fn compile(src: &Path, dest: &Path) {
+fn compile(src: &Path, dest: &Path, libraries: &[&std::ffi::OsStr]) {
     // Build under a unique name, then rename: debug and release builds may run at once.
     let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
     let output = Command::new("gcc")
@@ -61,6 +78,7 @@ fn compile(src: &Path, dest: &Path) {
         .args(["-Wall", "-pthread", "-o"])
         .arg(&tmp)
         .arg(src)
+        .args(libraries)
         .output()
         .unwrap_or_else(|e| panic!("cannot run gcc ({e}): install it (`cargo xtask setup`)"));
     for line in String::from_utf8_lossy(&output.stderr).lines() {

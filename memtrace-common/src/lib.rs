@@ -137,6 +137,35 @@ impl AllocFn {
     }
 }
 
+/// Where an allocator uprobe finds the arguments when its probe sits past instructions that
+/// copied them elsewhere (mimalloc's malloc moves its size from rdi to rsi before the first
+/// instruction uprobes can emulate). The attach cookie holds, for argument `i`, a register code
+/// in bits `4i..4i+4`; 0 there means the argument's own register (so a cookie of 0 changes
+/// nothing).
+pub mod arg_register {
+    pub const BITS: u32 = 4;
+    pub const RDI: u8 = 1;
+    pub const RSI: u8 = 2;
+    pub const RDX: u8 = 3;
+    pub const RCX: u8 = 4;
+    pub const R8: u8 = 5;
+    pub const R9: u8 = 6;
+    pub const RAX: u8 = 7;
+    pub const RBX: u8 = 8;
+    pub const RBP: u8 = 9;
+    pub const R10: u8 = 10;
+    pub const R11: u8 = 11;
+    pub const R12: u8 = 12;
+    pub const R13: u8 = 13;
+    pub const R14: u8 = 14;
+    pub const R15: u8 = 15;
+
+    /// The register code argument `index` has in `cookie` (0: its own register).
+    pub const fn of(cookie: u64, index: usize) -> u8 {
+        ((cookie >> (BITS as usize * index)) & 0xf) as u8
+    }
+}
+
 /// Who a page allocation is made for. Interrupt handlers and kernel threads allocate for the
 /// kernel, not for the task that happens to be current.
 #[repr(u32)]

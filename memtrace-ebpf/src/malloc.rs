@@ -1,4 +1,4 @@
-//! Heap allocations, through uprobes on the allocator's functions (libc's, or `--lib`'s).
+//! Heap allocations, through uprobes on the allocators' functions (libc's, jemalloc's...).
 //!
 //! Entry probes note what was asked for, per thread (threads allocate concurrently); one
 //! return probe, shared by every allocating function, emits the block with the stack of the
@@ -7,11 +7,14 @@
 //! allocator calling its own public functions (realloc calling malloc, or free) is one call:
 //! entries inside a call in progress only count their nesting, and their returns are skipped.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use memtrace_common::{counter, AllocFn, EventKind, PendingAlloc, PENDING_SLOTS};
+use memtrace_common::{arg_register, counter, AllocFn, EventKind, PendingAlloc, PENDING_SLOTS};
 
 use crate::{
     config,
@@ -21,9 +24,39 @@ use crate::{
     ustack::{self, UserRegs},
 };
 
+/// Argument `n` of the probed call: in its own register, or where the code before the probe
+/// copied it (the attach cookie says: see `memtrace_common::arg_register`).
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
+    let code = arg_register::of(cookie, n);
+    if code == 0 {
+        return ctx.arg::<u64>(n).unwrap_or(0);
+    }
+    // Every register read at its own constant offset, volatile: the verifier refuses a
+    // context pointer moved by a computed offset, which a chosen field would become.
+    let regs = ctx.regs;
+    let read = |field: *const u64| unsafe { core::ptr::read_volatile(field) };
+    let values = unsafe {
+        [
+            read(&raw const (*regs).rdi),
+            read(&raw const (*regs).rsi),
+            read(&raw const (*regs).rdx),
+            read(&raw const (*regs).rcx),
+            read(&raw const (*regs).r8),
+            read(&raw const (*regs).r9),
+            read(&raw const (*regs).rax),
+            read(&raw const (*regs).rbx),
+            read(&raw const (*regs).rbp),
+            read(&raw const (*regs).r10),
+            read(&raw const (*regs).r11),
+            read(&raw const (*regs).r12),
+            read(&raw const (*regs).r13),
+            read(&raw const (*regs).r14),
+            read(&raw const (*regs).r15),
+        ]
+    };
+    values.get(usize::from(code) - 1).copied().unwrap_or(0)
 }
 
 /// This thread's slot in the table of calls in progress.

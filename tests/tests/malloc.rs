@@ -567,3 +567,128 @@ fn an_exited_processs_blocks_stay_reported_not_kept() {
         t.context()
     );
 }
+
+/// The kinds of allocator the report says it hooked, in its order.
+fn allocator_kinds(t: &Traced) -> Vec<String> {
+    (t.report["allocators"].as_array())
+        .unwrap_or_else(|| panic!("no allocators\n{}", t.context()))
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_allocator_a_program_links_is_found_without_lib() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let (leaks, size, churn) = (40u64, 3000u64, 5000u64);
+    for (build, kind) in [
+        ("malloc_leak_jemalloc", "jemalloc"),
+        ("malloc_leak_tcmalloc", "tcmalloc"),
+        ("malloc_leak_mimalloc", "mimalloc"),
+    ] {
+        let t = trace(
+            &["--leaks"],
+            build,
+            &[&leaks.to_string(), &size.to_string(), &churn.to_string()],
+        );
+        assert_eq!(t.run.code(), 0, "{}", t.context());
+        // It serves the program's malloc, so it is named first; libc's is hooked beside it.
+        assert_eq!(allocator_kinds(&t), [kind, "glibc"], "{}", t.context());
+        assert_eq!(
+            outstanding_of(&t, "leaky_function"),
+            (leaks, leaks * size),
+            "{build}\n{}",
+            t.context()
+        );
+        assert!(outstanding_in(&t, "churn").is_empty(), "{}", t.context());
+        // The workload's own malloc calls, each seen once (libc and the allocator's start-up
+        // add a few of their own).
+        let own = t.workload.u64("mallocs");
+        let seen = u64_of(t.process(), "malloc_calls");
+        assert!(
+            (own..=own + 16).contains(&seen),
+            "{build}: {seen} malloc calls seen, the workload made {own}\n{}",
+            t.context()
+        );
+        assert!(
+            u64_of(t.process(), "free_calls") >= churn,
+            "{build}\n{}",
+            t.context()
+        );
+    }
+}
+
+#[test]
+fn a_child_mapping_an_allocator_not_hooked_is_named() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    // sh needs libc alone; the program it starts maps jemalloc, found only as it runs.
+    let program = workload("malloc_leak_jemalloc");
+    let script = format!("{} 10 100 100; true", program.display());
+    let (run, report) = traced::run_json("malloc", &["--leaks"], &["sh", "-c", &script]);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert_eq!(report["allocators"][0]["kind"], "glibc", "{report}");
+    let warning = (run.stderr.lines())
+        .find(|line| line.contains("mapped jemalloc"))
+        .unwrap_or_else(|| panic!("no warning about jemalloc\n{}", run.describe()));
+    assert!(
+        warning.contains("libjemalloc.so.2") && warning.contains("--lib"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn redis_outstanding_bytes_follow_its_used_memory() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let redis = tests::redis::Redis::start();
+    let dir = TempDir::new("malloc-redis");
+    let out = dir.join("report.json");
+    let pid = redis.pid().to_string();
+    let mut tracer = tests::spawn_memtrace(&[
+        "malloc",
+        "--pid",
+        &pid,
+        "--leaks",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    let before = redis.memory("used_memory");
+    // Values of 8186 bytes take 8192-byte blocks (a header of 5, a NUL): a jemalloc size
+    // class, so the allocator's rounding, which used_memory counts, is left to small blocks.
+    let keys = 2000u64;
+    assert_eq!(
+        redis.cli(&["DEBUG", "POPULATE", &keys.to_string(), "key", "8186"]),
+        "OK"
+    );
+    let after = redis.memory("used_memory");
+    tracer.signal(libc::SIGINT);
+    let run = tracer.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["allocators"][0]["kind"], "jemalloc", "{report}");
+    let row = (report["processes"].as_array().unwrap().iter())
+        .find(|p| p["pid"] == redis.pid())
+        .unwrap_or_else(|| panic!("no row for redis-server\n{}", run.describe()));
+    let held = u64_of(row, "bytes_allocated") as f64 - u64_of(row, "bytes_freed") as f64;
+    let grew = after as f64 - before as f64;
+    assert!(
+        grew >= keys as f64 * 8192.0,
+        "used_memory grew by {grew} only"
+    );
+    assert!(
+        (held - grew).abs() <= 0.03 * grew,
+        "memtrace: redis holds {held} bytes more; its used_memory grew by {grew}\n{}",
+        run.describe()
+    );
+}

@@ -16,15 +16,28 @@ pub struct TargetArgs {
     /// Trace every task in this cgroup v2 directory and below it (e.g. a container).
     #[arg(long, value_name = "PATH", conflicts_with = "pids")]
     pub cgroup: Option<PathBuf>,
-    /// Also trace processes that the targets fork after tracing starts.
+    /// With --pid or --cgroup: also trace processes the targets fork after tracing starts
+    /// (a command's are always traced, as perf record's are).
     #[arg(long)]
     pub follow_children: bool,
+    /// Trace the command alone, not the processes it starts.
+    #[arg(long, conflicts_with = "follow_children")]
+    pub no_follow_children: bool,
     /// The command to start and trace (after `--`).
     #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["pids", "cgroup"])]
     pub command: Vec<String>,
 }
 
 impl TargetArgs {
+    /// Whether processes the targets start are traced too: a command's, unless
+    /// --no-follow-children; others' with --follow-children.
+    pub fn follows_children(&self) -> bool {
+        match self.command.is_empty() {
+            true => self.follow_children,
+            false => !self.no_follow_children,
+        }
+    }
+
     /// The target as the pipeline takes it (clap has made them exclusive).
     pub fn request(&self) -> TargetRequest {
         if !self.command.is_empty() {

@@ -210,7 +210,7 @@ impl Attachment {
     pub fn hooks(&self) -> Vec<&'static Hook> {
         match self {
             Self::Hook(hook) | Self::Sampled { hook, .. } => vec![hook],
-            Self::Uprobes(site) => site.probes.iter().map(|(hook, _)| *hook).collect(),
+            Self::Uprobes(site) => site.probes.iter().map(|probe| probe.hook).collect(),
         }
     }
 }
@@ -221,9 +221,17 @@ impl Attachment {
 pub struct UprobeSite {
     pub symbol: String,
     pub library: PathBuf,
-    /// Each probe's hook and its offset from the function's start.
-    pub probes: Vec<(&'static Hook, u64)>,
+    pub probes: Vec<Probe>,
     /// Why the trace cannot go on without this site (said when it fails to attach); None: a
     /// site that fails is skipped, and said with -v.
     pub required: Option<String>,
+}
+
+/// One uprobe of a site: its hook, where past the function's start it breaks, and the attach
+/// cookie its program reads (see `probe_site`).
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub hook: &'static Hook,
+    pub offset: u64,
+    pub cookie: u64,
 }

@@ -7,14 +7,14 @@ use aya::{
     maps::Array,
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
         PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint, UProbe,
     },
     util::online_cpus,
 };
 
 use super::{
-    hooks::{self, Attachment, Hook, Point, UprobeSite},
+    hooks::{self, Attachment, Hook, Point, Probe, UprobeSite},
     tracer::{cpu_list_error, Tracer},
 };
 
@@ -109,9 +109,8 @@ impl Tracer {
     /// Attaches a site's probes in order, stopping at the first that fails: an error when
     /// the site is required (saying why), false (said with -v) when not.
     fn attach_uprobes(&mut self, site: &UprobeSite, single: Option<u32>) -> Result<bool> {
-        let attached = site.probes.iter().try_for_each(|(hook, offset)| {
-            self.attach_uprobe(hook.program, &site.symbol, *offset, &site.library, single)
-        });
+        let attached = (site.probes.iter())
+            .try_for_each(|probe| self.attach_uprobe(probe, &site.symbol, &site.library, single));
         match (attached, &site.required) {
             (Ok(()), _) => Ok(true),
             (Err(err), Some(why)) => Err(err.context(why.clone())),
@@ -154,18 +153,19 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches uprobe (or uretprobe) `program` to `symbol` (plus `offset` bytes) in `library`,
-    /// loading the program the first time. With `process`, the breakpoint is set in that
+    /// Attaches an uprobe (or uretprobe) to `symbol` (plus the probe's offset) in `library`,
+    /// loading its program the first time. With `process`, the breakpoint is set in that
     /// process only; without, in every process that maps the library (the programs' target
     /// filter narrows what they record, but every call traps).
     fn attach_uprobe(
         &mut self,
-        program: &str,
+        probe: &Probe,
         symbol: &str,
-        offset: u64,
         library: &Path,
         process: Option<u32>,
     ) -> Result<()> {
+        let program = probe.hook.program;
+        let (offset, cookie) = (probe.offset, probe.cookie);
         let probe: &mut UProbe = self.program(program)?.try_into()?;
         if probe.fd().is_err() {
             probe
@@ -174,7 +174,11 @@ impl Tracer {
         }
         probe
             .attach(
-                UProbeAttachLocation::SymbolOffset(symbol, offset),
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+                    // Without one, aya attaches without a link (kernels before 5.15).
+                    cookie: (cookie != 0).then_some(cookie),
+                },
                 library,
                 process
                     .and_then(std::num::NonZeroU32::new)

@@ -307,8 +307,9 @@ fn say_uprobes_trap_everywhere(attachments: &[Attachment]) {
         return;
     };
     log::warn!(
-        "note: more than one process is traced, so every process using {} traps on each \
-         allocator call (about 1 µs each); --pid or a command limits that to one process",
+        "note: more than one process is traced (a command's children are), so every process \
+         using {} traps on each allocator call while memtrace runs (about 1 µs each); one \
+         --pid, or --no-follow-children for a command, limits that to one process",
         site.library.display()
     );
 }

@@ -20,9 +20,15 @@ the age of the oldest. --min-age hides blocks younger than that (in flight, not 
 --format folded, --flamegraph and --pprof weigh stacks by bytes: outstanding bytes with
 --leaks, allocated bytes without.
 
-The allocator: --lib PATH (jemalloc, tcmalloc, mimalloc...), with --symbol-prefix for
-prefixed builds (je_malloc). By default: the libc the target maps (--pid), or the one
-memtrace itself uses (a command, system-wide).
+The allocators: by default, every one the target uses: libc's, and jemalloc, tcmalloc or
+mimalloc, shared (mapped by the process; for a command, among the libraries it needs) or
+linked into the executable (its symbol table defines malloc and free, or je_malloc,
+_rjem_malloc, mi_malloc: prefixed builds are found by their symbols). The report names each.
+jemalloc's mallocx/rallocx/sdallocx, mimalloc's mi_* and C++'s new and delete, when the
+allocator defines them, count as malloc, realloc and free. A traced process that maps an
+allocator memtrace did not hook (a child running another program, a dlopen) is named in a
+warning with the command to trace it. Whole-system traces hook memtrace's own libc.
+--lib PATH hooks that library alone; --symbol-prefix overrides the prefix found.
 
 Examples:
   sudo memtrace malloc --leaks -- ./server --once
@@ -30,8 +36,8 @@ Examples:
   sudo memtrace malloc --pid 1234 --lib /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
   sudo memtrace malloc --format json --output allocs.json -- ./batch-job";
 
-/// Heap allocations per call stack through uprobes on the allocator (libc's malloc and
-/// friends, or --lib's), and the blocks never freed (--leaks).
+/// Heap allocations per call stack through uprobes on the target's allocators (libc's,
+/// jemalloc's, tcmalloc's, mimalloc's malloc and friends), and the blocks never freed (--leaks).
 #[derive(Debug, Args)]
 #[command(after_help = MALLOC_HELP)]
 pub struct MallocArgs {
@@ -60,12 +66,13 @@ pub struct MallocArgs {
     /// With --leaks: only blocks at least this old (e.g. 5s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
-    /// The allocator library to hook (default: the target's libc).
+    /// The allocator library to hook, alone (default: every allocator the target uses).
     #[arg(long, value_name = "PATH")]
     pub lib: Option<PathBuf>,
-    /// Prefix of the allocator's function names (e.g. je_ for je_malloc).
-    #[arg(long, value_name = "PREFIX", default_value = "")]
-    pub symbol_prefix: String,
+    /// Prefix of the allocator's function names (e.g. je_ for je_malloc); default: the
+    /// prefix each allocator's own symbols show.
+    #[arg(long, value_name = "PREFIX")]
+    pub symbol_prefix: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -1,13 +1,16 @@
-//! `memtrace malloc`: heap allocations per call stack, and the blocks never freed. The kernel
-//! side (memtrace-ebpf's `malloc`) sends every block allocated and freed; the books are kept
-//! here (`books`): per process, per stack, sizes, and the blocks still outstanding.
+//! `memtrace malloc`: heap allocations per call stack, and the blocks never freed. The
+//! allocators the target uses are found in its files (`allocators`, `program_files`) and
+//! hooked where their probes cost least (`probes`); the kernel side (memtrace-ebpf's `malloc`)
+//! sends every block allocated and freed; the books are kept here (`books`): per process, per
+//! stack, sizes, and the blocks still outstanding.
+mod allocators;
 pub mod args;
 mod books;
 mod probes;
+mod program_files;
 mod report;
 mod table;
-
-use std::path::Path;
+mod unhooked;
 
 use anyhow::Result;
 use memtrace_common::AllocFn;
@@ -15,11 +18,13 @@ use memtrace_common::AllocFn;
 use self::{
     args::MallocArgs,
     books::{AllocBooks, Weight},
-    report::{AllocStackRow, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket},
+    report::{
+        AllocStackRow, HookedAllocator, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket,
+    },
 };
 use crate::{
     commands::options::Format,
-    kernel::hooks::{self, Attachment, CommandHooks},
+    kernel::hooks::{self, Attachment, CommandHooks, UprobeSite},
     output::{folded, json},
     trace::{
         pipeline::{self, Traced},
@@ -51,9 +56,11 @@ pub const HOOKS: CommandHooks = CommandHooks {
 
 pub async fn run(args: MallocArgs) -> Result<()> {
     let mut outputs = args.output.open()?;
-    let library = probes::allocator_library(&args)?;
-    let sites = probes::sites(&library, &args.symbol_prefix);
-    let mut hooks: Vec<Attachment> = (sites.iter())
+    let allocators = probes::allocators(&args)?;
+    // Each allocator's functions, in the order their sites are attached.
+    let sites: Vec<Vec<(String, Option<UprobeSite>)>> =
+        allocators.iter().map(probes::sites).collect();
+    let mut hooks: Vec<Attachment> = (sites.iter().flatten())
         .filter_map(|(_, site)| site.clone().map(Attachment::Uprobes))
         .collect();
     if args.mmap {
@@ -62,7 +69,7 @@ pub async fn run(args: MallocArgs) -> Result<()> {
     let request = TraceRequest {
         declared: &HOOKS,
         target: args.target.request(),
-        follow_children: args.target.follow_children,
+        follow_children: args.target.follows_children(),
         stop_after: args.duration,
         kernel: KernelOptions {
             user_stacks: true,
@@ -80,14 +87,18 @@ pub async fn run(args: MallocArgs) -> Result<()> {
     books.now = traced.duration;
     // What was hooked, aliases included, in the order tried; then --mmap's.
     let mut attached = traced.attached.iter();
-    let mut functions: Vec<String> = (sites.into_iter())
-        .filter(|(_, site)| site.is_none() || attached.next() == Some(&true))
-        .map(|(name, _)| name)
+    let hooked: Vec<HookedAllocator> = (allocators.iter().zip(sites))
+        .map(|(allocator, sites)| HookedAllocator {
+            kind: allocator.kind,
+            library: allocator.shown.display().to_string(),
+            functions: (sites.into_iter())
+                .filter(|(_, site)| site.is_none() || attached.next() == Some(&true))
+                .map(|(name, _)| name)
+                .collect(),
+        })
         .collect();
-    if args.mmap {
-        functions.extend(["mmap".to_owned(), "munmap".to_owned()]);
-    }
-    let report = build_report(&args, books, &traced, &library, functions)?;
+    unhooked::warn(&traced.processes, &allocators);
+    let report = build_report(&args, books, &traced, hooked)?;
     let profile = table::byte_stacks(&report, args.leaks);
     match args.output.format {
         Format::Table => table::write(&report, &mut outputs.report)?,
@@ -101,8 +112,7 @@ fn build_report(
     args: &MallocArgs,
     mut books: AllocBooks,
     traced: &Traced,
-    library: &Path,
-    functions: Vec<String>,
+    allocators: Vec<HookedAllocator>,
 ) -> Result<MallocReport> {
     let known = &traced.processes;
     let round = |value: f64| value.round() as u64;
@@ -185,8 +195,15 @@ fn build_report(
         outstanding_dropped: books.outstanding_dropped,
         exited_blocks: books.exited_blocks,
         calls_untracked: counters.alloc_calls_untracked,
-        library: library.display().to_string(),
-        functions,
+        library: allocators
+            .first()
+            .map(|a| a.library.clone())
+            .unwrap_or_default(),
+        functions: allocators
+            .iter()
+            .flat_map(|a| a.functions.clone())
+            .collect(),
+        allocators,
         processes,
         stacks,
         outstanding,

@@ -1,113 +1,244 @@
-//! Where `memtrace malloc` hooks: the allocator library, and the probe sites of its functions
-//! (one set per function, at the cheapest place for entry probes: see `probe_site`).
+//! Where `memtrace malloc` hooks: the allocators the target uses (`allocators`), and the
+//! probe sites of their functions, each at the cheapest place for its probes (`probe_site`).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use anyhow::Result;
 use memtrace_common::AllocFn;
 
-use super::args::MallocArgs;
+use super::{
+    allocators::{self, Allocator, Kind},
+    args::MallocArgs,
+    program_files,
+};
 use crate::{
     error::UsageError,
     kernel::{
-        hooks::{self, Attachment, UprobeSite},
+        hooks::{self, Attachment, Probe, UprobeSite},
         probe_site::LibraryCode,
     },
+    trace::request::TargetRequest,
 };
 
-/// The allocator to hook: `--lib`, else the libc the target maps (through its root, so a
-/// process in a container gets its own), else memtrace's own.
-pub fn allocator_library(args: &MallocArgs) -> Result<PathBuf> {
+/// The allocators to hook: `--lib`'s, else every one the target runs (for a whole-system
+/// trace, the libc memtrace itself uses).
+pub fn allocators(args: &MallocArgs) -> Result<Vec<Allocator>> {
     if let Some(lib) = &args.lib {
-        if !lib.is_file() {
-            return Err(UsageError(format!(
-                "--lib {}: no such file (give the allocator's shared library, e.g. \
-                 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2)",
-                lib.display()
-            ))
-            .into());
-        }
-        return Ok(lib.clone());
+        return named_library(lib, args.symbol_prefix.as_deref()).map(|a| vec![a]);
     }
-    let pid = args.target.pids.first().copied();
-    let maps_of = pid.map_or_else(|| "self".to_owned(), |p| p.to_string());
-    // Parsed by procfs, as the maps cache does (`memory_maps`).
-    let process = match pid {
-        Some(pid) => procfs::process::Process::new(pid as i32),
-        None => procfs::process::Process::myself(),
-    };
-    let maps = process
-        .and_then(|p| p.maps())
-        .map(|m| m.0)
-        .unwrap_or_default();
-    let libc = maps.into_iter().find_map(|map| match map.pathname {
-        procfs::process::MMapPath::Path(path)
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-")) =>
-        {
-            Some(path)
+    let (found, looked_in) = match args.target.request() {
+        TargetRequest::Pids(pids) => {
+            let found = (pids.iter())
+                .flat_map(|&pid| {
+                    let root = PathBuf::from(format!("/proc/{pid}/root"));
+                    allocators::find(&program_files::of_process(pid), &root)
+                })
+                .collect();
+            let maps: Vec<String> = pids.iter().map(|p| format!("/proc/{p}/maps")).collect();
+            (found, maps.join(", "))
         }
-        _ => None,
-    });
-    match (libc, pid) {
-        (Some(path), Some(pid)) => Ok(PathBuf::from(format!("/proc/{pid}/root{}", path.display()))),
-        (Some(path), None) => Ok(path),
-        (None, _) => Err(UsageError(format!(
-            "no libc in /proc/{maps_of}/maps: the program may be static or use another \
-             allocator; name its library with --lib"
+        TargetRequest::Command(argv) => {
+            let found = allocators::find(&program_files::of_command(&argv), Path::new("/"));
+            (found, format!("{} and the libraries it needs", argv[0]))
+        }
+        TargetRequest::System | TargetRequest::Cgroup(_) => {
+            let own = program_files::of_process(std::process::id());
+            let found = allocators::find(&own, Path::new("/"));
+            let libc = found
+                .into_iter()
+                .filter(|a| a.kind == Kind::Glibc)
+                .collect();
+            (libc, "memtrace's own libc".to_owned())
+        }
+    };
+    let mut found = distinct_files(found);
+    if let Some(prefix) = &args.symbol_prefix {
+        for allocator in &mut found {
+            allocator.prefixes = vec![prefix.clone()];
+        }
+    }
+    if found.is_empty() {
+        return Err(UsageError(format!(
+            "no allocator found in {looked_in}: the program may be static and stripped, or \
+             use an allocator in a library of another name; name it with --lib PATH"
         ))
-        .into()),
+        .into());
+    }
+    Ok(found)
+}
+
+/// `--lib PATH`: what it holds, or the functions `--symbol-prefix` names.
+fn named_library(lib: &Path, prefix: Option<&str>) -> Result<Allocator> {
+    let missing = || {
+        UsageError(format!(
+            "--lib {}: no such file (give the allocator's shared library, e.g. \
+             /usr/lib/x86_64-linux-gnu/libjemalloc.so.2)",
+            lib.display()
+        ))
+    };
+    let code = LibraryCode::read(lib).ok_or_else(missing)?;
+    let identified = allocators::identify(&code);
+    let (kind, prefixes) = match (identified, prefix) {
+        (Some((kind, _)), Some(prefix)) => (kind, vec![prefix.to_owned()]),
+        (Some(found), None) => found,
+        (None, prefix) => {
+            let prefix = prefix.unwrap_or_default();
+            if !code.defines(&format!("{prefix}malloc")) {
+                return Err(UsageError(format!(
+                    "--lib {}: no {prefix}malloc and {prefix}free in it: is it the allocator? \
+                     (a prefixed build takes --symbol-prefix, e.g. je_)",
+                    lib.display()
+                ))
+                .into());
+            }
+            (Kind::Other, vec![prefix.to_owned()])
+        }
+    };
+    Ok(Allocator {
+        kind,
+        library: lib.to_path_buf(),
+        shown: lib.to_path_buf(),
+        prefixes,
+    })
+}
+
+/// Each file once, by identity: two processes name the same file through their own roots,
+/// and two probes on one instruction would count each call twice.
+fn distinct_files(found: Vec<Allocator>) -> Vec<Allocator> {
+    let mut seen = HashSet::new();
+    (found.into_iter())
+        .filter(|a| {
+            let identity = std::fs::metadata(&a.library).map(|m| (m.dev(), m.ino()));
+            identity.map_or(true, |id| seen.insert(id))
+        })
+        .collect()
+}
+
+/// A function memtrace hooks: its name after the allocator's prefix, and the entry program
+/// that reads its arguments (the role it plays).
+type Function = (&'static str, AllocFn);
+
+/// jemalloc's own API (Rust's jemallocator calls these).
+const JEMALLOC_EXTRA: [Function; 4] = [
+    ("mallocx", AllocFn::Malloc),
+    ("rallocx", AllocFn::Realloc),
+    ("dallocx", AllocFn::Free),
+    ("sdallocx", AllocFn::Free),
+];
+/// mimalloc's aligned and zeroing API (Rust's mimalloc crate calls these), after "mi_".
+const MIMALLOC_EXTRA: [Function; 4] = [
+    ("zalloc", AllocFn::Malloc),
+    ("malloc_aligned", AllocFn::Malloc),
+    ("zalloc_aligned", AllocFn::Malloc),
+    ("realloc_aligned", AllocFn::Realloc),
+];
+/// C++'s new and delete, when the allocator defines them itself (libstdc++'s call malloc).
+const CXX_OPERATORS: [Function; 16] = [
+    ("_Znwm", AllocFn::Malloc),
+    ("_Znam", AllocFn::Malloc),
+    ("_ZnwmRKSt9nothrow_t", AllocFn::Malloc),
+    ("_ZnamRKSt9nothrow_t", AllocFn::Malloc),
+    ("_ZnwmSt11align_val_t", AllocFn::Malloc),
+    ("_ZnamSt11align_val_t", AllocFn::Malloc),
+    ("_ZdlPv", AllocFn::Free),
+    ("_ZdaPv", AllocFn::Free),
+    ("_ZdlPvm", AllocFn::Free),
+    ("_ZdaPvm", AllocFn::Free),
+    ("_ZdlPvRKSt9nothrow_t", AllocFn::Free),
+    ("_ZdaPvRKSt9nothrow_t", AllocFn::Free),
+    ("_ZdlPvSt11align_val_t", AllocFn::Free),
+    ("_ZdaPvSt11align_val_t", AllocFn::Free),
+    ("_ZdlPvmSt11align_val_t", AllocFn::Free),
+    ("_ZdaPvmSt11align_val_t", AllocFn::Free),
+];
+
+/// The functions of `allocator` under `prefix`, in the order their probes are attached.
+fn functions(allocator: &Allocator, prefix: &str) -> Vec<(String, AllocFn)> {
+    let standard = AllocFn::UPROBED.map(|f| (f.name(), f));
+    let mut names: Vec<(String, AllocFn)> = (standard.iter())
+        .map(|(name, role)| (format!("{prefix}{name}"), *role))
+        .collect();
+    let extra: &[Function] = match allocator.kind {
+        Kind::Jemalloc => &JEMALLOC_EXTRA,
+        Kind::Mimalloc if prefix == "mi_" => &MIMALLOC_EXTRA,
+        _ => &[],
+    };
+    names.extend(
+        extra
+            .iter()
+            .map(|(n, role)| (format!("{prefix}{n}"), *role)),
+    );
+    if allocator.kind != Kind::Glibc && prefix.is_empty() {
+        names.extend(CXX_OPERATORS.iter().map(|(n, role)| (n.to_string(), *role)));
+    }
+    names
+}
+
+/// How many arguments the entry program of `role` reads.
+fn arguments(role: AllocFn) -> usize {
+    match role {
+        AllocFn::Malloc | AllocFn::Valloc | AllocFn::Pvalloc | AllocFn::Free => 1,
+        AllocFn::Calloc | AllocFn::Realloc | AllocFn::AlignedAlloc | AllocFn::Memalign => 2,
+        AllocFn::Reallocarray | AllocFn::PosixMemalign => 3,
+        AllocFn::Mmap | AllocFn::Munmap => 0,
     }
 }
 
-/// The allocator's functions to hook in `library`, named with `prefix`, as uprobe sites (in
-/// [`AllocFn::UPROBED`]'s order); and the names to report for them, an alias standing for the
-/// function it shares its code with (glibc's memalign is aligned_alloc): one set of probes,
-/// under the first name, since two would count each call twice.
-pub fn sites(library: &Path, prefix: &str) -> Vec<(String, Option<UprobeSite>)> {
+/// One allocator's hooked functions: the report's names for them and their uprobe sites. An
+/// alias (glibc's memalign is aligned_alloc, tcmalloc's free is operator delete) stands for
+/// the function it shares its code with: one set of probes, under the first name, since two
+/// would count each call twice. Functions the allocator does not define are left out.
+pub fn sites(allocator: &Allocator) -> Vec<(String, Option<UprobeSite>)> {
+    let Some(code) = LibraryCode::read(&allocator.library) else {
+        return Vec::new();
+    };
     let mut addresses: HashMap<u64, String> = HashMap::new();
-    let code = LibraryCode::read(library);
     let mut sites = Vec::new();
-    for function in AllocFn::UPROBED {
-        let symbol = format!("{prefix}{}", function.name());
-        if let Some(address) = code.as_ref().and_then(|c| c.address(&symbol)) {
+    for prefix in &allocator.prefixes {
+        for (symbol, role) in functions(allocator, prefix) {
+            let Some(address) = code.address(&symbol) else {
+                continue;
+            };
             if let Some(first) = addresses.get(&address) {
                 sites.push((format!("{symbol} (= {first})"), None));
                 continue;
             }
             addresses.insert(address, symbol.clone());
+            let Some(entry) = hooks::alloc_entry(role) else {
+                continue;
+            };
+            // The return probe needs the return address on top of the stack where it breaks.
+            let return_probe = role != AllocFn::Free;
+            let site = code.entry_site(&symbol, arguments(role), return_probe);
+            log::debug!(
+                "{symbol}: probes at +{} (cookie {:#x})",
+                site.offset,
+                site.cookie
+            );
+            let probe = |hook| Probe {
+                hook,
+                offset: site.offset,
+                cookie: site.cookie,
+            };
+            let mut probes = vec![probe(entry)];
+            if return_probe {
+                probes.push(probe(&hooks::ALLOC_RETURN));
+            }
+            // malloc and free are the least an allocator has.
+            let required = (symbol == format!("{prefix}malloc")
+                || symbol == format!("{prefix}free"))
+            .then(|| format!("hooking {symbol} in {}", allocator.shown.display()));
+            let site = UprobeSite {
+                symbol: symbol.clone(),
+                library: allocator.library.clone(),
+                probes,
+                required,
+            };
+            sites.push((symbol, Some(site)));
         }
-        let Some(entry) = hooks::alloc_entry(function) else {
-            continue;
-        };
-        let probes = if function == AllocFn::Free {
-            // No return probe shares its breakpoint: it can move to a cheaper place.
-            let offset = code.as_ref().map_or(0, |c| c.entry_offset(&symbol, 1));
-            log::debug!("{symbol}: entry probe at +{offset}");
-            vec![(entry, offset)]
-        } else {
-            // The return probe needs the entry (the return address is on top of the stack
-            // there); the entry probe shares its breakpoint.
-            vec![(entry, 0), (&hooks::ALLOC_RETURN, 0)]
-        };
-        // malloc and free are the least an allocator has.
-        let required = matches!(function, AllocFn::Malloc | AllocFn::Free).then(|| {
-            format!(
-                "{} does not look like an allocator (no {symbol})",
-                library.display()
-            )
-        });
-        let site = UprobeSite {
-            symbol: symbol.clone(),
-            library: library.to_path_buf(),
-            probes,
-            required,
-        };
-        sites.push((symbol, Some(site)));
     }
     sites
 }

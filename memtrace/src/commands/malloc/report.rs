@@ -2,6 +2,7 @@
 //! contract (issue #4): keep them, add freely.
 use serde::Serialize;
 
+use super::allocators::Kind;
 use crate::report::{ReportHeader, StackRow};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -27,6 +28,17 @@ pub struct MallocProcessRow {
     pub bytes_freed: u64,
     /// Frees of blocks allocated before tracing started.
     pub frees_of_untraced_blocks: u64,
+}
+
+/// An allocator memtrace hooked.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookedAllocator {
+    /// glibc, jemalloc, tcmalloc, mimalloc, or malloc (another allocator).
+    pub kind: Kind,
+    /// Its file, as the traced process names it.
+    pub library: String,
+    /// The functions hooked (an alias as `name (= function)`).
+    pub functions: Vec<String>,
 }
 
 /// Allocations made on one stack.
@@ -71,9 +83,11 @@ pub struct MallocReport {
     pub exited_blocks: u64,
     /// Allocator calls not followed to their return (the kernel's per-thread table was full).
     pub calls_untracked: u64,
-    /// The allocator hooked and the functions found in it.
+    /// The first allocator hooked (see `allocators` for all), and every function hooked.
     pub library: String,
     pub functions: Vec<String>,
+    /// Each allocator hooked: which it is, its file, its functions.
+    pub allocators: Vec<HookedAllocator>,
     pub processes: Vec<MallocProcessRow>,
     pub stacks: Vec<AllocStackRow>,
     /// Only with --leaks.

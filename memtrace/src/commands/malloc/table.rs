@@ -6,12 +6,27 @@ use crate::output::{profile::Reweighted, text};
 
 pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
     text::title(out, &report.header)?;
-    writeln!(
-        out,
-        "allocator: {} ({})",
-        report.library,
-        report.functions.join(", ")
-    )?;
+    for allocator in &report.allocators {
+        // Aliases and C++'s many operator names are in the JSON; the table stays one line.
+        let mut names: Vec<&str> = (allocator.functions.iter())
+            .filter(|name| !name.contains(" (= ") && !name.starts_with("_Z"))
+            .map(String::as_str)
+            .collect();
+        if allocator
+            .functions
+            .iter()
+            .any(|name| name.starts_with("_Z"))
+        {
+            names.push("C++ new and delete");
+        }
+        writeln!(
+            out,
+            "allocator: {} {} ({})",
+            allocator.kind.name(),
+            allocator.library,
+            names.join(", ")
+        )?;
+    }
     if report.sampled {
         writeln!(
             out,

@@ -42,7 +42,7 @@ pub async fn run(args: PagesArgs) -> Result<()> {
     let request = TraceRequest {
         declared: &HOOKS,
         target: args.target.request(),
-        follow_children: args.target.follow_children,
+        follow_children: args.target.follows_children(),
         stop_after: args.run.duration,
         kernel: KernelOptions {
             page_stacks: true,

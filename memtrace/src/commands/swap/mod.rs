@@ -62,7 +62,7 @@ pub async fn run(args: SwapArgs) -> Result<()> {
         declared: &HOOKS,
         target: args.target.request(),
         // A command's children are its load: follow them.
-        follow_children: args.target.follow_children || !args.target.command.is_empty(),
+        follow_children: args.target.follows_children(),
         stop_after: args.duration,
         kernel: KernelOptions {
             user_stacks: true, // for swap-in stacks, the only events with stacks here
