@@ -273,3 +273,37 @@ fn count_pixels(path: &std::path::Path, rgb: [u8; 3]) -> usize {
         .filter(|p| p.len() >= 3 && p[..3] == rgb)
         .count()
 }
+
+#[test]
+fn a_commands_tree_is_watched_and_its_largest_member_named() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    // The shell holds little; the process it starts leaks 234 MiB/min.
+    let program = workload("memory_shape");
+    let shell = format!("{} grow 400 60; true", program.display());
+    let t = diagnose_command(&[], &["sh", "-c", &shell]);
+    assert_eq!(t.run.code(), 3, "{}", t.context());
+    let v = verdict(&t, "heap-growth").unwrap_or_else(|| panic!("{}", t.context()));
+    let slope = v["evidence"]["slope_mib_per_min"].as_f64().unwrap();
+    let wanted = 400.0 * 10.0 * 60.0 / 1024.0;
+    assert!(
+        (slope - wanted).abs() <= wanted * 0.2,
+        "slope {slope} MiB/min, the workload grows {wanted:.0}\n{}",
+        t.context()
+    );
+    let largest = &v["evidence"]["largest"];
+    assert_eq!(largest["pid"], t.workload.pid, "{}", t.context());
+    assert_eq!(largest["comm"], "memory_shape", "{}", t.context());
+    assert_eq!(v["evidence"]["processes"], 2, "{}", t.context());
+    let advice = v["advice"].as_str().unwrap();
+    assert!(
+        advice.contains(&format!("--pid {}", t.workload.pid)),
+        "{advice}"
+    );
+
+    // The shell alone has nothing to say.
+    let alone = diagnose_command(&["--no-follow-children"], &["sh", "-c", &shell]);
+    assert!(raised(&alone).is_empty(), "{}", alone.context());
+}

@@ -40,7 +40,12 @@ fn trace_command(extra: &[&str], name: &str, args: &[&str]) -> Traced {
     let program = workload(name);
     let mut command = vec![program.to_str().unwrap()];
     command.extend_from_slice(args);
-    let (run, report) = trace_json(extra, &command);
+    trace_argv(extra, &command)
+}
+
+/// The same for any command whose last stdout line is a workload line.
+fn trace_argv(extra: &[&str], command: &[&str]) -> Traced {
+    let (run, report) = trace_json(extra, command);
     let workload = parse_report(&run.stdout)
         .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
     Traced {
@@ -888,4 +893,44 @@ fn a_reused_pid_is_not_traced() {
         assert!(reused.phase_minflt >= 20_000, "{reused:?}");
         assert_phase_counted(&t, first_pid);
     }
+}
+
+/// A python3 script (a real program, not ours) that touches 64 MiB and prints its own
+/// getrusage figures as a workload line.
+const PYTHON_TOUCHES: &str = "import json, os, resource, time\n\
+b = bytearray(64 << 20)\n\
+r = resource.getrusage(resource.RUSAGE_SELF)\n\
+print(json.dumps({'pid': os.getpid(), 'minflt': r.ru_minflt, 'majflt': r.ru_majflt, \
+'phase_minflt': 0, 'phase_majflt': 0, 'elapsed_s': 0}))\n";
+
+#[test]
+fn a_commands_children_are_traced_unless_told_not_to() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("faults-children");
+    let script = dir.join("touch.py");
+    std::fs::write(&script, PYTHON_TOUCHES).unwrap();
+    // The shell does little; its child, python3, takes the faults.
+    let shell = format!("python3 {}; true", script.display());
+    let t = trace_argv(&[], &["sh", "-c", &shell]);
+    let python = t.workload.pid;
+    let minor = process_count(&t, python, "minor");
+    // Its own count is read before it exits; the exit adds a few.
+    assert!(
+        within(minor, t.workload.minflt, 0.02),
+        "memtrace counted {minor} minor faults for python3 (pid {python}), its getrusage says \
+         {}\n{}",
+        t.workload.minflt,
+        t.context()
+    );
+    assert!(t.workload.minflt >= 16384, "{:?}", t.workload);
+
+    let alone = trace_argv(&["--no-follow-children"], &["sh", "-c", &shell]);
+    assert!(
+        process_row(&alone.report, alone.workload.pid).is_none(),
+        "--no-follow-children traced the child\n{}",
+        alone.context()
+    );
 }

@@ -1,7 +1,7 @@
 //! What the pipeline keeps about the processes it sees: their memory maps (one
 //! snapshot per exec generation, see `memory_maps`) and their names, kept current by the fork and
 //! exec events every trace carries.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use memtrace_common::EventKind;
 
@@ -22,6 +22,8 @@ pub struct Processes {
     mapping_generations: HashMap<u32, u32>,
     /// Records that did not decode (skipped, reported at the end).
     undecodable: u64,
+    /// Processes the targets forked while traced (the kernel says only of targets' forks).
+    forked: BTreeSet<u32>,
 }
 
 impl Processes {
@@ -73,6 +75,7 @@ impl Processes {
         self.maps.forget(pid);
         self.comms.remove(&pid);
         self.mapping_generations.remove(&pid);
+        self.forked.remove(&pid);
     }
 
     /// Forgets every process but those `keep` says to keep.
@@ -80,10 +83,17 @@ impl Processes {
         let pids = (self.maps.pids().into_iter())
             .chain(self.comms.keys().copied())
             .chain(self.mapping_generations.keys().copied())
+            .chain(self.forked.iter().copied())
             .collect::<std::collections::HashSet<u32>>();
         for pid in pids.into_iter().filter(|&pid| !keep(pid)) {
             self.forget(pid);
         }
+    }
+
+    /// The processes the targets forked while traced (followed or not: see the request's
+    /// follow_children), in pid order, until they are forgotten.
+    pub fn forked(&self) -> &BTreeSet<u32> {
+        &self.forked
     }
 
     /// Says how many records were skipped, if any.
@@ -100,7 +110,11 @@ impl Processes {
     fn on_lifecycle(&mut self, event: &Event) -> bool {
         let tgid = event.raw.tgid;
         match event.kind {
-            EventKind::Fork => self.maps.fork(tgid, event.raw.addr as u32),
+            EventKind::Fork => {
+                let child = event.raw.addr as u32;
+                self.maps.fork(tgid, child);
+                self.forked.insert(child);
+            }
             EventKind::Exec => {
                 // A new program: its map and name replace the old ones (the old map is kept
                 // for the stacks recorded before). Read the new map now: a short-lived program

@@ -22,7 +22,10 @@ Verdicts (id, severity: what the evidence says):
   major-faults      warning   major faults >= --major-faults-per-s, in half the intervals or more
   swap-thrashing    critical  its pages swapped out and in, both >= --thrash-rate pages/s, for
                               --thrash-intervals intervals in a row
-Each verdict names the memtrace command to run next. Exit code 3 when a warning or critical
+A command is watched with every process it starts (--no-follow-children: alone): figures
+are the tree's sums (stack and VSZ: its largest member's), and each verdict names the
+member with the most resident memory and advises on it. Each verdict names the memtrace
+command to run next. Exit code 3 when a warning or critical
 verdict is raised (for CI), 0 otherwise.
 
 Examples:
@@ -59,6 +62,9 @@ pub struct DiagnoseArgs {
     /// Start this command and watch it (after `--`).
     #[arg(last = true, value_name = "COMMAND", conflicts_with = "pid")]
     pub command: Vec<String>,
+    /// Watch the command alone, not the processes it starts.
+    #[arg(long, conflicts_with = "pid")]
+    pub no_follow_children: bool,
 }
 
 /// When a verdict is raised (see `memtrace diagnose --help`).

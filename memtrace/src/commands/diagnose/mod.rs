@@ -1,4 +1,4 @@
-//! `memtrace diagnose`: watches one process for a while (its faults and swap traffic with
+//! `memtrace diagnose`: watches one process (a command: with what it starts) for a while (its faults and swap traffic with
 //! eBPF, its memory from /proc every interval), then says what is wrong, with evidence and
 //! the command to run next (see `verdicts`).
 pub mod args;
@@ -61,13 +61,15 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
             period: 1,
         });
     }
+    // A command's tree is its work, as perf record's `-- CMD` is.
+    let tree = args.pid.is_none() && !args.no_follow_children;
     let request = TraceRequest {
         declared: &HOOKS,
         target: match args.pid {
             Some(pid) => TargetRequest::Pids(vec![pid]),
             None => TargetRequest::Command(args.command.clone()),
         },
-        follow_children: false,
+        follow_children: tree,
         stop_after: Some(args.duration),
         kernel: KernelOptions {
             user_stacks: stacks,
@@ -78,7 +80,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
         },
         hooks,
     };
-    let mut sampler = Sampler::new(args.interval, swap);
+    let mut sampler = Sampler::new(args.interval, swap, tree);
     let traced = pipeline::trace(request, &mut sampler).await?;
     let pid = sampler.pid.unwrap_or(0);
     let verdicts = verdicts::judge(pid, &sampler.samples, &sampler.limits, &args.thresholds);

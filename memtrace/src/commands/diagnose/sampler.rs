@@ -1,11 +1,12 @@
-//! What `memtrace diagnose` watches while tracing: the process's memory from /proc every
-//! interval, with its page allocations and swap traffic from the kernel's tables, and the
-//! fault stacks its events bring (for --html).
-use std::time::Duration;
+//! What `memtrace diagnose` watches while tracing: the memory of the process and of the
+//! processes it started (the trace follows them) from /proc every interval, with their page
+//! allocations and swap traffic from the kernel's tables, and the fault stacks their events
+//! bring (for --html).
+use std::{collections::HashMap, time::Duration};
 
 use memtrace_common::EventKind;
 
-use super::verdicts::{Limits, Sample};
+use super::verdicts::{Limits, Member, Sample};
 use crate::{
     host::{memcg::MemoryHierarchy, process_memory},
     kernel::tracer::Tracer,
@@ -15,8 +16,10 @@ use crate::{
     },
 };
 
-/// Samples the watched process every interval, and counts its sampled fault stacks.
+/// Samples the watched process (with its descendants: the tree a command starts) every
+/// interval, and counts its sampled fault stacks.
 pub struct Sampler {
+    /// The process given or started: its name, limits and cgroup are the report's.
     pub pid: Option<u32>,
     pub comm: String,
     interval: Duration,
@@ -26,14 +29,41 @@ pub struct Sampler {
     hierarchy: Option<MemoryHierarchy>,
     pub cgroup: Option<String>,
     swap: bool,
+    /// Whether the descendants are watched too (the trace follows them).
+    tree: bool,
+    /// Each member's last figures that only grow (faults, pages, swap), kept after it exits
+    /// so the tree's totals never fall.
+    counted: HashMap<u32, Counted>,
     /// Sampled fault stacks (--html's flame graph): minor faults 1 in MINOR_PERIOD, every
     /// major one.
     pub minor_stacks: StackCounts,
     pub major_stacks: StackCounts,
 }
 
+/// A member's figures that only grow.
+#[derive(Clone, Copy, Default)]
+struct Counted {
+    minflt: u64,
+    majflt: u64,
+    pages_allocated: u64,
+    swap_out_pages: u64,
+    swap_in_pages: u64,
+}
+
+/// One member read now.
+struct Reading {
+    pid: u32,
+    comm: String,
+    rss_kb: u64,
+    vsz_kb: u64,
+    swap_kb: u64,
+    rss_anon_kb: u64,
+    stack_kb: u64,
+    counted: Counted,
+}
+
 impl Sampler {
-    pub fn new(interval: Duration, swap: bool) -> Self {
+    pub fn new(interval: Duration, swap: bool, tree: bool) -> Self {
         Self {
             pid: None,
             comm: String::new(),
@@ -44,60 +74,78 @@ impl Sampler {
             hierarchy: MemoryHierarchy::find(),
             cgroup: None,
             swap,
+            tree,
+            counted: HashMap::new(),
             minor_stacks: StackCounts::default(),
             major_stacks: StackCounts::default(),
         }
     }
 
-    /// The process now, or None once it is gone.
-    fn sample(&mut self, t: Duration, tracer: &Tracer) -> Option<Sample> {
-        let pid = self.pid?;
-        let process = procfs::process::Process::new(pid as i32).ok()?;
-        let stat = process.stat().ok()?;
-        // An exiting process has given its memory back already: not a reading of it.
-        if matches!(stat.state, 'Z' | 'X') {
-            return None;
-        }
-        let status = process.status().ok()?;
-        status.vmrss?;
-        self.look(&process, &stat.comm);
-        // The kernel's table counts only the watched process's allocations.
-        let pages_allocated = tracer
-            .page_counts()
-            .map(|counts| {
-                counts
-                    .iter()
+    /// The tree now: the watched process and the descendants the trace followed, summed; None
+    /// once none is left.
+    fn sample(&mut self, t: Duration, tracer: &Tracer, processes: &Processes) -> Option<Sample> {
+        let root = self.pid?;
+        let pages = tracer.page_counts().ok();
+        let swapped = if self.swap {
+            tracer.swap_counts().ok()
+        } else {
+            None
+        };
+        let descendants = processes.forked().iter().filter(|_| self.tree);
+        let members = std::iter::once(root).chain(descendants.copied());
+        let readings: Vec<Reading> = members
+            .filter_map(|pid| {
+                let mut reading = read_member(pid)?;
+                // The kernel's tables count only traced processes, by pid.
+                reading.counted.pages_allocated = (pages.iter().flatten())
                     .filter(|(key, _)| Origin::of_key(key).pid == pid)
                     .map(|(_, count)| count.pages)
-                    .sum()
+                    .sum();
+                if let Some(swap) = swapped.as_ref().and_then(|s| s.get(&pid)) {
+                    reading.counted.swap_out_pages = swap.out_written;
+                    reading.counted.swap_in_pages = swap.swapped_in;
+                }
+                Some(reading)
             })
-            .unwrap_or(0);
-        let swapped = if self.swap {
-            tracer
-                .swap_counts()
-                .ok()
-                .and_then(|counts| counts.get(&pid).copied())
-                .unwrap_or_default()
-        } else {
-            Default::default()
-        };
+            .collect();
+        if readings.is_empty() {
+            return None;
+        }
+        if let Some(process) = (readings.iter())
+            .find(|r| r.pid == root)
+            .and_then(|_| procfs::process::Process::new(root as i32).ok())
+        {
+            let comm = readings.iter().find(|r| r.pid == root)?.comm.clone();
+            self.look(&process, &comm);
+        }
+        for reading in &readings {
+            self.counted.insert(reading.pid, reading.counted);
+        }
+        let total = |f: fn(&Counted) -> u64| self.counted.values().map(f).sum::<u64>();
+        let largest = readings.iter().max_by_key(|r| r.rss_kb)?;
         let cgroup_usage_bytes = match (&self.hierarchy, &self.cgroup) {
             (Some(h), Some(path)) => h.read(path).usage_bytes,
             _ => None,
         };
         Some(Sample {
             t: t.as_secs_f64(),
-            rss_kb: status.vmrss.unwrap_or(0),
-            vsz_kb: stat.vsize / 1024,
-            swap_kb: status.vmswap.unwrap_or(0),
-            minflt: stat.minflt,
-            majflt: stat.majflt,
-            rss_anon_kb: status.rssanon.unwrap_or(0),
-            stack_kb: status.vmstk.unwrap_or(0),
-            pages_allocated,
-            swap_out_pages: swapped.out_written,
-            swap_in_pages: swapped.swapped_in,
+            rss_kb: readings.iter().map(|r| r.rss_kb).sum(),
+            vsz_kb: readings.iter().map(|r| r.vsz_kb).max().unwrap_or(0),
+            swap_kb: readings.iter().map(|r| r.swap_kb).sum(),
+            minflt: total(|c| c.minflt),
+            majflt: total(|c| c.majflt),
+            rss_anon_kb: readings.iter().map(|r| r.rss_anon_kb).sum(),
+            stack_kb: readings.iter().map(|r| r.stack_kb).max().unwrap_or(0),
+            pages_allocated: total(|c| c.pages_allocated),
+            swap_out_pages: total(|c| c.swap_out_pages),
+            swap_in_pages: total(|c| c.swap_in_pages),
             cgroup_usage_bytes,
+            processes: readings.len() as u32,
+            largest: (readings.len() > 1).then(|| Member {
+                pid: largest.pid,
+                comm: largest.comm.clone(),
+                rss_kb: largest.rss_kb,
+            }),
         })
     }
 
@@ -121,6 +169,31 @@ impl Sampler {
     }
 }
 
+/// A process read from /proc now; None once it is gone, or exiting (it has given its memory
+/// back already: not a reading of it).
+fn read_member(pid: u32) -> Option<Reading> {
+    let process = procfs::process::Process::new(pid as i32).ok()?;
+    let stat = process.stat().ok()?;
+    if matches!(stat.state, 'Z' | 'X') {
+        return None;
+    }
+    let status = process.status().ok()?;
+    Some(Reading {
+        pid,
+        rss_kb: status.vmrss?,
+        vsz_kb: stat.vsize / 1024,
+        swap_kb: status.vmswap.unwrap_or(0),
+        rss_anon_kb: status.rssanon.unwrap_or(0),
+        stack_kb: status.vmstk.unwrap_or(0),
+        counted: Counted {
+            minflt: stat.minflt,
+            majflt: stat.majflt,
+            ..Counted::default()
+        },
+        comm: stat.comm,
+    })
+}
+
 impl Consumer for Sampler {
     fn on_targets(&mut self, pids: &[u32]) {
         self.pid = pids.first().copied();
@@ -139,12 +212,12 @@ impl Consumer for Sampler {
         }
     }
 
-    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer, _processes: &mut Processes) {
+    fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer, processes: &mut Processes) {
         if elapsed < self.next_sample {
             return;
         }
         self.next_sample = elapsed + self.interval;
-        if let Some(sample) = self.sample(elapsed, tracer) {
+        if let Some(sample) = self.sample(elapsed, tracer, processes) {
             self.samples.push(sample);
         }
     }

@@ -30,6 +30,21 @@ pub struct Sample {
     /// Its memory cgroup's usage now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_usage_bytes: Option<u64>,
+    /// Processes of the watched tree alive now (a command and what it started). Figures
+    /// are their sums; faults, pages and swap include members that have exited; stack and
+    /// VSZ are the largest member's (each has its own limit and address space).
+    pub processes: u32,
+    /// The member with the most resident memory, when the tree has more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest: Option<Member>,
+}
+
+/// One process of the watched tree.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Member {
+    pub pid: u32,
+    pub comm: String,
+    pub rss_kb: u64,
 }
 
 /// What does not change over the window.
@@ -64,6 +79,9 @@ pub fn judge(
     limits: &Limits,
     thresholds: &DiagnoseThresholds,
 ) -> Vec<Verdict> {
+    // A tree's verdicts name its biggest member, and advise on it.
+    let largest = samples.last().and_then(|s| s.largest.clone());
+    let pid = largest.as_ref().map_or(pid, |member| member.pid);
     let mut verdicts: Vec<Verdict> = [
         heap_growth(pid, samples, thresholds),
         stack_near_limit(pid, samples, limits, thresholds),
@@ -76,6 +94,14 @@ pub fn judge(
     .into_iter()
     .flatten()
     .collect();
+    if let (Some(member), Some(last)) = (largest, samples.last()) {
+        for verdict in &mut verdicts {
+            if let Value::Object(evidence) = &mut verdict.evidence {
+                evidence.insert("processes".into(), json!(last.processes));
+                evidence.insert("largest".into(), json!(member));
+            }
+        }
+    }
     verdicts.sort_by_key(|v| std::cmp::Reverse(v.severity));
     verdicts
 }
@@ -404,6 +430,28 @@ mod tests {
         assert!(verdicts[0]
             .advice
             .contains("memtrace malloc --leaks --pid 7"));
+    }
+
+    #[test]
+    fn a_tree_names_its_largest_member_and_advises_on_it() {
+        let worker = Member {
+            pid: 42,
+            comm: "stress-ng-vm".into(),
+            rss_kb: 90_000,
+        };
+        let mut samples = window(|t| 10.0 + t * 2.0);
+        for sample in &mut samples {
+            sample.processes = 3;
+            sample.largest = Some(worker.clone());
+        }
+        let verdicts = judge(7, &samples, &Limits::default(), &thresholds());
+        assert_eq!(verdicts[0].evidence["processes"], 3);
+        assert_eq!(verdicts[0].evidence["largest"]["comm"], "stress-ng-vm");
+        assert!(
+            verdicts[0].advice.contains("--pid 42"),
+            "{}",
+            verdicts[0].advice
+        );
     }
 
     #[test]
