@@ -2,6 +2,7 @@
 //! (and a command launched at a gate), the kernel side loaded and attached, records drained
 //! from the ring buffer and decoded once, the processes they come from tracked (names, memory
 //! maps, exec generations), stacks counted and symbolized, progress shown, until a stop.
+pub(crate) mod command_end;
 pub(crate) mod consumer;
 pub(crate) mod drain;
 pub(crate) mod launch;
@@ -15,6 +16,7 @@ pub mod records;
 pub(crate) mod request;
 pub(crate) mod session;
 pub(crate) mod stacks;
+pub(crate) mod stop_signals;
 pub(crate) mod symbolize;
 pub mod target;
 pub(crate) mod target_exit;

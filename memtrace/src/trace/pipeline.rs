@@ -18,6 +18,7 @@ use crate::{
     },
     report::{CommandExit, ReportHeader, TracerCost},
     trace::{
+        command_end,
         consumer::Consumer,
         drain::Drain,
         launch::ChildExit,
@@ -72,6 +73,13 @@ pub struct Traced {
     /// Whether each of the request's attachments was made (an uprobe site that is not
     /// required may not be).
     pub attached: Vec<bool>,
+}
+
+impl Drop for Traced {
+    /// The report is out: memtrace need not wait for the kernel to detach its uprobes.
+    fn drop(&mut self) {
+        self.tracer.hand_off_detach();
+    }
 }
 
 impl Traced {
@@ -184,15 +192,11 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
     let (reason, duration) = session::run(&mut drain, logger, consumer, &stop, &mut tracer).await?;
 
     let exit = child.map(|child| {
-        // After Ctrl-C the command got the signal too; give it a moment to finish.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let status = loop {
-            match child.try_wait() {
-                Some(status) => break Some(status),
-                None if Instant::now() >= deadline => break None,
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
+        let mut tree = vec![child.pid];
+        if request.follow_children {
+            tree.extend(drain.processes.forked().iter().copied());
+        }
+        let status = command_end::finish(&child, reason, &tree);
         CommandExit {
             pid: child.pid,
             command: child.argv.clone(),

@@ -4,14 +4,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
     kernel::tracer::Tracer,
-    trace::{consumer::Consumer, drain::Drain, target_exit::TargetExit},
+    trace::{
+        consumer::Consumer,
+        drain::Drain,
+        stop_signals::{StopSignal, StopSignals},
+        target_exit::TargetExit,
+    },
 };
 
 /// While events pour in (a drain found at least BUSY_RECORDS), timer drains wait this long:
@@ -29,7 +31,7 @@ pub struct StopWhen {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    Signal,
+    Signal(StopSignal),
     Deadline,
     TargetsExited,
 }
@@ -45,8 +47,7 @@ pub async fn run(
     tracer: &mut Tracer,
 ) -> Result<(StopReason, Duration)> {
     let started = Instant::now();
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = StopSignals::install()?;
     // SAFETY: the logger owns its ring buffer fd and lives inside the AsyncFd.
     let mut logger = match logger {
         Some(logger) => Some(unsafe { AsyncFd::register(logger) }.map_err(std::io::Error::from)?),
@@ -76,8 +77,7 @@ pub async fn run(
                     break StopReason::TargetsExited;
                 }
             }
-            _ = interrupt.recv() => break StopReason::Signal,
-            _ = terminate.recv() => break StopReason::Signal,
+            signal = signals.recv() => break StopReason::Signal(signal?),
             Some(guard) = readable(&mut logger) => {
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();
