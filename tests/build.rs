@@ -14,6 +14,7 @@ const WORKLOADS: &[&str] = &[
     "fault_fork",
     "fault_storm",
     "swap_cycle",
+    "swap_zero",
     "malloc_leak",
     "malloc_kinds",
     "malloc_threads",

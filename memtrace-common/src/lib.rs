@@ -342,7 +342,8 @@ pub struct FileTag {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SwapCounts {
-    /// Pages written to swap (what /proc/vmstat counts as pswpout).
+    /// Pages reclaim sent to swap: written (/proc/vmstat's pswpout) or, on Linux 6.12+,
+    /// zero-filled pages kept as a bit in the swap map and never written (swpout_zero).
     pub out_written: u64,
     /// Pages unmapped to swap, written or not: a clean page still in the swap cache leaves
     /// again without I/O. This minus `swapped_in` and `freed` follows VmSwap.
@@ -351,6 +352,11 @@ pub struct SwapCounts {
     pub swapped_in: u64,
     /// Swap entries freed without coming back (unmapped memory, exit).
     pub freed: u64,
+    /// The zero-filled pages among `out_written` (swpout_zero's sense): not written.
+    pub out_zero: u64,
+    /// Zero-filled pages the process's swap-ins took from the swap map, not read from disk
+    /// (swpin_zero's sense, readahead included).
+    pub in_zero: u64,
 }
 
 /// A reclaimer's last unmap of a process's page to swap, waiting for the write that follows.
@@ -359,6 +365,9 @@ pub struct SwapCounts {
 pub struct StagedSwapOut {
     pub owner: u32,
     pub pages: u32,
+    /// How many of them the kernel found zero-filled as it wrote them (not written).
+    pub zero: u32,
+    pub _pad: u32,
 }
 
 /// How the kernel side chooses which tasks to record ([`Settings::filter_mode`]).
@@ -466,6 +475,10 @@ pub struct Settings {
     /// Possible CPUs: how many per-CPU parts a counter has.
     pub nr_cpus: u32,
     pub _pad1: u32,
+    /// enum vm_event_item's SWPIN_ZERO and SWPOUT_ZERO (Linux 6.12+, from BTF; 0: not
+    /// counted): the events memcg:count_memcg_events passes for zero-filled pages swapped.
+    pub swpin_zero_event: u32,
+    pub swpout_zero_event: u32,
 
     // Page allocations (memtrace-ebpf's `pages`): offsets from BTF that tell kernel threads and
     // interrupts from processes.
@@ -507,7 +520,7 @@ impl Settings {
 // No implicit padding: the fields' sizes add up to the struct's (8-aligned) size.
 const _: () = assert!(
     core::mem::size_of::<Settings>()
-        == 8 * 4 + 24 + 8 * 8 + 8 + 3 * 8 + (9 + 5 + 8) * 8 + 8 + 4 * EXP_TABLE_SIZE
+        == 8 * 4 + 24 + 8 * 8 + 8 + 8 + 3 * 8 + (9 + 5 + 8) * 8 + 8 + 4 * EXP_TABLE_SIZE
 );
 
 #[cfg(feature = "user")]

@@ -84,6 +84,16 @@ pub fn array_percpu_base() -> u64 {
 pub fn nr_cpus() -> u32 {
     unsafe { read_volatile(&raw const SETTINGS.nr_cpus) }
 }
+/// enum vm_event_item's (SWPIN_ZERO, SWPOUT_ZERO); (0, 0) when not counted.
+#[inline(always)]
+pub fn zero_events() -> (u32, u32) {
+    unsafe {
+        (
+            read_volatile(&raw const SETTINGS.swpin_zero_event),
+            read_volatile(&raw const SETTINGS.swpout_zero_event),
+        )
+    }
+}
 #[inline(always)]
 pub fn orig_ax_offset() -> u64 {
     unsafe { read_volatile(&raw const SETTINGS.orig_ax) }

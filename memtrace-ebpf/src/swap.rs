@@ -8,6 +8,11 @@
 //!   of an anonymous folio writes it (pswpout), so the write is credited to that owner;
 //! - a decrease inside do_swap_page (its address range comes from kallsyms) is a swap-in, by the
 //!   owner itself; any other decrease frees swap entries (munmap, exit).
+//! - On Linux 6.12+ the kernel writes no zero-filled page: it marks its swap entry as zero
+//!   (swpout_zero) and fills the page with zeros when it comes back (swpin_zero). Where the
+//!   kernel traces memcg:count_memcg_events (6.16+), those two counts tell them apart: the
+//!   swap-out's count comes in the reclaimer's thread between the unmap and the write, the
+//!   swap-in's in the thread that brings the page back.
 //!
 //! Only counters here: the stacks of swap-ins that waited on I/O come from the major-fault
 //! program, whose user-stack walk is far cheaper than a walk from this tracepoint.
@@ -84,6 +89,8 @@ pub fn swap_rss_stat(ctx: RawTracePointContext) -> i32 {
         let staged = StagedSwapOut {
             owner,
             pages: pages as u32,
+            zero: 0,
+            _pad: 0,
         };
         match SWAP_STAGED.get_ptr_mut(pid_tgid as u32) {
             Some(slot) => unsafe { *slot = staged },
@@ -139,9 +146,52 @@ pub fn swap_write_folio(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // Taken: pages 0 marks the slot empty until the thread's next unmap to swap.
-    let staged = unsafe { core::mem::replace(&mut *slot, StagedSwapOut { owner: 0, pages: 0 }) };
+    let empty = StagedSwapOut {
+        owner: 0,
+        pages: 0,
+        zero: 0,
+        _pad: 0,
+    };
+    let staged = unsafe { core::mem::replace(&mut *slot, empty) };
     if staged.pages > 0 {
-        add(staged.owner, |c| c.out_written += u64::from(staged.pages));
+        add(staged.owner, |c| {
+            c.out_written += u64::from(staged.pages);
+            c.out_zero += u64::from(staged.zero.min(staged.pages));
+        });
+    }
+    0
+}
+
+/// memcg:count_memcg_events, on every event any memory cgroup counts (each page fault's
+/// among them): leave at once for all but the two zero-page swap events. The kernel counts
+/// them only for pages charged to a memory cgroup other than the root.
+#[raw_tracepoint(tracepoint = "count_memcg_events")]
+pub fn swap_zero_events(ctx: RawTracePointContext) -> i32 {
+    let (swpin_zero, swpout_zero) = config::zero_events();
+    if swpin_zero == 0 {
+        return 0; // this kernel has no such events (the program is not attached then)
+    }
+    let event = ctx.arg::<u64>(1) as u32;
+    if event != swpin_zero && event != swpout_zero {
+        return 0;
+    }
+    let pages = ctx.arg::<u64>(2);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if event == swpout_zero {
+        // Inside the write of the folio this thread just unmapped (see swap_write_folio).
+        if let Some(slot) = SWAP_STAGED.get_ptr_mut(pid_tgid as u32) {
+            let staged = unsafe { &mut *slot };
+            if staged.pages > 0 {
+                staged.zero = staged.zero.saturating_add(pages as u32);
+            }
+        }
+        return 0;
+    }
+    // A swap-in reads in the context of the process that faults (or reads ahead) its own
+    // pages, so its filter can be asked here.
+    let tgid = (pid_tgid >> 32) as u32;
+    if filter::is_target(tgid) {
+        add(tgid, |c| c.in_zero += pages);
     }
     0
 }

@@ -548,3 +548,14 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(String, Vec<u8>)> {
         .to_owned();
     Ok((status, response[end + 4..].to_vec()))
 }
+
+/// Whether the kernel has tracepoint `category/name` (tracefs, which memtrace mounts when
+/// missing, or its old place under debugfs).
+pub fn tracepoint_exists(event: &str) -> bool {
+    [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|root| Path::new(root).join(event).is_dir())
+}

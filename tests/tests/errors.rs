@@ -229,16 +229,93 @@ fn not_a_cgroup() {
         return;
     }
     let _serial = serial();
+    let mount = cgroup_mounts()
+        .into_iter()
+        .find(|(fstype, _)| fstype == "cgroup2")
+        .map(|(_, dir)| format!("this host mounts cgroup2 at {dir};"))
+        .unwrap_or_else(|| "this host has no cgroup2 mount".to_owned());
     expect_failure(
         &["--cgroup", "/tmp"],
         2,
-        &["memtrace: /tmp is not a cgroup v2 directory"],
+        &["memtrace: /tmp is not a cgroup v2 directory", &mount],
     );
     expect_failure(
         &["--cgroup", "/nonexistent-cgroup"],
         2,
         &["memtrace: cgroup /nonexistent-cgroup"],
     );
+}
+
+/// (fstype, mount point) of each cgroup mount in /proc/self/mountinfo.
+fn cgroup_mounts() -> Vec<(String, String)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("/proc/self/mountinfo");
+    text.lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let fstype = tail.split(' ').next()?;
+            let dir = head.split(' ').nth(4)?;
+            fstype
+                .starts_with("cgroup")
+                .then(|| (fstype.to_owned(), dir.to_owned()))
+        })
+        .collect()
+}
+
+/// A named cgroup v1 hierarchy mounted for a test where the host has none, unmounted on drop.
+struct V1Mount(TempDir);
+
+impl Drop for V1Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_cgroup_v1_path_is_explained_with_the_cgroup2_mount() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let mounts = cgroup_mounts();
+    let mut _mounted = None;
+    let v1 = match mounts.iter().find(|(fstype, _)| fstype == "cgroup") {
+        Some((_, dir)) => dir.clone(),
+        None => {
+            let dir = TempDir::new("cgroup-v1");
+            let status = Command::new("mount")
+                .args(["-t", "cgroup", "-o", "none,name=memtrace-test", "cgroup"])
+                .arg(dir.path())
+                .status()
+                .expect("mount");
+            assert!(
+                status.success(),
+                "cannot mount a cgroup v1 hierarchy: {status}"
+            );
+            let path = dir.path().to_str().unwrap().to_owned();
+            _mounted = Some(V1Mount(dir));
+            path
+        }
+    };
+    let cgroup2 = mounts
+        .iter()
+        .find(|(fstype, _)| fstype == "cgroup2")
+        .map(|(_, dir)| format!("this host mounts cgroup2 at {dir};"))
+        .unwrap_or_else(|| "this host has no cgroup2 mount".to_owned());
+    for command in ["swap", "faults"] {
+        let run = memtrace(&[command, "--cgroup", &v1, "--duration", "1s"]);
+        assert_eq!(run.code(), 2, "{}", run.describe());
+        for words in [
+            format!("memtrace: {v1} is a cgroup v1 directory"),
+            "--cgroup takes a cgroup v2 one".to_owned(),
+            cgroup2.clone(),
+        ] {
+            assert!(
+                run.stderr.contains(&words),
+                "stderr lacks {words:?}\n{}",
+                run.describe()
+            );
+        }
+    }
 }
 
 #[test]

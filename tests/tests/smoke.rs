@@ -12,7 +12,7 @@ use tests::{
 
 /// Every program in memtrace's eBPF object (memtrace-ebpf's `#[tracepoint]`, `#[perf_event]`,
 /// `#[uprobe]`... functions).
-const PROGRAMS: [&str; 26] = [
+const PROGRAMS: [&str; 27] = [
     "aligned_alloc_enter",
     "alloc_return",
     "calloc_enter",
@@ -37,6 +37,7 @@ const PROGRAMS: [&str; 26] = [
     "reallocarray_enter",
     "swap_rss_stat",
     "swap_write_folio",
+    "swap_zero_events",
     "task_newtask",
     "valloc_enter",
 ];
@@ -84,14 +85,33 @@ fn every_program_passes_the_verifier() {
         );
     }
     // Each subcommand runs here. Before 6.2 swap runs without per-process swap counts, and
-    // says so.
+    // before 6.16 without zero-filled pages per process (memcg:count_memcg_events); it says so.
     for command in report["commands"].as_array().unwrap() {
         let name = command["name"].as_str().unwrap();
         assert_eq!(command["ok"], true, "{name} cannot run here\n{}", context());
-        let degraded = !command["degraded"].as_array().unwrap().is_empty();
-        if name == "swap" {
-            assert_eq!(degraded, kernel_version() < (6, 2), "{}", context());
+        let degraded = command["degraded"].as_array().unwrap();
+        if name != "swap" {
+            continue;
         }
+        if kernel_version() < (6, 2) {
+            assert!(!degraded.is_empty(), "{}", context());
+            continue;
+        }
+        let zero_event = "memcg/count_memcg_events";
+        assert_eq!(
+            degraded.is_empty(),
+            tests::tracepoint_exists(zero_event),
+            "{}",
+            context()
+        );
+        assert!(
+            degraded.iter().all(|problem| problem
+                .as_str()
+                .unwrap()
+                .contains("memcg:count_memcg_events")),
+            "{}",
+            context()
+        );
     }
 }
 

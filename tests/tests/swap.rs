@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    os::unix::process::ExitStatusExt,
     path::Path,
     time::{Duration, Instant},
 };
@@ -110,6 +111,52 @@ fn assert_swap_in_matches_pswpin(t: &SwapRun) {
 
 fn within(measured: u64, expected: u64, fraction: f64) -> bool {
     (measured as f64 - expected as f64).abs() <= expected as f64 * fraction
+}
+
+/// /proc/vmstat's swap counters: pages read and written, and the zero-filled pages swapped
+/// without I/O (None on kernels before 6.12, which have no such lines).
+#[derive(Debug, Clone, Copy)]
+struct VmSwap {
+    pswpin: u64,
+    pswpout: u64,
+    swpin_zero: Option<u64>,
+    swpout_zero: Option<u64>,
+}
+
+impl VmSwap {
+    fn read() -> Self {
+        let text = fs::read_to_string("/proc/vmstat").expect("/proc/vmstat");
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+        };
+        Self {
+            pswpin: get("pswpin").unwrap_or(0),
+            pswpout: get("pswpout").unwrap_or(0),
+            swpin_zero: get("swpin_zero"),
+            swpout_zero: get("swpout_zero"),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let zero = |now: Option<u64>, then: Option<u64>| Some(now? - then?);
+        Self {
+            pswpin: self.pswpin - before.pswpin,
+            pswpout: self.pswpout - before.pswpout,
+            swpin_zero: zero(self.swpin_zero, before.swpin_zero),
+            swpout_zero: zero(self.swpout_zero, before.swpout_zero),
+        }
+    }
+}
+
+/// A number in the report that may be null.
+fn opt_u64(value: &Value, key: &str) -> Option<u64> {
+    let field = &value[key];
+    assert!(
+        field.is_null() || field.is_u64(),
+        "{key} is neither a count nor null: {value}"
+    );
+    field.as_u64()
 }
 
 #[test]
@@ -387,4 +434,207 @@ fn no_swap_is_said_plainly() {
         "{}",
         run.describe()
     );
+}
+
+/// Of every 4 pages the workload fills, 1 is zero-filled: the kernel neither writes nor reads
+/// it (6.12+). memtrace's out, its zero pages and what was written, in and its zero pages and
+/// what was read, are each the matching /proc/vmstat delta, per process and system-wide, and
+/// the workload's mix.
+#[test]
+fn zero_pages_are_told_apart_from_written_and_read_ones() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let _swap = SwapFile::create(512);
+    let cgroup = MemoryCgroup::create(LIMIT_MIB);
+    let script = format!(
+        "echo $$ > {} && exec {} {WORKLOAD_MIB} 1 1",
+        cgroup.procs().display(),
+        workload("swap_zero").display()
+    );
+    let before = VmSwap::read();
+    let t = traced::trace("swap", &[], &["sh", "-c", &script]);
+    let vm = VmSwap::read().since(&before);
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let context = || format!("/proc/vmstat over the run: {vm:?}\n{}", t.context());
+    let system = &t.report["system"];
+    let row = t.process();
+
+    // The system's figures are the kernel's counters, in the processes' terms.
+    let (zero_out, zero_in) = (vm.swpout_zero, vm.swpin_zero);
+    assert_eq!(u64_of(system, "pswpout"), vm.pswpout, "{}", context());
+    assert_eq!(
+        opt_u64(system, "swap_out_zero_pages"),
+        zero_out,
+        "{}",
+        context()
+    );
+    assert_eq!(
+        opt_u64(system, "swap_in_zero_pages"),
+        zero_in,
+        "{}",
+        context()
+    );
+    assert_eq!(
+        u64_of(system, "swap_out_pages"),
+        vm.pswpout + zero_out.unwrap_or(0),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        u64_of(system, "swap_in_pages"),
+        vm.pswpin + zero_in.unwrap_or(0),
+        "{}",
+        context()
+    );
+
+    // The process's: all pages, then written and read, within 10% of the kernel's.
+    let (out, into) = (u64_of(row, "swap_out_pages"), u64_of(row, "swap_in_pages"));
+    let vm_out = vm.pswpout + zero_out.unwrap_or(0);
+    let vm_in = vm.pswpin + zero_in.unwrap_or(0);
+    assert!(
+        vm_out > 1000 && vm_in > 1000,
+        "too little swap\n{}",
+        context()
+    );
+    assert!(
+        within(out, vm_out, 0.10) && within(into, vm_in, 0.10),
+        "out {out} and in {into}: the kernel's are {vm_out} and {vm_in}\n{}",
+        context()
+    );
+    let counted = tests::tracepoint_exists("memcg/count_memcg_events") && zero_out.is_some();
+    assert_eq!(t.report["per_process_zero_pages"], counted, "{}", context());
+    let (out_zero, in_zero) = (
+        opt_u64(row, "swap_out_zero_pages"),
+        opt_u64(row, "swap_in_zero_pages"),
+    );
+    if !counted {
+        assert_eq!((out_zero, in_zero), (None, None), "{}", context());
+        return;
+    }
+    let (out_zero, in_zero) = (out_zero.unwrap(), in_zero.unwrap());
+    let (vm_out_zero, vm_in_zero) = (zero_out.unwrap(), zero_in.unwrap());
+    for (what, measured, kernel) in [
+        ("zero pages out", out_zero, vm_out_zero),
+        ("pages written", out - out_zero, vm.pswpout),
+        ("zero pages in", in_zero, vm_in_zero),
+        ("pages read", into - in_zero, vm.pswpin),
+    ] {
+        assert!(
+            within(measured, kernel, 0.10),
+            "{what}: memtrace {measured}, /proc/vmstat {kernel}\n{}",
+            context()
+        );
+    }
+    // The workload's mix: a quarter of any stretch of its memory is zero-filled, and it has
+    // no more zero pages than it filled (each goes out at most once per pass, plus the fill).
+    let (pages, zero_pages) = (t.workload.u64("pages"), t.workload.u64("zero_pages"));
+    assert_eq!(zero_pages * 4, pages, "{}", context());
+    for (what, zero, all) in [("out", out_zero, out), ("in", in_zero, into)] {
+        let share = zero as f64 / all as f64;
+        assert!(
+            (share - 0.25).abs() <= 0.03,
+            "{what}: {zero} of {all} pages zero-filled, the workload filled a quarter\n{}",
+            context()
+        );
+        assert!(zero <= 2 * zero_pages, "{}", context());
+    }
+    // On every line, the traced process's figures are within the system's.
+    for interval in t.report["intervals"].as_array().unwrap() {
+        let system = &interval["system"];
+        for key in [
+            "swap_out_pages",
+            "swap_out_zero_pages",
+            "swap_in_zero_pages",
+        ] {
+            let (process, whole) = (u64_of(interval, key), u64_of(system, key));
+            assert!(
+                process <= whole + whole / 100,
+                "at {}s the workload's {key} {process} exceeds the system's {whole}\n{}",
+                interval["t"],
+                context()
+            );
+        }
+    }
+}
+
+/// An OOM kill of the traced command during a swap run is listed (pid, name, memory cgroup,
+/// when); a kill of an untraced process at the same time is not. The oracle: the SIGKILL the
+/// command died of, and the kernel's own count of OOM kills in each memory cgroup.
+#[test]
+fn oom_kills_of_traced_processes_are_listed() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let traced_cgroup = MemoryCgroup::without_swap(32);
+    let other = MemoryCgroup::create_named(&format!("memtrace-other-{}", std::process::id()), 32);
+    let _ = fs::write(
+        other.dir.join("memory.memsw.limit_in_bytes"),
+        (32u64 << 20).to_string(),
+    );
+    let _ = fs::write(other.dir.join("memory.swap.max"), "0");
+    let dir = TempDir::new("swap-oom");
+    let (out, go) = (dir.join("report.json"), dir.join("go"));
+    // The traced command waits until the untraced victim is dead, then is killed itself.
+    let script = format!(
+        "echo $$ > {} && while [ ! -e {} ]; do sleep 0.05; done; exec {} {}",
+        traced_cgroup.procs().display(),
+        go.display(),
+        workload("fault_touch").display(),
+        (64u64 << 20) / 4096
+    );
+    let mut tracer = spawn_memtrace(&[
+        "swap",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    tracer.wait_attached();
+    let untraced = other.oom_victim().status().expect("sh");
+    fs::write(&go, "").unwrap();
+    let run = tracer.wait();
+    let text =
+        fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let context = format!("{}\n--- report ---\n{text}", run.describe());
+    assert_eq!(untraced.signal(), Some(libc::SIGKILL), "{context}");
+    assert_eq!(run.code(), 0, "{context}");
+    assert_eq!(report["exit"]["signal"], libc::SIGKILL, "{context}");
+    assert_eq!(oom_kills(&traced_cgroup), 1, "{context}");
+    assert_eq!(oom_kills(&other), 1, "{context}");
+    let kills = report["oom_kills"].as_array().unwrap();
+    assert_eq!(kills.len(), 1, "only the traced command's kill\n{context}");
+    let kill = &kills[0];
+    assert_eq!(kill["pid"], report["exit"]["pid"], "{context}");
+    assert_eq!(kill["comm"], "fault_touch", "{context}");
+    let name = traced_cgroup.dir.file_name().unwrap().to_str().unwrap();
+    assert!(
+        kill["memcg"].as_str().is_some_and(|m| m.ends_with(name)),
+        "memory cgroup is not {name}\n{context}"
+    );
+    let at = kill["at_s"].as_f64().unwrap();
+    assert!(
+        at > 0.0 && at <= report["duration_s"].as_f64().unwrap(),
+        "{context}"
+    );
+}
+
+/// The kernel's count of OOM kills in a memory cgroup (v1 memory.oom_control, v2
+/// memory.events).
+fn oom_kills(cgroup: &MemoryCgroup) -> u64 {
+    ["memory.oom_control", "memory.events"]
+        .iter()
+        .filter_map(|file| fs::read_to_string(cgroup.dir.join(file)).ok())
+        .find_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .expect("the memory cgroup's OOM kill count")
 }

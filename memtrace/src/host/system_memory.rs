@@ -10,6 +10,10 @@ pub struct SystemSample {
     pub pswpin: u64,
     /// Pages written to swap since boot.
     pub pswpout: u64,
+    /// Zero-filled pages swapped in and out without I/O since boot (Linux 6.12+, which keeps
+    /// them as a bit in the swap map); None where /proc/vmstat has no such lines.
+    pub swpin_zero: Option<u64>,
+    pub swpout_zero: Option<u64>,
     pub swap_total_kb: u64,
     pub swap_free_kb: u64,
     /// PSI memory: share of time some task stalled on memory, 10 s average, in percent.
@@ -23,9 +27,11 @@ impl SystemSample {
     pub fn read() -> Self {
         let mut sample = Self::default();
         if let Ok(vmstat) = procfs::vmstat() {
-            let get = |key: &str| vmstat.get(key).map_or(0, |&v| v.max(0) as u64);
-            sample.pswpin = get("pswpin");
-            sample.pswpout = get("pswpout");
+            let get = |key: &str| vmstat.get(key).map(|&v| v.max(0) as u64);
+            sample.pswpin = get("pswpin").unwrap_or(0);
+            sample.pswpout = get("pswpout").unwrap_or(0);
+            sample.swpin_zero = get("swpin_zero");
+            sample.swpout_zero = get("swpout_zero");
         }
         if let Ok(meminfo) = procfs::Meminfo::current() {
             sample.swap_total_kb = meminfo.swap_total / 1024;

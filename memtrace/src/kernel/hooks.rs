@@ -115,6 +115,13 @@ pub const LEARN_CPU_OFFSET: Hook = Hook {
     point: Point::RunOnce("raw_syscalls", "sys_enter"),
     reads: Some(Layout::Swap),
 };
+/// Zero-filled pages among swap-outs and swap-ins (Linux 6.16+: the kernel counts them as
+/// memory cgroup events; they are written and read without I/O on 6.12+).
+pub const SWAP_ZERO_EVENTS: Hook = Hook {
+    program: "swap_zero_events",
+    point: Point::RawTracepoint("memcg", "count_memcg_events"),
+    reads: Some(Layout::Swap),
+};
 /// Swap traffic per owning process (the loader runs `LEARN_CPU_OFFSET` when swap is
 /// counted; it is listed for `memtrace check`).
 pub const SWAP: [&Hook; 3] = [&SWAP_RSS_STAT, &SWAP_WRITE_FOLIO, &LEARN_CPU_OFFSET];
@@ -158,7 +165,7 @@ pub fn alloc_entry(function: AllocFn) -> Option<&'static Hook> {
 
 /// Every hook of the object, for `memtrace check`.
 pub fn all() -> impl Iterator<Item = &'static Hook> {
-    const NAMED: [&Hook; 16] = [
+    const NAMED: [&Hook; 17] = [
         &PROCESS_EXEC,
         &TASK_NEWTASK,
         &PROCESS_EXIT,
@@ -170,6 +177,7 @@ pub fn all() -> impl Iterator<Item = &'static Hook> {
         &OOM_KILL,
         &SWAP_RSS_STAT,
         &SWAP_WRITE_FOLIO,
+        &SWAP_ZERO_EVENTS,
         &LEARN_CPU_OFFSET,
         &MMAP_ENTER,
         &MMAP_EXIT,

@@ -31,6 +31,9 @@ pub struct SwapLayout {
     pub fault_error_code: Option<u32>,
     /// do_swap_page's address range (kallsyms), for telling swap-ins from freed swap entries.
     pub do_swap_page: Option<(u64, u64)>,
+    /// enum vm_event_item's (SWPIN_ZERO, SWPOUT_ZERO): the zero-filled pages the kernel swaps
+    /// without I/O (Linux 6.12+); None on kernels that write every page.
+    pub zero_events: Option<(u32, u32)>,
 }
 
 impl SwapLayout {
@@ -73,8 +76,20 @@ impl SwapLayout {
                 .flatten()
                 .map(|m| m.offset),
             do_swap_page: None,
+            zero_events: zero_events(btf),
         })
     }
+}
+
+/// The kernel's event numbers for zero-filled pages swapped out and in, when it has them.
+fn zero_events(btf: &Btf) -> Option<(u32, u32)> {
+    let items = btf.enum_values("vm_event_item").ok()?;
+    let value = |name: &str| {
+        let (_, value) = items.iter().find(|(item, _)| item == name)?;
+        // 0 is PGPGIN, never one of these: the programs read 0 as "not counted".
+        u32::try_from(*value).ok().filter(|&v| v > 0)
+    };
+    Some((value("SWPIN_ZERO")?, value("SWPOUT_ZERO")?))
 }
 
 /// The address range of kernel function `name`: its address up to the next symbol's.

@@ -16,6 +16,7 @@ pub fn settings(config: &KernelConfig, possible_cpus: u32) -> Settings {
     let flag = |on: bool, bit: u32| if on { bit } else { 0 };
     let swap = config.swap.unwrap_or_default();
     let (do_swap_page_start, do_swap_page_end) = swap.do_swap_page.unwrap_or((0, 0));
+    let (swpin_zero_event, swpout_zero_event) = swap.zero_events.unwrap_or((0, 0));
     let pages = config.pages.unwrap_or_default();
     let oom = config.oom.unwrap_or_default();
     Settings {
@@ -42,6 +43,8 @@ pub fn settings(config: &KernelConfig, possible_cpus: u32) -> Settings {
         orig_ax: u64::from(swap.fault_error_code.unwrap_or(0)),
         nr_cpus: possible_cpus,
         _pad1: 0,
+        swpin_zero_event,
+        swpout_zero_event,
         task_flags: u64::from(pages.task_flags),
         task_stack: u64::from(pages.task_stack),
         regs_sp: u64::from(pages.regs_sp),

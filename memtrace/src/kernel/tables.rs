@@ -46,6 +46,8 @@ impl Tracer {
                 total.out_unmapped += cpu.out_unmapped;
                 total.swapped_in += cpu.swapped_in;
                 total.freed += cpu.freed;
+                total.out_zero += cpu.out_zero;
+                total.in_zero += cpu.in_zero;
             }
         }
         Ok(totals)

@@ -8,11 +8,13 @@ use anyhow::Result;
 
 use crate::{
     error::usage,
+    host::cgroup_mounts::{self, CgroupMount},
     kernel::config::Filter,
     trace::{launch, request::TargetRequest},
 };
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 const PF_KTHREAD: u64 = 0x0020_0000;
 
 pub enum Target {
@@ -100,10 +102,8 @@ fn cgroup_identity(path: &Path) -> Result<(u64, u32)> {
     let meta = std::fs::metadata(path)
         .map_err(|err| usage(format!("cgroup {}: {err}", path.display())))?;
     if !meta.is_dir() || !is_cgroup2(path) {
-        return Err(usage(format!(
-            "{} is not a cgroup v2 directory (look under the cgroup2 mount, e.g. /sys/fs/cgroup)",
-            path.display()
-        )));
+        let v1 = meta.is_dir() && statfs_magic(path) == Some(CGROUP_SUPER_MAGIC);
+        return Err(usage(not_cgroup2(path, v1, &cgroup_mounts::mounts())));
     }
     let canonical = path.canonicalize()?;
     let mut level = 0;
@@ -116,6 +116,35 @@ fn cgroup_identity(path: &Path) -> Result<(u64, u32)> {
         dir = parent;
     }
     Ok((meta.ino(), level))
+}
+
+/// Why `path` is no cgroup v2 directory, and where this host's cgroup2 hierarchy is.
+fn not_cgroup2(path: &Path, v1: bool, mounts: &[CgroupMount]) -> String {
+    let what = match cgroup_mounts::v1_mount_of(mounts, path) {
+        Some(mount) if v1 => format!(
+            "{} is a cgroup v1 directory (the {} hierarchy mounted at {}), and --cgroup takes \
+             a cgroup v2 one",
+            path.display(),
+            mount.controllers.join(","),
+            mount.dir.display()
+        ),
+        _ if v1 => format!(
+            "{} is a cgroup v1 directory, and --cgroup takes a cgroup v2 one",
+            path.display()
+        ),
+        _ => format!("{} is not a cgroup v2 directory", path.display()),
+    };
+    match mounts.iter().find(|m| m.v2) {
+        Some(mount) => format!(
+            "{what}: this host mounts cgroup2 at {}; give a directory under it (the processes \
+             must be in that cgroup v2 group)",
+            mount.dir.display()
+        ),
+        None => format!(
+            "{what}: this host has no cgroup2 mount; mount one with \
+             `mount -t cgroup2 none /sys/fs/cgroup/unified` and put the processes in a group there"
+        ),
+    }
 }
 
 fn statfs_magic(path: &Path) -> Option<i64> {
@@ -155,5 +184,23 @@ mod tests {
             err.to_string().contains("not a cgroup v2 directory"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_cgroup_v1_path_is_explained_with_the_cgroup2_mount() {
+        let mounts = cgroup_mounts::parse_mountinfo(
+            "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+             41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+        );
+        let message = not_cgroup2(Path::new("/sys/fs/cgroup/memory/db"), true, &mounts);
+        assert_eq!(
+            message,
+            "/sys/fs/cgroup/memory/db is a cgroup v1 directory (the memory hierarchy mounted at \
+             /sys/fs/cgroup/memory), and --cgroup takes a cgroup v2 one: this host mounts \
+             cgroup2 at /sys/fs/cgroup/unified; give a directory under it (the processes must \
+             be in that cgroup v2 group)"
+        );
+        let none = not_cgroup2(Path::new("/srv"), false, &mounts[..1]);
+        assert!(none.contains("no cgroup2 mount"), "{none}");
     }
 }

@@ -7,12 +7,19 @@ use crate::commands::options::{parse_duration, parse_positive, TableOrJson, Targ
 
 const SWAP_HELP: &str = "\
 What is counted, per process that owns the pages (whoever runs reclaim: kswapd, another
-process, or itself):
-  out       pages written to swap (the kernel's pswpout)
-  in        pages brought back by the process's swap-in faults (from disk or the swap cache)
+process, or itself), in pages:
+  out       pages reclaim sent to swap: written + zero
+  written   pages written to swap (the kernel's pswpout)
+  zero      zero-filled pages: since Linux 6.12 the kernel marks them in the swap map and
+            neither writes nor reads them (swpout_zero, swpin_zero). Told apart per process
+            on 6.16+ for pages in a memory cgroup other than the root; \"-\" where not.
+  in        pages brought back by the process's swap-in faults: read + zero
+  read      pages read back, from disk or still in the swap cache (pswpin counts disk reads)
   unmapped  pages unmapped to swap, written or not: a clean page still in the swap cache
             leaves again without I/O. unmapped - in - freed follows VmSwap.
-System lines: pswpin/s and pswpout/s (/proc/vmstat), swap used, PSI memory some/full (avg10).
+System figures in the same terms: out = pswpout + swpout_zero, in = pswpin + swpin_zero
+(/proc/vmstat), so a process's figure and the system's on one line compare; swap used; PSI
+memory some/full (avg10). OOM kills of the traced processes are listed.
 
 Thrashing: one process both swapping out (unmapped) and in at --thrash-rate pages/s or more
 (default 100) for --thrash-intervals intervals in a row (default 2), or PSI memory full
@@ -20,7 +27,7 @@ avg10 at --thrash-psi-full % or more (default 10).
 
 Gates (exit code 3 when one fails; the report says which and when):
   --max-swap-in-rate N    traced processes' swap-in above N pages/s in any interval
-  --max-swap-out-rate N   traced processes' swap-out (written) above N pages/s
+  --max-swap-out-rate N   traced processes' swap-out (out: written + zero) above N pages/s
   --fail-on-thrashing     thrashing was seen
 
 Examples:
@@ -53,7 +60,7 @@ pub struct SwapArgs {
     /// Fail (exit 3) when the traced processes swap in faster than this in any interval.
     #[arg(long, value_name = "PAGES_PER_S")]
     pub max_swap_in_rate: Option<f64>,
-    /// Fail (exit 3) when the traced processes swap out (written) faster than this.
+    /// Fail (exit 3) when the traced processes swap out (out: written + zero) faster than this.
     #[arg(long, value_name = "PAGES_PER_S")]
     pub max_swap_out_rate: Option<f64>,
     /// Fail (exit 3) when thrashing is seen.

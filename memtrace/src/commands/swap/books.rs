@@ -6,6 +6,8 @@ use memtrace_common::{EventKind, SwapCounts};
 
 use super::{
     args::ThrashingArgs,
+    figures::{counts_since, rate_cell, SwapFigures},
+    kills::Kills,
     report::{SwapInterval, Thrashing},
 };
 use crate::{
@@ -13,7 +15,7 @@ use crate::{
     kernel::tracer::Tracer,
     trace::{
         consumer::Consumer, memory_maps::Region, processes::Processes, progress::Progress,
-        records::Record, stacks::StackCounts,
+        records::Record, request::TargetRequest, stacks::StackCounts,
     },
 };
 
@@ -37,13 +39,33 @@ pub struct SwapBooks {
     pub intervals: Vec<SwapInterval>,
     /// Last VmSwap seen per process (kept after it exits).
     pub vmswap: HashMap<u32, u64>,
+    /// Zero-filled pages are counted per process (the kernel's zero-page hook is attached).
+    pub zero_counted: bool,
+    pub kills: Kills,
+    /// Seconds since tracing started, at the last tick.
+    elapsed_s: f64,
     progress: Progress,
+}
+
+/// One process's line in the live table.
+struct LiveLine {
+    pid: u32,
+    figures: SwapFigures,
+    unmapped: u64,
+    major: u64,
 }
 
 impl Consumer for SwapBooks {
     fn on_record(&mut self, record: &Record, processes: &mut Processes) {
-        let Record::Event(event) = record else {
-            return;
+        let event = match record {
+            Record::Event(event) => event,
+            Record::OomKill(kill) => {
+                let owns_swap = self.last_counts.contains_key(&kill.pid);
+                self.kills
+                    .on_kill(kill, processes, owns_swap, self.elapsed_s);
+                return;
+            }
+            _ => return,
         };
         if event.kind != EventKind::MajorFault {
             return;
@@ -57,10 +79,17 @@ impl Consumer for SwapBooks {
         }
     }
 
+    fn on_targets(&mut self, pids: &[u32]) {
+        self.kills.on_targets(pids);
+    }
+
     fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer, processes: &mut Processes) {
+        self.elapsed_s = elapsed.as_secs_f64();
         let Some(interval) = self.progress.interval_due(elapsed) else {
             return;
         };
+        // The kernel's counts before /proc/vmstat: the kernel counts a page's I/O before the
+        // events memtrace counts it by, so the system's figures are not behind the processes'.
         let counts = tracer.swap_counts().unwrap_or_default();
         let system = SystemSample::read();
         self.close_interval(
@@ -70,13 +99,17 @@ impl Consumer for SwapBooks {
             system,
             processes,
         );
-        self.last_counts = counts;
-        self.last_system = system;
     }
 }
 
 impl SwapBooks {
-    pub fn new(thresholds: ThrashingArgs, start: SystemSample, interval: Duration) -> Self {
+    pub fn new(
+        thresholds: ThrashingArgs,
+        start: SystemSample,
+        interval: Duration,
+        target: &TargetRequest,
+        zero_counted: bool,
+    ) -> Self {
         Self {
             thresholds,
             stacks: StackCounts::default(),
@@ -88,6 +121,9 @@ impl SwapBooks {
             thrashing: None,
             intervals: Vec::new(),
             vmswap: HashMap::new(),
+            zero_counted,
+            kills: Kills::new(target),
+            elapsed_s: 0.0,
             progress: Progress::new(Some(interval)),
         }
     }
@@ -101,17 +137,16 @@ impl SwapBooks {
         system: SystemSample,
         processes: &Processes,
     ) {
-        let (mut swap_in, mut swap_out) = (0, 0);
+        let mut traced = SwapFigures::none(self.zero_counted);
         let mut lines = Vec::new();
         let majors = |pid: u32, faults: &HashMap<u32, u64>| faults.get(&pid).copied().unwrap_or(0);
         for (&pid, now) in counts {
             let before = self.last_counts.get(&pid).copied().unwrap_or_default();
-            let written = now.out_written - before.out_written;
-            let unmapped = now.out_unmapped - before.out_unmapped;
-            let back = now.swapped_in - before.swapped_in;
-            swap_in += back;
-            swap_out += written;
-            let (in_rate, out_rate) = (back as f64 / seconds, unmapped as f64 / seconds);
+            let delta = counts_since(now, &before);
+            let figures = SwapFigures::of_process(&delta, self.zero_counted);
+            traced = traced.plus(figures);
+            let in_rate = delta.swapped_in as f64 / seconds;
+            let out_rate = delta.out_unmapped as f64 / seconds;
             let streak = self.thrash_streak.entry(pid).or_default();
             let limit = self.thresholds.thrash_rate;
             *streak = if in_rate >= limit && out_rate >= limit {
@@ -135,9 +170,13 @@ impl SwapBooks {
                 }
             }
             let major = majors(pid, &self.major_faults) - majors(pid, &self.last_major_faults);
-            if written + unmapped + back + major > 0 {
-                let (written_rate, major_rate) = (written as f64 / seconds, major as f64 / seconds);
-                lines.push((pid, out_rate, in_rate, written_rate, major_rate));
+            if delta.out_written + delta.out_unmapped + delta.swapped_in + major > 0 {
+                lines.push(LiveLine {
+                    pid,
+                    figures,
+                    unmapped: delta.out_unmapped,
+                    major,
+                });
             }
         }
         self.last_major_faults = self.major_faults.clone();
@@ -150,20 +189,25 @@ impl SwapBooks {
         let delta = |now: u64, before: u64| now.saturating_sub(before);
         let row = SwapInterval {
             t,
-            swap_in_pages: swap_in,
-            swap_out_pages: swap_out,
+            traced,
             pswpin: delta(system.pswpin, self.last_system.pswpin),
             pswpout: delta(system.pswpout, self.last_system.pswpout),
+            system: SwapFigures::of_system(&self.last_system, &system),
             psi_some_avg10: system.psi_some_avg10,
             psi_full_avg10: system.psi_full_avg10,
         };
-        lines.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+        lines.sort_by_key(|l| std::cmp::Reverse(l.unmapped + l.figures.swap_in_pages));
+        let rate = |pages: u64| format!("{:.0}", pages as f64 / seconds);
+        let with_zero = |pages: u64, zero: Option<u64>| match zero {
+            Some(zero) => format!("{} (zero {})", rate(pages), rate(zero)),
+            None => rate(pages),
+        };
         let mut table = vec![
             format!(
-                "memtrace swap {t:>7.1}s  system: pswpin/s {:.0}  pswpout/s {:.0}  swap used {} of {} KiB  \
+                "memtrace swap {t:>7.1}s  system: out/s {}  in/s {}  swap used {} of {} KiB  \
                  PSI memory some {:.1}% full {:.1}%{}",
-                row.pswpin as f64 / seconds,
-                row.pswpout as f64 / seconds,
+                with_zero(row.system.swap_out_pages, row.system.swap_out_zero_pages),
+                with_zero(row.system.swap_in_pages, row.system.swap_in_zero_pages),
                 system.swap_total_kb - system.swap_free_kb,
                 system.swap_total_kb,
                 system.psi_some_avg10,
@@ -175,21 +219,36 @@ impl SwapBooks {
                 },
             ),
             format!(
-                "{:>8} {:<16} {:>9} {:>10} {:>9} {:>9} {:>11}",
-                "PID", "COMM", "OUT/s", "UNMAPPED/s", "IN/s", "MAJFLT/s", "VMSWAP KiB"
+                "{:>8} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>11}",
+                "PID",
+                "COMM",
+                "OUT/s",
+                "ZERO/s",
+                "IN/s",
+                "ZERO/s",
+                "UNMAPPED/s",
+                "MAJFLT/s",
+                "VMSWAP KiB"
             ),
         ];
-        for (pid, unmapped_rate, in_rate, written_rate, major_rate) in
-            lines.into_iter().take(LIVE_ROWS)
-        {
+        for line in lines.into_iter().take(LIVE_ROWS) {
+            let f = &line.figures;
             table.push(format!(
-                "{pid:>8} {:<16} {written_rate:>9.0} {unmapped_rate:>10.0} {in_rate:>9.0} \
-                 {major_rate:>9.0} {:>11}",
-                processes.name(pid),
-                self.vmswap.get(&pid).copied().unwrap_or(0),
+                "{:>8} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>11}",
+                line.pid,
+                processes.name(line.pid),
+                rate(f.swap_out_pages),
+                rate_cell(f.swap_out_zero_pages, seconds),
+                rate(f.swap_in_pages),
+                rate_cell(f.swap_in_zero_pages, seconds),
+                rate(line.unmapped),
+                rate(line.major),
+                self.vmswap.get(&line.pid).copied().unwrap_or(0),
             ));
         }
         self.progress.interval_table(&table);
         self.intervals.push(row);
+        self.last_counts = counts.clone();
+        self.last_system = system;
     }
 }

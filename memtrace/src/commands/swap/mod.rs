@@ -3,6 +3,8 @@
 //! interval they are read and set beside the kernel's system-wide figures.
 pub mod args;
 mod books;
+mod figures;
+mod kills;
 mod report;
 mod table;
 
@@ -14,13 +16,17 @@ use memtrace_common::SwapCounts;
 use self::{
     args::SwapArgs,
     books::SwapBooks,
+    figures::SwapFigures,
     report::{Gate, SwapInterval, SwapProcessRow, SwapReport, SwapSystem},
 };
 use crate::{
     commands::options::TableOrJson,
     error::GateFailed,
     host::system_memory::{self, SystemSample},
-    kernel::hooks::{self, Attachment, CommandHooks},
+    kernel::{
+        hooks::{self, Attachment, CommandHooks},
+        tracefs,
+    },
     output::{files, json},
     trace::{
         pipeline::{self, Traced},
@@ -32,8 +38,16 @@ use crate::{
 
 pub const HOOKS: CommandHooks = CommandHooks {
     needs: &[&hooks::MAJOR_FAULT],
-    // Per-process swap counts (else system figures and major faults only).
-    improves: &hooks::SWAP,
+    improves: &[
+        // Per-process swap counts (else system figures and major faults only).
+        &hooks::SWAP_RSS_STAT,
+        &hooks::SWAP_WRITE_FOLIO,
+        &hooks::LEARN_CPU_OFFSET,
+        // Zero-filled pages per process (Linux 6.16+).
+        &hooks::SWAP_ZERO_EVENTS,
+        // OOM kills of the traced processes.
+        &hooks::OOM_KILL,
+    ],
 };
 
 pub async fn run(args: SwapArgs) -> Result<()> {
@@ -54,10 +68,15 @@ pub async fn run(args: SwapArgs) -> Result<()> {
     } else {
         Vec::new()
     };
+    let zero_counted = per_process && zero_pages_traceable(swap_layout.as_ref());
+    if zero_counted {
+        hooks.push(Attachment::Hook(&hooks::SWAP_ZERO_EVENTS));
+    }
     hooks.push(Attachment::Sampled {
         hook: &hooks::MAJOR_FAULT,
         period: 1,
     });
+    hooks.push(Attachment::Hook(&hooks::OOM_KILL));
     let request = TraceRequest {
         declared: &HOOKS,
         target: args.target.request(),
@@ -71,7 +90,13 @@ pub async fn run(args: SwapArgs) -> Result<()> {
         },
         hooks,
     };
-    let mut books = SwapBooks::new(args.thrashing, start, args.interval);
+    let mut books = SwapBooks::new(
+        args.thrashing,
+        start,
+        args.interval,
+        &request.target,
+        zero_counted,
+    );
     let traced = pipeline::trace(request, &mut books).await?;
 
     // The last, partial interval, so totals include everything up to the stop.
@@ -101,6 +126,21 @@ pub async fn run(args: SwapArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether this kernel lets memtrace tell zero-filled pages apart per process: it has them
+/// (6.12+) and traces their counts (memcg:count_memcg_events, 6.16+). Says so when not.
+fn zero_pages_traceable(layout: Option<&crate::kernel::layout::SwapLayout>) -> bool {
+    let has_zero_pages = layout.is_some_and(|l| l.zero_events.is_some());
+    let event = hooks::SWAP_ZERO_EVENTS.tracefs_event().unwrap_or_default();
+    if has_zero_pages && !tracefs::tracepoint_exists(&event) {
+        log::warn!(
+            "this kernel swaps zero-filled pages without I/O but has no {} tracepoint (Linux \
+             6.16+): processes' swap figures include them, and their zero counts are null",
+            event.replacen('/', ":", 1)
+        );
+    }
+    has_zero_pages && tracefs::tracepoint_exists(&event)
+}
+
 fn build_report(
     args: &SwapArgs,
     books: SwapBooks,
@@ -127,8 +167,7 @@ fn build_report(
                 } else {
                     traced.processes.name(pid)
                 },
-                swap_out_pages: c.out_written,
-                swap_in_pages: c.swapped_in,
+                figures: SwapFigures::of_process(&c, books.zero_counted),
                 swap_out_unmapped_pages: c.out_unmapped,
                 swap_freed_pages: c.freed,
                 major_faults: books.major_faults.get(&pid).copied().unwrap_or(0),
@@ -138,7 +177,10 @@ fn build_report(
             }
         })
         .collect();
-    processes.sort_by_key(|p| (std::cmp::Reverse(p.swap_out_pages + p.swap_in_pages), p.pid));
+    processes.sort_by_key(|p| {
+        let f = &p.figures;
+        (std::cmp::Reverse(f.swap_out_pages + f.swap_in_pages), p.pid)
+    });
 
     let label = |key: &StackKey| (traced.processes.name(key.tgid), "swap_in");
     let mut symbolizer = Symbolizer::new();
@@ -150,40 +192,31 @@ fn build_report(
         1,
         &label,
     )?;
-    let seconds_of = |i: &SwapInterval, prev: f64| (i.t - prev).max(1e-3);
-    let worst = |value: &dyn Fn(&SwapInterval) -> u64| {
-        let mut prev = 0.0;
-        let mut worst: (f64, Option<f64>) = (0.0, None);
-        for i in &books.intervals {
-            let rate = value(i) as f64 / seconds_of(i, prev);
-            if rate > worst.0 {
-                worst = (rate, Some(i.t));
-            }
-            prev = i.t;
-        }
-        worst
-    };
     let mut gates = Vec::new();
     for (gate, limit, value) in [
         (
             "max-swap-in-rate",
             args.max_swap_in_rate,
-            &(|i: &SwapInterval| i.swap_in_pages) as &dyn Fn(&SwapInterval) -> u64,
+            &(|i: &SwapInterval| i.traced.swap_in_pages) as &dyn Fn(&SwapInterval) -> u64,
         ),
         (
             "max-swap-out-rate",
             args.max_swap_out_rate,
-            &|i: &SwapInterval| i.swap_out_pages,
+            &|i: &SwapInterval| i.traced.swap_out_pages,
         ),
     ] {
         if let Some(limit) = limit {
-            let (rate, at) = worst(value);
+            let rates = rates(&books.intervals, value);
+            let worst = rates.iter().map(|(_, rate)| *rate).fold(0.0, f64::max);
             gates.push(Gate {
                 gate,
                 limit,
-                worst: rate,
-                failed: rate > limit,
-                at_s: at.filter(|_| rate > limit),
+                worst,
+                failed: worst > limit,
+                at_s: rates
+                    .iter()
+                    .find(|(_, rate)| *rate > limit)
+                    .map(|(t, _)| *t),
             });
         }
     }
@@ -200,6 +233,7 @@ fn build_report(
     Ok(SwapReport {
         header: traced.header("swap"),
         per_process_swap: per_process,
+        per_process_zero_pages: books.zero_counted,
         thrashing: books.thrashing.is_some(),
         thrashing_detail: books.thrashing,
         thrashing_thresholds: args.thrashing,
@@ -207,6 +241,7 @@ fn build_report(
         system: SwapSystem {
             pswpin: end.pswpin.saturating_sub(start.pswpin),
             pswpout: end.pswpout.saturating_sub(start.pswpout),
+            figures: SwapFigures::of_system(&start, &end),
             swap_configured: end.swap_total_kb > 0,
             swap_total_kb: end.swap_total_kb,
             swap_used_kb: end.swap_total_kb - end.swap_free_kb,
@@ -216,5 +251,19 @@ fn build_report(
         intervals: books.intervals,
         stacks,
         gates,
+        oom_kills: books.kills.rows,
     })
+}
+
+/// Each interval's end and rate (pages/s of `value`).
+fn rates(intervals: &[SwapInterval], value: &dyn Fn(&SwapInterval) -> u64) -> Vec<(f64, f64)> {
+    let mut start = 0.0;
+    intervals
+        .iter()
+        .map(|i| {
+            let rate = value(i) as f64 / (i.t - start).max(1e-3);
+            start = i.t;
+            (i.t, rate)
+        })
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! contract (issue #3): keep them, add freely.
 use serde::Serialize;
 
+use super::figures::SwapFigures;
 use crate::{
     commands::swap::args::ThrashingArgs,
     report::{ReportHeader, StackRow},
@@ -11,10 +12,11 @@ use crate::{
 pub struct SwapProcessRow {
     pub pid: u32,
     pub comm: String,
-    /// Pages of this process written to swap (pswpout's sense), whoever ran reclaim.
-    pub swap_out_pages: u64,
-    /// Pages brought back by this process's swap-in faults (from disk or the swap cache).
-    pub swap_in_pages: u64,
+    /// Its pages reclaim sent to swap, whoever ran reclaim (`swap_out_pages`: written or
+    /// zero-filled), and its swap-in faults' pages (`swap_in_pages`: from disk, the swap
+    /// cache or zero-filled), with the zero-filled pages among each.
+    #[serde(flatten)]
+    pub figures: SwapFigures,
     /// Pages unmapped to swap, written or not: out minus in minus freed follows VmSwap.
     pub swap_out_unmapped_pages: u64,
     /// Swap entries freed without coming back (memory unmapped, or the process exited).
@@ -27,9 +29,13 @@ pub struct SwapProcessRow {
 /// The kernel's system-wide figures over the run.
 #[derive(Clone, Debug, Serialize)]
 pub struct SwapSystem {
-    /// /proc/vmstat deltas over the run.
+    /// /proc/vmstat deltas over the run: pages read from swap and written to it.
     pub pswpin: u64,
     pub pswpout: u64,
+    /// The same in the processes' terms: `swap_out_pages` is pswpout + swpout_zero,
+    /// `swap_in_pages` pswpin + swpin_zero (zero counts null before Linux 6.12).
+    #[serde(flatten)]
+    pub figures: SwapFigures,
     pub swap_configured: bool,
     pub swap_total_kb: u64,
     pub swap_used_kb: u64,
@@ -43,11 +49,13 @@ pub struct SwapInterval {
     /// End of the interval, seconds since tracing started.
     pub t: f64,
     /// Traced processes' swap traffic in the interval.
-    pub swap_in_pages: u64,
-    pub swap_out_pages: u64,
+    #[serde(flatten)]
+    pub traced: SwapFigures,
     /// The whole system's, from /proc/vmstat.
     pub pswpin: u64,
     pub pswpout: u64,
+    /// The whole system's in the processes' terms (see `SwapSystem`).
+    pub system: SwapFigures,
     pub psi_some_avg10: f64,
     pub psi_full_avg10: f64,
 }
@@ -59,6 +67,17 @@ pub struct Thrashing {
     pub reason: String,
 }
 
+/// An OOM kill of a traced process during the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwapOomKill {
+    pub pid: u32,
+    pub comm: String,
+    /// The victim's memory cgroup (v1 or v2 path), when it could be read.
+    pub memcg: Option<String>,
+    /// Seconds since tracing started.
+    pub at_s: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Gate {
     pub gate: &'static str,
@@ -66,7 +85,7 @@ pub struct Gate {
     /// The worst value seen (pages/s for rates; 1 for thrashing seen).
     pub worst: f64,
     pub failed: bool,
-    /// When it first failed, seconds since tracing started.
+    /// The end of the first interval it failed in, seconds since tracing started.
     pub at_s: Option<f64>,
 }
 
@@ -77,6 +96,9 @@ pub struct SwapReport {
     /// Swap-out and swap-in are counted per process (false on kernels whose counters memtrace
     /// cannot read, Linux before 6.2: processes' swap figures are then 0).
     pub per_process_swap: bool,
+    /// Zero-filled pages are told apart per process (Linux 6.16+, for pages in a memory
+    /// cgroup other than the root): else processes' zero counts are null.
+    pub per_process_zero_pages: bool,
     pub thrashing: bool,
     pub thrashing_detail: Option<Thrashing>,
     /// The thresholds thrashing was judged by (flags --thrash-*).
@@ -88,4 +110,6 @@ pub struct SwapReport {
     /// outside file mappings), `count` in faults.
     pub stacks: Vec<StackRow>,
     pub gates: Vec<Gate>,
+    /// OOM kills of traced processes while tracing (every kill when tracing the system).
+    pub oom_kills: Vec<SwapOomKill>,
 }
