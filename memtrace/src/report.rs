@@ -10,19 +10,31 @@ pub struct Frame {
     pub address: u64,
     /// Function name, demangled; `None` when no symbol covers the address.
     pub function: Option<String>,
-    /// Offset of `address` from the function's start.
+    /// Offset of `address` from the function's start; without a function, its offset in
+    /// the module's file.
     pub offset: u64,
     /// Binary or library file name (`libc.so.6`, `[kernel]`, `[vdso]`), when known.
     pub module: Option<String>,
 }
 
 impl Frame {
-    /// The frame's name as JSON `frames` and folded stacks show it: the function, or the
-    /// address in hex where no symbol covers it.
+    /// The frame's name as JSON `frames` and folded stacks show it: the function; where no
+    /// symbol covers it, the module and the offset in its file (`python3.11+0x5cfbeb`), or
+    /// the address in hex outside any known mapping.
     pub fn name(&self) -> String {
-        match &self.function {
-            Some(function) => function.clone(),
-            None => format!("{:#x}", self.address),
+        match (&self.function, &self.module) {
+            (Some(function), _) => function.clone(),
+            (None, Some(module)) => format!("{module}+{:#x}", self.offset),
+            (None, None) => format!("{:#x}", self.address),
+        }
+    }
+
+    /// The frame as tables show it: `function+0xoff (module)`, or the name above.
+    pub fn line(&self) -> String {
+        match (&self.function, &self.module) {
+            (Some(function), Some(module)) => format!("{function}+{:#x} ({module})", self.offset),
+            (Some(function), None) => format!("{function}+{:#x}", self.offset),
+            _ => self.name(),
         }
     }
 }
@@ -45,6 +57,10 @@ pub struct StackRow {
     pub user_detail: Vec<Frame>,
     #[serde(rename = "kernel_frames_detail")]
     pub kernel_detail: Vec<Frame>,
+    /// With `--group-by comm`: every process whose stacks the row merges (`pid` is the one
+    /// whose stack it shows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
 }
 
 impl StackRow {
@@ -65,6 +81,7 @@ impl StackRow {
             kernel_frames: kernel.iter().map(Frame::name).collect(),
             user_detail: user,
             kernel_detail: kernel,
+            pids: Vec::new(),
         }
     }
 }

@@ -375,8 +375,8 @@ fn follow_children() {
         t.context()
     );
 
-    // Without --follow-children only the command itself is traced.
-    let t = trace_command(&[], "fault_fork", &["3", "5000"]);
+    // With --no-follow-children only the command itself is traced.
+    let t = trace_command(&["--no-follow-children"], "fault_fork", &["3", "5000"]);
     assert!(
         process_row(&t.report, t.workload.pid).is_some(),
         "no row for the command itself\n{}",
@@ -385,7 +385,7 @@ fn follow_children() {
     for child in t.workload.pids("children") {
         assert!(
             process_row(&t.report, child).is_none(),
-            "child {child} was traced without --follow-children\n{}",
+            "child {child} was traced with --no-follow-children\n{}",
             t.context()
         );
     }
@@ -933,4 +933,95 @@ fn a_commands_children_are_traced_unless_told_not_to() {
         "--no-follow-children traced the child\n{}",
         alone.context()
     );
+}
+
+/// (who, kind, user frames, kernel frames) of each stack row: what tells rows apart.
+fn row_identities(report: &Value, who: &str) -> Vec<String> {
+    array(report, "stacks")
+        .iter()
+        .map(|s| {
+            format!(
+                "{}|{}|{}|{}",
+                s[who], s["kind"], s["frames"], s["kernel_frames"]
+            )
+        })
+        .collect()
+}
+
+fn has_duplicates(items: &[String]) -> bool {
+    let set: std::collections::HashSet<&String> = items.iter().collect();
+    set.len() < items.len()
+}
+
+#[test]
+fn stack_rows_are_counted_whole_and_merged_by_function() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let args = ["3", "3000"];
+    // --top 2 shows 2 rows of all there are.
+    let top2 = trace_command(&["--top", "2"], "fault_fork", &args);
+    assert_eq!(array(&top2.report, "stacks").len(), 2, "{}", top2.context());
+    assert!(
+        u64_of(&top2.report, "stacks_total") > 2,
+        "{}",
+        top2.context()
+    );
+
+    // All rows: as many as the total says, no two through the same functions, and every
+    // fault on one of them.
+    let all = trace_command(&["--top", "100000"], "fault_fork", &args);
+    let stacks = array(&all.report, "stacks");
+    assert_eq!(
+        stacks.len() as u64,
+        u64_of(&all.report, "stacks_total"),
+        "{}",
+        all.context()
+    );
+    assert!(
+        !has_duplicates(&row_identities(&all.report, "pid")),
+        "{}",
+        all.context()
+    );
+    let faults: u64 = array(&all.report, "processes")
+        .iter()
+        .map(|p| u64_of(p, "minor") + u64_of(p, "major"))
+        .sum();
+    let on_stacks: u64 = stacks.iter().map(|s| u64_of(s, "count")).sum();
+    assert_eq!(on_stacks, faults, "{}", all.context());
+
+    // --by-address keeps apart stacks that differ only in instruction addresses.
+    let exact = trace_command(&["--top", "100000", "--by-address"], "fault_fork", &args);
+    assert!(
+        has_duplicates(&row_identities(&exact.report, "pid")),
+        "no two stacks through the same functions\n{}",
+        exact.context()
+    );
+
+    // --group-by comm: the three children running the same code are one row.
+    let by_comm = trace_command(
+        &["--top", "100000", "--group-by", "comm"],
+        "fault_fork",
+        &args,
+    );
+    assert!(
+        !has_duplicates(&row_identities(&by_comm.report, "comm")),
+        "{}",
+        by_comm.context()
+    );
+    let touch = array(&by_comm.report, "stacks")
+        .iter()
+        .find(|s| s["frames"][0] == "child_touch_pages")
+        .unwrap_or_else(|| panic!("no child_touch_pages row\n{}", by_comm.context()));
+    let mut children = by_comm.workload.pids("children");
+    children.sort_unstable();
+    let pids: Vec<u32> = touch["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids, children, "{}", by_comm.context());
+    assert!(u64_of(touch, "count") >= 3 * 3000, "{}", by_comm.context());
 }

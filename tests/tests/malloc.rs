@@ -692,3 +692,73 @@ fn redis_outstanding_bytes_follow_its_used_memory() {
         run.describe()
     );
 }
+
+/// `nm -S`'s address and size of `symbol` in `binary`.
+fn symbol_extent(binary: &std::path::Path, symbol: &str) -> (u64, u64) {
+    let out = std::process::Command::new("nm")
+        .args(["-S", "--defined-only"])
+        .arg(binary)
+        .output()
+        .expect("nm runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = (text.lines())
+        .find(|l| l.split_whitespace().nth(3) == Some(symbol))
+        .unwrap_or_else(|| panic!("no {symbol} in nm -S {}:\n{text}", binary.display()));
+    let hex = |field: &str| u64::from_str_radix(field, 16).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (hex(fields[0]), hex(fields[1]))
+}
+
+#[test]
+fn frames_name_their_module_and_where_they_are() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let program = workload("malloc_leak");
+    let (start, size) = symbol_extent(&program, "leaky_function");
+    // Symbolized: the offset is from the function's start (nm's size is the oracle).
+    let t = trace(&["--leaks"], "malloc_leak", &["5", "100", "10"]);
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let row = outstanding_in(&t, "leaky_function")[0];
+    let frame = &row["frames_detail"][0];
+    assert_eq!(frame["module"], "malloc_leak", "{frame}");
+    assert!(
+        u64_of(frame, "offset") < size,
+        "{frame}: leaky_function is {size} bytes"
+    );
+
+    // Stripped: no symbol, so the frame is named by its module and its offset in the file,
+    // which falls inside leaky_function in the unstripped file (PIE text: offset = address).
+    let dir = TempDir::new("malloc-stripped");
+    let stripped = dir.join("leak_stripped");
+    let status = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&program)
+        .status()
+        .expect("strip runs");
+    assert!(status.success());
+    let (run, report) = traced::run_json(
+        "malloc",
+        &["--leaks"],
+        &[stripped.to_str().unwrap(), "5", "100", "10"],
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let row = (report["outstanding"].as_array().unwrap().iter())
+        .find(|r| u64_of(r, "allocations") == 5 && u64_of(r, "bytes") == 500)
+        .unwrap_or_else(|| panic!("no row of the 5 leaked blocks\n{report}"));
+    let frame = &row["frames_detail"][0];
+    let offset = u64_of(frame, "offset");
+    assert!(frame["function"].is_null(), "{frame}");
+    assert_eq!(frame["module"], "leak_stripped", "{frame}");
+    assert!(
+        (start..start + size).contains(&offset),
+        "{frame}: leaky_function is at {start:#x}, {size} bytes"
+    );
+    assert_eq!(
+        row["frames"][0],
+        format!("leak_stripped+{offset:#x}"),
+        "{row}"
+    );
+}

@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use crate::{output::files::Outputs, trace::request::TargetRequest};
+use crate::{
+    output::files::Outputs,
+    trace::{request::TargetRequest, stack_groups::Grouping},
+};
 
 /// Which processes to trace. Shared by every tracing subcommand.
 #[derive(Debug, Clone, Args)]
@@ -81,9 +84,32 @@ pub struct OutputArgs {
     /// How many call stacks the table and JSON show.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+    /// Stack rows per process (pid), or per program name across processes (comm: four
+    /// postgres backends running the same code are one row).
+    #[arg(long, value_enum, value_name = "BY", default_value_t = GroupBy::Pid)]
+    pub group_by: GroupBy,
+    /// Keep stacks apart by instruction address; by default, stacks through the same
+    /// functions (called from other lines) are one row.
+    #[arg(long)]
+    pub by_address: bool,
+}
+
+/// What a stack row is per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    Pid,
+    Comm,
 }
 
 impl OutputArgs {
+    /// How the report's stacks are told apart (see `stack_groups`).
+    pub fn grouping(&self) -> Grouping {
+        Grouping {
+            by_comm: self.group_by == GroupBy::Comm,
+            by_address: self.by_address,
+        }
+    }
+
     /// The files asked for, opened now: a bad path fails before tracing starts.
     pub fn open(&self) -> anyhow::Result<Outputs> {
         Outputs::open(

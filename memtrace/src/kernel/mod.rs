@@ -14,3 +14,4 @@ pub(crate) mod settings;
 pub(crate) mod tables;
 pub(crate) mod tracefs;
 pub(crate) mod tracer;
+pub(crate) mod uprobe_lock;

@@ -16,6 +16,7 @@ use aya::{
 use super::{
     hooks::{self, Attachment, Hook, Point, Probe, UprobeSite},
     tracer::{cpu_list_error, Tracer},
+    uprobe_lock,
 };
 
 impl Tracer {
@@ -215,6 +216,13 @@ impl Tracer {
                 while libc::getppid() == parent {
                     libc::usleep(10_000);
                 }
+                // Detach under the lock (`uprobe_lock`): close every descriptor but the
+                // lock's now, so the lock is released only once all are closed, at exit.
+                if let Some(lock) = uprobe_lock::open() {
+                    libc::flock(lock, libc::LOCK_EX);
+                    close_range(3, lock - 1);
+                    close_range(lock + 1, libc::c_int::MAX);
+                }
                 libc::_exit(0)
             },
             -1 => log::debug!("fork for detaching: {}", std::io::Error::last_os_error()),
@@ -260,6 +268,14 @@ impl Tracer {
             .collect();
         loads.sort_by(|a, b| a.name.cmp(&b.name));
         loads
+    }
+}
+
+/// close_range(2): every descriptor from `first` to `last` (glibc 2.34's wrapper is too new
+/// for some systems).
+unsafe fn close_range(first: libc::c_int, last: libc::c_int) {
+    if first <= last {
+        unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
     }
 }
 

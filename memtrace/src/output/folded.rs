@@ -97,7 +97,7 @@ mod tests {
                 "server;[minor];main;fill_buffer;memset 1000",
                 "server;[minor];main;fill_buffer;memset;exc_page_fault_[k];handle_mm_fault_[k] 39000",
                 // pids 124 and 125 merged; ';' in a name replaced.
-                "worker;[minor];run:now;0x40001234 15",
+                "worker;[minor];run:now;worker+0x1234 15",
             ]
         );
     }

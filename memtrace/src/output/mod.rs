@@ -37,7 +37,7 @@ pub(crate) mod testdata {
         };
         let worker = || {
             vec![
-                frame(0x4000_1234, None, 0, "worker"),
+                frame(0x4000_1234, None, 0x1234, "worker"),
                 frame(0x4000_2000, Some("run;now"), 0, "worker"),
             ]
         };

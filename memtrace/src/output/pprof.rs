@@ -328,7 +328,7 @@ mod tests {
         );
         assert_eq!(
             function_of(p.sample[3].location_id[0]),
-            ("0x40001234", "worker")
+            ("worker+0x1234", "worker")
         );
 
         // Same frames share locations; pids 124 and 125 share theirs.

@@ -15,6 +15,7 @@ pub(crate) mod progress;
 pub mod records;
 pub(crate) mod request;
 pub(crate) mod session;
+pub(crate) mod stack_groups;
 pub(crate) mod stacks;
 pub(crate) mod stop_signals;
 pub(crate) mod symbolize;

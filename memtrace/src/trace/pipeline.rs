@@ -15,6 +15,7 @@ use crate::{
         layout::{ExitLayout, OomTracing, PageTracing},
         tracefs,
         tracer::Tracer,
+        uprobe_lock::UprobeLock,
     },
     report::{CommandExit, ReportHeader, TracerCost},
     trace::{
@@ -141,9 +142,12 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
     if single.is_none() {
         say_uprobes_trap_everywhere(&request.hooks);
     }
+    let uprobes = (request.hooks.iter()).any(|a| matches!(a, Attachment::Uprobes(_)));
+    let lock = uprobes.then(UprobeLock::exclusive).flatten();
     let attached = (request.hooks.iter())
         .map(|attachment| tracer.attach(attachment, single))
         .collect::<Result<Vec<bool>>>()?;
+    drop(lock);
     tracer.attach_hook(&hooks::PROCESS_EXEC)?;
     tracer.attach_hook(&hooks::TASK_NEWTASK)?;
     if matches!(config.filter, Filter::Tgids(_)) {

@@ -11,7 +11,11 @@ use memtrace_common::UserStack;
 use crate::{
     kernel::{tables, tracer::Tracer},
     report::{Frame, StackRow},
-    trace::{memory_maps::MapsCache, symbolize::Symbolizer},
+    trace::{
+        memory_maps::MapsCache,
+        stack_groups::{self, Grouping, Weight},
+        symbolize::Symbolizer,
+    },
 };
 
 /// A stack as the kernel side identified it.
@@ -36,9 +40,11 @@ impl StackCounts {
         *self.counts.entry(key).or_default() += weight;
     }
 
-    /// The `limit` stacks with the most events (all with None), most first, symbolized.
+    /// The `limit` rows with the most events (all with None), most first, symbolized, and
+    /// how many rows there are in all: stacks merged as `grouping` says (`stack_groups`).
     /// `scale` multiplies counts (the sampling period); `label` gives a stack's process name
     /// and the name of its event kind.
+    #[allow(clippy::too_many_arguments)]
     pub fn resolve(
         &self,
         tracer: &Tracer,
@@ -46,24 +52,50 @@ impl StackCounts {
         maps: &MapsCache,
         limit: Option<usize>,
         scale: u64,
+        grouping: Grouping,
         label: &dyn Fn(&StackKey) -> (String, &'static str),
-    ) -> Result<Vec<StackRow>> {
-        let mut sorted: Vec<(&StackKey, &u64)> = self.counts.iter().collect();
-        // Most first; ties broken by key so the output is deterministic.
-        sorted.sort_by(|a, b| {
-            b.1.cmp(a.1).then_with(|| {
-                (a.0.tgid, a.0.user_stack, a.0.kernel_stack_id).cmp(&(
-                    b.0.tgid,
-                    b.0.user_stack,
-                    b.0.kernel_stack_id,
-                ))
-            })
-        });
-        sorted.truncate(limit.unwrap_or(usize::MAX));
-        let keys: Vec<(StackKey, u64)> =
-            sorted.into_iter().map(|(k, &c)| (*k, c * scale)).collect();
-        rows(tracer, symbolizer, maps, &keys, label)
+    ) -> Result<(Vec<StackRow>, usize)> {
+        let stacks: Vec<(StackKey, u64)> = self.counts.iter().map(|(k, c)| (*k, *c)).collect();
+        let count = |weight: &u64| weight * scale;
+        let (rows, total) = grouped_rows(
+            tracer, symbolizer, maps, stacks, grouping, limit, &count, label,
+        )?;
+        Ok((rows.into_iter().map(|(row, _)| row).collect(), total))
     }
+}
+
+/// The `limit` heaviest report rows of `stacks` (all with None), merged as `grouping` says
+/// (`stack_groups`), symbolized, each with its summed weight; and how many rows there are in
+/// all. `count` is a row's count from its weight; `label` gives a stack's process name and
+/// the name of its event kind.
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_rows<W: Weight>(
+    tracer: &Tracer,
+    symbolizer: &mut Symbolizer,
+    maps: &MapsCache,
+    stacks: Vec<(StackKey, W)>,
+    grouping: Grouping,
+    limit: Option<usize>,
+    count: &dyn Fn(&W) -> u64,
+    label: &dyn Fn(&StackKey) -> (String, &'static str),
+) -> Result<(Vec<(StackRow, W)>, usize)> {
+    let comm = |key: &StackKey| label(key).0;
+    let mut groups = stack_groups::group(tracer, symbolizer, maps, stacks, grouping, &comm)?;
+    let total = groups.len();
+    groups.truncate(limit.unwrap_or(usize::MAX));
+    let keys: Vec<(StackKey, u64)> = (groups.iter())
+        .map(|group| (group.key, count(&group.weight)))
+        .collect();
+    let rows = rows(tracer, symbolizer, maps, &keys, label)?;
+    let rows = (rows.into_iter().zip(groups))
+        .map(|(mut row, group)| {
+            if grouping.by_comm {
+                row.pids = group.pids;
+            }
+            (row, group.weight)
+        })
+        .collect();
+    Ok((rows, total))
 }
 
 /// The kernel's stack tables (user and kernel), opened once for a batch of lookups.

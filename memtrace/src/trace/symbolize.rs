@@ -111,11 +111,13 @@ impl Symbolizer {
                     .file_id()
                     .and_then(|id| self.user.get(&(id, m.file_offset(addr))));
                 match cached {
-                    Some(r) => r.frame(addr),
-                    // vdso, anonymous (JIT) code, or a file we could not keep open.
-                    None => Resolved {
+                    Some(r) if r.function.is_some() => r.frame(addr),
+                    // No symbol covers it, or vdso, anonymous (JIT) code, a file we could not
+                    // keep open: where it is in its module.
+                    _ => Resolved {
+                        function: None,
+                        offset: m.file_offset(addr),
                         module: Some(m.module()),
-                        ..Resolved::default()
                     }
                     .frame(addr),
                 }

@@ -22,6 +22,7 @@ use crate::{
     trace::{
         pipeline::{self, Traced},
         request::{self, KernelOptions, TargetRequest, TraceRequest},
+        stack_groups::Grouping,
         stacks::StackKey,
         symbolize::Symbolizer,
     },
@@ -133,14 +134,16 @@ fn fault_flamegraph(
         (&sampler.major_stacks, "major", 1),
     ] {
         let label = |key: &StackKey| (known.name(key.tgid), kind);
-        rows.extend(counts.resolve(
+        let (all, _) = counts.resolve(
             &traced.tracer,
             &mut symbolizer,
             &known.maps,
             None,
             period,
+            Grouping::default(),
             &label,
-        )?);
+        )?;
+        rows.extend(all);
     }
     let profile = Reweighted {
         command: "diagnose",

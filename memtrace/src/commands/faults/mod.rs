@@ -109,12 +109,13 @@ fn build_report(args: &FaultsArgs, counter: &FaultCounter, traced: &Traced) -> R
     });
 
     let label = |key: &StackKey| (known.name(key.tgid), kind_name(key.kind));
-    let stacks = counter.stacks.resolve(
+    let (stacks, stacks_total) = counter.stacks.resolve(
         &traced.tracer,
         &mut Symbolizer::new(),
         &known.maps,
         (!args.output.needs_every_stack()).then_some(args.output.top),
         period,
+        args.output.grouping(),
         &label,
     )?;
     Ok(FaultReport {
@@ -124,6 +125,7 @@ fn build_report(args: &FaultsArgs, counter: &FaultCounter, traced: &Traced) -> R
         stack_errors: traced.tracer.counters()?.stack_errors,
         processes,
         regions,
+        stacks_total,
         stacks,
     })
 }

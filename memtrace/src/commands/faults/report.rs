@@ -41,6 +41,9 @@ pub struct FaultReport {
     pub stack_errors: u64,
     pub processes: Vec<ProcessRow>,
     pub regions: Vec<RegionRow>,
+    /// Stack rows in all (distinct stacks, merged as `--group-by` and `--by-address` say):
+    /// `stacks` holds the first `--top` of them.
+    pub stacks_total: usize,
     /// All stacks, most events first; table and JSON show the first `--top`.
     pub stacks: Vec<StackRow>,
 }
@@ -162,6 +165,7 @@ pub(crate) mod testdata {
                     major: 0,
                 },
             ],
+            stacks_total: stacks().len(),
             stacks: stacks(),
         }
     }
@@ -210,7 +214,7 @@ mod tests {
         );
         assert_eq!(v["stacks"][0]["frames"][0], "memset");
         assert_eq!(v["stacks"][0]["kernel_frames"][1], "exc_page_fault");
-        assert_eq!(v["stacks"][3]["frames"][0], "0x40001234");
+        assert_eq!(v["stacks"][3]["frames"][0], "worker+0x1234");
     }
 
     #[test]

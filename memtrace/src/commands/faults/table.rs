@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::report::FaultReport;
-use crate::{output::text, report::Frame};
+use crate::output::text;
 
 /// Rows shown in the process and region tables; the rest are counted in a "(N more)" line.
 const MAX_ROWS: usize = 20;
@@ -115,7 +115,7 @@ fn regions(report: &FaultReport, out: &mut dyn Write) -> anyhow::Result<()> {
 
 fn stacks(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::Result<()> {
     let shown = top.min(report.stacks.len());
-    writeln!(out, "\nSTACKS (top {shown} of {})", report.stacks.len())?;
+    writeln!(out, "\nSTACKS (top {shown} of {})", report.stacks_total)?;
     if report.stacks.is_empty() {
         writeln!(out, "  no stacks recorded")?;
         return Ok(());
@@ -132,12 +132,12 @@ fn stacks(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::Resu
             s.comm
         )?;
         for frame in &s.user_detail {
-            writeln!(out, "    {}", frame_line(frame))?;
+            writeln!(out, "    {}", frame.line())?;
         }
         if !s.kernel_detail.is_empty() {
             writeln!(out, "    --- kernel ---")?;
             for frame in &s.kernel_detail {
-                writeln!(out, "    {}", frame_line(frame))?;
+                writeln!(out, "    {}", frame.line())?;
             }
         }
         if s.user_detail.is_empty() && s.kernel_detail.is_empty() {
@@ -145,18 +145,6 @@ fn stacks(report: &FaultReport, top: usize, out: &mut dyn Write) -> anyhow::Resu
         }
     }
     Ok(())
-}
-
-/// `function+0xoff (module)`, or the address in hex where no symbol covers it.
-fn frame_line(frame: &Frame) -> String {
-    let mut line = match &frame.function {
-        Some(function) => format!("{function}+{:#x}", frame.offset),
-        None => format!("{:#x}", frame.address),
-    };
-    if let Some(module) = &frame.module {
-        line += &format!(" ({module})");
-    }
-    line
 }
 
 /// Columns padded to their widest cell, two spaces apart, indented by two; `right` marks the
@@ -213,7 +201,7 @@ mod tests {
             "    memset+0x10 (libc.so.6)",
             "    --- kernel ---",
             "    handle_mm_fault+0x40 ([kernel])",
-            "    0x40001234 (worker)",
+            "    worker+0x1234",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

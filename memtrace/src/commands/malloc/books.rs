@@ -12,6 +12,7 @@ use crate::{
         processes::Processes,
         progress::Progress,
         records::Record,
+        stack_groups,
         stacks::{self, StackKey},
         symbolize::Symbolizer,
     },
@@ -180,9 +181,29 @@ impl Consumer for AllocBooks {
 }
 
 /// Outstanding blocks of one stack.
+#[derive(Clone)]
 pub struct Outstanding {
     pub(super) weight: Weight,
     pub(super) oldest: Duration,
+}
+
+impl stack_groups::Weight for Weight {
+    fn merge(&mut self, other: &Self) {
+        *self += *other;
+    }
+    fn heft(&self) -> f64 {
+        self.bytes
+    }
+}
+
+impl stack_groups::Weight for Outstanding {
+    fn merge(&mut self, other: &Self) {
+        self.weight += other.weight;
+        self.oldest = self.oldest.min(other.oldest);
+    }
+    fn heft(&self) -> f64 {
+        self.weight.bytes
+    }
 }
 
 impl Outstanding {

@@ -17,7 +17,7 @@ use memtrace_common::AllocFn;
 
 use self::{
     args::MallocArgs,
-    books::{AllocBooks, Weight},
+    books::{AllocBooks, Outstanding, Weight},
     report::{
         AllocStackRow, HookedAllocator, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket,
     },
@@ -136,22 +136,24 @@ fn build_report(
         .collect();
     processes.sort_by_key(|p| (std::cmp::Reverse(p.bytes_allocated), p.pid));
 
-    let mut by_bytes: Vec<(StackKey, Weight)> =
-        books.stacks.iter().map(|(k, t)| (*k, *t)).collect();
-    by_bytes.sort_by(|a, b| {
-        (b.1.bytes)
-            .total_cmp(&a.1.bytes)
-            .then(a.0.user_stack.cmp(&b.0.user_stack))
-    });
-    by_bytes.truncate(args.output.top);
-    let keys: Vec<(StackKey, u64)> = by_bytes.iter().map(|(k, t)| (*k, round(t.calls))).collect();
+    let grouping = args.output.grouping();
+    let limit = Some(args.output.top);
+    let stacks: Vec<(StackKey, Weight)> = books.stacks.iter().map(|(k, t)| (*k, *t)).collect();
     let label = |key: &StackKey| (known.name(key.tgid), "alloc");
+    let calls = |weight: &Weight| round(weight.calls);
     let mut symbolizer = std::mem::take(&mut books.symbolizer);
-    let rows = stacks::rows(&traced.tracer, &mut symbolizer, &known.maps, &keys, &label)?;
-    let stacks = rows
-        .into_iter()
-        .zip(&by_bytes)
-        .map(|(stack, (_, totals))| AllocStackRow {
+    let (rows, stacks_total) = stacks::grouped_rows(
+        &traced.tracer,
+        &mut symbolizer,
+        &known.maps,
+        stacks,
+        grouping,
+        limit,
+        &calls,
+        &label,
+    )?;
+    let stacks = (rows.into_iter())
+        .map(|(stack, totals)| AllocStackRow {
             calls: round(totals.calls),
             bytes: round(totals.bytes),
             stack,
@@ -159,15 +161,21 @@ fn build_report(
         .collect();
 
     let outstanding = if args.leaks {
-        let mut groups = books.outstanding_by_stack(args.min_age.unwrap_or_default());
-        groups.truncate(args.output.top);
-        let keys: Vec<(StackKey, u64)> =
-            groups.iter().map(|(k, o)| (*k, o.allocations())).collect();
+        let blocks = books.outstanding_by_stack(args.min_age.unwrap_or_default());
         let label = |key: &StackKey| (known.name(key.tgid), "outstanding");
-        let rows = stacks::rows(&traced.tracer, &mut symbolizer, &known.maps, &keys, &label)?;
-        rows.into_iter()
-            .zip(&groups)
-            .map(|(stack, (_, o))| OutstandingRow {
+        let allocations = |o: &Outstanding| o.allocations();
+        let (rows, _) = stacks::grouped_rows(
+            &traced.tracer,
+            &mut symbolizer,
+            &known.maps,
+            blocks,
+            grouping,
+            limit,
+            &allocations,
+            &label,
+        )?;
+        (rows.into_iter())
+            .map(|(stack, o)| OutstandingRow {
                 allocations: o.allocations(),
                 bytes: o.bytes(),
                 oldest_age_s: books.now.saturating_sub(o.oldest).as_secs_f64(),
@@ -205,6 +213,7 @@ fn build_report(
             .collect(),
         allocators,
         processes,
+        stacks_total,
         stacks,
         outstanding,
         sizes,

@@ -89,6 +89,9 @@ pub struct MallocReport {
     /// Each allocator hooked: which it is, its file, its functions.
     pub allocators: Vec<HookedAllocator>,
     pub processes: Vec<MallocProcessRow>,
+    /// Stack rows in all (merged as --group-by and --by-address say); `stacks` holds the
+    /// first --top.
+    pub stacks_total: usize,
     pub stacks: Vec<AllocStackRow>,
     /// Only with --leaks.
     pub outstanding: Vec<OutstandingRow>,

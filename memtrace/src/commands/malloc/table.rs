@@ -2,7 +2,10 @@
 use std::io::Write;
 
 use super::report::MallocReport;
-use crate::output::{profile::Reweighted, text};
+use crate::{
+    output::{profile::Reweighted, text},
+    report::StackRow,
+};
 
 pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
     text::title(out, &report.header)?;
@@ -73,7 +76,12 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
             )?;
         }
     }
-    writeln!(out, "\nTOP ALLOCATING STACKS (by bytes)")?;
+    writeln!(
+        out,
+        "\nTOP ALLOCATING STACKS (by bytes; top {} of {})",
+        report.stacks.len(),
+        report.stacks_total
+    )?;
     for (n, row) in report.stacks.iter().enumerate() {
         writeln!(
             out,
@@ -84,7 +92,7 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
             row.stack.pid,
             row.stack.comm
         )?;
-        write_frames(out, &row.stack.frames)?;
+        write_frames(out, &row.stack)?;
     }
     if !report.outstanding.is_empty() {
         writeln!(out, "\nOUTSTANDING (allocated, never freed)")?;
@@ -99,7 +107,7 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
                 row.stack.pid,
                 row.stack.comm
             )?;
-            write_frames(out, &row.stack.frames)?;
+            write_frames(out, &row.stack)?;
         }
     }
     writeln!(out, "\nSIZES (bytes: calls)")?;
@@ -109,9 +117,9 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_frames(out: &mut dyn Write, frames: &[String]) -> anyhow::Result<()> {
-    for frame in frames {
-        writeln!(out, "    {frame}")?;
+fn write_frames(out: &mut dyn Write, stack: &StackRow) -> anyhow::Result<()> {
+    for frame in &stack.user_detail {
+        writeln!(out, "    {}", frame.line())?;
     }
     Ok(())
 }

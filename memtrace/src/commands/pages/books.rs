@@ -16,6 +16,7 @@ use crate::{
         processes::Processes,
         progress::Progress,
         records::{comm_to_string, Record},
+        stack_groups::Weight,
         stacks::StackKey,
     },
 };
@@ -25,6 +26,16 @@ use crate::{
 pub struct Totals {
     pub(super) allocations: u64,
     pub(super) pages: u64,
+}
+
+/// A stack row's weight: its pages, and whom they were allocated for.
+impl Weight for (Totals, PageContext) {
+    fn merge(&mut self, other: &Self) {
+        self.0 += other.0;
+    }
+    fn heft(&self) -> f64 {
+        self.0.pages as f64
+    }
 }
 
 impl std::ops::AddAssign for Totals {

@@ -125,6 +125,7 @@ fn build_report(args: &PagesArgs, books: &PageBooks, traced: &Traced) -> Result<
         })
         .collect();
     migratetypes.sort_by_key(|row| std::cmp::Reverse(row.pages));
+    let (stacks, stacks_total) = stack_rows(args, books, traced)?;
     Ok(PagesReport {
         header: traced.header("pages"),
         sampled: args.sample > 1,
@@ -134,30 +135,22 @@ fn build_report(args: &PagesArgs, books: &PageBooks, traced: &Traced) -> Result<
         orders,
         gfp,
         migratetypes,
-        stacks: stack_rows(args, books, traced)?,
+        stacks_total,
+        stacks,
     })
 }
 
-/// The stacks with the most pages (every one when a stack sink needs them all), symbolized.
-fn stack_rows(args: &PagesArgs, books: &PageBooks, traced: &Traced) -> Result<Vec<PageStackRow>> {
-    let all = args.output.needs_every_stack();
-    let mut sorted: Vec<(&StackKey, &(Totals, PageContext))> = books.stacks.iter().collect();
-    sorted.sort_by(|a, b| {
-        (b.1 .0.pages.cmp(&a.1 .0.pages)).then_with(|| {
-            (a.0.tgid, a.0.user_stack, a.0.kernel_stack_id).cmp(&(
-                b.0.tgid,
-                b.0.user_stack,
-                b.0.kernel_stack_id,
-            ))
-        })
-    });
-    if !all {
-        sorted.truncate(args.output.top);
-    }
+/// The stacks with the most pages (every one when a stack sink needs them all), merged as
+/// --group-by and --by-address say, symbolized; and how many rows there are in all.
+fn stack_rows(
+    args: &PagesArgs,
+    books: &PageBooks,
+    traced: &Traced,
+) -> Result<(Vec<PageStackRow>, usize)> {
+    let limit = (!args.output.needs_every_stack()).then_some(args.output.top);
     let period = args.sample;
-    let keys: Vec<(StackKey, u64)> = (sorted.iter())
-        .map(|(key, (totals, _))| (**key, totals.allocations * period))
-        .collect();
+    let stacks: Vec<(StackKey, (Totals, PageContext))> =
+        books.stacks.iter().map(|(k, w)| (*k, *w)).collect();
     let label = |key: &StackKey| {
         let context = books.stacks.get(key).map_or(PageContext::Process, |s| s.1);
         (
@@ -165,23 +158,25 @@ fn stack_rows(args: &PagesArgs, books: &PageBooks, traced: &Traced) -> Result<Ve
             "pages",
         )
     };
-    let mut symbolizer = Symbolizer::new();
-    let rows = stacks::rows(
+    let count = |(totals, _): &(Totals, PageContext)| totals.allocations * period;
+    let (rows, total) = stacks::grouped_rows(
         &traced.tracer,
-        &mut symbolizer,
+        &mut Symbolizer::new(),
         &traced.processes.maps,
-        &keys,
+        stacks,
+        args.output.grouping(),
+        limit,
+        &count,
         &label,
     )?;
-    Ok(rows
-        .into_iter()
-        .zip(&sorted)
-        .map(|(stack, (_, (totals, context)))| PageStackRow {
+    let rows = (rows.into_iter())
+        .map(|(stack, (totals, context))| PageStackRow {
             pages: totals.pages * period,
-            context: context_name(*context),
+            context: context_name(context),
             stack,
         })
-        .collect())
+        .collect();
+    Ok((rows, total))
 }
 
 /// The stacks weighed by pages, for the stack sinks.

@@ -64,5 +64,8 @@ pub struct PagesReport {
     pub orders: Vec<OrderRow>,
     pub gfp: Vec<GfpRow>,
     pub migratetypes: Vec<MigrateTypeRow>,
+    /// Stack rows in all (merged as --group-by and --by-address say); `stacks` holds the
+    /// first --top (all of them when a stack sink needs them).
+    pub stacks_total: usize,
     pub stacks: Vec<PageStackRow>,
 }

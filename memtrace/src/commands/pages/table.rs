@@ -59,7 +59,12 @@ pub fn write(report: &PagesReport, top: usize, out: &mut dyn Write) -> anyhow::R
     for m in &report.migratetypes {
         writeln!(out, "  {:>10} pages  {}", m.pages, m.migratetype)?;
     }
-    writeln!(out, "\nTOP STACKS (by pages)")?;
+    let shown = top.min(report.stacks.len());
+    writeln!(
+        out,
+        "\nTOP STACKS (by pages; top {shown} of {})",
+        report.stacks_total
+    )?;
     if report.stacks.is_empty() {
         writeln!(out, "  none recorded (--stacks none)")?;
     }
@@ -74,11 +79,11 @@ pub fn write(report: &PagesReport, top: usize, out: &mut dyn Write) -> anyhow::R
             row.stack.comm,
             row.context
         )?;
-        for frame in &row.stack.frames {
-            writeln!(out, "    {frame}")?;
+        for frame in &row.stack.user_detail {
+            writeln!(out, "    {}", frame.line())?;
         }
-        for frame in &row.stack.kernel_frames {
-            writeln!(out, "    [k] {frame}")?;
+        for frame in &row.stack.kernel_detail {
+            writeln!(out, "    [k] {}", frame.line())?;
         }
     }
     Ok(())

@@ -31,6 +31,7 @@ use crate::{
     trace::{
         pipeline::{self, Traced},
         request::{self, KernelOptions, TraceRequest},
+        stack_groups::Grouping,
         stacks::StackKey,
         symbolize::Symbolizer,
     },
@@ -184,12 +185,13 @@ fn build_report(
 
     let label = |key: &StackKey| (traced.processes.name(key.tgid), "swap_in");
     let mut symbolizer = Symbolizer::new();
-    let stacks = books.stacks.resolve(
+    let (stacks, _) = books.stacks.resolve(
         &traced.tracer,
         &mut symbolizer,
         &traced.processes.maps,
         Some(args.top),
         1,
+        Grouping::default(),
         &label,
     )?;
     let mut gates = Vec::new();
