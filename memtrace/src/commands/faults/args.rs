@@ -18,8 +18,11 @@ Targets (choose one; default: the whole system):
 
 The report: per process, per memory region ([heap], [stack], [anon], [vdso], or the mapped
 file's path, named by the kernel at fault time; [anon, since unmapped] for anonymous memory
-whose mapping was gone before memtrace could read the process's maps, such as freed buffers),
-and the top call stacks split minor/major, with user and kernel frames.
+whose mapping was gone before memtrace could read the process's maps, such as freed buffers;
+shared memory: [shared anon] for MAP_SHARED|MAP_ANONYMOUS and /dev/zero, listed by the kernel
+as /dev/zero (deleted), such as postgres's shared_buffers; [sysv shm key K shmid N] for a
+System V segment, as ipcs -m lists it; [memfd:NAME] for a memfd_create file), and the top call
+stacks split minor/major, with user and kernel frames.
 Kernel frames appear when the fault was taken inside the kernel (for example read() copying
 into untouched memory); a fault taken by user code has only user frames.
 
