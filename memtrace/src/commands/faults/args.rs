@@ -1,7 +1,9 @@
 //! `memtrace faults`'s command line.
 use clap::{Args, ValueEnum};
 
-use crate::commands::options::{parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs};
+use crate::commands::options::{
+    parse_fault_sample, parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs,
+};
 
 const FAULTS_HELP: &str = "\
 What is counted:
@@ -48,7 +50,7 @@ pub struct FaultsArgs {
     #[arg(short, long, value_enum, default_value_t = Stacks::Both)]
     pub stacks: Stacks,
     /// Trace 1 in N faults (counts are rescaled by N and marked as estimates).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_fault_sample)]
     pub sample: u64,
     /// The kernel-to-memtrace ring buffer's size (a power of two: 64K, 8M, 64M). Larger
     /// rides out longer bursts; a full ring loses events, which the report counts.
