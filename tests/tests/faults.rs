@@ -375,8 +375,9 @@ fn follow_children() {
         t.context()
     );
 
-    // Without --follow-children only the command itself is traced.
-    let t = trace_command(&[], "fault_fork", &["3", "5000"]);
+    // With --no-follow-children only the command itself is traced (a command's children are
+    // followed by default).
+    let t = trace_command(&["--no-follow-children"], "fault_fork", &["3", "5000"]);
     assert!(
         process_row(&t.report, t.workload.pid).is_some(),
         "no row for the command itself\n{}",
