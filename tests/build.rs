@@ -20,6 +20,7 @@ const WORKLOADS: &[&str] = &[
     "malloc_threads",
     "demo",
     "memory_shape",
+    "shared_anon",
 ];
 /// malloc_leak again, linked against another allocator (which then serves its malloc and
 /// free, as jemalloc serves redis's): built when `cargo xtask setup` installed the allocator.

@@ -1,5 +1,7 @@
 //! The command line's top: memtrace's name, help and global flags, its subcommands (listed
 //! in `commands`, each with its own arguments) and shell completions.
+use std::ffi::OsString;
+
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands;
@@ -63,9 +65,67 @@ impl CliCommand {
     }
 }
 
+/// The problem with a command line that ends in a bare `--`, if it does, for a subcommand that
+/// takes `-- COMMAND`. clap reads `--` with nothing after it as no command at all, so
+/// `memtrace faults --` would quietly trace the whole system (or ask for --pid, for diagnose)
+/// instead of the command the user meant to give. Checked before clap's own parse, so that
+/// every such subcommand says the same.
+pub fn bare_double_dash(args: &[OsString]) -> Option<String> {
+    let dash = args.iter().position(|arg| arg == "--")?;
+    if dash + 1 != args.len() {
+        return None;
+    }
+    // What comes before `--` names the subcommand, even when it lacks something it requires.
+    let matches = (Cli::command().ignore_errors(true))
+        .try_get_matches_from(&args[..dash])
+        .ok()?;
+    let name = matches.subcommand_name()?;
+    let takes_command =
+        (Cli::command().find_subcommand(name)?.get_arguments()).any(|arg| arg.is_last_set());
+    takes_command.then(|| {
+        format!(
+            "nothing follows `--`: put the command to trace after it \
+             (memtrace {name} -- ./load-test.sh), or leave `--` out"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bare(args: &[&str]) -> Option<String> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        bare_double_dash(&args)
+    }
+
+    #[test]
+    fn a_bare_double_dash_is_refused_where_a_command_may_follow() {
+        for name in ["faults", "swap", "malloc", "pages", "oom", "diagnose"] {
+            let problem = bare(&["memtrace", name, "--"])
+                .unwrap_or_else(|| panic!("memtrace {name} -- was accepted"));
+            assert!(
+                problem.contains(&format!("memtrace {name} -- ./")),
+                "{problem}"
+            );
+        }
+        assert!(bare(&["memtrace", "-v", "faults", "--kind", "major", "--"]).is_some());
+        // Diagnose needs --pid without a command: still the `--` is the problem said.
+        assert!(bare(&["memtrace", "diagnose", "--duration", "1s", "--"]).is_some());
+    }
+
+    #[test]
+    fn a_double_dash_with_a_command_or_none_at_all_is_fine() {
+        assert_eq!(bare(&["memtrace", "faults", "--", "ls"]), None);
+        assert_eq!(
+            bare(&["memtrace", "faults", "--", "sh", "-c", "x", "--"]),
+            None
+        );
+        assert_eq!(bare(&["memtrace", "faults"]), None);
+        // Subcommands that take no command: clap judges their `--`.
+        assert_eq!(bare(&["memtrace", "stat", "1", "--"]), None);
+        assert_eq!(bare(&["memtrace", "check", "--"]), None);
+    }
 
     #[test]
     fn command_after_double_dash() {

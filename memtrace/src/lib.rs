@@ -24,7 +24,12 @@ use crate::cli::Cli;
 
 /// Parses the command line, runs it, and exits with its code (see `error::exit`).
 pub fn main() -> ! {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(problem) = cli::bare_double_dash(&args) {
+        eprintln!("memtrace: {problem}");
+        std::process::exit(error::exit::USAGE);
+    }
+    let cli = Cli::parse_from(args);
     init_logging(cli.verbose);
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -4,6 +4,7 @@
 //! Tests panic with context rather than return `Result`.
 
 pub mod cgroup2;
+pub mod postgres;
 pub mod redis;
 pub mod swap_env;
 pub mod traced;

@@ -148,7 +148,41 @@ fn bad_durations_and_sample() {
         2,
         &["a duration must be more than zero"],
     );
-    expect_failure(&["--sample", "0"], 2, &["--sample", "0 is not in 1.."]);
+    expect_failure(
+        &["--sample", "0"],
+        2,
+        &["--sample takes a whole number from 1 (every fault) up; 0 would trace nothing"],
+    );
+    expect_failure(
+        &["--sample", "lots"],
+        2,
+        &["lots is not a whole number: --sample takes one from 1 (every fault) up"],
+    );
+    for (subcommand, flag, words) in [
+        (
+            "pages",
+            "--sample",
+            "--sample takes a whole number from 1 (a stack for every",
+        ),
+        (
+            "malloc",
+            "--sample-bytes",
+            "--sample-bytes takes a whole number from 1",
+        ),
+    ] {
+        let run = memtrace(&[subcommand, flag, "0"]);
+        assert_eq!(
+            run.code(),
+            2,
+            "memtrace {subcommand} {flag} 0\n{}",
+            run.describe()
+        );
+        assert!(
+            run.stderr.contains(words),
+            "memtrace {subcommand} {flag} 0: stderr lacks {words:?}\n{}",
+            run.describe()
+        );
+    }
     for size in ["lots", "3K", "--ring-buffer=-8M", "2G"] {
         let args: Vec<&str> = if size.starts_with("--") {
             vec![size]
@@ -156,6 +190,68 @@ fn bad_durations_and_sample() {
             vec!["--ring-buffer", size]
         };
         expect_failure(&args, 2, &["is not a ring buffer size", "a power of two"]);
+    }
+}
+
+/// The subcommands whose usage (their `--help`) ends in `[-- <COMMAND>...]`, from memtrace's
+/// own list of subcommands.
+fn subcommands_taking_a_command() -> Vec<String> {
+    let help = memtrace(&["--help"]);
+    let listed = help
+        .stdout
+        .split_once("Commands:")
+        .unwrap_or_else(|| panic!("no Commands: in --help\n{}", help.describe()))
+        .1;
+    let names = listed
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help");
+    names
+        .filter(|name| {
+            memtrace(&[name, "--help"])
+                .stdout
+                .contains("[-- <COMMAND>...]")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--` with nothing after it names no command: every subcommand that takes `-- COMMAND` says
+/// so and exits 2 (it would otherwise trace the whole system, or ask for --pid), root or not.
+#[test]
+fn a_bare_double_dash_is_a_usage_error() {
+    let _serial = serial();
+    let subcommands = subcommands_taking_a_command();
+    assert!(
+        subcommands.iter().any(|name| name == "faults"),
+        "faults takes -- COMMAND, but the help said only {subcommands:?}"
+    );
+    for subcommand in &subcommands {
+        // Bounded, should the `--` be taken for no command at all.
+        let run = memtrace(&[subcommand, "--duration", "2s", "--"]);
+        assert_eq!(
+            run.code(),
+            2,
+            "memtrace {subcommand} --: expected exit 2\n{}",
+            run.describe()
+        );
+        for words in [
+            "memtrace: nothing follows `--`: put the command to trace after it".to_owned(),
+            format!("(memtrace {subcommand} -- ./load-test.sh), or leave `--` out"),
+        ] {
+            assert!(
+                run.stderr.contains(&words),
+                "memtrace {subcommand} --: stderr lacks {words:?}\n{}",
+                run.describe()
+            );
+        }
+        assert!(
+            !run.stderr.contains("tracing"),
+            "memtrace {subcommand} -- traced\n{}",
+            run.describe()
+        );
     }
 }
 

@@ -375,7 +375,8 @@ fn follow_children() {
         t.context()
     );
 
-    // With --no-follow-children only the command itself is traced.
+    // With --no-follow-children only the command itself is traced (a command's children are
+    // followed by default).
     let t = trace_command(&["--no-follow-children"], "fault_fork", &["3", "5000"]);
     assert!(
         process_row(&t.report, t.workload.pid).is_some(),

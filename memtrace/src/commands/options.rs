@@ -173,6 +173,44 @@ pub fn parse_pid(text: &str) -> Result<u32, String> {
     }
 }
 
+/// `--sample N` of faults: 1 fault in N traced.
+pub fn parse_fault_sample(text: &str) -> Result<u64, String> {
+    from_one(text, "--sample", "1 (every fault)", "0 would trace nothing")
+}
+
+/// `--sample N` of pages: stacks for 1 allocation in N.
+pub fn parse_stack_sample(text: &str) -> Result<u64, String> {
+    from_one(
+        text,
+        "--sample",
+        "1 (a stack for every allocation)",
+        "0 would take none",
+    )
+}
+
+/// `--sample-bytes N`: a sample point every N bytes allocated, on average.
+pub fn parse_sample_bytes(text: &str) -> Result<u64, String> {
+    from_one(
+        text,
+        "--sample-bytes",
+        "1 (every allocation seen)",
+        "0 bytes between sample points has no meaning",
+    )
+}
+
+/// A whole number from 1 up, for `flag`; the error says the range in words: what 1 means and
+/// why 0 does not work, since clap's own words ("0 is not in 1..=18446744073709551615") say
+/// neither.
+fn from_one(text: &str, flag: &str, one: &str, zero: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(format!("{flag} takes a whole number from {one} up; {zero}")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "{text} is not a whole number: {flag} takes one from {one} up"
+        )),
+    }
+}
+
 /// A ring buffer size: a power of two from 4K (a page) to 1G, with an optional K, M or G.
 pub fn parse_ring_size(text: &str) -> Result<u32, String> {
     let upper = text.trim().to_ascii_uppercase();
@@ -231,6 +269,29 @@ mod tests {
         for bad in ["3K", "2K", "2G", "", "M", "-8M", "eight"] {
             assert!(parse_ring_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn samples_are_whole_numbers_from_one() {
+        assert_eq!(parse_fault_sample("1"), Ok(1));
+        assert_eq!(parse_fault_sample("100"), Ok(100));
+        assert_eq!(
+            parse_fault_sample("0"),
+            Err(
+                "--sample takes a whole number from 1 (every fault) up; 0 would trace nothing"
+                    .into()
+            )
+        );
+        for bad in ["-1", "1.5", "lots", ""] {
+            let error = parse_fault_sample(bad).unwrap_err();
+            assert!(error.contains("is not a whole number"), "{bad}: {error}");
+        }
+        assert!(parse_stack_sample("0")
+            .unwrap_err()
+            .contains("every allocation"));
+        assert!(parse_sample_bytes("0")
+            .unwrap_err()
+            .starts_with("--sample-bytes"));
     }
 
     #[test]

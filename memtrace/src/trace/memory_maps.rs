@@ -3,7 +3,6 @@
 //! often exits before the report is made, so nothing here may need the process to still exist.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -14,62 +13,11 @@ use std::time::{Duration, Instant};
 use procfs::process::{MMPermissions, MMapPath, MemoryMap, Process};
 
 use crate::trace::mapping_records::ExecMapping;
+use crate::trace::region::Region;
 
 /// A miss re-reads maps at most this often per pid: a storm of faults on fresh mappings must
 /// not turn into one maps read per event.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The memory region an address falls in, as reports show it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Region {
-    Heap,
-    /// The main stack, and thread stacks where the kernel still labels them (before 4.5).
-    Stack,
-    Anon,
-    Vdso,
-    Vvar,
-    Vsyscall,
-    /// A file-backed mapping: the path as the kernel shows it (may end in " (deleted)").
-    File(String),
-    /// Any other pseudo path, shown as the kernel shows it (`[anon:name]`, `[uprobes]`, ...).
-    Other(String),
-    /// No snapshot covers the address: the mapping was made and removed before memtrace could
-    /// read the process's maps (short-lived buffers, a file mapped briefly).
-    Unknown,
-}
-
-impl Region {
-    fn from_path(path: &MMapPath) -> Self {
-        match path {
-            MMapPath::Heap => Region::Heap,
-            MMapPath::Stack | MMapPath::TStack(_) => Region::Stack,
-            MMapPath::Anonymous => Region::Anon,
-            MMapPath::Vdso => Region::Vdso,
-            MMapPath::Vvar => Region::Vvar,
-            MMapPath::Vsyscall => Region::Vsyscall,
-            MMapPath::Path(path) => Region::File(path.to_string_lossy().into_owned()),
-            MMapPath::Vsys(key) => Region::Other(format!("/SYSV{key:08x}")),
-            MMapPath::Rollup => Region::Other("[rollup]".into()),
-            // procfs strips the brackets; put them back so `[anon:name]` reads as in maps.
-            MMapPath::Other(name) => Region::Other(format!("[{name}]")),
-        }
-    }
-}
-
-impl fmt::Display for Region {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Region::Heap => "[heap]",
-            Region::Stack => "[stack]",
-            Region::Anon => "[anon]",
-            Region::Vdso => "[vdso]",
-            Region::Vvar => "[vvar]",
-            Region::Vsyscall => "[vsyscall]",
-            Region::File(path) | Region::Other(path) => path,
-            Region::Unknown => "[unmapped]",
-        })
-    }
-}
 
 /// Identity of a mapped file: (device major/minor, inode) as maps reports them. Unique while
 /// we hold the file open (an open inode is not reused).
@@ -106,15 +54,12 @@ impl Mapping {
         addr.wrapping_sub(self.start).wrapping_add(self.offset)
     }
 
-    /// The backing file's identity, for file-backed mappings.
+    /// The backing file's identity, for file-backed mappings (a memfd's too).
     pub fn file_id(&self) -> Option<FileId> {
-        match self.region {
-            Region::File(_) if self.inode != 0 => Some(FileId {
-                dev: self.dev,
-                inode: self.inode,
-            }),
-            _ => None,
-        }
+        (self.region.is_file() && self.inode != 0).then_some(FileId {
+            dev: self.dev,
+            inode: self.inode,
+        })
     }
 
     /// A path to the backing file that stays valid after the process exited and even when the
@@ -343,7 +288,7 @@ impl MapsCache {
             offset: record.offset,
             dev: id.dev,
             inode: id.inode,
-            region: Region::File(record.path.clone()),
+            region: Region::of_path(&record.path, record.inode),
             file: open_shared(pid, record.start, record.end, path, id, &mut self.files),
         };
         let current = self.generation(pid);
@@ -395,15 +340,12 @@ impl MapsCache {
         self.procs.get(&pid)
     }
 
-    /// The path of a file by identity, from any snapshot that maps it.
-    pub fn file_path(&self, id: FileId) -> Option<&str> {
+    /// The region of a file by identity, from any snapshot that maps it.
+    pub fn file_region(&self, id: FileId) -> Option<&Region> {
         self.procs
             .values()
             .flat_map(|p| p.mappings())
-            .find_map(|m| match &m.region {
-                Region::File(path) if m.file_id() == Some(id) => Some(path.as_str()),
-                _ => None,
-            })
+            .find_map(|m| (m.file_id() == Some(id)).then_some(&m.region))
     }
 }
 
@@ -433,7 +375,7 @@ fn mapping(pid: u32, m: MemoryMap, files: &mut HashMap<FileId, Weak<File>>) -> M
         offset: m.offset,
         dev: m.dev,
         inode: m.inode,
-        region: Region::from_path(&m.pathname),
+        region: Region::from_path(&m.pathname, m.inode),
         file: None,
     };
     // Only code is symbolized, so only executable mappings keep their file open.
@@ -604,6 +546,68 @@ mod tests {
         assert_eq!(cache.region(pid, middle as u64 + 8), Region::Anon);
 
         unsafe { libc::munmap(base, 3 * page) };
+    }
+
+    /// Shared memory of three kinds, mapped here, as the kernel lists it in our own maps:
+    /// each its own region, and the SysV segment's shmid the one shmget returned.
+    #[test]
+    fn shared_memory_regions() {
+        let pid = std::process::id();
+        let len = 4 * 4096;
+        // SAFETY: fresh mappings and a fresh segment, released below; nothing else uses them.
+        unsafe {
+            let shared = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(shared, libc::MAP_FAILED);
+            let shmid = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
+            assert!(shmid >= 0, "shmget: {}", std::io::Error::last_os_error());
+            let segment = libc::shmat(shmid, std::ptr::null(), 0);
+            // Removed now: it goes when detached, even if an assertion fails.
+            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+            assert_ne!(segment as isize, -1, "shmat");
+            let fd = libc::memfd_create(c"memtrace-test".as_ptr(), 0);
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, len as i64), 0);
+            let memfd = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert_ne!(memfd, libc::MAP_FAILED);
+
+            let mut cache = MapsCache::default();
+            assert!(cache.capture(pid));
+            let found = |addr: *mut libc::c_void| cache.lookup(pid, addr as u64 + 8).cloned();
+            let shared_map = found(shared).expect("shared anonymous mapping");
+            let segment_map = found(segment).expect("SysV segment");
+            let memfd_map = found(memfd).expect("memfd mapping");
+            assert_eq!(shared_map.region, Region::SharedAnon);
+            assert_eq!(
+                segment_map.region,
+                Region::SysvShm {
+                    key: 0,
+                    shmid: shmid as u64
+                },
+                "IPC_PRIVATE is key 0; the shmid is shmget's"
+            );
+            assert_eq!(memfd_map.region, Region::Memfd("memtrace-test".into()));
+            assert!(memfd_map.file_id().is_some(), "a memfd is a file");
+            assert!(shared_map.file_id().is_none() && segment_map.file_id().is_none());
+
+            libc::munmap(memfd, len);
+            libc::close(fd);
+            libc::shmdt(segment);
+            libc::munmap(shared, len);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub(crate) mod pipeline;
 pub(crate) mod processes;
 pub(crate) mod progress;
 pub mod records;
+pub(crate) mod region;
 pub(crate) mod request;
 pub(crate) mod session;
 pub(crate) mod stack_groups;

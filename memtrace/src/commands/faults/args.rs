@@ -1,7 +1,9 @@
 //! `memtrace faults`'s command line.
 use clap::{Args, ValueEnum};
 
-use crate::commands::options::{parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs};
+use crate::commands::options::{
+    parse_fault_sample, parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs,
+};
 
 const FAULTS_HELP: &str = "\
 What is counted:
@@ -18,8 +20,11 @@ Targets (choose one; default: the whole system):
 
 The report: per process, per memory region ([heap], [stack], [anon], [vdso], or the mapped
 file's path, named by the kernel at fault time; [anon, since unmapped] for anonymous memory
-whose mapping was gone before memtrace could read the process's maps, such as freed buffers),
-and the top call stacks split minor/major, with user and kernel frames.
+whose mapping was gone before memtrace could read the process's maps, such as freed buffers;
+shared memory: [shared anon] for MAP_SHARED|MAP_ANONYMOUS and /dev/zero, listed by the kernel
+as /dev/zero (deleted), such as postgres's shared_buffers; [sysv shm key K shmid N] for a
+System V segment, as ipcs -m lists it; [memfd:NAME] for a memfd_create file), and the top call
+stacks split minor/major, with user and kernel frames.
 Kernel frames appear when the fault was taken inside the kernel (for example read() copying
 into untouched memory); a fault taken by user code has only user frames.
 
@@ -45,7 +50,7 @@ pub struct FaultsArgs {
     #[arg(short, long, value_enum, default_value_t = Stacks::Both)]
     pub stacks: Stacks,
     /// Trace 1 in N faults (counts are rescaled by N and marked as estimates).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_fault_sample)]
     pub sample: u64,
     /// The kernel-to-memtrace ring buffer's size (a power of two: 64K, 8M, 64M). Larger
     /// rides out longer bursts; a full ring loses events, which the report counts.

@@ -8,10 +8,11 @@ use crate::{
     kernel::tracer::Tracer,
     trace::{
         consumer::Consumer,
-        memory_maps::{FileId, MapsCache, Region},
+        memory_maps::{FileId, MapsCache},
         processes::Processes,
         progress::Progress,
         records::{Event, Record},
+        region::Region,
         stacks::StackCounts,
     },
 };
@@ -92,8 +93,8 @@ impl FaultCounter {
         }
         // A mapping memtrace has not seen yet: read the maps once for this file.
         maps.capture(tgid);
-        let region = match maps.file_path(id) {
-            Some(path) => Region::File(path.to_owned()),
+        let region = match maps.file_region(id) {
+            Some(region) => region.clone(),
             None => Region::Other(format!(
                 "[file {}:{} inode {}, unmapped before memtrace saw it]",
                 id.dev.0, id.dev.1, id.inode

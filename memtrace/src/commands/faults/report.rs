@@ -20,7 +20,8 @@ pub struct ProcessRow {
     pub major_per_s: f64,
 }
 
-/// Faults per process and memory region (`[heap]`, `[stack]`, `[anon]`, `[vdso]`, a file path).
+/// Faults per process and memory region (`[heap]`, `[stack]`, `[anon]`, `[shared anon]`,
+/// `[vdso]`, a file path, ...: `Region`'s names).
 #[derive(Clone, Debug, Serialize)]
 pub struct RegionRow {
     pub pid: u32,

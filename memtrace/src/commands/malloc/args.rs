@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::commands::options::{parse_duration, OutputArgs, TargetArgs};
+use crate::commands::options::{parse_duration, parse_sample_bytes, OutputArgs, TargetArgs};
 
 const MALLOC_HELP: &str = "\
 Hooked: malloc, calloc, realloc (realloc(p, 0) frees p; a failed realloc keeps it),
@@ -58,7 +58,7 @@ pub struct MallocArgs {
     /// Sample: one point per N bytes allocated on average (Poisson, as jemalloc samples), so
     /// a block of s bytes is seen with probability 1 - exp(-s/N); figures are estimates,
     /// weighted by the inverse. For production: e.g. 524288.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_sample_bytes)]
     pub sample_bytes: Option<u64>,
     /// Blocks followed at most (the oldest stay; newer ones past this are counted, not kept).
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, os::unix::fs::MetadataExt, path::Path};
 use super::allocators::{self, Allocator};
 use crate::{
     kernel::probe_site::LibraryCode,
-    trace::{memory_maps::Region, processes::Processes},
+    trace::{processes::Processes, region::Region},
 };
 
 /// Warns once per allocator file that traced processes mapped and memtrace did not hook.

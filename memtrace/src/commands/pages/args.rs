@@ -1,7 +1,7 @@
 //! `memtrace pages`'s command line.
 use clap::Args;
 
-use crate::commands::options::{OutputArgs, RunArgs, Stacks, TargetArgs};
+use crate::commands::options::{parse_stack_sample, OutputArgs, RunArgs, Stacks, TargetArgs};
 
 const PAGES_HELP: &str = "\
 What is counted: every allocation of physical pages by the kernel's page allocator
@@ -40,7 +40,7 @@ pub struct PagesArgs {
     pub stacks: Stacks,
     /// Take stacks for 1 in N allocations (stack figures rescaled and marked as estimates;
     /// the other figures stay exact).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_stack_sample)]
     pub sample: u64,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -14,8 +14,8 @@ use crate::{
     host::system_memory::{self, SystemSample},
     kernel::tracer::Tracer,
     trace::{
-        consumer::Consumer, memory_maps::Region, processes::Processes, progress::Progress,
-        records::Record, request::TargetRequest, stacks::StackCounts,
+        consumer::Consumer, processes::Processes, progress::Progress, records::Record,
+        region::Region, request::TargetRequest, stacks::StackCounts,
     },
 };
 
@@ -72,7 +72,8 @@ impl Consumer for SwapBooks {
         }
         *self.major_faults.entry(event.raw.tgid).or_default() += 1;
         // A major fault outside any file mapping read the page back from swap: its stack is
-        // a code path that waited on swap-in.
+        // a code path that waited on swap-in. Shared memory (shmem) swaps too, so only real
+        // files are left out.
         let region = processes.maps.region(event.raw.tgid, event.raw.addr);
         if !matches!(region, Region::File(_)) {
             self.stacks.add(processes.stack_key(event), 1);
