@@ -127,12 +127,16 @@ pub fn bench(which: &[String]) -> Result<()> {
         None => faults()
             .and_then(|()| swap())
             .and_then(|()| malloc())
+            .and_then(|()| allocators())
             .and_then(|()| pages())
             .and_then(|()| agent())
-            .and_then(|()| diagnose()),
+            .and_then(|()| diagnose())
+            .and_then(|()| crate::bench_exit::exit()),
         Some("faults") => faults(),
         Some("swap") => swap(),
         Some("malloc") => malloc(),
+        Some("allocators") => allocators(),
+        Some("exit") => crate::bench_exit::exit(),
         Some("pages") => pages(),
         Some("agent") => agent(),
         Some("diagnose") => diagnose(),
@@ -140,8 +144,8 @@ pub fn bench(which: &[String]) -> Result<()> {
         Some("agent-soak") => crate::soak::soak(),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: faults, swap, malloc, pages, agent, \
-                 agent-soak, diagnose"
+                "unknown benchmark {other:?}; available: faults, swap, malloc, allocators, \
+                 pages, agent, agent-soak, diagnose, exit"
             )
         }
     }
@@ -491,6 +495,64 @@ fn malloc() -> Result<()> {
     write_section("malloc", &what, &table)
 }
 
+/// malloc/free pairs in each allocator's storm.
+const ALLOCATOR_PAIRS: u64 = 500_000;
+
+/// `memtrace malloc --leaks` on the malloc storm linked against each allocator (found without
+/// --lib), beside the storm untraced: what a probed call costs on each, with the probes on
+/// the first instruction uprobes emulate.
+fn allocators() -> Result<()> {
+    let (target, memtrace) = prepare()?;
+    let scratch = Scratch::new("bench")?;
+    let mut table = String::from(
+        "| allocator | untraced loop | memtrace malloc --leaks loop | vs untraced | above untraced, per pair | per call |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for (allocator, build) in [
+        ("glibc", "malloc_leak"),
+        ("jemalloc", "malloc_leak_jemalloc"),
+        ("tcmalloc", "malloc_leak_tcmalloc"),
+        ("mimalloc", "malloc_leak_mimalloc"),
+    ] {
+        eprintln!("{allocator}:");
+        let configs = [
+            Config::untraced(),
+            Config::memtrace(
+                &memtrace,
+                &scratch,
+                "malloc",
+                "--leaks",
+                "every malloc and free: block, size, user stack; outstanding blocks",
+            ),
+        ];
+        let storm = vec![
+            target
+                .join("workloads")
+                .join(build)
+                .to_string_lossy()
+                .into_owned(),
+            "0".into(),
+            "16".into(),
+            ALLOCATOR_PAIRS.to_string(),
+        ];
+        let samples = measure(&configs, &storm)?;
+        let (untraced, traced) = (median(&samples[0].elapsed), median(&samples[1].elapsed));
+        let pair = (traced - untraced) / ALLOCATOR_PAIRS as f64;
+        table += &format!(
+            "| {allocator} | {untraced:.3} s | {traced:.3} s | {:.0}x | {:.2} µs | {:.0} ns |\n",
+            round_ratio(&samples[1], &samples[0]),
+            pair * 1e6,
+            pair * 1e9 / 2.0,
+        );
+    }
+    println!("{table}");
+    let what = format!(
+        "the workload `malloc_leak 0 16 {ALLOCATOR_PAIRS}` ({ALLOCATOR_PAIRS} malloc/free pairs of \
+         16-272 bytes, its own loop time) built against each allocator"
+    );
+    write_section("allocators", &what, &table)
+}
+
 /// Measures `configs` on the fault storm, prints their table and writes it as section `name`;
 /// `how` says what was timed.
 fn storm_section(name: &str, configs: &[Config], target: &Path, how: &str) -> Result<()> {
@@ -686,7 +748,7 @@ fn table(configs: &[Config], samples: &[Samples]) -> String {
 
 /// Replaces the `name` section of BENCHMARKS.md (between its markers); `what` says what was
 /// timed.
-fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
+pub(crate) fn write_section(name: &str, what: &str, table: &str) -> Result<()> {
     let uname = Command::new("uname")
         .arg("-r")
         .output()

@@ -1,6 +1,7 @@
 //! memtrace's developer and CI chores: `cargo xtask <setup|demo|test|ci|bench>`.
 
 mod bench;
+mod bench_exit;
 mod bench_support;
 mod fuzz;
 mod setup;

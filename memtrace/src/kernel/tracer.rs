@@ -23,9 +23,6 @@ pub(super) fn cpu_list_error((what, err): (&'static str, std::io::Error)) -> any
 
 pub struct Tracer {
     pub(super) ebpf: Ebpf,
-    /// Every uprobe attached (program, link): their detaching is left to a child at the end
-    /// (`Tracer::hand_off_detach`).
-    pub(super) uprobe_links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
 }
 
 impl Tracer {
@@ -63,10 +60,7 @@ impl Tracer {
             .map_max_entries("SAMPLED_BLOCKS", sized(sample_bytes > 0, 1 << 20))
             .load(OBJECT)
             .context("loading the eBPF maps and programs failed")?;
-        let mut tracer = Self {
-            ebpf,
-            uprobe_links: Vec::new(),
-        };
+        let mut tracer = Self { ebpf };
         if swap {
             tracer.learn_cpu_offsets()?;
         }
