@@ -125,6 +125,19 @@ impl Mapping {
         Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
     }
 
+    /// The file kept open behind an executable file mapping.
+    pub fn open_file(&self) -> Option<&File> {
+        self.file.as_deref()
+    }
+
+    /// The mapped file's path as the process saw it (without the kernel's " (deleted)").
+    pub fn path(&self) -> Option<&str> {
+        match &self.region {
+            Region::File(path) => Some(path.strip_suffix(" (deleted)").unwrap_or(path)),
+            _ => None,
+        }
+    }
+
     /// Short module name for frames: the file name (`libc.so.6`), or the pseudo path
     /// (`[vdso]`) for other mappings.
     pub fn module(&self) -> String {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    report::{Frame, StackRow},
+    report::{CodeFile, Frame, StackRow},
     trace::stacks::StackKey,
 };
 
@@ -31,11 +31,12 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A stack of frames from many processes: a frame no symbol names shows as
-    /// `[unknown]` (its address means nothing across processes, each placed elsewhere).
+    /// A stack of frames from many processes: a frame no symbol names and no file holds
+    /// shows as `[unknown]` (its address means nothing across processes, each placed
+    /// elsewhere). One in a file keeps its place there, for the profile's reader to name.
     pub fn new(user: Vec<Frame>, kernel: Vec<Frame>) -> Self {
         let name_unknown = |mut frame: Frame| {
-            if frame.function.is_none() {
+            if frame.function.is_none() && frame.mapping.is_none() {
                 frame.function = Some("[unknown]".to_owned());
                 frame.offset = 0;
             }
@@ -47,12 +48,23 @@ impl Stack {
         }
     }
 
-    /// What makes two stacks the same: each frame's function, offset and module.
-    fn identity(&self) -> impl Iterator<Item = (Option<&str>, u64, Option<&str>)> + '_ {
-        (self.kernel.iter().chain(&self.user))
-            .map(|f| (f.function.as_deref(), f.offset, f.module.as_deref()))
+    /// What makes two stacks the same: each frame's function, offset and module, and its
+    /// place in its file (the same in every process that maps the file).
+    fn identity(&self) -> impl Iterator<Item = FrameIdentity<'_>> + '_ {
+        (self.kernel.iter().chain(&self.user)).map(|f| {
+            let place = (f.mapping.as_ref()).map(|m| (&*m.file, m.file_offset(f.address)));
+            (f.function.as_deref(), f.offset, f.module.as_deref(), place)
+        })
     }
 }
+
+/// A frame as stacks are compared: function, offset, module, (file, file offset).
+type FrameIdentity<'a> = (
+    Option<&'a str>,
+    u64,
+    Option<&'a str>,
+    Option<(&'a CodeFile, u64)>,
+);
 
 /// Shared by content.
 #[derive(Debug)]
@@ -269,6 +281,7 @@ mod tests {
             function: function.map(str::to_owned),
             offset: 0x10,
             module: Some("w".to_owned()),
+            mapping: None,
         };
         // Under a frame no symbol names, at an address of this process's own.
         let unnamed = frame(None, address + 0x100);
