@@ -392,7 +392,8 @@ impl AgentFeed {
                         _ => "minor",
                     };
                     self.profile.push(at, key, kind, || {
-                        let (user, kernel) = tables.frames(&key, symbolizer, &known.maps);
+                        let (user, kernel) =
+                            tables.frames_reading_maps(&key, symbolizer, &mut known.maps);
                         (known.name(key.tgid), Stack::new(user, kernel))
                     });
                 }
