@@ -136,7 +136,7 @@ fn the_fault_profile_names_the_workloads_function() {
     let (agent, _config) = start_agent(port, "stack_sample = 10\n");
     run_workload("fault_touch", &["20000"]);
     let profile = dir.join("faults.pb.gz");
-    std::fs::write(&profile, get_bytes(port, "/pprof/faults?seconds=60")).unwrap();
+    std::fs::write(&profile, get_bytes(port, "/pprof/faults?last=60")).unwrap();
     agent.signal(libc::SIGTERM);
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
@@ -170,7 +170,7 @@ fn the_profile_outlives_full_stack_tables() {
     std::thread::sleep(Duration::from_millis(1500));
     let text = get(port, "/metrics");
     let profile = dir.join("faults.pb.gz");
-    std::fs::write(&profile, get_bytes(port, "/pprof/faults?seconds=60")).unwrap();
+    std::fs::write(&profile, get_bytes(port, "/pprof/faults?last=60")).unwrap();
     agent.signal(libc::SIGTERM);
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
@@ -536,7 +536,7 @@ fn the_systemd_units_capabilities_are_enough() {
     run_workload("fault_touch", &["20000"]);
     std::thread::sleep(Duration::from_millis(1500));
     let text = get(port, "/metrics");
-    let profile = get_bytes(port, "/pprof/faults?seconds=60");
+    let profile = get_bytes(port, "/pprof/faults?last=60");
     agent.signal(libc::SIGTERM);
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
@@ -630,8 +630,13 @@ fn no_request_makes_the_agent_work_without_bound() {
         (get("/admin"), "404"),
         (get("/pprof/faults?seconds=-1"), "400"),
         (get("/pprof/faults?seconds=99999999999999999999999"), "400"),
-        // Clamped to the ten minutes kept.
-        (get("/pprof/faults?seconds=18446744073709551615"), "200"),
+        // The next N seconds: at most the ten minutes kept (Go refuses more than its
+        // server's write timeout).
+        (get("/pprof/faults?seconds=0"), "400"),
+        (get("/pprof/faults?seconds=601"), "400"),
+        (get("/pprof/faults?seconds=1&last=1"), "400"),
+        // The last N seconds: clamped to the ten minutes kept.
+        (get("/pprof/faults?last=18446744073709551615"), "200"),
     ] {
         let status = status_of(port, &request);
         assert!(
@@ -639,10 +644,11 @@ fn no_request_makes_the_agent_work_without_bound() {
             "{request:?}: {status}, expected {expected}"
         );
     }
-    // A flood of profile requests at once: each is answered (served, or refused as busy).
+    // A flood of profile requests at once, each waiting a second (those served hold their
+    // place while they wait): each is answered (served, or refused as busy).
     let flood: Vec<_> = (0..64)
         .map(|_| {
-            let request = get("/pprof/faults?seconds=600");
+            let request = get("/pprof/faults?seconds=1");
             std::thread::spawn(move || status_of(port, &request))
         })
         .collect();

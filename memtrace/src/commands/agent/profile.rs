@@ -122,13 +122,14 @@ impl Hash for HeldGroup {
 
 /// One sampled fault: 16 bytes, a hundred thousand of them in under 2 MiB.
 struct Sample {
-    /// Seconds since the agent started.
+    /// Tenths of a second since the agent started (the agent drains samples every tenth).
     at: u32,
     group: Arc<Group>,
 }
 
-fn seconds(at: Duration) -> u32 {
-    u32::try_from(at.as_secs()).unwrap_or(u32::MAX)
+/// `at` in tenths of a second (u32: 13 years).
+fn tenths(at: Duration) -> u32 {
+    u32::try_from(at.as_millis() / 100).unwrap_or(u32::MAX)
 }
 
 #[derive(Default)]
@@ -174,7 +175,7 @@ impl RollingProfile {
             }
         };
         self.samples.push_back(Sample {
-            at: seconds(now),
+            at: tenths(now),
             group,
         });
     }
@@ -211,7 +212,7 @@ impl RollingProfile {
     /// Drops the samples older than the window at `now`, and the names and stacks no sample
     /// holds.
     pub fn expire(&mut self, now: Duration) {
-        let oldest = seconds(now.saturating_sub(PROFILE_WINDOW));
+        let oldest = tenths(now.saturating_sub(PROFILE_WINDOW));
         while self.samples.front().is_some_and(|s| s.at < oldest) {
             self.samples.pop_front();
         }
@@ -227,12 +228,13 @@ impl RollingProfile {
         self.by_key.clear();
     }
 
-    /// The stacks sampled at or after `since`, per process name and kind, most first, each
-    /// counted `period` times (pid 0: summed over the processes of the name).
-    pub fn rows(&self, since: Duration, period: u64) -> Vec<StackRow> {
-        let since = seconds(since);
+    /// The stacks sampled from `since` to `until` (both included, to the tenth of a second),
+    /// per process name and kind, most first, each counted `period` times (pid 0: summed
+    /// over the processes of the name).
+    pub fn rows(&self, since: Duration, until: Duration, period: u64) -> Vec<StackRow> {
+        let window = tenths(since)..=tenths(until);
         let mut counts: HashMap<*const Group, (&Group, u64)> = HashMap::new();
-        for sample in self.samples.iter().filter(|s| s.at >= since) {
+        for sample in self.samples.iter().filter(|s| window.contains(&s.at)) {
             let group = &sample.group;
             counts.entry(Arc::as_ptr(group)).or_insert((group, 0)).1 += 1;
         }
@@ -308,19 +310,27 @@ mod tests {
         });
         assert_eq!(resolved, 1);
         assert_eq!(profile.held(), (2, 1));
-        let rows = profile.rows(Duration::ZERO, 10);
+        let rows = profile.rows(Duration::ZERO, 4 * second, 10);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].frames[0].as_str(), rows[0].count), ("touch", 40));
         assert_eq!((rows[1].frames[0].as_str(), rows[1].count), ("read", 10));
         // The last 2 seconds only.
-        let recent: u64 = profile.rows(3 * second, 1).iter().map(|r| r.count).sum();
+        let recent: u64 = (profile.rows(3 * second, 4 * second, 1).iter())
+            .map(|r| r.count)
+            .sum();
         assert_eq!(recent, 3);
+        // A window that ended before the last sample.
+        let earlier: u64 = (profile.rows(Duration::ZERO, 2 * second, 1).iter())
+            .map(|r| r.count)
+            .sum();
+        assert_eq!(earlier, 2);
         // Samples leave with the window, and their stacks with them.
         profile.expire(PROFILE_WINDOW + 4 * second);
-        assert_eq!(profile.rows(Duration::ZERO, 1).len(), 1);
+        let all = PROFILE_WINDOW * 2;
+        assert_eq!(profile.rows(Duration::ZERO, all, 1).len(), 1);
         assert_eq!(profile.held(), (1, 1));
         profile.expire(PROFILE_WINDOW * 2);
-        assert!(profile.rows(Duration::ZERO, 1).is_empty());
+        assert!(profile.rows(Duration::ZERO, all, 1).is_empty());
         assert_eq!(profile.held(), (0, 0));
     }
 }
