@@ -7,7 +7,8 @@ use crate::commands::options::parse_duration;
 
 const AGENT_HELP: &str = "\
 Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
-  /metrics   Prometheus text. Per (comm, cgroup) series, with container_id and pod_uid
+  /metrics   Prometheus text (0.0.4; OpenMetrics when the Accept header asks for it, as
+             Prometheus does). Per (comm, cgroup) series, with container_id and pod_uid
              labels read from the cgroup path:
                memtrace_page_faults_total{kind=\"minor\"|\"major\"}
                memtrace_swap_pages_total{direction=\"out\"|\"in\"}  (with swap)

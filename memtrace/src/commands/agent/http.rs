@@ -8,7 +8,7 @@ use std::{
 use anyhow::Result;
 use axum::{
     extract::{Query, State},
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
     Router,
@@ -48,19 +48,27 @@ struct Served {
     profile_permits: Arc<Semaphore>,
 }
 
-async fn serve_metrics(State(served): State<Served>) -> impl IntoResponse {
-    let text = served
-        .metrics
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .render();
-    (
-        [(
-            header::CONTENT_TYPE,
+/// OpenMetrics for those who ask for it (Prometheus does), else Prometheus's classic text
+/// format (version 0.0.4), which every other reader (promtool, curl, older servers) parses.
+async fn serve_metrics(State(served): State<Served>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    let metrics = served.metrics.lock().unwrap_or_else(|e| e.into_inner());
+    let (content_type, text) = if openmetrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
+            metrics.render(),
+        )
+    } else {
+        (
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            metrics.render_classic(),
+        )
+    };
+    ([(header::CONTENT_TYPE, content_type)], text)
 }
 
 #[derive(serde::Deserialize)]
