@@ -279,6 +279,15 @@ impl MapsCache {
         }
     }
 
+    /// Reads the maps of a process seen for the first time in a sample (one that started
+    /// before tracing: processes started since were read at their exec or fork), now, while it
+    /// surely lives: it may exit before its stacks are symbolized. Once per process.
+    pub fn capture_unknown(&mut self, pid: u32) {
+        if !self.procs.contains_key(&pid) {
+            self.capture(pid);
+        }
+    }
+
     /// Makes the snapshot of `pid`'s address space `generation` cover `addrs` if reading its
     /// maps can: a process that started before tracing is only known from its samples, so
     /// its maps are read at its first, while it lives. A miss reads again at most every
@@ -617,9 +626,15 @@ mod tests {
         assert!(cache.lookup(pid, code).is_none());
         cache.cover(pid, 0, &[code]);
         assert!(cache.lookup(pid, code).is_some_and(|m| m.is_exec()));
+        let mut first_sight = MapsCache::default();
+        first_sight.capture_unknown(pid);
+        assert!(first_sight.lookup(pid, code).is_some());
         let read_at = cache.process(pid).unwrap().read_at;
         // 0x10 is in no mapping: not worth another read before COVER_INTERVAL.
         cache.cover(pid, 0, &[code, 0x10]);
+        assert_eq!(cache.process(pid).unwrap().read_at, read_at);
+        // Known already: not read again at its next sample.
+        cache.capture_unknown(pid);
         assert_eq!(cache.process(pid).unwrap().read_at, read_at);
         // An address space an exec replaced is not read again.
         cache.exec(pid);

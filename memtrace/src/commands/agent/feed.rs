@@ -495,6 +495,9 @@ impl Consumer for AgentFeed {
                 // Whatever carried them, its stacks are in the kernel's tables.
                 (self.stack_keys).insert((event.raw.user_stack, event.raw.kernel_stack_id));
                 if matches!(event.kind, EventKind::MinorFault | EventKind::MajorFault) {
+                    // Symbolized at the next tick: a process that started before the agent
+                    // has its maps read now, before it can exit.
+                    processes.maps.capture_unknown(event.raw.tgid);
                     let key = processes.stack_key(event);
                     self.pending.push((self.now, key));
                 }
