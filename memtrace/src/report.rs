@@ -1,6 +1,8 @@
 //! The report every subcommand produces and every output sink consumes. Sinks only read it; the
 //! aggregator and symbolizer fill it. Field names of the `Serialize` types are the public JSON
 //! contract: keep them, add freely.
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// One symbolized stack frame.
@@ -15,6 +17,35 @@ pub struct Frame {
     pub offset: u64,
     /// Binary or library file name (`libc.so.6`, `[kernel]`, `[vdso]`), when known.
     pub module: Option<String>,
+    /// The file mapping the user frame's code came from (none for kernel frames, anonymous
+    /// code and the vdso): what lets a pprof server symbolize the frame again.
+    #[serde(skip)]
+    pub mapping: Option<CodeMapping>,
+}
+
+/// An executable file mapping as a process had it (`Mapping` in pprof's profile.proto).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CodeMapping {
+    pub start: u64,
+    /// Exclusive.
+    pub end: u64,
+    /// The file offset mapped at `start`.
+    pub offset: u64,
+    pub file: Arc<CodeFile>,
+}
+
+impl CodeMapping {
+    /// Where `address` (in this mapping) is in the file: the same in every process.
+    pub fn file_offset(&self, address: u64) -> u64 {
+        address.wrapping_sub(self.start).wrapping_add(self.offset)
+    }
+}
+
+/// A mapped file as profile servers name it: its path and its GNU build id (hex).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CodeFile {
+    pub path: String,
+    pub build_id: Option<String>,
 }
 
 impl Frame {

@@ -5,6 +5,8 @@
 
 pub mod cgroup2;
 pub mod postgres;
+pub mod pprof_raw;
+pub mod readelf;
 pub mod redis;
 pub mod swap_env;
 pub mod traced;
@@ -491,6 +493,11 @@ pub fn in_ci() -> bool {
 /// `go tool pprof -top <args> PROFILE`, a real pprof reader (Debian's golang-go), with its
 /// caches in `scratch`. None when go is missing outside CI; under CI=true, a panic.
 pub fn go_pprof_top(profile: &Path, args: &[&str], scratch: &Path) -> Option<Run> {
+    go_pprof(&["-top"], profile, args, scratch)
+}
+
+/// `go tool pprof <mode> <args> PROFILE` (see [`go_pprof_top`]).
+pub fn go_pprof(mode: &[&str], profile: &Path, args: &[&str], scratch: &Path) -> Option<Run> {
     if !on_path("go") {
         if in_ci() {
             panic!("`go` is not on PATH and CI=true: `cargo xtask setup` installs golang-go");
@@ -502,7 +509,8 @@ pub fn go_pprof_top(profile: &Path, args: &[&str], scratch: &Path) -> Option<Run
     std::fs::create_dir_all(&home).unwrap();
     Some(run_command(
         Command::new("go")
-            .args(["tool", "pprof", "-top"])
+            .args(["tool", "pprof"])
+            .args(mode)
             .args(args)
             .arg(profile)
             .env("HOME", &home)

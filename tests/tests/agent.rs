@@ -2,13 +2,18 @@
 //! config file, a busy port, a remote address without permission).
 
 use std::{
+    collections::HashMap,
     net::{TcpListener, TcpStream},
     os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use tests::{
-    memtrace, run_workload, serial, spawn_memtrace, spawn_waiting,
+    memtrace,
+    pprof_raw::{self, RawProfile},
+    readelf::ElfView,
+    run_workload, serial, spawn_memtrace, spawn_waiting,
     swap_env::{MemoryCgroup, SwapFile},
     Background, TempDir,
 };
@@ -136,7 +141,7 @@ fn the_fault_profile_names_the_workloads_function() {
     let (agent, _config) = start_agent(port, "stack_sample = 10\n");
     run_workload("fault_touch", &["20000"]);
     let profile = dir.join("faults.pb.gz");
-    std::fs::write(&profile, get_bytes(port, "/pprof/faults?seconds=60")).unwrap();
+    std::fs::write(&profile, get_bytes(port, "/pprof/faults?last=60")).unwrap();
     agent.signal(libc::SIGTERM);
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
@@ -170,7 +175,7 @@ fn the_profile_outlives_full_stack_tables() {
     std::thread::sleep(Duration::from_millis(1500));
     let text = get(port, "/metrics");
     let profile = dir.join("faults.pb.gz");
-    std::fs::write(&profile, get_bytes(port, "/pprof/faults?seconds=60")).unwrap();
+    std::fs::write(&profile, get_bytes(port, "/pprof/faults?last=60")).unwrap();
     agent.signal(libc::SIGTERM);
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
@@ -180,6 +185,273 @@ fn the_profile_outlives_full_stack_tables() {
         return;
     };
     assert!(top.stdout.contains("touch_pages"), "{}", top.describe());
+}
+
+/// Debian's redis-server on a socket in a scratch folder (no port, no disk), with DEBUG
+/// allowed to local clients; shut down on drop.
+struct Redis {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Option<Self> {
+        if !tests::on_path("redis-server") || !tests::on_path("redis-cli") {
+            assert!(
+                !tests::in_ci(),
+                "redis-server is not on PATH and CI=true: `cargo xtask setup` installs it"
+            );
+            eprintln!("skipped: no redis-server (install Debian's redis-server package)");
+            return None;
+        }
+        let socket = dir.join("redis.sock");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "local", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let redis = Self { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while redis.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(redis)
+    }
+
+    /// `redis-cli ARGS` against this server; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each file's reading by readelf, once.
+#[derive(Default)]
+struct Files(HashMap<String, ElfView>);
+
+impl Files {
+    fn get(&mut self, path: &str) -> &ElfView {
+        (self.0)
+            .entry(path.to_owned())
+            .or_insert_with(|| ElfView::read(Path::new(path)))
+    }
+}
+
+/// Checks `comm`'s samples in go's reading of a profile against readelf's reading of the files
+/// they ran: every user frame in a file mapping is in a mapping carrying the file's build id;
+/// memtrace names a frame wherever the file has a function symbol covering it, by that
+/// symbol's name; the innermost user frame of every sample is in a file mapping (or the
+/// vdso). Returns the share of sample weight whose innermost user frame the profile leaves
+/// unnamed.
+fn check_frames(profile: &RawProfile, comm: &str, files: &mut Files) -> f64 {
+    let (mut weight, mut unnamed_weight) = (0, 0);
+    for sample in profile.samples_of(comm) {
+        let Some(innermost) = profile.innermost_user(sample) else {
+            continue;
+        };
+        weight += sample.value;
+        if pprof_raw::unnamed(innermost) {
+            unnamed_weight += sample.value;
+        }
+        // (The vdso, `[vdso]`, has no file to map.)
+        let pseudo = innermost
+            .file
+            .as_deref()
+            .is_some_and(|f| f.starts_with('['));
+        assert!(
+            innermost.mapping.is_some() || pseudo,
+            "{comm}: innermost user frame {innermost:?} has no mapping\n{}",
+            profile.text
+        );
+        let user = (sample.locations.iter())
+            .map(|id| &profile.locations[id])
+            .filter(|l| !l.is_kernel());
+        for location in user {
+            let Some(mapping) = location.mapping.map(|id| &profile.mappings[&id]) else {
+                continue;
+            };
+            let elf = files.get(&mapping.file);
+            assert_eq!(
+                elf.build_id.as_deref(),
+                Some(mapping.build_id.as_str()).filter(|id| !id.is_empty()),
+                "{comm}: mapping {mapping:?} and readelf -n {}",
+                mapping.file
+            );
+            let offset = mapping.file_offset(location.address);
+            let symbols = elf.functions_at(offset);
+            match &location.function {
+                _ if symbols.is_empty() => {}
+                Some(name) => assert!(
+                    symbols.contains(&name.as_str()),
+                    "{comm}: {location:?} at file offset {offset:#x} of {} is named {name}, \
+                     readelf says {symbols:?}",
+                    mapping.file
+                ),
+                None => panic!(
+                    "{comm}: {location:?} at file offset {offset:#x} of {} left unnamed, \
+                     readelf says {symbols:?}",
+                    mapping.file
+                ),
+            }
+        }
+    }
+    assert!(weight > 0, "no samples of {comm}\n{}", profile.text);
+    unnamed_weight as f64 / weight as f64
+}
+
+/// Processes that started before the agent are named as those started after are: redis-server
+/// (Debian's: no frame pointers, symbols in .dynsym, jemalloc stripped) and a workload of
+/// ours, both waiting before the agent starts. The profile carries each file's mapping (path,
+/// build id, addresses), so a server can name what memtrace could not. Oracles: go tool
+/// pprof's reading of the profile, readelf's of the files. And `?seconds=N` is Go's: the
+/// profile of the next N seconds, nothing from before the request.
+#[test]
+fn processes_started_before_the_agent_are_symbolized() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("agent-before");
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let mut workload = spawn_waiting("fault_touch", &["20000"]);
+    let port = free_port();
+    let (agent, _config) = start_agent(port, "stack_sample = 10\n");
+    // Asked before the work starts; answered when the seconds are over.
+    let asked = std::thread::spawn(move || get_bytes(port, "/pprof/faults?seconds=8"));
+    // The request reaches the tracing side at its next tick (a tenth of a second).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(redis.cli(&["DEBUG", "POPULATE", "500000"]).trim(), "OK");
+    workload.go();
+    let during = dir.join("during.pb.gz");
+    std::fs::write(&during, asked.join().unwrap()).unwrap();
+    // The workload is done (and lingers idle): the next second's profile has none of it.
+    let after = dir.join("after.pb.gz");
+    std::fs::write(&after, get_bytes(port, "/pprof/faults?seconds=1")).unwrap();
+    let workload_path = std::fs::canonicalize(tests::workload("fault_touch")).unwrap();
+    workload.finish();
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    drop(redis);
+
+    let Some(profile) = RawProfile::read(&during, dir.path()) else {
+        return;
+    };
+    let mut files = Files::default();
+    let redis_unnamed = check_frames(&profile, "redis-server", &mut files);
+    let workload_unnamed = check_frames(&profile, "fault_touch", &mut files);
+    eprintln!(
+        "innermost user frame unnamed: redis-server {:.1}%, fault_touch {:.1}% of sample weight",
+        redis_unnamed * 100.0,
+        workload_unnamed * 100.0
+    );
+    // Built with symbols: (nearly) every frame named, its own function first.
+    assert!(
+        workload_unnamed < 0.05,
+        "fault_touch: {:.1}% unnamed\n{}",
+        workload_unnamed * 100.0,
+        profile.text
+    );
+    let innermost = |function: &str| {
+        (profile.samples_of("fault_touch"))
+            .filter(|s| {
+                profile
+                    .innermost_user(s)
+                    .is_some_and(|l| l.function.as_deref() == Some(function))
+            })
+            .map(|s| s.value)
+            .sum::<i64>()
+    };
+    let total: i64 = profile.samples_of("fault_touch").map(|s| s.value).sum();
+    assert!(
+        innermost("touch_pages") * 2 > total,
+        "touch_pages is not where fault_touch faults\n{}",
+        profile.text
+    );
+    // The workload's frames are in its own file's mapping.
+    let workload_file = workload_path.to_str().unwrap();
+    assert!(
+        profile.mappings.values().any(|m| m.file == workload_file),
+        "no mapping of {workload_file}\n{}",
+        profile.text
+    );
+
+    let Some(later) = RawProfile::read(&after, dir.path()) else {
+        return;
+    };
+    assert_eq!(
+        later.samples_of("fault_touch").count(),
+        0,
+        "a profile asked after the workload's faults holds them\n{}",
+        later.text
+    );
+}
+
+/// `promtool check metrics` (Prometheus's own linter: HELP and TYPE for every family, names
+/// as its text format wants them) passes on /metrics.
+#[test]
+fn metrics_pass_promtool() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    if !tests::on_path("promtool") {
+        assert!(
+            !tests::in_ci(),
+            "promtool is not on PATH and CI=true: `cargo xtask setup` installs prometheus"
+        );
+        eprintln!("skipped: no promtool (install Debian's prometheus package)");
+        return;
+    }
+    let port = free_port();
+    let (agent, _config) = start_agent(port, "page_allocations = true\n");
+    run_workload("fault_touch", &["2000"]);
+    // Every family has series after the next update.
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = get(port, "/metrics");
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(text.contains("memtrace_page_faults_total{"), "{text}");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{}{}\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A Prometheus server (Debian's), started on loopback with a config that scrapes the agent
@@ -536,7 +808,7 @@ fn the_systemd_units_capabilities_are_enough() {
     run_workload("fault_touch", &["20000"]);
     std::thread::sleep(Duration::from_millis(1500));
     let text = get(port, "/metrics");
-    let profile = get_bytes(port, "/pprof/faults?seconds=60");
+    let profile = get_bytes(port, "/pprof/faults?last=60");
     agent.signal(libc::SIGTERM);
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
@@ -630,8 +902,13 @@ fn no_request_makes_the_agent_work_without_bound() {
         (get("/admin"), "404"),
         (get("/pprof/faults?seconds=-1"), "400"),
         (get("/pprof/faults?seconds=99999999999999999999999"), "400"),
-        // Clamped to the ten minutes kept.
-        (get("/pprof/faults?seconds=18446744073709551615"), "200"),
+        // The next N seconds: at most the ten minutes kept (Go refuses more than its
+        // server's write timeout).
+        (get("/pprof/faults?seconds=0"), "400"),
+        (get("/pprof/faults?seconds=601"), "400"),
+        (get("/pprof/faults?seconds=1&last=1"), "400"),
+        // The last N seconds: clamped to the ten minutes kept.
+        (get("/pprof/faults?last=18446744073709551615"), "200"),
     ] {
         let status = status_of(port, &request);
         assert!(
@@ -639,10 +916,11 @@ fn no_request_makes_the_agent_work_without_bound() {
             "{request:?}: {status}, expected {expected}"
         );
     }
-    // A flood of profile requests at once: each is answered (served, or refused as busy).
+    // A flood of profile requests at once, each waiting a second (those served hold their
+    // place while they wait): each is answered (served, or refused as busy).
     let flood: Vec<_> = (0..64)
         .map(|_| {
-            let request = get("/pprof/faults?seconds=600");
+            let request = get("/pprof/faults?seconds=1");
             std::thread::spawn(move || status_of(port, &request))
         })
         .collect();

@@ -128,7 +128,7 @@ pub fn soak() -> Result<()> {
         "\nThe agent used {:.2}% of one CPU over the soak. The storm ran {storm_runs} times: \
          {storm_minflt} minor faults by its own getrusage, {served:.0} in \
          memtrace_page_faults_total{{comm=\"fault_storm\"}} ({:+.3}%). At the end, \
-         `go tool pprof -top` on /pprof/faults?seconds=120 {} the storm's `storm_touch`.\n",
+         `go tool pprof -top` on /pprof/faults?last=120 {} the storm's `storm_touch`.\n",
         cpu / elapsed * 100.0,
         (served - storm_minflt as f64) / storm_minflt.max(1) as f64 * 100.0,
         if pprof_names_storm {
@@ -215,7 +215,7 @@ fn storm_until(storm: &Path, stop: &AtomicBool) -> Result<(u64, u64)> {
 /// Whether `go tool pprof -top` finds the storm's function in the agent's fault profile.
 fn storm_in_profile(scratch: &Path) -> Result<bool> {
     let profile = scratch.join("faults.pb.gz");
-    std::fs::write(&profile, get("/pprof/faults?seconds=120")?)?;
+    std::fs::write(&profile, get("/pprof/faults?last=120")?)?;
     let top = tests::go_pprof_top(&profile, &[], scratch).context("go is not installed")?;
     Ok(top.stdout.contains("storm_touch"))
 }

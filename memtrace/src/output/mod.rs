@@ -23,6 +23,7 @@ pub(crate) mod testdata {
             function: function.map(str::to_owned),
             offset,
             module: Some(module.to_owned()),
+            mapping: None,
         }
     }
 

@@ -1,16 +1,18 @@
 //! gzip'd pprof protobuf (github.com/google/pprof, proto/profile.proto), for `go tool pprof`,
 //! Grafana Pyroscope and the other tools that read it.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::sync::Arc;
 
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use super::profile::StackProfile;
-use crate::report::Frame;
+use crate::report::{CodeFile, CodeMapping, Frame};
 
 /// Writes all stacks as one pprof profile: the report's sample type ("faults" counts, or
-/// "space" bytes), one sample per stack, labelled with pid, comm and kind.
+/// "space" bytes), one sample per stack, labelled with pid, comm and kind. User frames from
+/// files carry their mapping (file, build id, addresses), so a server can symbolize them too.
 pub fn write(report: &dyn StackProfile, out: &mut dyn Write) -> anyhow::Result<()> {
     let profile = Builder::default().build(report);
     let mut gz = GzEncoder::new(out, Compression::default());
@@ -146,15 +148,21 @@ pub struct Function {
     pub start_line: i64,
 }
 
-/// Interns strings, functions and locations so each distinct one is stored once.
+/// Interns strings, functions, mappings and locations so each distinct one is stored once.
 #[derive(Default)]
 struct Builder {
     profile: Profile,
     strings: HashMap<String, i64>,
     /// (name, module) -> function id.
     functions: HashMap<(String, String), u64>,
-    /// (module, name, address) -> location id.
+    /// Frames without a file mapping: (module, name, address) -> location id.
     locations: HashMap<(String, String, u64), u64>,
+    /// Frames in a file mapping: (mapping id, address) -> location id.
+    mapped_locations: HashMap<(u64, u64), u64>,
+    /// The mapping ids of each file.
+    mappings: HashMap<Arc<CodeFile>, Vec<u64>>,
+    /// Mappings with a location memtrace could not name (they are not `has_functions`).
+    unnamed: HashSet<u64>,
 }
 
 impl Builder {
@@ -216,6 +224,9 @@ impl Builder {
                 label,
             });
         }
+        for mapping in &mut self.profile.mapping {
+            mapping.has_functions = !self.unnamed.contains(&mapping.id);
+        }
         self.profile
     }
 
@@ -230,6 +241,9 @@ impl Builder {
     }
 
     fn location(&mut self, frame: &Frame) -> u64 {
+        if let Some(mapping) = &frame.mapping {
+            return self.mapped_location(frame, mapping);
+        }
         let name = frame.name();
         let module = frame.module.clone().unwrap_or_default();
         let key = (module.clone(), name.clone(), frame.address);
@@ -237,7 +251,7 @@ impl Builder {
             return id;
         }
         let function_id = self.function(name, module);
-        // No mapping: addresses come from many address spaces and are already symbolized.
+        // No file mapping (kernel, vdso, anonymous code): named here or not at all.
         let id = self.profile.location.len() as u64 + 1;
         self.profile.location.push(Location {
             id,
@@ -249,6 +263,73 @@ impl Builder {
             ..Default::default()
         });
         self.locations.insert(key, id);
+        id
+    }
+
+    /// A frame in a file mapping: its location holds the mapping and the address (what a
+    /// server symbolizes by), and the function memtrace named, if any.
+    fn mapped_location(&mut self, frame: &Frame, mapping: &CodeMapping) -> u64 {
+        let file_offset = mapping.file_offset(frame.address);
+        let mapping_id = self.mapping(mapping, file_offset);
+        let m = &self.profile.mapping[mapping_id as usize - 1];
+        // In the mapping's own address space: the same code in another process (placed
+        // elsewhere) is the same location, as pprof's own merge makes it.
+        let address = m.memory_start + (file_offset - m.file_offset);
+        if let Some(&id) = self.mapped_locations.get(&(mapping_id, address)) {
+            return id;
+        }
+        let line = match &frame.function {
+            Some(name) => {
+                let module = frame.module.clone().unwrap_or_default();
+                let function_id = self.function(name.clone(), module);
+                vec![Line {
+                    function_id,
+                    line: 0,
+                }]
+            }
+            // Left for the server to name from the file.
+            None => {
+                self.unnamed.insert(mapping_id);
+                Vec::new()
+            }
+        };
+        let id = self.profile.location.len() as u64 + 1;
+        self.profile.location.push(Location {
+            id,
+            mapping_id,
+            address,
+            line,
+            is_folded: false,
+        });
+        self.mapped_locations.insert((mapping_id, address), id);
+        id
+    }
+
+    /// The profile's mapping of `mapping`'s file that covers `file_offset`: the first one a
+    /// process showed (other processes map the same file elsewhere).
+    fn mapping(&mut self, mapping: &CodeMapping, file_offset: u64) -> u64 {
+        let ids = self.mappings.entry(Arc::clone(&mapping.file)).or_default();
+        let covers = |m: &Mapping| {
+            (m.file_offset..m.file_offset + m.memory_limit.saturating_sub(m.memory_start))
+                .contains(&file_offset)
+        };
+        if let Some(&id) = (ids.iter()).find(|&&id| covers(&self.profile.mapping[id as usize - 1]))
+        {
+            return id;
+        }
+        let id = self.profile.mapping.len() as u64 + 1;
+        ids.push(id);
+        let filename = self.string(&mapping.file.path);
+        let build_id = self.string(mapping.file.build_id.as_deref().unwrap_or_default());
+        self.profile.mapping.push(Mapping {
+            id,
+            memory_start: mapping.start,
+            memory_limit: mapping.end,
+            file_offset: mapping.offset,
+            filename,
+            build_id,
+            ..Default::default()
+        });
         id
     }
 
@@ -277,6 +358,7 @@ mod tests {
     use super::*;
     use crate::output::profile::Reweighted;
     use crate::output::testdata;
+    use crate::report::StackRow;
     use flate2::read::GzDecoder;
     use std::io::Read;
 
@@ -357,6 +439,88 @@ mod tests {
                 ("comm".into(), "server".into()),
                 ("kind".into(), "major".into())
             ]
+        );
+    }
+
+    /// `function` (None: not named) at `address` in a process that maps `file`'s text (file
+    /// offset 0x1000) at `base`.
+    fn mapped(file: &Arc<CodeFile>, base: u64, address: u64, function: Option<&str>) -> Frame {
+        let mut frame = testdata::frame(address, function, 0x4, "server");
+        frame.mapping = Some(CodeMapping {
+            start: base,
+            end: base + 0x2000,
+            offset: 0x1000,
+            file: Arc::clone(file),
+        });
+        frame
+    }
+
+    #[test]
+    fn frames_in_files_carry_their_mapping() {
+        let server = Arc::new(CodeFile {
+            path: "/usr/bin/server".to_owned(),
+            build_id: Some("a50d6825".to_owned()),
+        });
+        let libc = Arc::new(CodeFile {
+            path: "/usr/lib/libc.so.6".to_owned(),
+            build_id: None,
+        });
+        let mut report = testdata::profile();
+        // The same code in two processes, each placing the file elsewhere.
+        let (a, b) = (0x5555_0000_0000, 0x5600_0000_0000);
+        report.rows = vec![
+            StackRow::new(
+                1,
+                "server".into(),
+                "minor",
+                3,
+                vec![
+                    mapped(&server, a, a + 0x10, Some("touch")),
+                    mapped(&libc, 0x7f00_0000_0000, 0x7f00_0000_0040, None),
+                ],
+                vec![],
+            ),
+            StackRow::new(
+                2,
+                "server".into(),
+                "minor",
+                5,
+                vec![mapped(&server, b, b + 0x10, Some("touch"))],
+                vec![],
+            ),
+        ];
+        let p = decode(&report);
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        assert_eq!(p.mapping.len(), 2);
+        let server_mapping = &p.mapping[0];
+        assert_eq!(
+            (s(server_mapping.filename), s(server_mapping.build_id)),
+            ("/usr/bin/server", "a50d6825")
+        );
+        assert_eq!(
+            (
+                server_mapping.memory_start,
+                server_mapping.memory_limit,
+                server_mapping.file_offset
+            ),
+            (a, a + 0x2000, 0x1000)
+        );
+        assert!(server_mapping.has_functions);
+        // One location for both processes, at the first one's address.
+        assert_eq!(p.sample[0].location_id[0], p.sample[1].location_id[0]);
+        let touch = &p.location[p.sample[0].location_id[0] as usize - 1];
+        assert_eq!((touch.mapping_id, touch.address), (1, a + 0x10));
+        assert_eq!(
+            s(p.function[touch.line[0].function_id as usize - 1].name),
+            "touch"
+        );
+        // Not named: a mapping and an address for the server to name, no function.
+        let unnamed = &p.location[p.sample[0].location_id[1] as usize - 1];
+        assert_eq!((unnamed.mapping_id, unnamed.address), (2, 0x7f00_0000_0040));
+        assert!(unnamed.line.is_empty());
+        assert_eq!(
+            (s(p.mapping[1].build_id), p.mapping[1].has_functions),
+            ("", false)
         );
     }
 

@@ -18,6 +18,8 @@ use crate::trace::region::Region;
 /// A miss re-reads maps at most this often per pid: a storm of faults on fresh mappings must
 /// not turn into one maps read per event.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(10);
+/// A stack's miss re-reads maps at most this often per pid (see `MapsCache::cover`).
+const COVER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Identity of a mapped file: (device major/minor, inode) as maps reports them. Unique while
 /// we hold the file open (an open inode is not reused).
@@ -68,6 +70,19 @@ impl Mapping {
     pub fn symbol_path(&self) -> Option<PathBuf> {
         let file = self.file.as_ref()?;
         Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+
+    /// The file kept open behind an executable file mapping.
+    pub fn open_file(&self) -> Option<&File> {
+        self.file.as_deref()
+    }
+
+    /// The mapped file's path as the process saw it (without the kernel's " (deleted)").
+    pub fn path(&self) -> Option<&str> {
+        match &self.region {
+            Region::File(path) => Some(path.strip_suffix(" (deleted)").unwrap_or(path)),
+            _ => None,
+        }
     }
 
     /// Short module name for frames: the file name (`libc.so.6`), or the pseudo path
@@ -189,19 +204,48 @@ impl MapsCache {
         if let Some(m) = self.lookup(pid, addr) {
             return m.region.clone();
         }
-        let due = match self.procs.get(&pid) {
-            None => true,
-            // A process never read successfully is retried too: it may just not exist yet.
-            Some(p) => {
-                (p.alive || p.start_time.is_none())
-                    && p.read_at.is_none_or(|at| at.elapsed() >= REFRESH_INTERVAL)
-            }
-        };
-        if due {
+        if self.read_due(pid, REFRESH_INTERVAL) {
             self.capture(pid);
         }
         self.lookup(pid, addr)
             .map_or(Region::Unknown, |m| m.region.clone())
+    }
+
+    /// Whether a miss in `pid`'s snapshot should read its maps now: it may have changed,
+    /// and was read longer than `interval` ago.
+    fn read_due(&self, pid: u32, interval: Duration) -> bool {
+        match self.procs.get(&pid) {
+            None => true,
+            // A process never read successfully is retried too: it may just not exist yet.
+            Some(p) => {
+                (p.alive || p.start_time.is_none())
+                    && p.read_at.is_none_or(|at| at.elapsed() >= interval)
+            }
+        }
+    }
+
+    /// Reads the maps of a process seen for the first time in a sample (one that started
+    /// before tracing: processes started since were read at their exec or fork), now, while it
+    /// surely lives: it may exit before its stacks are symbolized. Once per process.
+    pub fn capture_unknown(&mut self, pid: u32) {
+        if !self.procs.contains_key(&pid) {
+            self.capture(pid);
+        }
+    }
+
+    /// Makes the snapshot of `pid`'s address space `generation` cover `addrs` if reading its
+    /// maps can: a process that started before tracing is only known from its samples, so
+    /// its maps are read at its first, while it lives. A miss reads again at most every
+    /// `COVER_INTERVAL` (a stack walked through code without frame pointers can hold
+    /// addresses no mapping covers). An address space an exec replaced cannot be read.
+    pub fn cover(&mut self, pid: u32, generation: u32, addrs: &[u64]) {
+        if generation != self.generation(pid) {
+            return;
+        }
+        let missed = addrs.iter().any(|&addr| self.lookup(pid, addr).is_none());
+        if missed && self.read_due(pid, COVER_INTERVAL) {
+            self.capture(pid);
+        }
     }
 
     /// The mapping covering `addr` in the snapshot, without refreshing.
@@ -512,6 +556,32 @@ mod tests {
         assert_eq!(cache.region(pid, on_stack), Region::Stack);
 
         assert_eq!(cache.region(pid, 0x10), Region::Unknown);
+    }
+
+    /// A process known only from its samples (started before tracing): its maps are read
+    /// at the first stack they do not cover, and a miss does not read them again at once.
+    #[test]
+    fn a_stack_not_covered_reads_the_maps() {
+        let pid = std::process::id();
+        let code = local_function as *const () as u64;
+        let mut cache = MapsCache::default();
+        assert!(cache.lookup(pid, code).is_none());
+        cache.cover(pid, 0, &[code]);
+        assert!(cache.lookup(pid, code).is_some_and(|m| m.is_exec()));
+        let mut first_sight = MapsCache::default();
+        first_sight.capture_unknown(pid);
+        assert!(first_sight.lookup(pid, code).is_some());
+        let read_at = cache.process(pid).unwrap().read_at;
+        // 0x10 is in no mapping: not worth another read before COVER_INTERVAL.
+        cache.cover(pid, 0, &[code, 0x10]);
+        assert_eq!(cache.process(pid).unwrap().read_at, read_at);
+        // Known already: not read again at its next sample.
+        cache.capture_unknown(pid);
+        assert_eq!(cache.process(pid).unwrap().read_at, read_at);
+        // An address space an exec replaced is not read again.
+        cache.exec(pid);
+        cache.cover(pid, 0, &[code]);
+        assert!(cache.lookup(pid, code).is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (and a command launched at a gate), the kernel side loaded and attached, records drained
 //! from the ring buffer and decoded once, the processes they come from tracked (names, memory
 //! maps, exec generations), stacks counted and symbolized, progress shown, until a stop.
+pub(crate) mod build_id;
 pub(crate) mod command_end;
 pub(crate) mod consumer;
 pub(crate) mod drain;

@@ -127,6 +127,24 @@ impl<'a> StackTables<'a> {
             symbolizer.kernel_frames(&kernel),
         )
     }
+
+    /// `frames`, for a process memtrace may never have read (an always-on tracer learns of
+    /// processes started before it only from their samples): its maps are read first when
+    /// the snapshot does not cover the stack (see `MapsCache::cover`).
+    pub fn frames_reading_maps(
+        &self,
+        key: &StackKey,
+        symbolizer: &mut Symbolizer,
+        maps: &mut MapsCache,
+    ) -> (Vec<Frame>, Vec<Frame>) {
+        let user = tables::user_stack_frames(&self.user, key.user_stack);
+        maps.cover(key.tgid, key.generation, &user);
+        let kernel = tables::stack_frames(&self.kernel, key.kernel_stack_id);
+        (
+            symbolizer.user_frames(maps, key.tgid, key.generation, &user),
+            symbolizer.kernel_frames(&kernel),
+        )
+    }
 }
 
 /// Report rows for these stacks and counts, in the order given, symbolized (each unique

@@ -4,12 +4,16 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{self, Input, Symbolized};
 
-use crate::report::Frame;
-use crate::trace::memory_maps::{FileId, MapsCache};
+use crate::report::{CodeFile, CodeMapping, Frame};
+use crate::trace::{
+    build_id::gnu_build_id,
+    memory_maps::{FileId, Mapping, MapsCache},
+};
 
 /// What an address resolved to, minus the address itself.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +30,7 @@ impl Resolved {
             function: self.function.clone(),
             offset: self.offset,
             module: self.module.clone(),
+            mapping: None,
         }
     }
 }
@@ -36,6 +41,8 @@ pub struct Symbolizer {
     /// (or loaded at different addresses) is resolved once per instruction.
     user: HashMap<(FileId, u64), Resolved>,
     kernel: HashMap<u64, Resolved>,
+    /// Each executable file's path and build id, read once.
+    files: HashMap<FileId, Arc<CodeFile>>,
 }
 
 impl Default for Symbolizer {
@@ -57,6 +64,7 @@ impl Symbolizer {
             inner,
             user: HashMap::new(),
             kernel: HashMap::new(),
+            files: HashMap::new(),
         }
     }
 
@@ -110,7 +118,7 @@ impl Symbolizer {
                 let cached = m
                     .file_id()
                     .and_then(|id| self.user.get(&(id, m.file_offset(addr))));
-                match cached {
+                let mut frame = match cached {
                     Some(r) if r.function.is_some() => r.frame(addr),
                     // No symbol covers it, or vdso, anonymous (JIT) code, a file we could not
                     // keep open: where it is in its module.
@@ -120,9 +128,35 @@ impl Symbolizer {
                         module: Some(m.module()),
                     }
                     .frame(addr),
-                }
+                };
+                frame.mapping = self.code_mapping(m);
+                frame
             })
             .collect()
+    }
+
+    /// The mapping as a profile names it, for an executable file kept open.
+    fn code_mapping(&mut self, m: &Mapping) -> Option<CodeMapping> {
+        let (id, file, path) = (m.file_id()?, m.open_file()?, m.path()?);
+        let known = self.files.get(&id).filter(|known| known.path == path);
+        let file = match known {
+            Some(known) => Arc::clone(known),
+            // Read once per file (a file replaced at the same inode is read again).
+            None => {
+                let code = Arc::new(CodeFile {
+                    path: path.to_owned(),
+                    build_id: gnu_build_id(file),
+                });
+                self.files.insert(id, Arc::clone(&code));
+                code
+            }
+        };
+        Some(CodeMapping {
+            start: m.start,
+            end: m.end,
+            offset: m.offset,
+            file,
+        })
     }
 
     /// Frames for kernel addresses, in the order given (kallsyms, or vmlinux when found).
@@ -190,6 +224,7 @@ fn resolve_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::process::Command;
     use std::time::{Duration, Instant};
 
@@ -226,6 +261,13 @@ mod tests {
         assert_eq!(frames[0].module.as_deref(), Some(exe_name));
         // Two unique offsets, each symbolized once.
         assert_eq!(symbolizer.user.len(), 2);
+        // The file the frame came from, for profiles: where our text is mapped.
+        let mapping = frames[0].mapping.as_ref().expect("a file mapping");
+        assert_eq!(Path::new(&mapping.file.path), exe);
+        assert!((mapping.start..mapping.end).contains(&addr));
+        let file = std::fs::File::open(&exe).unwrap();
+        assert_eq!(mapping.file.build_id, gnu_build_id(&file));
+        assert!(mapping.file.build_id.is_some());
     }
 
     #[test]

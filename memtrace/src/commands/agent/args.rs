@@ -7,7 +7,8 @@ use crate::commands::options::parse_duration;
 
 const AGENT_HELP: &str = "\
 Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
-  /metrics   Prometheus text. Per (comm, cgroup) series, with container_id and pod_uid
+  /metrics   Prometheus text (0.0.4; OpenMetrics when the Accept header asks for it, as
+             Prometheus does). Per (comm, cgroup) series, with container_id and pod_uid
              labels read from the cgroup path:
                memtrace_page_faults_total{kind=\"minor\"|\"major\"}
                memtrace_swap_pages_total{direction=\"out\"|\"in\"}  (with swap)
@@ -21,8 +22,12 @@ Runs until SIGTERM or Ctrl-C, system-wide, and serves (read-only):
              memtrace_uncounted_page_allocations_total, memtrace_agent_processes_held,
              memtrace_profile_stacks, memtrace_stack_table_clears_total
   /pprof/faults?seconds=N
-             gzip'd pprof of the fault stacks sampled in the last N seconds (default 60;
-             1 fault in stack_sample; ten minutes kept), for go tool pprof, Pyroscope, Parca
+             gzip'd pprof of the fault stacks sampled in the next N seconds, as Go's
+             /debug/pprof/profile: answered when they are over (default 30, at most 600;
+             1 fault in stack_sample), for go tool pprof, Pyroscope, Parca. Frames carry
+             their file's mapping (path, build id) for the server to symbolize as well.
+  /pprof/faults?last=N
+             the same for the last N seconds, at once (ten minutes kept)
   /healthz   ok
 
 What it costs: faults are the kernel's own per-task counts (read from /proc each second,

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{
     config::AgentConfig,
-    http::ProfileRequest,
+    http::{ProfileRequest, Window},
     metrics::{AgentMetrics, Health, ProcessId, ProcessLabels, ProcessMemory},
     profile::{RollingProfile, Stack},
 };
@@ -77,6 +77,8 @@ pub struct AgentFeed {
     /// 1 fault in this many has its stacks taken.
     stack_period: u64,
     requests: mpsc::Receiver<ProfileRequest>,
+    /// Requests for the next N seconds, waiting for them to pass: (from, until, reply).
+    waiting: Vec<(Duration, Duration, ProfileRequest)>,
     symbolizer: Symbolizer,
     /// Keeps kernel.bpf_stats collection on while the agent runs.
     _stats: Option<std::os::fd::OwnedFd>,
@@ -156,6 +158,7 @@ impl AgentFeed {
             now: Duration::ZERO,
             stack_period: config.stack_sample,
             requests,
+            waiting: Vec::new(),
             symbolizer: Symbolizer::new(),
             _stats: config
                 .bpf_stats
@@ -392,7 +395,8 @@ impl AgentFeed {
                         _ => "minor",
                     };
                     self.profile.push(at, key, kind, || {
-                        let (user, kernel) = tables.frames(&key, symbolizer, &known.maps);
+                        let (user, kernel) =
+                            tables.frames_reading_maps(&key, symbolizer, &mut known.maps);
                         (known.name(key.tgid), Stack::new(user, kernel))
                     });
                 }
@@ -414,14 +418,40 @@ impl AgentFeed {
         }
     }
 
-    /// The gzip'd pprof profile of the fault stacks sampled in the last `seconds`.
-    fn profile(&mut self, tracer: &Tracer, seconds: u64) -> Result<Vec<u8>> {
-        let since = self.now.saturating_sub(Duration::from_secs(seconds));
-        let rows = self.profile.rows(since, self.stack_period);
+    /// Answers the profile requests: one for the last N seconds at once, one for the next
+    /// N seconds once they have passed (samples are stamped as they are drained).
+    fn answer_requests(&mut self, tracer: &Tracer) {
+        while let Ok(request) = self.requests.try_recv() {
+            match request.window {
+                Window::Last(seconds) => {
+                    let since = self.now.saturating_sub(seconds);
+                    let _ = request.reply.send(self.profile(tracer, since, self.now));
+                }
+                Window::Next(seconds) => {
+                    (self.waiting).push((self.now, self.now + seconds, request));
+                }
+            }
+        }
+        // A client that hung up is not waited for.
+        self.waiting
+            .retain(|(.., request)| !request.reply.is_closed());
+        let now = self.now;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, until, _)| *until <= now);
+        self.waiting = waiting;
+        for (since, until, request) in due {
+            let _ = request.reply.send(self.profile(tracer, since, until));
+        }
+    }
+
+    /// The gzip'd pprof profile of the fault stacks sampled from `since` to `until`.
+    fn profile(&self, tracer: &Tracer, since: Duration, until: Duration) -> Result<Vec<u8>> {
+        let rows = self.profile.rows(since, until, self.stack_period);
         let profile = Reweighted {
             command: "agent",
             target: "system-wide".to_owned(),
-            duration_s: seconds as f64,
+            duration_s: until.saturating_sub(since).as_secs_f64(),
             lost_events: tracer.counters().map_or(0, |c| c.lost),
             rows,
             sample_type: ("faults", "count"),
@@ -465,6 +495,9 @@ impl Consumer for AgentFeed {
                 // Whatever carried them, its stacks are in the kernel's tables.
                 (self.stack_keys).insert((event.raw.user_stack, event.raw.kernel_stack_id));
                 if matches!(event.kind, EventKind::MinorFault | EventKind::MajorFault) {
+                    // Symbolized at the next tick: a process that started before the agent
+                    // has its maps read now, before it can exit.
+                    processes.maps.capture_unknown(event.raw.tgid);
                     let key = processes.stack_key(event);
                     self.pending.push((self.now, key));
                 }
@@ -484,8 +517,6 @@ impl Consumer for AgentFeed {
             // SAFETY: malloc_trim has no preconditions.
             unsafe { libc::malloc_trim(0) };
         }
-        while let Ok(request) = self.requests.try_recv() {
-            let _ = request.reply.send(self.profile(tracer, request.seconds));
-        }
+        self.answer_requests(tracer);
     }
 }

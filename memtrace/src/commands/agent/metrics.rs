@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use crate::host::container::ContainerLabels;
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabel, EncodeLabelSet, LabelSetEncoder},
+    encoding::{prometheus_text, text::encode, EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -522,10 +522,19 @@ impl AgentMetrics {
     }
 
     /// The Prometheus text exposition.
+    /// OpenMetrics text.
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Prometheus's classic text format (0.0.4): counters' HELP and TYPE under the name
+    /// their samples carry (`_total`), as promtool and older readers expect.
+    pub fn render_classic(&self) -> String {
+        let mut text = String::new();
+        let _ = prometheus_text::encode(&mut text, &self.registry);
         text
     }
 }

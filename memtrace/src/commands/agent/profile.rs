@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    report::{Frame, StackRow},
+    report::{CodeFile, Frame, StackRow},
     trace::stacks::StackKey,
 };
 
@@ -31,11 +31,12 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A stack of frames from many processes: a frame no symbol names shows as
-    /// `[unknown]` (its address means nothing across processes, each placed elsewhere).
+    /// A stack of frames from many processes: a frame no symbol names and no file holds
+    /// shows as `[unknown]` (its address means nothing across processes, each placed
+    /// elsewhere). One in a file keeps its place there, for the profile's reader to name.
     pub fn new(user: Vec<Frame>, kernel: Vec<Frame>) -> Self {
         let name_unknown = |mut frame: Frame| {
-            if frame.function.is_none() {
+            if frame.function.is_none() && frame.mapping.is_none() {
                 frame.function = Some("[unknown]".to_owned());
                 frame.offset = 0;
             }
@@ -47,12 +48,23 @@ impl Stack {
         }
     }
 
-    /// What makes two stacks the same: each frame's function, offset and module.
-    fn identity(&self) -> impl Iterator<Item = (Option<&str>, u64, Option<&str>)> + '_ {
-        (self.kernel.iter().chain(&self.user))
-            .map(|f| (f.function.as_deref(), f.offset, f.module.as_deref()))
+    /// What makes two stacks the same: each frame's function, offset and module, and its
+    /// place in its file (the same in every process that maps the file).
+    fn identity(&self) -> impl Iterator<Item = FrameIdentity<'_>> + '_ {
+        (self.kernel.iter().chain(&self.user)).map(|f| {
+            let place = (f.mapping.as_ref()).map(|m| (&*m.file, m.file_offset(f.address)));
+            (f.function.as_deref(), f.offset, f.module.as_deref(), place)
+        })
     }
 }
+
+/// A frame as stacks are compared: function, offset, module, (file, file offset).
+type FrameIdentity<'a> = (
+    Option<&'a str>,
+    u64,
+    Option<&'a str>,
+    Option<(&'a CodeFile, u64)>,
+);
 
 /// Shared by content.
 #[derive(Debug)]
@@ -110,13 +122,14 @@ impl Hash for HeldGroup {
 
 /// One sampled fault: 16 bytes, a hundred thousand of them in under 2 MiB.
 struct Sample {
-    /// Seconds since the agent started.
+    /// Tenths of a second since the agent started (the agent drains samples every tenth).
     at: u32,
     group: Arc<Group>,
 }
 
-fn seconds(at: Duration) -> u32 {
-    u32::try_from(at.as_secs()).unwrap_or(u32::MAX)
+/// `at` in tenths of a second (u32: 13 years).
+fn tenths(at: Duration) -> u32 {
+    u32::try_from(at.as_millis() / 100).unwrap_or(u32::MAX)
 }
 
 #[derive(Default)]
@@ -162,7 +175,7 @@ impl RollingProfile {
             }
         };
         self.samples.push_back(Sample {
-            at: seconds(now),
+            at: tenths(now),
             group,
         });
     }
@@ -199,7 +212,7 @@ impl RollingProfile {
     /// Drops the samples older than the window at `now`, and the names and stacks no sample
     /// holds.
     pub fn expire(&mut self, now: Duration) {
-        let oldest = seconds(now.saturating_sub(PROFILE_WINDOW));
+        let oldest = tenths(now.saturating_sub(PROFILE_WINDOW));
         while self.samples.front().is_some_and(|s| s.at < oldest) {
             self.samples.pop_front();
         }
@@ -215,12 +228,13 @@ impl RollingProfile {
         self.by_key.clear();
     }
 
-    /// The stacks sampled at or after `since`, per process name and kind, most first, each
-    /// counted `period` times (pid 0: summed over the processes of the name).
-    pub fn rows(&self, since: Duration, period: u64) -> Vec<StackRow> {
-        let since = seconds(since);
+    /// The stacks sampled from `since` to `until` (both included, to the tenth of a second),
+    /// per process name and kind, most first, each counted `period` times (pid 0: summed
+    /// over the processes of the name).
+    pub fn rows(&self, since: Duration, until: Duration, period: u64) -> Vec<StackRow> {
+        let window = tenths(since)..=tenths(until);
         let mut counts: HashMap<*const Group, (&Group, u64)> = HashMap::new();
-        for sample in self.samples.iter().filter(|s| s.at >= since) {
+        for sample in self.samples.iter().filter(|s| window.contains(&s.at)) {
             let group = &sample.group;
             counts.entry(Arc::as_ptr(group)).or_insert((group, 0)).1 += 1;
         }
@@ -269,6 +283,7 @@ mod tests {
             function: function.map(str::to_owned),
             offset: 0x10,
             module: Some("w".to_owned()),
+            mapping: None,
         };
         // Under a frame no symbol names, at an address of this process's own.
         let unnamed = frame(None, address + 0x100);
@@ -295,19 +310,27 @@ mod tests {
         });
         assert_eq!(resolved, 1);
         assert_eq!(profile.held(), (2, 1));
-        let rows = profile.rows(Duration::ZERO, 10);
+        let rows = profile.rows(Duration::ZERO, 4 * second, 10);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].frames[0].as_str(), rows[0].count), ("touch", 40));
         assert_eq!((rows[1].frames[0].as_str(), rows[1].count), ("read", 10));
         // The last 2 seconds only.
-        let recent: u64 = profile.rows(3 * second, 1).iter().map(|r| r.count).sum();
+        let recent: u64 = (profile.rows(3 * second, 4 * second, 1).iter())
+            .map(|r| r.count)
+            .sum();
         assert_eq!(recent, 3);
+        // A window that ended before the last sample.
+        let earlier: u64 = (profile.rows(Duration::ZERO, 2 * second, 1).iter())
+            .map(|r| r.count)
+            .sum();
+        assert_eq!(earlier, 2);
         // Samples leave with the window, and their stacks with them.
         profile.expire(PROFILE_WINDOW + 4 * second);
-        assert_eq!(profile.rows(Duration::ZERO, 1).len(), 1);
+        let all = PROFILE_WINDOW * 2;
+        assert_eq!(profile.rows(Duration::ZERO, all, 1).len(), 1);
         assert_eq!(profile.held(), (1, 1));
         profile.expire(PROFILE_WINDOW * 2);
-        assert!(profile.rows(Duration::ZERO, 1).is_empty());
+        assert!(profile.rows(Duration::ZERO, all, 1).is_empty());
         assert_eq!(profile.held(), (0, 0));
     }
 }
