@@ -568,3 +568,29 @@ pub fn tracepoint_exists(event: &str) -> bool {
     .iter()
     .any(|root| Path::new(root).join(event).is_dir())
 }
+
+/// Waits (up to 30 s) until no memtrace process runs: each leaves the kernel's detaching of
+/// its programs to a child that outlives it by a few seconds (`Tracer::hand_off_detach`).
+pub fn wait_for_detaching_memtraces() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && memtrace_running() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a live process named memtrace exists (zombies left to an init that does not reap
+/// them do not count).
+fn memtrace_running() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let live = stat
+            .rsplit(") ")
+            .next()
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X');
+        stat.contains("(memtrace)") && live
+    })
+}
