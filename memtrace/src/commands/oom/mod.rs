@@ -106,7 +106,9 @@ pub async fn run(args: OomArgs) -> Result<()> {
     let request = TraceRequest {
         declared: &HOOKS,
         target: TargetRequest::command_or_system(args.command.clone()),
-        follow_children: false,
+        // Kills are watched system-wide; a command's tree is followed so that stopping
+        // memtrace stops all of it.
+        follow_children: !args.command.is_empty(),
         stop_after: args.duration,
         kernel: KernelOptions::default(),
         hooks: vec![Attachment::Hook(&hooks::OOM_KILL)],
