@@ -438,7 +438,9 @@ pub struct Settings {
     pub self_tgid: u32,
     /// 1: children of traced processes are traced too (added to `TARGET_TGIDS` at fork).
     pub follow_children: u32,
-    pub _pad0: u32,
+    /// With a set of one given process whose children are followed (a command): that
+    /// process, compared before the set is looked up, since most events are its (0: none).
+    pub first_tgid: u32,
 
     // What each event takes, and when the reader is woken (memtrace-ebpf's `emit`, `sample`).
     /// [`stack_flags`] bits: which stacks to take per event.

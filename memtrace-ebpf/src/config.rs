@@ -36,6 +36,10 @@ pub fn single_tgid() -> u32 {
     unsafe { read_volatile(&raw const SETTINGS.single_tgid) }
 }
 #[inline(always)]
+pub fn first_tgid() -> u32 {
+    unsafe { read_volatile(&raw const SETTINGS.first_tgid) }
+}
+#[inline(always)]
 pub fn file_tags() -> bool {
     unsafe { read_volatile(&raw const SETTINGS.file_tags) != 0 }
 }

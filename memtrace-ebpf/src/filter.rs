@@ -30,7 +30,8 @@ pub fn is_target(tgid: u32) -> bool {
     }
 }
 
-/// 1 once the single traced process (`config::single_tgid`) has exited: its pid may then be
+/// 1 once the single traced process (`config::single_tgid`, or `first_tgid`) has exited: its
+/// pid may then be
 /// given to a new process before userspace notices, and that one is not the target. (With a
 /// set, the exit removes the pid from the set instead.) In .bss: the one writable global.
 #[unsafe(no_mangle)]
@@ -41,19 +42,19 @@ static mut SINGLE_TGID_EXITED: u32 = 0;
 #[inline(always)]
 pub fn target_exited(tgid: u32) {
     let _ = TARGET_TGIDS.remove(tgid);
-    if tgid == config::single_tgid() {
+    if tgid == config::single_tgid() || tgid == config::first_tgid() {
         unsafe { core::ptr::write_volatile(&raw mut SINGLE_TGID_EXITED, 1) };
     }
 }
 
 #[inline(always)]
 fn in_target_set(tgid: u32) -> bool {
+    let exited = || unsafe { core::ptr::read_volatile(&raw const SINGLE_TGID_EXITED) } != 0;
     match config::single_tgid() {
+        // A command and its children: the command's own events need no lookup.
+        0 if tgid != 0 && tgid == config::first_tgid() && !exited() => true,
         // One compare instead of a hash lookup, on every event of the commonest case.
         0 => unsafe { TARGET_TGIDS.get(tgid).is_some() },
-        single => {
-            tgid == single
-                && unsafe { core::ptr::read_volatile(&raw const SINGLE_TGID_EXITED) } == 0
-        }
+        single => tgid == single && !exited(),
     }
 }

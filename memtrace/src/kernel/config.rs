@@ -56,4 +56,13 @@ impl KernelConfig {
             _ => None,
         }
     }
+
+    /// The one process given when its children are followed too (a command): the filter
+    /// compares with it before looking the set up.
+    pub fn first_process(&self) -> Option<u32> {
+        match &self.filter {
+            Filter::Tgids(pids) if pids.len() == 1 && self.follow_children => Some(pids[0]),
+            _ => None,
+        }
+    }
 }

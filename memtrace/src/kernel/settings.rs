@@ -26,7 +26,7 @@ pub fn settings(config: &KernelConfig, possible_cpus: u32) -> Settings {
         single_tgid: config.single_process().unwrap_or(0),
         self_tgid: std::process::id(),
         follow_children: u32::from(config.follow_children),
-        _pad0: 0,
+        first_tgid: config.first_process().unwrap_or(0),
         stack_flags: flag(config.user_stacks, stack_flags::USER)
             | flag(config.kernel_stacks, stack_flags::KERNEL)
             | flag(config.page_stacks, stack_flags::PAGE_ALLOCS),
@@ -122,5 +122,16 @@ mod tests {
             (filter_mode::CGROUP, 7, 2)
         );
         assert_eq!(cgroup.single_tgid, 0);
+
+        // A command with its children: a set, with the command compared first.
+        let tree = settings(
+            &KernelConfig {
+                follow_children: true,
+                ..config(Filter::Tgids(vec![42]))
+            },
+            4,
+        );
+        assert_eq!((tree.single_tgid, tree.first_tgid), (0, 42));
+        assert_eq!(one.first_tgid, 0);
     }
 }
