@@ -11,7 +11,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::bench_support::{cpu_seconds, prepare, today, write_section_as, Scratch};
+use crate::bench_support::{
+    cpu_seconds, prepare, today, wait_for_detaching_memtraces, write_section_as, Scratch,
+};
 
 /// Interleaved rounds per configuration (MEMTRACE_BENCH_ROUNDS overrides: more rounds, less
 /// noise from the VM).
@@ -586,6 +588,7 @@ fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
         }
         for index in order {
             let (config, samples) = (&configs[index], &mut samples[index]);
+            wait_for_detaching_memtraces();
             let elapsed = run_once(config, workload, samples)?;
             eprintln!("  {:<38} {elapsed:.3} s", config.name);
             samples.elapsed.push(elapsed);
@@ -594,6 +597,7 @@ fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
     // The statistics cost every program a little, so they stay off for the timed rounds.
     for (config, samples) in configs.iter().zip(samples.iter_mut()) {
         if config.report.is_some() {
+            wait_for_detaching_memtraces();
             let _stats = BpfStats::enable()?;
             let elapsed = run_once(config, workload, samples)?;
             samples.bpf = samples

@@ -90,3 +90,28 @@ pub fn today() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
 }
+
+/// Waits (up to 30 s) until no memtrace process runs. Each leaves the kernel's detaching of
+/// its probes to a child that outlives it by seconds, and until that ends every process using
+/// the hooked library still traps on its calls: the next run would not be untraced.
+pub fn wait_for_detaching_memtraces() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && memtrace_running() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Whether a live process named memtrace exists (unreaped zombies do not count).
+fn memtrace_running() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(") ")
+            .next()
+            .and_then(|rest| rest.chars().next());
+        stat.contains("(memtrace)") && state.is_some_and(|s| s != 'Z' && s != 'X')
+    })
+}
