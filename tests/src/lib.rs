@@ -586,11 +586,21 @@ fn memtrace_running() -> bool {
     };
     entries.flatten().any(|entry| {
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let live = stat
-            .rsplit(") ")
-            .next()
-            .and_then(|rest| rest.chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X');
-        stat.contains("(memtrace)") && live
+        stat.contains("(memtrace)") && is_live(&stat)
     })
+}
+
+/// Whether `pid` is a running process (not gone, not a zombie).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| is_live(&stat))
+}
+
+/// Whether a /proc/PID/stat line is a live process's: its state (after the parenthesised
+/// comm, which may hold spaces) is neither zombie nor dead.
+fn is_live(stat: &str) -> bool {
+    let state = stat
+        .rsplit(") ")
+        .next()
+        .and_then(|rest| rest.chars().next());
+    state.is_some_and(|s| s != 'Z' && s != 'X')
 }

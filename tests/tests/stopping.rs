@@ -3,17 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{serial, spawn_memtrace, TempDir};
-
-/// Whether `pid` is a running process (not gone, not a zombie).
-fn running(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(") ")
-        .next()
-        .and_then(|rest| rest.chars().next());
-    matches!(state, Some(s) if s != 'Z' && s != 'X')
-}
+use tests::{running, serial, spawn_memtrace, TempDir};
 
 /// `memtrace faults -- sh -c SCRIPT` in the background; SCRIPT prints the pid of the sleep it
 /// starts. Once that line is out, memtrace gets SIGTERM. Returns memtrace's run, its report and

@@ -8,14 +8,14 @@
 //! registers the instructions before copied them to (the attach cookie says which,
 //! `memtrace_common::arg_register`). A return probe shares the entry's site, so before it the
 //! stack pointer must not move: the return address must be on top of the stack.
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
     Register,
 };
 use memtrace_common::arg_register;
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol, SectionIndex};
 
 /// Instructions looked at from the function's start.
 const LOOK_AHEAD: usize = 12;
@@ -55,9 +55,13 @@ pub struct EntrySite {
     pub cookie: u64,
 }
 
-/// A library's (or executable's) file, mapped once for all the functions looked up in it.
+/// A library's (or executable's) file, mapped once and its defined symbols indexed once, for
+/// all the functions looked up in it.
 pub struct LibraryCode {
     data: memmap2::Mmap,
+    /// Each defined symbol's address and section (the dynamic table's first, as the loader
+    /// binds them).
+    symbols: HashMap<String, (u64, SectionIndex)>,
 }
 
 impl LibraryCode {
@@ -66,7 +70,19 @@ impl LibraryCode {
         // Safety: read only; a file rewritten under us gives wrong bytes, not unsafety in
         // practice (object checks every bound), as for every ELF reader that maps.
         let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-        Some(Self { data })
+        let mut symbols = HashMap::new();
+        {
+            let parsed = object::File::parse(&*data).ok()?;
+            let defined = (parsed.dynamic_symbols().chain(parsed.symbols()))
+                .filter(|s| s.is_definition() && s.address() != 0);
+            for symbol in defined {
+                let (Ok(name), Some(section)) = (symbol.name(), symbol.section_index()) else {
+                    continue;
+                };
+                (symbols.entry(name.to_owned())).or_insert((symbol.address(), section));
+            }
+        }
+        Some(Self { data, symbols })
     }
 
     /// The site for an entry probe on `symbol` that reads its first `arguments` arguments,
@@ -81,34 +97,24 @@ impl LibraryCode {
 
     /// The address of `symbol` (functions with several names share one).
     pub fn address(&self, symbol: &str) -> Option<u64> {
-        self.function_code(symbol).map(|(address, _)| address)
+        self.symbols.get(symbol).map(|&(address, _)| address)
     }
 
     /// Whether the file defines `symbol` (dynamic or static symbol table).
     pub fn defines(&self, symbol: &str) -> bool {
-        self.address(symbol).is_some()
+        self.symbols.contains_key(symbol)
     }
 
     /// Every defined symbol's name, for finding an allocator's prefix.
-    pub fn defined_names(&self) -> Vec<String> {
-        let Ok(file) = object::File::parse(&*self.data) else {
-            return Vec::new();
-        };
-        (file.dynamic_symbols().chain(file.symbols()))
-            .filter(|s| s.is_definition())
-            .filter_map(|s| s.name().ok().map(str::to_owned))
-            .collect()
+    pub fn defined_names(&self) -> impl Iterator<Item = &str> {
+        self.symbols.keys().map(String::as_str)
     }
 
     /// The function's address and its first bytes.
     fn function_code(&self, symbol: &str) -> Option<(u64, &[u8])> {
+        let &(address, index) = self.symbols.get(symbol)?;
         let file = object::File::parse(&*self.data).ok()?;
-        let found = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .find(|s| s.name() == Ok(symbol) && s.address() != 0 && s.is_definition())?;
-        let address = found.address();
-        let section = file.section_by_index(found.section_index()?).ok()?;
+        let section = file.section_by_index(index).ok()?;
         let (file_offset, size) = section.file_range()?;
         let start = file_offset + (address - section.address());
         let end = (start + 64).min(file_offset + size) as usize;

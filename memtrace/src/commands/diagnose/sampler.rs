@@ -85,7 +85,11 @@ impl Sampler {
     /// once none is left.
     fn sample(&mut self, t: Duration, tracer: &Tracer, processes: &Processes) -> Option<Sample> {
         let root = self.pid?;
-        let pages = tracer.page_counts().ok();
+        // The kernel's tables count only traced processes, by pid: summed per pid once.
+        let mut pages: HashMap<u32, u64> = HashMap::new();
+        for (key, count) in tracer.page_counts().into_iter().flatten() {
+            *pages.entry(Origin::of_key(&key).pid).or_default() += count.pages;
+        }
         let swapped = if self.swap {
             tracer.swap_counts().ok()
         } else {
@@ -96,11 +100,7 @@ impl Sampler {
         let readings: Vec<Reading> = members
             .filter_map(|pid| {
                 let mut reading = read_member(pid)?;
-                // The kernel's tables count only traced processes, by pid.
-                reading.counted.pages_allocated = (pages.iter().flatten())
-                    .filter(|(key, _)| Origin::of_key(key).pid == pid)
-                    .map(|(_, count)| count.pages)
-                    .sum();
+                reading.counted.pages_allocated = pages.get(&pid).copied().unwrap_or(0);
                 if let Some(swap) = swapped.as_ref().and_then(|s| s.get(&pid)) {
                     reading.counted.swap_out_pages = swap.out_written;
                     reading.counted.swap_in_pages = swap.swapped_in;
@@ -111,12 +111,10 @@ impl Sampler {
         if readings.is_empty() {
             return None;
         }
-        if let Some(process) = (readings.iter())
-            .find(|r| r.pid == root)
-            .and_then(|_| procfs::process::Process::new(root as i32).ok())
-        {
-            let comm = readings.iter().find(|r| r.pid == root)?.comm.clone();
-            self.look(&process, &comm);
+        if let Some(reading) = readings.iter().find(|r| r.pid == root) {
+            if let Ok(process) = procfs::process::Process::new(root as i32) {
+                self.look(&process, &reading.comm);
+            }
         }
         for reading in &readings {
             self.counted.insert(reading.pid, reading.counted);

@@ -53,16 +53,15 @@ pub fn identify(code: &LibraryCode) -> Option<(Kind, Vec<String>)> {
         code.defines(&format!("{prefix}malloc")) && code.defines(&format!("{prefix}free"))
     };
     // jemalloc's mallctl takes the prefix its build gave every function.
-    let jemalloc: Vec<String> = (code.defined_names().into_iter())
-        .filter_map(|name| name.strip_suffix("mallctl").map(str::to_owned))
+    let mut jemalloc: Vec<String> = (code.defined_names())
+        .filter_map(|name| name.strip_suffix("mallctl"))
         .filter(|prefix| has_pair(prefix))
-        .collect::<HashSet<_>>()
-        .into_iter()
+        .map(str::to_owned)
         .collect();
     if !jemalloc.is_empty() {
-        let mut prefixes = jemalloc;
-        prefixes.sort();
-        return Some((Kind::Jemalloc, prefixes));
+        // Names are distinct, so their prefixes are.
+        jemalloc.sort();
+        return Some((Kind::Jemalloc, jemalloc));
     }
     let standard = has_pair("");
     if code.defines("mi_malloc") {

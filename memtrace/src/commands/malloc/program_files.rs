@@ -110,7 +110,10 @@ fn needed_closure(executable: &Path) -> Vec<PathBuf> {
 /// A file's DT_NEEDED names and its own search path (DT_RUNPATH or DT_RPATH; $ORIGIN is the
 /// file's directory).
 fn dynamic_section(file: &Path) -> Option<(Vec<String>, Vec<PathBuf>)> {
-    let data = std::fs::read(file).ok()?;
+    let opened = std::fs::File::open(file).ok()?;
+    // Mapped, not read: only the headers and the dynamic section are touched. Read only, as
+    // `LibraryCode` maps.
+    let data = unsafe { memmap2::Mmap::map(&opened) }.ok()?;
     let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
     let endian = elf.endian();
     let table = elf.elf_section_table();
@@ -124,7 +127,7 @@ fn dynamic_section(file: &Path) -> Option<(Vec<String>, Vec<PathBuf>)> {
     let mut needed = Vec::new();
     let mut search = Vec::new();
     for entry in dynamic {
-        let tag = entry.d_tag(endian) as i64;
+        let tag = entry.d_tag(endian);
         let value = entry.d_val(endian);
         match tag {
             elf::DT_NEEDED => needed.extend(string(value)),

@@ -155,13 +155,7 @@ pub fn write(report: &SwapReport, out: &mut dyn Write) -> anyhow::Result<()> {
             stack.comm
         )?;
         for frame in &stack.user_detail {
-            writeln!(
-                out,
-                "    {}+{:#x} ({})",
-                frame.name(),
-                frame.offset,
-                frame.module.as_deref().unwrap_or("?")
-            )?;
+            writeln!(out, "    {}", frame.line())?;
         }
     }
     for gate in &report.gates {
