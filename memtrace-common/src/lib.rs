@@ -4,6 +4,8 @@
 //! agree on the layout byte for byte. The `user` feature adds `aya::Pod` for the loader.
 #![no_std]
 
+pub mod unwind;
+
 /// Length of a task's `comm`, as in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
@@ -32,6 +34,9 @@ pub enum EventKind {
     OomKill = 8,
     /// A process ended: a [`ProcessExit`] record.
     ProcessExit = 9,
+    /// A stack walk in process `tgid` met code outside the executable mappings the loader
+    /// gave it (or the process had none yet): the loader reads its maps (see [`unwind`]).
+    UnwindRequest = 10,
 }
 
 impl EventKind {
@@ -46,6 +51,7 @@ impl EventKind {
             7 => Some(Self::PageAlloc),
             8 => Some(Self::OomKill),
             9 => Some(Self::ProcessExit),
+            10 => Some(Self::UnwindRequest),
             _ => None,
         }
     }
@@ -317,7 +323,7 @@ pub struct PendingAlloc {
 pub const PENDING_SLOTS: u32 = 65536;
 
 /// Frames kept per user stack.
-pub const USER_STACK_DEPTH: usize = 64;
+pub const USER_STACK_DEPTH: usize = 127;
 
 /// A user stack: the instruction pointer, then return addresses, innermost first; zeros after
 /// the last frame. Stored in `USER_STACKS` under a hash of its frames.
@@ -325,6 +331,8 @@ pub const USER_STACK_DEPTH: usize = 64;
 #[derive(Clone, Copy, Debug)]
 pub struct UserStack {
     pub frames: [u64; USER_STACK_DEPTH],
+    /// How the walk ended: [`unwind::walk_end`].
+    pub end: u64,
 }
 
 /// A file fault in progress on a thread, from `filemap:mm_filemap_fault`, picked up by the
@@ -407,7 +415,16 @@ pub mod counter {
     pub const ALLOC_CALLS_UNTRACKED: u32 = 4;
     /// Page allocations not counted because the in-kernel count table was full.
     pub const PAGE_COUNTS_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// User stack walks with the unwind tables, by how they ended (`unwind::walk_end`): these
+    /// are `WALKS + end - 1`.
+    pub const WALKS: u32 = 6;
+    /// Walks that stepped by frame pointer for some frame (code with no table).
+    pub const WALKS_USED_FRAME_POINTERS: u32 = 12;
+    /// Frames the table walks found, and the table searches they made.
+    pub const WALK_FRAMES: u32 = 13;
+    /// Processes whose mappings the walks asked the loader for (an event could not be sent).
+    pub const UNWIND_REQUESTS_LOST: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.
@@ -476,7 +493,9 @@ pub struct Settings {
     pub orig_ax: u64,
     /// Possible CPUs: how many per-CPU parts a counter has.
     pub nr_cpus: u32,
-    pub _pad1: u32,
+    /// 1: user stacks are unwound with the binaries' tables (`unwind`), frame pointers where
+    /// there is none; 0: by frame pointers only (`--unwind fp`).
+    pub unwind_tables: u32,
     /// enum vm_event_item's SWPIN_ZERO and SWPOUT_ZERO (Linux 6.12+, from BTF; 0: not
     /// counted): the events memcg:count_memcg_events passes for zero-filled pages swapped.
     pub swpin_zero_event: u32,
@@ -547,4 +566,10 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::unwind::UnwindRow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::unwind::UnwindTable {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::unwind::ProcessMappings {}
 }

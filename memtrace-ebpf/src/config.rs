@@ -185,3 +185,7 @@ pub fn memcg_chain() -> MemcgChain {
         kn_id: step(4),
     }
 }
+#[inline(always)]
+pub fn unwind_tables() -> bool {
+    unsafe { read_volatile(&raw const SETTINGS.unwind_tables) != 0 }
+}

@@ -9,6 +9,7 @@ use memtrace_common::{counter, stack_flags, EventKind, StackEvent, COMM_LEN};
 use crate::{
     config, filetag, filter,
     maps::{count, EVENTS, STACKS},
+    unwind,
     ustack::{self, UserRegs},
 };
 
@@ -92,8 +93,22 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     } else {
         0
     };
+    let mut ask_for_tables = false;
     let user_stack = match &record.user_stack {
         _ if flags & stack_flags::USER == 0 => 0,
+        UserStackFrom::Regs(regs) if config::unwind_tables() => {
+            let (key, ask) = unwind::walk(regs, tgid);
+            ask_for_tables = ask;
+            key
+        }
+        UserStackFrom::Kernel if config::unwind_tables() => match ustack::current_user_regs() {
+            Some(regs) => {
+                let (key, ask) = unwind::walk(&regs, tgid);
+                ask_for_tables = ask;
+                key
+            }
+            None => 0,
+        },
         UserStackFrom::Regs(regs) => ustack::walk(regs),
         UserStackFrom::Kernel => ustack::from_kernel(ctx),
         UserStackFrom::Nowhere => 0,
@@ -127,6 +142,34 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
             BPF_RB_NO_WAKEUP
         };
     entry.submit(wakeup as u64);
+    if ask_for_tables {
+        ask_for_unwind_tables(tgid, tid);
+    }
+}
+
+/// Tells the loader that a walk in `tgid` found code it has no mapping for: it reads the
+/// process's maps and loads their tables (see `unwind`). Sent at once: the process's next
+/// stacks wait on it.
+#[inline(always)]
+fn ask_for_unwind_tables(tgid: u32, tid: u32) {
+    let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
+        count(counter::UNWIND_REQUESTS_LOST);
+        return;
+    };
+    entry.write(StackEvent {
+        kind: EventKind::UnwindRequest as u32,
+        tgid,
+        tid,
+        kernel_stack_id: EFAULT,
+        file_dev: 0,
+        detail: 0,
+        user_stack: 0,
+        addr: 0,
+        file_ino: 0,
+        weight: 0,
+        comm: [0; COMM_LEN],
+    });
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
 }
 
 #[inline(always)]

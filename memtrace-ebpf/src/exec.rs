@@ -2,10 +2,21 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memtrace_common::EventKind;
 
-use crate::emit::{emit, Record};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+
+use crate::{
+    config,
+    emit::{emit, Record},
+    maps::UNWIND_PROCESSES,
+};
 
 #[tracepoint]
 pub fn process_exec(ctx: TracePointContext) -> u32 {
+    if config::unwind_tables() {
+        // The old program's mappings are gone: the next walk asks the loader for the new ones.
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = UNWIND_PROCESSES.remove(tgid);
+    }
     emit(&ctx, Record::lifecycle(EventKind::Exec, 0));
     0
 }

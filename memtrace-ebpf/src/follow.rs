@@ -12,7 +12,7 @@ use crate::{
     config,
     emit::{emit, Record},
     filter,
-    maps::{count, TARGET_TGIDS},
+    maps::{count, TARGET_TGIDS, UNWIND_PROCESSES},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -37,6 +37,14 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     };
     emit(&ctx, Record::lifecycle(EventKind::Fork, child as u64));
+    if config::unwind_tables() {
+        // The child runs the parent's code until it execs: its first walks need no request.
+        if let Some(mappings) = UNWIND_PROCESSES.get_ptr(parent) {
+            // By reference: the 4 KiB value would not fit on the 512-byte BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = UNWIND_PROCESSES.insert(child as u32, unsafe { &*mappings }, 0);
+        }
+    }
     if !config::follow_children() {
         return 0;
     }

@@ -20,6 +20,7 @@ mod pages;
 mod percpu;
 mod sample;
 mod swap;
+mod unwind;
 mod ustack;
 
 #[cfg(target_arch = "bpf")]

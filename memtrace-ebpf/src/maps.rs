@@ -1,11 +1,14 @@
 //! Maps shared by every hook family. Sizes are defaults; the loader resizes them from options.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use memtrace_common::{
-    counter, sampler, FileTag, PageCount, PageCountCache, PageKey, PendingAlloc, StagedSwapOut,
-    SwapCounts, UserStack, MAX_TARGETS, PENDING_SLOTS,
+    counter, sampler,
+    unwind::{ProcessMappings, UnwindRow, UnwindTable},
+    FileTag, PageCount, PageCountCache, PageKey, PendingAlloc, StagedSwapOut, SwapCounts,
+    UserStack, MAX_TARGETS, PENDING_SLOTS,
 };
 
 /// Every event, of every kind, for the one userspace drain.
@@ -33,6 +36,34 @@ pub static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entrie
 /// The key of the user stack this CPU last stored or found (see `ustack::store`).
 #[map]
 pub static LAST_STORED_STACK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The unwind tables' rows, of every binary (see memtrace-common's `unwind`); sized by the
+/// loader, which fills them.
+/// Memory-mapped by the loader, which writes a binary's rows in place (one syscall per row
+/// would take longer than building them).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Each binary's page index into its rows (u64: a mapped array's elements are 8-aligned).
+#[map]
+pub static UNWIND_PAGES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Each binary's rows and pages.
+#[map]
+pub static UNWIND_TABLES: Array<UnwindTable> = Array::with_max_entries(1, 0);
+
+/// Each process's executable mappings and their tables, by tgid. LRU: tracing the whole
+/// system, a process not seen for a while makes room (and asks again if it comes back).
+#[map]
+pub static UNWIND_PROCESSES: LruHashMap<u32, ProcessMappings> = LruHashMap::with_max_entries(1, 0);
+
+/// All zeros, never written: the placeholder a walk inserts for a process it asks about.
+#[map]
+pub static UNWIND_EMPTY: Array<ProcessMappings> = Array::with_max_entries(1, 0);
+
+/// The stack walk in progress on this CPU (see `unwind::Walk`).
+#[map]
+pub static WALK_STATE: PerCpuArray<crate::unwind::Walk> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters (see `memtrace_common::counter`), summed by the loader. The bpf target has
 /// no atomic add, and per-CPU slots need none.
@@ -133,7 +164,12 @@ pub static SWAP_STAGED: LruHashMap<u32, StagedSwapOut> = LruHashMap::with_max_en
 
 #[inline(always)]
 pub fn count(index: u32) {
+    add(index, 1);
+}
+
+#[inline(always)]
+pub fn add(index: u32, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }

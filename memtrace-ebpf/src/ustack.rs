@@ -11,7 +11,7 @@ use aya_ebpf::{
         generated::{self, bpf_get_current_task_btf, bpf_task_pt_regs},
     },
 };
-use memtrace_common::{counter, UserStack, USER_STACK_DEPTH};
+use memtrace_common::{counter, unwind::walk_end, UserStack, USER_STACK_DEPTH};
 
 use crate::maps::{
     count, StackWindow, LAST_STORED_STACK, STACK_SCRATCH, STACK_WINDOW, USER_STACKS,
@@ -25,6 +25,9 @@ const MAX_STACK_SPAN: u64 = 1 << 30;
 /// 0x6e69622f...).
 const USER_ADDRESS_END: u64 = 1 << 47;
 const BPF_NOEXIST: u64 = 1;
+/// Frames the frame-pointer walk follows: its loop is unrolled for the verifier, whose work
+/// grows with it (the table walk, a bpf_loop, goes to `USER_STACK_DEPTH`).
+const FP_STACK_DEPTH: usize = 64;
 const STACK_WINDOW_BYTES: u64 = core::mem::size_of::<StackWindow>() as u64;
 const EEXIST: i32 = -17;
 
@@ -89,13 +92,13 @@ pub fn walk(regs: &UserRegs) -> u64 {
             )
         } == 0;
     // Straight-line with one exit per frame, so the verifier's work stays small.
-    for index in first..USER_STACK_DEPTH {
+    for index in first..FP_STACK_DEPTH {
         let Some((next_fp, return_address)) = next_frame(fp, regs.sp, windowed, base, window)
         else {
             break;
         };
         frames[index] = return_address;
-        if index + 1 < USER_STACK_DEPTH {
+        if index + 1 < FP_STACK_DEPTH {
             frames[index + 1] = 0;
         }
         hash = mix(hash, return_address);
@@ -106,6 +109,7 @@ pub fn walk(regs: &UserRegs) -> u64 {
         }
         fp = next_fp;
     }
+    unsafe { (*stack).end = walk_end::FRAME_POINTERS };
     store(stack, hash)
 }
 
@@ -148,7 +152,7 @@ pub fn from_kernel<C: aya_ebpf::EbpfContext>(ctx: &C) -> u64 {
     };
     let frames = unsafe { &(*stack).frames };
     // The helper zeroes what it does not fill.
-    let size = core::mem::size_of::<UserStack>() as u32;
+    let size = core::mem::size_of::<[u64; USER_STACK_DEPTH]>() as u32;
     let written = unsafe {
         aya_ebpf::helpers::generated::bpf_get_stack(
             ctx.as_ptr(),
@@ -167,20 +171,21 @@ pub fn from_kernel<C: aya_ebpf::EbpfContext>(ctx: &C) -> u64 {
         }
         hash = mix(hash, frame);
     }
+    unsafe { (*stack).end = walk_end::FRAME_POINTERS };
     store(stack, hash)
 }
 
-const SEED: u64 = 0xcbf2_9ce4_8422_2325;
+pub const SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// One FNV-1a step over a whole frame.
 #[inline(always)]
-fn mix(hash: u64, frame: u64) -> u64 {
+pub fn mix(hash: u64, frame: u64) -> u64 {
     (hash ^ frame).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
 /// Stores the stack in the scratch slot under `hash`; returns its key, 0 when it cannot.
 #[inline(always)]
-fn store(stack: *mut UserStack, hash: u64) -> u64 {
+pub fn store(stack: *mut UserStack, hash: u64) -> u64 {
     // 0 is kept for "no stack".
     let key = hash | 1;
     // A hot path repeats its stack: the last key this CPU stored needs no map lookup (stacks

@@ -15,6 +15,7 @@ pub mod kernel;
 mod output;
 mod report;
 pub mod trace;
+pub mod unwind;
 
 use std::io::{ErrorKind, Write};
 

@@ -5,6 +5,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::{
+    kernel::tables::KernelCounters,
+    unwind::{processes::UnwindFigures, UnwindMode},
+};
+
 /// One symbolized stack frame.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Frame {
@@ -159,4 +164,51 @@ pub struct ReportHeader {
     pub target: String,
     pub exit: Option<CommandExit>,
     pub tracer: TracerCost,
+    /// How user stacks were walked and how complete they are (None: no user stacks taken).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<UnwindReport>,
+}
+
+/// How user stacks were walked, and how each walk ended: a user always knows when stacks are
+/// partial and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnwindReport {
+    pub mode: UnwindMode,
+    /// Stack walks with the unwind tables (one per event with a user stack).
+    pub walks: u64,
+    /// Walks that reached the outermost frame (`_start`, a thread's `clone3`).
+    pub reached_root: u64,
+    /// Walks that stepped over code with no table by frame pointer (JIT, anonymous code).
+    pub used_frame_pointers: u64,
+    /// Walks that ended at code with no table and no frame pointer to follow.
+    pub ended_without_table: u64,
+    /// Walks that ended at a table row they cannot follow (a gap, an rbp that was lost).
+    pub ended_at_invalid_rule: u64,
+    /// Walks that ended because the stack could not be read.
+    pub ended_at_failed_read: u64,
+    /// Walks cut at the depth limit (127 frames).
+    pub truncated: u64,
+    /// Frames the walks found.
+    pub frames: u64,
+    /// The tables in the kernel (dwarf only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tables: Option<UnwindFigures>,
+}
+
+impl UnwindReport {
+    pub fn new(mode: UnwindMode, counters: &KernelCounters, tables: Option<UnwindFigures>) -> Self {
+        let [root, no_table, invalid, read_failed, truncated] = counters.walks_ended;
+        Self {
+            mode,
+            walks: counters.walks_ended.iter().sum(),
+            reached_root: root,
+            used_frame_pointers: counters.walks_used_frame_pointers,
+            ended_without_table: no_table,
+            ended_at_invalid_rule: invalid,
+            ended_at_failed_read: read_failed,
+            truncated,
+            frames: counters.walk_frames,
+            tables,
+        }
+    }
 }

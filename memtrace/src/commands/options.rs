@@ -7,7 +7,11 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     output::files::Outputs,
-    trace::{request::TargetRequest, stack_groups::Grouping},
+    trace::{
+        request::{TargetRequest, DEFAULT_UNWIND_MIB},
+        stack_groups::Grouping,
+    },
+    unwind::UnwindMode,
 };
 
 /// Which processes to trace. Shared by every tracing subcommand.
@@ -52,6 +56,30 @@ impl TargetArgs {
         } else {
             TargetRequest::System
         }
+    }
+}
+
+/// How user stacks are walked. Shared by the subcommands that take user stacks.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct UnwindArgs {
+    /// How user stacks are walked. dwarf: with each binary's unwind tables (.eh_frame, as
+    /// perf --call-graph dwarf and debuggers use), so code built without frame pointers
+    /// (most distributions' binaries) gives whole stacks; code with no table (JIT) is walked
+    /// by frame pointers. fp: the frame-pointer chain only, which ends at the first function
+    /// built without frame pointers.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = UnwindMode::Dwarf)]
+    pub unwind: UnwindMode,
+    /// Kernel memory for unwind tables, in MiB (8 bytes per row: libc takes about 0.2 MiB,
+    /// python3 0.5 MiB). Binaries that do not fit are walked by frame pointers, and counted.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UNWIND_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub unwind_memory: u32,
+}
+
+impl UnwindArgs {
+    /// `KernelOptions::unwind_memory_mib`.
+    pub fn memory_mib(&self) -> Option<u32> {
+        (self.unwind == UnwindMode::Dwarf).then_some(self.unwind_memory)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Everything about a trace fixed when the eBPF object loads: which tasks are recorded, which
 //! stacks are taken, which features' tables get their full size, the kernel layouts read.
 use super::layout::{ExitLayout, OomTracing, PageTracing, SwapLayout};
+use crate::unwind::store::Capacity;
 
 /// Which tasks the kernel side records.
 #[derive(Debug, Clone)]
@@ -45,6 +46,9 @@ pub struct KernelConfig {
     pub stack_sample_period: u64,
     /// Processes' lifetime fault counts at their exit (the agent): None when not traced.
     pub exits: Option<ExitLayout>,
+    /// User stacks are unwound with the binaries' tables, in arrays this big (None: by frame
+    /// pointers only, and the arrays get one entry).
+    pub unwind: Option<Capacity>,
 }
 
 impl KernelConfig {

@@ -16,6 +16,12 @@ pub struct KernelCounters {
     pub targets_full: u64,
     pub alloc_calls_untracked: u64,
     pub page_counts_full: u64,
+    /// Table walks by how they ended (`unwind::walk_end` order: root, no table, invalid rule,
+    /// failed read, truncated).
+    pub walks_ended: [u64; 5],
+    pub walks_used_frame_pointers: u64,
+    pub walk_frames: u64,
+    pub unwind_requests_lost: u64,
 }
 
 impl Tracer {
@@ -30,6 +36,16 @@ impl Tracer {
             targets_full: sum(counter::TARGETS_FULL)?,
             alloc_calls_untracked: sum(counter::ALLOC_CALLS_UNTRACKED)?,
             page_counts_full: sum(counter::PAGE_COUNTS_FULL)?,
+            walks_ended: [
+                sum(counter::WALKS)?,
+                sum(counter::WALKS + 1)?,
+                sum(counter::WALKS + 2)?,
+                sum(counter::WALKS + 3)?,
+                sum(counter::WALKS + 4)?,
+            ],
+            walks_used_frame_pointers: sum(counter::WALKS_USED_FRAME_POINTERS)?,
+            walk_frames: sum(counter::WALK_FRAMES)?,
+            unwind_requests_lost: sum(counter::UNWIND_REQUESTS_LOST)?,
         })
     }
 

@@ -12,6 +12,9 @@ use super::{
     settings,
 };
 
+/// Processes whose executable mappings the stack walk keeps at once (LRU beyond).
+const UNWIND_PROCESSES: u32 = 1024;
+
 /// The object built by build.rs from memtrace-ebpf (empty when built with MEMTRACE_SKIP_EBPF=1).
 pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -36,6 +39,7 @@ impl Tracer {
         let swap = config.swap.is_some();
         let sample_bytes = config.malloc.unwrap_or(0);
         let swap_entries = sized(swap, MAX_TARGETS);
+        let unwind = config.unwind.filter(|_| config.user_stacks);
         let possible_cpus = aya::util::nr_cpus().map_err(cpu_list_error)? as u32;
         let settings = settings::settings(config, possible_cpus);
         let ebpf = EbpfLoader::new()
@@ -58,6 +62,13 @@ impl Tracer {
             )
             .map_max_entries("SAMPLE_COUNTDOWN", sized(sample_bytes > 0, 16384))
             .map_max_entries("SAMPLED_BLOCKS", sized(sample_bytes > 0, 1 << 20))
+            .map_max_entries("UNWIND_ROWS", unwind.map_or(1, |c| c.rows))
+            .map_max_entries("UNWIND_PAGES", unwind.map_or(1, |c| c.pages))
+            .map_max_entries("UNWIND_TABLES", unwind.map_or(1, |c| c.tables))
+            .map_max_entries(
+                "UNWIND_PROCESSES",
+                sized(unwind.is_some(), UNWIND_PROCESSES),
+            )
             .load(OBJECT)
             .context("loading the eBPF maps and programs failed")?;
         let mut tracer = Self { ebpf };
@@ -108,6 +119,13 @@ impl Tracer {
             .take_map("EVENTS")
             .context("EVENTS map missing or already taken")?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// A map the loader owns from now on (the unwind tables' arrays).
+    pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf
+            .take_map(name)
+            .with_context(|| format!("eBPF map {name} missing or already taken"))
     }
 
     pub(super) fn program(&mut self, name: &str) -> Result<&mut aya::programs::Program> {

@@ -5,13 +5,21 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use crate::trace::{
-    consumer::Consumer, mapping_records::MappingRecords, processes::Processes, records::Record,
+use memtrace_common::EventKind;
+
+use crate::{
+    trace::{
+        consumer::Consumer, mapping_records::MappingRecords, processes::Processes, records::Record,
+    },
+    unwind::Unwinder,
 };
 
 pub struct Drain {
     ring: AsyncFd<RingBuf<MapData>>,
     mappings: Option<MappingRecords>,
+    /// Gives the stack walk each process's unwind tables when it asks (None: `--unwind fp`,
+    /// or no user stacks).
+    pub unwinder: Option<Unwinder>,
     /// Mapping records the kernel could not deliver (its buffer was full).
     mappings_lost: u64,
     /// What is known of the traced processes, kept current by the records as they pass.
@@ -19,13 +27,18 @@ pub struct Drain {
 }
 
 impl Drain {
-    pub fn new(ring: RingBuf<MapData>, mappings: Option<MappingRecords>) -> Result<Self> {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        mappings: Option<MappingRecords>,
+        unwinder: Option<Unwinder>,
+    ) -> Result<Self> {
         // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd stays open
         // for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
         Ok(Self {
             ring,
             mappings,
+            unwinder,
             mappings_lost: 0,
             processes: Processes::default(),
         })
@@ -57,9 +70,20 @@ impl Drain {
                 processes.count_undecodable();
                 continue;
             };
+            if let Record::Event(event) = &record {
+                if event.kind == EventKind::UnwindRequest {
+                    if let Some(unwinder) = self.unwinder.as_mut() {
+                        unwinder.on_request(event.raw.tgid);
+                    }
+                    continue;
+                }
+            }
             if processes.admit(&record) {
                 consumer.on_record(&record, processes);
             }
+        }
+        if let Some(unwinder) = self.unwinder.as_mut() {
+            unwinder.tick();
         }
         records
     }

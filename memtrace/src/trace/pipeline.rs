@@ -17,7 +17,7 @@ use crate::{
         tracer::Tracer,
         uprobe_lock::UprobeLock,
     },
-    report::{CommandExit, ReportHeader, TracerCost},
+    report::{CommandExit, ReportHeader, TracerCost, UnwindReport},
     trace::{
         command_end,
         consumer::Consumer,
@@ -30,6 +30,7 @@ use crate::{
         target::Target,
         target_exit::TargetExit,
     },
+    unwind::{store::Capacity, UnwindMode, Unwinder},
 };
 
 /// The hooks the pipeline attaches for every subcommand: processes' execs and forks, and for
@@ -74,6 +75,9 @@ pub struct Traced {
     /// Whether each of the request's attachments was made (an uprobe site that is not
     /// required may not be).
     pub attached: Vec<bool>,
+    /// How user stacks were walked (None: no user stacks), and the tables given to the
+    /// kernel (dwarf).
+    pub unwind: Option<(UnwindMode, Option<Unwinder>)>,
 }
 
 impl Drop for Traced {
@@ -94,7 +98,26 @@ impl Traced {
             lost_events: self.tracer.counters().map_or(0, |c| c.lost),
             exit: self.exit.clone(),
             tracer: self.cost(),
+            unwind: self.unwind_report(),
         }
+    }
+
+    /// How the user stacks were walked, from the kernel's counts of how walks ended.
+    pub fn unwind_report(&self) -> Option<UnwindReport> {
+        let (mode, unwinder) = self.unwind.as_ref()?;
+        let counters = self.tracer.counters().ok()?;
+        if counters.unwind_requests_lost > 0 {
+            log::warn!(
+                "{} requests for unwind tables were lost (ring buffer full): some processes' \
+                 stacks stop early",
+                counters.unwind_requests_lost
+            );
+        }
+        Some(UnwindReport::new(
+            *mode,
+            &counters,
+            unwinder.as_ref().map(Unwinder::figures),
+        ))
     }
 
     /// memtrace's usage so far, from getrusage(RUSAGE_SELF), and its programs' run time.
@@ -154,7 +177,11 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         // Traced processes leave the filter as they exit, so a reused pid is not traced.
         tracer.attach_hook(&hooks::PROCESS_EXIT)?;
     }
-    let mut drain = Drain::new(tracer.take_events()?, watch_mappings(&target))?;
+    let unwinder = match config.unwind.filter(|_| config.user_stacks) {
+        Some(capacity) => Some(Unwinder::new(&mut tracer, capacity)?),
+        None => None,
+    };
+    let mut drain = Drain::new(tracer.take_events()?, watch_mappings(&target), unwinder)?;
 
     let description = target.describe();
     let (child, exits) = match target {
@@ -169,6 +196,12 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         }
         Target::Pids(pids) => {
             drain.processes.capture(&pids);
+            if let Some(unwinder) = drain.unwinder.as_mut() {
+                // Their stacks are whole from the first event.
+                for &pid in &pids {
+                    unwinder.load(pid);
+                }
+            }
             consumer.on_targets(&pids);
             (
                 None,
@@ -219,6 +252,13 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         log::warn!("{targets_full} child processes were not traced: the target set is full");
     }
     log::debug!("stopped: {reason:?}");
+    let unwind = config.user_stacks.then(|| {
+        let mode = match config.unwind {
+            Some(_) => UnwindMode::Dwarf,
+            None => UnwindMode::Fp,
+        };
+        (mode, drain.unwinder.take())
+    });
     Ok(Traced {
         tracer,
         processes: drain.processes,
@@ -227,6 +267,7 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         duration,
         exit,
         attached,
+        unwind,
     })
 }
 
@@ -297,6 +338,7 @@ fn kernel_config(request: &TraceRequest, target: &Target) -> Result<KernelConfig
             1
         },
         page_count_entries: table_entries.unwrap_or(PAGE_COUNT_ENTRIES),
+        unwind: options.unwind_memory_mib.map(Capacity::of_mib),
     })
 }
 

@@ -37,6 +37,9 @@ impl TargetRequest {
     }
 }
 
+/// Kernel memory for unwind tables unless `--unwind-memory` says otherwise.
+pub const DEFAULT_UNWIND_MIB: u32 = 16;
+
 /// What a trace asks of the kernel side beyond its hooks. Each subcommand states only what
 /// differs from the defaults (every event, no stacks, an 8 MiB ring).
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +61,9 @@ pub struct KernelOptions {
     pub page_stacks: bool,
     /// Take stacks for 1 event in N where a program samples itself (pages, counted faults).
     pub stack_sample_period: u64,
+    /// User stacks are unwound with the binaries' tables, given this many MiB of kernel
+    /// memory (None: by frame pointers only, `--unwind fp`).
+    pub unwind_memory_mib: Option<u32>,
 }
 
 impl Default for KernelOptions {
@@ -71,6 +77,7 @@ impl Default for KernelOptions {
             malloc: None,
             page_stacks: false,
             stack_sample_period: 1,
+            unwind_memory_mib: Some(DEFAULT_UNWIND_MIB),
         }
     }
 }

@@ -157,7 +157,8 @@ fn load_only_config() -> KernelConfig {
         filter: Filter::All,
         follow_children: false,
         file_tags: false,
-        user_stacks: false,
+        // User stacks on, so the stack walks are verified too.
+        user_stacks: true,
         kernel_stacks: false,
         page_stacks: false,
         ring_bytes: 4096,
@@ -169,6 +170,7 @@ fn load_only_config() -> KernelConfig {
         oom: None,
         stack_sample_period: 1,
         exits: None,
+        unwind: Some(crate::unwind::store::Capacity::of_mib(1)),
     }
 }
 

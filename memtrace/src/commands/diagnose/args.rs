@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser};
 
 use crate::commands::options::{
-    parse_duration, parse_fraction, parse_pid, parse_positive, TableOrJson,
+    parse_duration, parse_fraction, parse_pid, parse_positive, TableOrJson, UnwindArgs,
 };
 
 const DIAGNOSE_HELP: &str = "\
@@ -65,6 +65,8 @@ pub struct DiagnoseArgs {
     /// Watch the command alone, not the processes it starts.
     #[arg(long, conflicts_with = "pid")]
     pub no_follow_children: bool,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }
 
 /// When a verdict is raised (see `memtrace diagnose --help`).

@@ -77,6 +77,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
             kernel_stacks: stacks,
             swap: swap_layout,
             stack_sample_period: 100,
+            unwind_memory_mib: args.unwind.memory_mib(),
             ..KernelOptions::default()
         },
         hooks,

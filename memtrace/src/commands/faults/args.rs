@@ -2,7 +2,7 @@
 use clap::{Args, ValueEnum};
 
 use crate::commands::options::{
-    parse_fault_sample, parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs,
+    parse_fault_sample, parse_ring_size, OutputArgs, RunArgs, Stacks, TargetArgs, UnwindArgs,
 };
 
 const FAULTS_HELP: &str = "\
@@ -58,6 +58,8 @@ pub struct FaultsArgs {
     pub ring_buffer: u32,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -109,6 +109,7 @@ pub(crate) mod testdata {
                     exit_code: Some(0),
                     signal: None,
                 }),
+                unwind: None,
                 tracer: TracerCost {
                     attach_ms: 80.0,
                     cpu_s: 0.5,

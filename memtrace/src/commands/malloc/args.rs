@@ -3,7 +3,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::commands::options::{parse_duration, parse_sample_bytes, OutputArgs, TargetArgs};
+use crate::commands::options::{
+    parse_duration, parse_sample_bytes, OutputArgs, TargetArgs, UnwindArgs,
+};
 
 const MALLOC_HELP: &str = "\
 Hooked: malloc, calloc, realloc (realloc(p, 0) frees p; a failed realloc keeps it),
@@ -75,4 +77,6 @@ pub struct MallocArgs {
     pub symbol_prefix: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }

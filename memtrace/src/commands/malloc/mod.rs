@@ -74,6 +74,7 @@ pub async fn run(args: MallocArgs) -> Result<()> {
         kernel: KernelOptions {
             user_stacks: true,
             malloc: Some(args.sample_bytes.unwrap_or(0)),
+            unwind_memory_mib: args.unwind.memory_mib(),
             ..KernelOptions::default()
         },
         hooks,

@@ -1,7 +1,9 @@
 //! `memtrace pages`'s command line.
 use clap::Args;
 
-use crate::commands::options::{parse_stack_sample, OutputArgs, RunArgs, Stacks, TargetArgs};
+use crate::commands::options::{
+    parse_stack_sample, OutputArgs, RunArgs, Stacks, TargetArgs, UnwindArgs,
+};
 
 const PAGES_HELP: &str = "\
 What is counted: every allocation of physical pages by the kernel's page allocator
@@ -44,4 +46,6 @@ pub struct PagesArgs {
     pub sample: u64,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }

@@ -49,6 +49,7 @@ pub async fn run(args: PagesArgs) -> Result<()> {
             user_stacks: args.stacks.user(),
             kernel_stacks: args.stacks.kernel(),
             stack_sample_period: args.sample,
+            unwind_memory_mib: args.unwind.memory_mib(),
             ..KernelOptions::default()
         },
         hooks: vec![Attachment::Hook(&hooks::PAGE_ALLOC)],

@@ -3,7 +3,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::commands::options::{parse_duration, parse_positive, TableOrJson, TargetArgs};
+use crate::commands::options::{
+    parse_duration, parse_positive, TableOrJson, TargetArgs, UnwindArgs,
+};
 
 const SWAP_HELP: &str = "\
 What is counted, per process that owns the pages (whoever runs reclaim: kswapd, another
@@ -68,6 +70,8 @@ pub struct SwapArgs {
     pub fail_on_thrashing: bool,
     #[command(flatten)]
     pub thrashing: ThrashingArgs,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }
 
 /// When swapping counts as thrashing (see `memtrace swap --help`).

@@ -90,6 +90,7 @@ pub async fn run(args: SwapArgs) -> Result<()> {
         kernel: KernelOptions {
             user_stacks: true, // for swap-in stacks, the only events with stacks here
             swap: swap_layout,
+            unwind_memory_mib: args.unwind.memory_mib(),
             ..KernelOptions::default()
         },
         hooks,

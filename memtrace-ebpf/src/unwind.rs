@@ -1,0 +1,339 @@
+//! User stacks unwound with the binaries' own unwind tables (built by the loader from
+//! `.eh_frame`, see memtrace-common's `unwind`), so code built without frame pointers (most
+//! distributions' binaries) still gives whole stacks. Per frame: find the process's mapping
+//! that holds the address, its binary's row for it (one 4 KiB page's rows, binary search),
+//! and follow the row's rule to the caller's CFA, return address and rbp. Code with no table
+//! (JIT, anonymous memory) is stepped over by frame pointer. One `bpf_loop` callback walks
+//! for every program, so the verifier checks one frame's work once.
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
+use memtrace_common::{
+    counter,
+    unwind::{
+        rule, walk_end, ProcessMappings, UnwindMapping, UnwindRow, NO_TABLE, PAGE_SHIFT, RBP_LOST,
+    },
+    USER_STACK_DEPTH,
+};
+
+use crate::{
+    maps::{
+        add, count, STACK_SCRATCH, UNWIND_EMPTY, UNWIND_PAGES, UNWIND_PROCESSES, UNWIND_ROWS,
+        UNWIND_TABLES, WALK_STATE,
+    },
+    ustack::{self, UserRegs},
+};
+
+/// User code lives below this (x86-64's 47-bit user half).
+const USER_ADDRESS_END: u64 = 1 << 47;
+/// A frame pointer further than this above the stack pointer is not on this thread's stack.
+const MAX_STACK_SPAN: u64 = 1 << 30;
+/// Binary search steps: mappings (up to 256) and one page's rows (up to 4097).
+const MAPPING_STEPS: usize = 8;
+const ROW_STEPS: usize = 13;
+/// Where a signal frame's `ucontext` keeps the interrupted rbp, rsp and rip, from the stack
+/// pointer at `__restore_rt` (uc_flags, uc_link, uc_stack, then gregs: REG_RBP is 10th,
+/// REG_RSP 15th, REG_RIP 16th).
+const SIGNAL_RBP: u64 = 40 + 10 * 8;
+const SIGNAL_RSP: u64 = 40 + 15 * 8;
+const SIGNAL_RIP: u64 = 40 + 16 * 8;
+const BPF_NOEXIST: u64 = 1;
+
+/// One walk's state, in a per-CPU map value rather than on the stack: the verifier tracks
+/// stack values exactly, so the frame count on the stack would make each of the loop's
+/// iterations a new state to verify (over its limit); a map value's fields are just numbers
+/// to it, and one iteration's check covers all.
+#[repr(C)]
+pub struct Walk {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    hash: u64,
+    /// `walk_end` bits, once known.
+    end: u64,
+    tgid: u32,
+    /// Frames written so far.
+    depth: u32,
+    /// 1: `pc` is where execution stopped (the first frame, or a signal's interrupted frame),
+    /// not a return address, whose call is the instruction before it.
+    exact: u32,
+    /// 1: the loader must read this process's mappings (see `ProcessMappings::stale`).
+    request: u32,
+}
+
+/// What the table says of one address.
+enum Found {
+    Row(UnwindRow),
+    /// Code with no table, or outside every mapping the loader gave.
+    NoTable,
+}
+
+/// Walks the user stack from `regs`; returns its key in `USER_STACKS`, and whether the loader
+/// must be asked for this process's mappings.
+#[inline(always)]
+pub fn walk(regs: &UserRegs, tgid: u32) -> (u64, bool) {
+    let (Some(stack), Some(walk)) = (STACK_SCRATCH.get_ptr_mut(0), WALK_STATE.get_ptr_mut(0))
+    else {
+        return (0, false);
+    };
+    let walk = unsafe { &mut *walk };
+    *walk = Walk {
+        pc: regs.ip,
+        sp: regs.sp,
+        bp: regs.fp,
+        hash: ustack::SEED,
+        end: 0,
+        tgid,
+        depth: 0,
+        exact: 1,
+        request: 0,
+    };
+    unsafe {
+        bpf_loop(
+            USER_STACK_DEPTH as u32 + 1,
+            step as *mut _,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let end = walk.end & 0xff;
+    if (walk_end::ROOT..=walk_end::TRUNCATED).contains(&end) {
+        count(counter::WALKS + end as u32 - 1);
+    }
+    if walk.end & walk_end::USED_FRAME_POINTERS != 0 {
+        count(counter::WALKS_USED_FRAME_POINTERS);
+    }
+    add(counter::WALK_FRAMES, walk.depth as u64);
+    unsafe { (*stack).end = walk.end };
+    let key = ustack::store(stack, ustack::mix(walk.hash, walk.end));
+    (key, walk.request != 0)
+}
+
+/// bpf_loop's callback: one frame. Returns 1 to stop.
+extern "C" fn step(_index: u32, _context: *mut core::ffi::c_void) -> i64 {
+    let Some(walk) = WALK_STATE.get_ptr_mut(0) else {
+        return 1;
+    };
+    match step_frame(unsafe { &mut *walk }) {
+        Some(()) => 0,
+        None => 1,
+    }
+}
+
+/// Records the frame at `walk.pc` and moves to its caller; None when the walk ends (`end`
+/// says why).
+#[inline(always)]
+fn step_frame(walk: &mut Walk) -> Option<()> {
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        walk.end = walk_end::READ_FAILED;
+        return None;
+    };
+    let frames = unsafe { &mut (*stack).frames };
+    let depth = core::hint::black_box(walk.depth as usize);
+    if depth >= USER_STACK_DEPTH {
+        return finish(walk, walk_end::TRUNCATED);
+    }
+    frames[depth] = walk.pc;
+    // One 0 ends the stack (frames past it are not cleared).
+    if depth + 1 < USER_STACK_DEPTH {
+        frames[depth + 1] = 0;
+    }
+    walk.depth += 1;
+    walk.hash = ustack::mix(walk.hash, walk.pc);
+    let lookup = if walk.exact != 0 {
+        walk.pc
+    } else {
+        walk.pc - 1
+    };
+    let row = match find_row(walk, lookup) {
+        Found::Row(row) => row,
+        Found::NoTable => return frame_pointer_step(walk),
+    };
+    let cfa = match row.kind {
+        rule::CFA_RSP => walk.sp + row.cfa_offset as u64,
+        rule::CFA_RBP if walk.bp != 0 => walk.bp + row.cfa_offset as u64,
+        rule::PLT => {
+            let pushed = if walk.pc & 15 >= row.cfa_offset as u64 {
+                8
+            } else {
+                0
+            };
+            walk.sp + 8 + pushed
+        }
+        rule::END => return finish(walk, walk_end::ROOT),
+        rule::SIGNAL => return signal_step(walk),
+        _ => return finish(walk, walk_end::INVALID),
+    };
+    let (saved_bp, return_address) = if row.rbp == -2 {
+        // The usual prologue (push rbp after the call): both words in one read.
+        let Ok(words) = (unsafe { bpf_probe_read_user((cfa - 16) as *const [u64; 2]) }) else {
+            return finish(walk, walk_end::READ_FAILED);
+        };
+        (words[0], words[1])
+    } else {
+        let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+            return finish(walk, walk_end::READ_FAILED);
+        };
+        let saved_bp = match row.rbp {
+            0 => walk.bp,
+            RBP_LOST => 0,
+            words => {
+                let at = cfa.wrapping_add((words as i64 * 8) as u64);
+                let Ok(bp) = (unsafe { bpf_probe_read_user(at as *const u64) }) else {
+                    return finish(walk, walk_end::READ_FAILED);
+                };
+                bp
+            }
+        };
+        (saved_bp, return_address)
+    };
+    move_to_caller(walk, return_address, cfa, saved_bp)
+}
+
+/// Steps into the caller at `return_address`, whose stack pointer is `sp`.
+#[inline(always)]
+fn move_to_caller(walk: &mut Walk, return_address: u64, sp: u64, bp: u64) -> Option<()> {
+    if return_address == 0 {
+        return finish(walk, walk_end::ROOT);
+    }
+    if return_address >= USER_ADDRESS_END || sp <= walk.sp {
+        return finish(walk, walk_end::INVALID);
+    }
+    walk.pc = return_address;
+    walk.sp = sp;
+    walk.bp = bp;
+    walk.exact = 0;
+    Some(())
+}
+
+/// Code with no table: the frame-pointer record at rbp, if there plausibly is one.
+#[inline(always)]
+fn frame_pointer_step(walk: &mut Walk) -> Option<()> {
+    let bp = walk.bp;
+    if bp & 7 != 0 || bp < walk.sp || bp - walk.sp > MAX_STACK_SPAN {
+        return finish(walk, walk_end::NO_TABLE);
+    }
+    let Ok(record) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else {
+        return finish(walk, walk_end::NO_TABLE);
+    };
+    walk.end |= walk_end::USED_FRAME_POINTERS;
+    if record[1] == 0 {
+        return finish(walk, walk_end::ROOT);
+    }
+    if record[1] >= USER_ADDRESS_END || record[0] != 0 && record[0] <= bp {
+        return finish(walk, walk_end::NO_TABLE);
+    }
+    move_to_caller(walk, record[1], bp + 16, record[0])
+}
+
+/// A signal trampoline: the interrupted code's registers are in the signal frame.
+#[inline(always)]
+fn signal_step(walk: &mut Walk) -> Option<()> {
+    let sp = walk.sp;
+    let read = |offset: u64| unsafe { bpf_probe_read_user((sp + offset) as *const u64) }.ok();
+    let (Some(bp), Some(interrupted_sp), Some(pc)) =
+        (read(SIGNAL_RBP), read(SIGNAL_RSP), read(SIGNAL_RIP))
+    else {
+        return finish(walk, walk_end::READ_FAILED);
+    };
+    if pc == 0 || pc >= USER_ADDRESS_END {
+        return finish(walk, walk_end::INVALID);
+    }
+    walk.pc = pc;
+    walk.sp = interrupted_sp;
+    walk.bp = bp;
+    // Interrupted anywhere, not at a call.
+    walk.exact = 1;
+    Some(())
+}
+
+#[inline(always)]
+fn finish(walk: &mut Walk, end: u64) -> Option<()> {
+    walk.end |= end;
+    None
+}
+
+/// The row for `pc` (a return address minus 1 past the first frame) in the current process.
+#[inline(always)]
+fn find_row(walk: &mut Walk, pc: u64) -> Found {
+    let Some(process) = UNWIND_PROCESSES.get_ptr_mut(walk.tgid) else {
+        // Not known yet: ask the loader once (a placeholder marks the request made).
+        if let Some(empty) = UNWIND_EMPTY.get_ptr(0) {
+            // By reference: the 4 KiB value would not fit on the 512-byte BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let inserted = UNWIND_PROCESSES.insert(walk.tgid, unsafe { &*empty }, BPF_NOEXIST);
+            if inserted.is_ok() {
+                walk.request = 1;
+            }
+        }
+        return Found::NoTable;
+    };
+    let process = unsafe { &mut *process };
+    let Some(mapping) = find_mapping(process, pc) else {
+        if process.stale == 0 {
+            process.stale = 1;
+            walk.request = 1;
+        }
+        return Found::NoTable;
+    };
+    if mapping.table == NO_TABLE {
+        return Found::NoTable;
+    }
+    let bias = mapping.bias;
+    let Some(table) = UNWIND_TABLES.get(mapping.table) else {
+        return Found::NoTable;
+    };
+    let address = pc.wrapping_sub(bias);
+    let offset = address.wrapping_sub(table.base);
+    let page = offset >> PAGE_SHIFT;
+    if address < table.base || page >= table.pages as u64 {
+        return Found::Row(UnwindRow::default());
+    }
+    let first_page = table.first_page + page as u32;
+    let (Some(&low), Some(&high)) = (
+        UNWIND_PAGES.get(first_page),
+        UNWIND_PAGES.get(first_page + 1),
+    ) else {
+        return Found::Row(UnwindRow::default());
+    };
+    let (low, high) = (low as u32, high as u32);
+    // The last row at or below `offset`, among rows low..=high.
+    let offset = offset as u32;
+    let first_row = table.first_row;
+    let (mut low, mut high) = (low, high + 1);
+    for _ in 0..ROW_STEPS {
+        if high - low <= 1 {
+            break;
+        }
+        let middle = low + (high - low) / 2;
+        match UNWIND_ROWS.get(first_row + middle) {
+            Some(row) if row.pc <= offset => low = middle,
+            Some(_) => high = middle,
+            None => return Found::Row(UnwindRow::default()),
+        }
+    }
+    match UNWIND_ROWS.get(first_row + low) {
+        Some(row) if row.pc <= offset => Found::Row(*row),
+        _ => Found::Row(UnwindRow::default()),
+    }
+}
+
+/// The mapping holding `pc`.
+#[inline(always)]
+fn find_mapping(process: &ProcessMappings, pc: u64) -> Option<UnwindMapping> {
+    let mut low = 0usize;
+    let mut high = process.count as usize;
+    for _ in 0..MAPPING_STEPS {
+        if low >= high {
+            return None;
+        }
+        let middle = core::hint::black_box((low + high) / 2);
+        let mapping = process.mappings.get(middle)?;
+        if pc < mapping.start {
+            high = middle;
+        } else if pc >= mapping.end {
+            low = middle + 1;
+        } else {
+            return Some(*mapping);
+        }
+    }
+    None
+}

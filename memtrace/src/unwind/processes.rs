@@ -1,0 +1,233 @@
+//! Each traced process's executable mappings, with their binaries' tables, written into the
+//! kernel's per-process map when the programs ask: a process they had not seen, or code
+//! outside the mappings they were given (a library loaded since). Tables are built once per
+//! binary (by file identity) and shared by every process that maps it.
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use aya::maps::{HashMap as KernelHashMap, MapData};
+use memtrace_common::unwind::{ProcessMappings, UnwindMapping, MAX_MAPPINGS, NO_TABLE};
+use object::{Object, ObjectSegment};
+use procfs::process::{MMPermissions, MMapPath, Process};
+use serde::Serialize;
+
+use super::{
+    rows,
+    store::{Capacity, TableFigures, TableStore},
+    vdso,
+};
+use crate::kernel::tracer::Tracer;
+
+/// A process's maps are read again at most this often: a walk that keeps meeting code outside
+/// every mapping (a corrupt frame) must not turn into a maps read per event.
+const REREAD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the report says of the tables and the processes they served.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UnwindFigures {
+    #[serde(flatten)]
+    pub tables: TableFigures,
+    /// Processes whose mappings were given to the kernel, and how many times.
+    pub processes: u64,
+    pub process_loads: u64,
+    /// Processes with more executable mappings than the kernel keeps (the rest are walked by
+    /// frame pointers).
+    pub processes_over_mapping_limit: u64,
+}
+
+/// A binary as the walk needs it: its table, and where its segments load (to turn a mapping's
+/// address into the binary's own).
+struct Binary {
+    table: u32,
+    /// (file offset, address, file size) of each loadable segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl Binary {
+    fn build(image: &[u8], store: &mut TableStore) -> Result<Binary> {
+        let elf = object::File::parse(image)?;
+        let segments = elf
+            .segments()
+            .map(|segment| {
+                let (offset, size) = segment.file_range();
+                (offset, segment.address(), size)
+            })
+            .collect();
+        let rows = rows::compact(rows::ranges(&elf)?);
+        let table = store.add(&rows)?.unwrap_or(NO_TABLE);
+        Ok(Binary { table, segments })
+    }
+
+    /// The load bias of a mapping of this binary at `start`, from file offset `offset`.
+    fn bias(&self, start: u64, offset: u64) -> u64 {
+        let (segment_offset, address, _) = (self.segments.iter())
+            .find(|&&(at, _, size)| at <= offset && offset < at + size.max(1))
+            .copied()
+            .unwrap_or((0, 0, 0));
+        start
+            .wrapping_sub(offset)
+            .wrapping_sub(address.wrapping_sub(segment_offset))
+    }
+}
+
+/// Identity of a mapped file: device and inode, as maps reports them.
+type FileKey = (u64, u64);
+
+pub struct Unwinder {
+    store: TableStore,
+    processes: KernelHashMap<MapData, u32, ProcessMappings>,
+    binaries: HashMap<FileKey, Option<Binary>>,
+    vdso: Option<Option<Binary>>,
+    /// When each process's maps were last read, and the processes waiting to be read again.
+    read_at: HashMap<u32, Instant>,
+    waiting: BTreeMap<u32, Instant>,
+    pub figures: UnwindFigures,
+}
+
+impl Unwinder {
+    /// Takes the unwind maps from the loaded object.
+    pub fn new(tracer: &mut Tracer, capacity: Capacity) -> Result<Self> {
+        let store = TableStore::new(
+            tracer.take_map("UNWIND_ROWS")?,
+            tracer.take_map("UNWIND_PAGES")?,
+            tracer.take_map("UNWIND_TABLES")?,
+            capacity,
+        )?;
+        let processes = KernelHashMap::try_from(tracer.take_map("UNWIND_PROCESSES")?)?;
+        Ok(Self {
+            store,
+            processes,
+            binaries: HashMap::new(),
+            vdso: None,
+            read_at: HashMap::new(),
+            waiting: BTreeMap::new(),
+            figures: UnwindFigures::default(),
+        })
+    }
+
+    /// The programs asked for `pid`'s mappings: read them now, or once the last read is old
+    /// enough.
+    pub fn on_request(&mut self, pid: u32) {
+        let now = Instant::now();
+        match self.read_at.get(&pid) {
+            Some(&at) if now.duration_since(at) < REREAD_INTERVAL => {
+                self.waiting.insert(pid, at + REREAD_INTERVAL);
+            }
+            _ => self.load(pid),
+        }
+    }
+
+    /// Reads the processes whose wait is over.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = (self.waiting.iter())
+            .filter(|&(_, &at)| at <= now)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in due {
+            self.waiting.remove(&pid);
+            self.load(pid);
+        }
+    }
+
+    /// Reads `pid`'s executable mappings, builds the tables it lacks, and gives the list to
+    /// the kernel. A process already gone is skipped.
+    pub fn load(&mut self, pid: u32) {
+        let started = Instant::now();
+        self.read_at.insert(pid, started);
+        let Some(mappings) = self.mappings_of(pid) else {
+            return;
+        };
+        let mut value = ProcessMappings::EMPTY;
+        if mappings.len() > MAX_MAPPINGS {
+            self.figures.processes_over_mapping_limit += 1;
+        }
+        for (slot, mapping) in value.mappings.iter_mut().zip(&mappings) {
+            *slot = *mapping;
+        }
+        value.count = mappings.len().min(MAX_MAPPINGS) as u32;
+        if let Err(err) = self.processes.insert(pid, value, 0) {
+            log::debug!("unwind mappings of pid {pid}: {err}");
+            return;
+        }
+        self.figures.process_loads += 1;
+        self.figures.tables.build_ms += started.elapsed().as_secs_f64() * 1e3;
+    }
+
+    /// The process's executable mappings, sorted, each with its binary's table.
+    fn mappings_of(&mut self, pid: u32) -> Option<Vec<UnwindMapping>> {
+        let maps = Process::new(pid as i32).ok()?.maps().ok()?;
+        let mut mappings = Vec::new();
+        for map in maps.iter() {
+            if !map.perms.contains(MMPermissions::EXECUTE) {
+                continue;
+            }
+            let (start, end) = map.address;
+            let binary = match &map.pathname {
+                MMapPath::Path(_) => {
+                    let key = (map.dev.0 as u64) << 32 | map.dev.1 as u64;
+                    let key = (key, map.inode);
+                    if !self.binaries.contains_key(&key) {
+                        let built = self.build_file(pid, start, end);
+                        self.binaries.insert(key, built);
+                    }
+                    self.binaries.get(&key).and_then(Option::as_ref)
+                }
+                MMapPath::Vdso => {
+                    if self.vdso.is_none() {
+                        let built =
+                            vdso::own_image().and_then(|image| self.build_image(&image, "[vdso]"));
+                        self.vdso = Some(built);
+                    }
+                    self.vdso.as_ref().and_then(Option::as_ref)
+                }
+                _ => None,
+            };
+            mappings.push(UnwindMapping {
+                start,
+                end,
+                bias: binary.map_or(0, |b| b.bias(start, map.offset)),
+                table: binary.map_or(NO_TABLE, |b| b.table),
+                _pad: 0,
+            });
+        }
+        mappings.sort_by_key(|m| m.start);
+        Some(mappings)
+    }
+
+    /// A mapped file's binary, read through the process's own view of it (which works for
+    /// files deleted or in another mount namespace).
+    fn build_file(&mut self, pid: u32, start: u64, end: u64) -> Option<Binary> {
+        let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let file = File::open(&path).ok()?;
+        // SAFETY: read-only mapping of a file; a binary being rewritten in place while mapped
+        // would already break the process running it.
+        let image = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        self.build_image(&image, &path)
+    }
+
+    fn build_image(&mut self, image: &[u8], name: &str) -> Option<Binary> {
+        match Binary::build(image, &mut self.store) {
+            Ok(binary) => Some(binary),
+            Err(err) => {
+                log::debug!("no unwind table for {name}: {err:#}");
+                self.store.figures.binaries_without_frame_info += 1;
+                None
+            }
+        }
+    }
+
+    /// What the tables hold now.
+    pub fn figures(&self) -> UnwindFigures {
+        UnwindFigures {
+            tables: TableFigures {
+                build_ms: self.figures.tables.build_ms,
+                ..self.store.figures.clone()
+            },
+            processes: self.read_at.len() as u64,
+            ..self.figures.clone()
+        }
+    }
+}
