@@ -112,6 +112,11 @@ pub fn spawn_gated(argv: &[String]) -> Result<GatedChild> {
 
 impl GatedChild {
     /// Lets the child exec; fails if exec failed.
+    /// The command line it will run.
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
     pub fn release(self) -> Result<RunningChild> {
         let Self {
             pid,

@@ -12,6 +12,7 @@ pub(crate) mod memory_maps;
 pub(crate) mod page_origin;
 pub(crate) mod pipeline;
 pub(crate) mod processes;
+pub(crate) mod program_files;
 pub(crate) mod progress;
 pub mod records;
 pub(crate) mod region;

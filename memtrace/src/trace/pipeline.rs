@@ -25,6 +25,7 @@ use crate::{
         launch::ChildExit,
         mapping_records::{MappingRecords, MappingScope},
         processes::Processes,
+        program_files,
         request::TraceRequest,
         session::{self, StopWhen},
         target::Target,
@@ -190,6 +191,9 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
             // classify against it; the exec event then replaces it with the command's.
             drain.processes.capture(&[gated.pid]);
             consumer.on_targets(&[gated.pid]);
+            if let Some(unwinder) = drain.unwinder.as_mut() {
+                unwinder.prebuild(&program_files::of_command(gated.argv()));
+            }
             let child = gated.release()?;
             let watch = TargetExit::new(child.pid);
             (Some(child), watch.into_iter().collect())

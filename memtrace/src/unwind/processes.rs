@@ -4,6 +4,8 @@
 //! binary (by file identity) and shared by every process that maps it.
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -197,15 +199,44 @@ impl Unwinder {
         Some(mappings)
     }
 
+    /// Builds the tables of files a command will map, before it starts: its first stacks then
+    /// wait only for its mappings to be listed, not for tables to be built.
+    pub fn prebuild(&mut self, files: &[PathBuf]) {
+        let started = Instant::now();
+        for path in files {
+            let Ok(file) = File::open(path) else {
+                continue;
+            };
+            let Ok(metadata) = file.metadata() else {
+                continue;
+            };
+            let device = metadata.dev();
+            let key = (
+                u64::from(libc::major(device)) << 32 | u64::from(libc::minor(device)),
+                metadata.ino(),
+            );
+            if self.binaries.contains_key(&key) {
+                continue;
+            }
+            let built = self.build_mapped(&file, &path.to_string_lossy());
+            self.binaries.insert(key, built);
+        }
+        self.figures.tables.build_ms += started.elapsed().as_secs_f64() * 1e3;
+    }
+
     /// A mapped file's binary, read through the process's own view of it (which works for
     /// files deleted or in another mount namespace).
     fn build_file(&mut self, pid: u32, start: u64, end: u64) -> Option<Binary> {
         let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
         let file = File::open(&path).ok()?;
+        self.build_mapped(&file, &path)
+    }
+
+    fn build_mapped(&mut self, file: &File, name: &str) -> Option<Binary> {
         // SAFETY: read-only mapping of a file; a binary being rewritten in place while mapped
         // would already break the process running it.
-        let image = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-        self.build_image(&image, &path)
+        let image = unsafe { memmap2::Mmap::map(file) }.ok()?;
+        self.build_image(&image, name)
     }
 
     fn build_image(&mut self, image: &[u8], name: &str) -> Option<Binary> {

@@ -246,3 +246,155 @@ pub fn lookup(rows: &Rows, address: u64) -> Option<&UnwindRow> {
     let at = rows.rows.partition_point(|row| row.pc <= offset);
     rows.rows[..at].last()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gimli::UnwindContext;
+    use memtrace_common::unwind::PAGE_SHIFT;
+
+    /// The eBPF walk's search, step for step: the page's first row, then a binary search up
+    /// to the next page's.
+    fn search_as_the_walk_does(rows: &Rows, index: &[u32], address: u64) -> Option<UnwindRow> {
+        let offset = address.checked_sub(rows.base)?;
+        let page = (offset >> PAGE_SHIFT) as usize;
+        if page + 1 >= index.len() {
+            return None;
+        }
+        let (mut low, mut high) = (index[page], index[page + 1] + 1);
+        for _ in 0..13 {
+            if high - low <= 1 {
+                break;
+            }
+            let middle = low + (high - low) / 2;
+            if u64::from(rows.rows[middle as usize].pc) <= offset {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        let row = rows.rows[low as usize];
+        (u64::from(row.pc) <= offset).then_some(row)
+    }
+
+    /// Every row gimli evaluates from the binary's .eh_frame, at its first and last address,
+    /// found by the eBPF walk's search with the same rule; and gimli's own lookup by address
+    /// (through .eh_frame_hdr, another path) agrees at each.
+    fn check_binary(path: &str) -> usize {
+        let Ok(data) = std::fs::read(path) else {
+            assert!(
+                !std::env::var("CI").is_ok_and(|ci| ci == "true"),
+                "{path} missing (cargo xtask setup installs it)"
+            );
+            return 0;
+        };
+        let elf = object::File::parse(&*data).unwrap();
+        let ranges = ranges(&elf).unwrap();
+        assert!(!ranges.is_empty(), "{path}: no rows");
+        let rows = compact(ranges.clone());
+        let index = page_index(&rows);
+        let eh_frame_section = elf.section_by_name(".eh_frame").unwrap();
+        let hdr_section = elf.section_by_name(".eh_frame_hdr").unwrap();
+        let address = |name: &str| elf.section_by_name(name).map_or(0, |s| s.address());
+        let bases = BaseAddresses::default()
+            .set_eh_frame(eh_frame_section.address())
+            .set_eh_frame_hdr(hdr_section.address())
+            .set_text(address(".text"))
+            .set_got(address(".got"));
+        let eh_frame = EhFrame::new(eh_frame_section.data().unwrap(), LittleEndian);
+        let hdr = gimli::EhFrameHdr::new(hdr_section.data().unwrap(), LittleEndian)
+            .parse(&bases, 8)
+            .unwrap();
+        let table = hdr.table().unwrap();
+        let mut context = Box::new(UnwindContext::new());
+        let mut checked = 0;
+        for &(start, end, rule) in &ranges {
+            for at in [start, end - 1] {
+                let found = search_as_the_walk_does(&rows, &index, at)
+                    .unwrap_or_else(|| panic!("{path}: no row for {at:#x}"));
+                assert_eq!(
+                    (found.kind, found.cfa_offset, found.rbp),
+                    (rule.kind, rule.cfa_offset, rule.rbp),
+                    "{path}: at {at:#x}"
+                );
+                assert_eq!(Some(&found), lookup(&rows, at), "{path}: at {at:#x}");
+                if rule.kind == rule::SIGNAL {
+                    continue;
+                }
+                let row = table
+                    .unwind_info_for_address(
+                        &eh_frame,
+                        &bases,
+                        &mut context,
+                        at,
+                        EhFrame::cie_from_offset,
+                    )
+                    .unwrap_or_else(|e| panic!("{path}: gimli has no row at {at:#x}: {e}"));
+                assert_eq!(rule_of(row, &eh_frame), rule, "{path}: at {at:#x}");
+                checked += 1;
+            }
+        }
+        // Past the last FDE, nothing: the walk ends there.
+        let (_, last_end, _) = ranges.iter().max_by_key(|r| r.1).unwrap();
+        let past = search_as_the_walk_does(&rows, &index, *last_end);
+        assert!(past.is_none_or(|row| row.kind == rule::INVALID), "{path}");
+        checked
+    }
+
+    #[test]
+    fn rows_agree_with_gimli_for_libc() {
+        check_binary("/lib/x86_64-linux-gnu/libc.so.6");
+    }
+
+    #[test]
+    fn rows_agree_with_gimli_for_python() {
+        check_binary("/usr/bin/python3.11");
+    }
+
+    #[test]
+    fn rows_agree_with_gimli_for_redis() {
+        check_binary("/usr/bin/redis-server");
+    }
+
+    #[test]
+    fn rows_agree_with_gimli_for_this_rust_binary() {
+        let exe = std::env::current_exe().unwrap();
+        assert!(check_binary(exe.to_str().unwrap()) > 1000);
+    }
+
+    #[test]
+    fn plt_expression_is_recognized() {
+        // As in every x86-64 binary's .plt FDE (readelf --debug-dump=frames).
+        let expression = [
+            0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22,
+        ];
+        assert_eq!(plt_threshold(&expression), Some(11));
+        assert_eq!(plt_threshold(&expression[..10]), None);
+    }
+
+    #[test]
+    fn gaps_between_functions_are_invalid_and_equal_rules_merge() {
+        let rsp = |offset| Rule {
+            kind: rule::CFA_RSP,
+            cfa_offset: offset,
+            rbp: 0,
+        };
+        let rows = compact(vec![
+            (0x1000, 0x1004, rsp(8)),
+            (0x1004, 0x1010, rsp(8)),
+            (0x1020, 0x1030, rsp(16)),
+        ]);
+        let kinds: Vec<(u32, u8, u16)> = (rows.rows.iter())
+            .map(|r| (r.pc, r.kind, r.cfa_offset))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (0, rule::CFA_RSP, 8),
+                (0x10, rule::INVALID, 0),
+                (0x20, rule::CFA_RSP, 16),
+                (0x30, rule::INVALID, 0)
+            ]
+        );
+    }
+}

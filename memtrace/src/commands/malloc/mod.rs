@@ -7,7 +7,6 @@ mod allocators;
 pub mod args;
 mod books;
 mod probes;
-mod program_files;
 mod report;
 mod table;
 mod unhooked;

@@ -12,7 +12,6 @@ use memtrace_common::AllocFn;
 use super::{
     allocators::{self, Allocator, Kind},
     args::MallocArgs,
-    program_files,
 };
 use crate::{
     error::UsageError,
@@ -20,8 +19,18 @@ use crate::{
         hooks::{self, Attachment, Probe, UprobeSite},
         probe_site::LibraryCode,
     },
+    trace::program_files,
     trace::request::TargetRequest,
 };
+
+/// The files an allocator can be in: the executable (first), and libraries whose names say
+/// they may be one.
+fn candidates(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let executable = files.first().cloned();
+    (files.into_iter())
+        .filter(|path| Some(path) == executable.as_ref() || allocators::may_be_allocator(path))
+        .collect()
+}
 
 /// The allocators to hook: `--lib`'s, else every one the target runs (for a whole-system
 /// trace, the libc memtrace itself uses).
@@ -34,18 +43,21 @@ pub fn allocators(args: &MallocArgs) -> Result<Vec<Allocator>> {
             let found = (pids.iter())
                 .flat_map(|&pid| {
                     let root = PathBuf::from(format!("/proc/{pid}/root"));
-                    allocators::find(&program_files::of_process(pid), &root)
+                    allocators::find(&candidates(program_files::of_process(pid)), &root)
                 })
                 .collect();
             let maps: Vec<String> = pids.iter().map(|p| format!("/proc/{p}/maps")).collect();
             (found, maps.join(", "))
         }
         TargetRequest::Command(argv) => {
-            let found = allocators::find(&program_files::of_command(&argv), Path::new("/"));
+            let found = allocators::find(
+                &candidates(program_files::of_command(&argv)),
+                Path::new("/"),
+            );
             (found, format!("{} and the libraries it needs", argv[0]))
         }
         TargetRequest::System | TargetRequest::Cgroup(_) => {
-            let own = program_files::of_process(std::process::id());
+            let own = candidates(program_files::of_process(std::process::id()));
             let found = allocators::find(&own, Path::new("/"));
             let libc = found
                 .into_iter()

@@ -1,7 +1,7 @@
-//! The files a target runs code from, where its allocators can be: a running process's
-//! executable mappings, or, for a command not started yet, its executable (the interpreter of
-//! a script), the libraries it needs (DT_NEEDED, as the dynamic loader finds them) and
-//! LD_PRELOAD's. Only the executable and files that may hold an allocator are kept.
+//! The files a target runs code from (where malloc looks for allocators, and whose unwind
+//! tables are built before a command starts): a running process's executable mappings, or,
+//! for a command not started yet, its executable (the interpreter of a script), the libraries
+//! it needs (DT_NEEDED, as the dynamic loader finds them) and LD_PRELOAD's.
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
@@ -12,7 +12,6 @@ use object::{
     read::elf::{Dyn, ElfFile64},
 };
 
-use super::allocators::may_be_allocator;
 use crate::trace::launch::resolve_program;
 
 /// The dynamic loader's default directories (Debian's multiarch ones first).
@@ -29,7 +28,8 @@ const LIBRARY_DIRS: [&str; 8] = [
 /// Bounds the walk of needed libraries (a program needs a few dozen at most).
 const MAX_LIBRARIES: usize = 512;
 
-/// A running process's candidate files, as it names them; its root is `/proc/PID/root`.
+/// A running process's executable files, as it names them (its root is `/proc/PID/root`), the
+/// executable first.
 pub fn of_process(pid: u32) -> Vec<PathBuf> {
     let Ok(process) = procfs::process::Process::new(pid as i32) else {
         return Vec::new();
@@ -43,13 +43,18 @@ pub fn of_process(pid: u32) -> Vec<PathBuf> {
             procfs::process::MMapPath::Path(path) => Some(path),
             _ => None,
         })
-        .filter(|path| may_be_allocator(path) || Some(path) == executable.as_ref())
         .collect();
     files.dedup();
+    if let Some(at) = files
+        .iter()
+        .position(|path| Some(path) == executable.as_ref())
+    {
+        files[..=at].rotate_right(1);
+    }
     files
 }
 
-/// A command's candidate files before it runs: what the dynamic loader will map.
+/// A command's files before it runs: what the dynamic loader will map, the executable first.
 pub fn of_command(argv: &[String]) -> Vec<PathBuf> {
     let Some(program) = argv.first().and_then(|name| resolve_program(name).ok()) else {
         return Vec::new();
@@ -63,7 +68,6 @@ pub fn of_command(argv: &[String]) -> Vec<PathBuf> {
         .filter_map(|name| find_library(name, &[]));
     files.extend(preloaded);
     files.extend(needed_closure(&executable));
-    files.retain(|path| *path == executable || may_be_allocator(path));
     files
 }
 
