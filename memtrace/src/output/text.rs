@@ -2,7 +2,7 @@
 //! own cost, sizes in binary units.
 use std::io::Write;
 
-use crate::report::{CommandExit, ReportHeader, TracerCost};
+use crate::report::{CommandExit, ReportHeader, TracerCost, UnwindReport};
 
 /// The first lines of every table report: what was traced for how long, and how a traced
 /// command ended.
@@ -12,7 +12,45 @@ pub fn title(out: &mut dyn Write, header: &ReportHeader) -> anyhow::Result<()> {
     if let Some(exit) = &header.exit {
         writeln!(out, "{}", exit_line(exit))?;
     }
+    if let Some(line) = header.unwind.as_ref().and_then(unwind_line) {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
+}
+
+/// How complete the user stacks are, when some are not: how many walks reached the
+/// outermost frame, and why the others stopped.
+pub fn unwind_line(unwind: &UnwindReport) -> Option<String> {
+    if unwind.walks == 0 || unwind.reached_root == unwind.walks {
+        return None;
+    }
+    let reasons = [
+        (unwind.ended_without_table, "at code with no unwind table"),
+        (unwind.ended_at_invalid_rule, "at a rule they cannot follow"),
+        (unwind.ended_at_failed_read, "at an unreadable stack"),
+        (unwind.truncated, "at the 127-frame limit"),
+    ];
+    let why: Vec<String> = (reasons.iter())
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, reason)| format!("{count} {reason}"))
+        .collect();
+    let mut line = format!(
+        "user stacks: {} of {} walks reached the outermost frame ({:.1}%); the others ended {}",
+        unwind.reached_root,
+        unwind.walks,
+        100.0 * unwind.reached_root as f64 / unwind.walks as f64,
+        why.join(", ")
+    );
+    if let Some(tables) = &unwind.tables {
+        if tables.tables.binaries_without_room > 0 {
+            line += &format!(
+                "; {} binaries got no table (raise --unwind-memory, now {} MiB)",
+                tables.tables.binaries_without_room,
+                tables.tables.capacity_bytes >> 20
+            );
+        }
+    }
+    Some(line)
 }
 
 /// How a traced command ended, as the table reports say it.

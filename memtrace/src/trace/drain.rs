@@ -9,7 +9,10 @@ use memtrace_common::EventKind;
 
 use crate::{
     trace::{
-        consumer::Consumer, mapping_records::MappingRecords, processes::Processes, records::Record,
+        consumer::Consumer,
+        mapping_records::{MappingRecords, MmapRecord},
+        processes::Processes,
+        records::Record,
     },
     unwind::Unwinder,
 };
@@ -59,8 +62,14 @@ impl Drain {
     /// Mapping records go first: the mappings were made before the events that use them.
     pub fn drain_now(&mut self, consumer: &mut dyn Consumer) -> usize {
         let processes = &mut self.processes;
+        let mut unwinder = self.unwinder.as_mut();
         if let Some(mappings) = self.mappings.as_mut() {
-            self.mappings_lost += mappings.read(&mut |record| processes.on_mapping_record(record));
+            self.mappings_lost += mappings.read(&mut |record| {
+                if let (Some(unwinder), MmapRecord::Mapping(mapping)) = (&mut unwinder, &record) {
+                    unwinder.on_new_mapping(mapping.pid);
+                }
+                processes.on_mapping_record(record)
+            });
         }
         let ring = self.ring.get_mut();
         let mut records = 0;
@@ -70,12 +79,15 @@ impl Drain {
                 processes.count_undecodable();
                 continue;
             };
-            if let Record::Event(event) = &record {
-                if event.kind == EventKind::UnwindRequest {
-                    if let Some(unwinder) = self.unwinder.as_mut() {
+            if let (Record::Event(event), Some(unwinder)) = (&record, self.unwinder.as_mut()) {
+                match event.kind {
+                    EventKind::UnwindRequest => {
                         unwinder.on_request(event.raw.tgid);
+                        continue;
                     }
-                    continue;
+                    // Its program's first mappings, before the walks need them.
+                    EventKind::Exec => unwinder.load(event.raw.tgid),
+                    _ => {}
                 }
             }
             if processes.admit(&record) {

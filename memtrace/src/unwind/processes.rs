@@ -121,6 +121,15 @@ impl Unwinder {
         }
     }
 
+    /// The kernel recorded a new executable mapping in `pid` (a library loaded, the dynamic
+    /// loader mapping a command's libraries): a process whose mappings were given is read
+    /// again at the next tick, before its walks meet the new code.
+    pub fn on_new_mapping(&mut self, pid: u32) {
+        if self.read_at.contains_key(&pid) {
+            self.waiting.entry(pid).or_insert_with(Instant::now);
+        }
+    }
+
     /// Reads the processes whose wait is over.
     pub fn tick(&mut self) {
         let now = Instant::now();
