@@ -30,6 +30,18 @@ const ALLOCATOR_BUILDS: &[(&str, &str)] = &[
     ("malloc_leak_mimalloc", "libmimalloc.so.2"),
 ];
 const LIBRARY_DIR: &str = "/usr/lib/x86_64-linux-gnu";
+/// Built as distributions build programs: -O2 without frame pointers, so only .eh_frame tells
+/// a caller (`cargo xtask bench unwind`). (name, source in workloads/)
+const NO_FRAME_POINTER_BUILDS: &[(&str, &str)] = &[
+    ("unwind_storm", "unwind_storm"),
+    ("malloc_leak_nofp", "malloc_leak"),
+];
+/// The default workloads' code generation.
+/// -O0: gcc 12 drops the frame of small leaf functions at -O1 even with
+/// -fno-omit-frame-pointer, which would hide their callers from frame-pointer stacks.
+/// The loops are dominated by the cost of the faults they cause, not by codegen.
+const FRAME_POINTERS: &[&str] = &["-O0", "-g", "-fno-omit-frame-pointer"];
+const NO_FRAME_POINTERS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -56,27 +68,34 @@ fn main() {
     for name in WORKLOADS {
         let src = manifest_dir.join(format!("workloads/{name}.c"));
         println!("cargo:rerun-if-changed={}", src.display());
-        compile(&src, &out_dir.join(name), &[]);
+        compile(&src, &out_dir.join(name), FRAME_POINTERS, &[]);
+    }
+    for (name, source) in NO_FRAME_POINTER_BUILDS {
+        let src = manifest_dir.join(format!("workloads/{source}.c"));
+        println!("cargo:rerun-if-changed={}", src.display());
+        compile(&src, &out_dir.join(name), NO_FRAME_POINTERS, &[]);
     }
     let leak = manifest_dir.join("workloads/malloc_leak.c");
     for (name, library) in ALLOCATOR_BUILDS {
         let library = Path::new(LIBRARY_DIR).join(library);
         if library.exists() {
-            compile(&leak, &out_dir.join(name), &[library.as_os_str()]);
+            compile(
+                &leak,
+                &out_dir.join(name),
+                FRAME_POINTERS,
+                &[library.as_os_str()],
+            );
         } else {
             println!("cargo:warning={name} not built: no {}", library.display());
         }
     }
 }
 
-fn compile(src: &Path, dest: &Path, libraries: &[&std::ffi::OsStr]) {
+fn compile(src: &Path, dest: &Path, codegen: &[&str], libraries: &[&std::ffi::OsStr]) {
     // Build under a unique name, then rename: debug and release builds may run at once.
     let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
     let output = Command::new("gcc")
-        // -O0: gcc 12 drops the frame of small leaf functions at -O1 even with
-        // -fno-omit-frame-pointer, which would hide their callers from frame-pointer stacks.
-        // The loops are dominated by the cost of the faults they cause, not by codegen.
-        .args(["-O0", "-g", "-fno-omit-frame-pointer"])
+        .args(codegen)
         .args(["-Wall", "-pthread", "-o"])
         .arg(&tmp)
         .arg(src)

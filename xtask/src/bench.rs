@@ -19,7 +19,7 @@ use crate::bench_support::{
 /// noise from the VM).
 const ROUNDS: usize = 5;
 
-fn rounds() -> usize {
+pub(crate) fn rounds() -> usize {
     std::env::var("MEMTRACE_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -30,18 +30,18 @@ fn rounds() -> usize {
 const STORM_ARGS: [&str; 2] = ["512", "4"];
 
 /// One way of running the workload.
-struct Config {
-    name: String,
-    records: &'static str,
+pub(crate) struct Config {
+    pub(crate) name: String,
+    pub(crate) records: &'static str,
     /// argv before the workload's argv; empty for untraced.
-    prefix: Vec<String>,
+    pub(crate) prefix: Vec<String>,
     /// memtrace's JSON report path, for its own cost figures.
-    report: Option<PathBuf>,
+    pub(crate) report: Option<PathBuf>,
 }
 
 impl Config {
     /// `memtrace SUBCOMMAND OPTIONS`, its JSON report in `scratch`.
-    fn memtrace(
+    pub(crate) fn memtrace(
         memtrace: &str,
         scratch: &Path,
         subcommand: &str,
@@ -100,7 +100,7 @@ impl Config {
         )
     }
 
-    fn untraced() -> Self {
+    pub(crate) fn untraced() -> Self {
         Self {
             name: "untraced".into(),
             records: "-",
@@ -111,8 +111,8 @@ impl Config {
 }
 
 #[derive(Default)]
-struct Samples {
-    elapsed: Vec<f64>,
+pub(crate) struct Samples {
+    pub(crate) elapsed: Vec<f64>,
     attach_ms: Vec<f64>,
     cpu_s: Vec<f64>,
     max_rss_kb: Vec<f64>,
@@ -122,6 +122,18 @@ struct Samples {
     bpf: Option<(f64, u64, f64)>,
     /// The last run's eBPF statistics, when the kernel kept them.
     last_bpf: Option<(f64, u64)>,
+    /// Every run in order: the timed rounds', then the statistics run's (when it was made).
+    pub(crate) runs: Vec<Run>,
+}
+
+/// What one run left behind.
+pub(crate) struct Run {
+    /// The workload's own JSON line.
+    pub(crate) figures: Value,
+    /// memtrace's JSON report, for configs that write one.
+    pub(crate) report: Option<Value>,
+    /// The tool's and the workload's standard error.
+    pub(crate) stderr: String,
 }
 
 pub fn bench(which: &[String]) -> Result<()> {
@@ -133,7 +145,9 @@ pub fn bench(which: &[String]) -> Result<()> {
             .and_then(|()| pages())
             .and_then(|()| agent())
             .and_then(|()| diagnose())
-            .and_then(|()| crate::bench_exit::exit()),
+            .and_then(|()| crate::bench_exit::exit())
+            // Last: until memtrace has --unwind (issue 17) it stops here, the others written.
+            .and_then(|()| crate::bench_unwind::unwind()),
         Some("faults") => faults(),
         Some("swap") => swap(),
         Some("malloc") => malloc(),
@@ -142,12 +156,13 @@ pub fn bench(which: &[String]) -> Result<()> {
         Some("pages") => pages(),
         Some("agent") => agent(),
         Some("diagnose") => diagnose(),
+        Some("unwind") => crate::bench_unwind::unwind(),
         // Ten minutes: run on its own, never as part of the whole set.
         Some("agent-soak") => crate::soak::soak(),
         Some(other) => {
             bail!(
                 "unknown benchmark {other:?}; available: faults, swap, malloc, allocators, \
-                 pages, agent, agent-soak, diagnose, exit"
+                 pages, agent, agent-soak, diagnose, exit, unwind"
             )
         }
     }
@@ -577,7 +592,7 @@ fn storm_argv(storm: &Path) -> Vec<String> {
 /// Runs `workload` under every config, round by round; the samples per config. Every other
 /// round runs the configs in reverse order: a run is affected by the one before it (memory
 /// just freed, caches), and alternating cancels that out.
-fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
+pub(crate) fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
     let rounds = rounds();
     for round in 1..=rounds {
@@ -610,14 +625,14 @@ fn measure(configs: &[Config], workload: &[String]) -> Result<Vec<Samples>> {
 }
 
 /// kernel.bpf_stats_enabled on while alive; restored to its previous value on drop.
-struct BpfStats {
+pub(crate) struct BpfStats {
     previous: String,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
-    fn enable() -> Result<Self> {
+    pub(crate) fn enable() -> Result<Self> {
         let previous =
             std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
         std::fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
@@ -632,7 +647,7 @@ impl Drop for BpfStats {
 }
 
 /// Runs the workload once under `config`; returns its own phase time.
-fn run_once(config: &Config, workload: &[String], samples: &mut Samples) -> Result<f64> {
+pub(crate) fn run_once(config: &Config, workload: &[String], samples: &mut Samples) -> Result<f64> {
     // bpftrace takes the command as one string after -c.
     let argv: Vec<String> = if config.prefix.first().is_some_and(|p| p == "bpftrace") {
         let mut argv = config.prefix.clone();
@@ -660,6 +675,11 @@ fn run_once(config: &Config, workload: &[String], samples: &mut Samples) -> Resu
             )
         })?;
     let figures: Value = serde_json::from_str(line)?;
+    let mut run = Run {
+        figures: figures.clone(),
+        report: None,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
     if let Some(path) = &config.report {
         let report: Value = serde_json::from_str(&std::fs::read_to_string(path)?)
             .with_context(|| format!("{}: report unreadable", config.name))?;
@@ -677,13 +697,15 @@ fn run_once(config: &Config, workload: &[String], samples: &mut Samples) -> Resu
         samples.last_bpf = tracer["bpf_run_s"]
             .as_f64()
             .zip(tracer["bpf_runs"].as_u64());
+        run.report = Some(report);
     }
+    samples.runs.push(run);
     figures["elapsed_s"]
         .as_f64()
         .context("workload JSON without elapsed_s")
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -693,7 +715,7 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// The median of each round's ratio of `a`'s time to `b`'s.
-fn round_ratio(a: &Samples, b: &Samples) -> f64 {
+pub(crate) fn round_ratio(a: &Samples, b: &Samples) -> f64 {
     let ratios: Vec<f64> = a
         .elapsed
         .iter()
@@ -706,7 +728,7 @@ fn round_ratio(a: &Samples, b: &Samples) -> f64 {
 /// "vs untraced" is the median of each round's ratio to that round's untraced run: the VM's
 /// speed drifts over a run by more than the smaller costs measured here, and a round's runs
 /// are back to back.
-fn table(configs: &[Config], samples: &[Samples]) -> String {
+pub(crate) fn table(configs: &[Config], samples: &[Samples]) -> String {
     let baseline = &samples[0];
     let mut table = String::from(
         "| tool | records | loop time (median) | vs untraced (median of rounds) | in eBPF programs | attach | CPU | peak RSS | lost |\n\

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_exit;
 mod bench_support;
+mod bench_unwind;
 mod fuzz;
 mod setup;
 mod soak;
