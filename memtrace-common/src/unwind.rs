@@ -106,6 +106,12 @@ impl ProcessMappings {
     };
 }
 
+/// Set on a recorded frame (past the first) that is where execution stopped, not a return
+/// address: a signal's interrupted code, and the signal trampoline the handler returns to
+/// (whose first byte the return address is). Userspace symbolizes the others at the byte
+/// before, inside their call.
+pub const EXACT_PC: u64 = 1 << 63;
+
 /// How a walk ended, in [`crate::UserStack::end`] (low byte) with [`USED_FRAME_POINTERS`].
 pub mod walk_end {
     /// The outermost frame: its return address is undefined or 0.

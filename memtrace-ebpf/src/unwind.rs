@@ -5,11 +5,14 @@
 //! and follow the row's rule to the caller's CFA, return address and rbp. Code with no table
 //! (JIT, anonymous memory) is stepped over by frame pointer. One `bpf_loop` callback walks
 //! for every program, so the verifier checks one frame's work once.
-use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
+use aya_ebpf::helpers::{
+    bpf_probe_read_user,
+    generated::{self, bpf_loop},
+};
 use memtrace_common::{
     counter,
     unwind::{
-        rule, walk_end, ProcessMappings, UnwindMapping, UnwindRow, NO_TABLE, PAGE_SHIFT, RBP_LOST,
+        rule, walk_end, ProcessMappings, UnwindMapping, UnwindRow, EXACT_PC, PAGE_SHIFT, RBP_LOST,
     },
     USER_STACK_DEPTH,
 };
@@ -36,6 +39,9 @@ const SIGNAL_RBP: u64 = 40 + 10 * 8;
 const SIGNAL_RSP: u64 = 40 + 15 * 8;
 const SIGNAL_RIP: u64 = 40 + 16 * 8;
 const BPF_NOEXIST: u64 = 1;
+/// Stack bytes read at once at a walk's start (see `Walk::window`).
+const WINDOW_WORDS: usize = 256;
+const WINDOW_BYTES: u64 = WINDOW_WORDS as u64 * 8;
 
 /// One walk's state, in a per-CPU map value rather than on the stack: the verifier tracks
 /// stack values exactly, so the frame count on the stack would make each of the loop's
@@ -57,7 +63,42 @@ pub struct Walk {
     exact: u32,
     /// 1: the loader must read this process's mappings (see `ProcessMappings::stale`).
     request: u32,
+    /// The mapping the last frame was in, and its binary's table: frames of one binary
+    /// follow each other, and need no lookup of the process's mappings (valid for one walk).
+    cached: CachedMapping,
+    /// The stack from `window_base` up, read once per walk: most frames' saved words are in
+    /// it, and one read costs as much as copying the whole window.
+    window_base: u64,
+    /// 0 when the window could not be read.
+    window_valid: u64,
+    window: [u64; WINDOW_WORDS],
 }
+
+/// A mapping and its table, as the walk last found them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedMapping {
+    start: u64,
+    end: u64,
+    bias: u64,
+    table_base: u64,
+    first_row: u32,
+    first_page: u32,
+    pages: u32,
+    /// 1: the mapping has no table (code walked by frame pointer).
+    no_table: u32,
+}
+
+const NO_MAPPING: CachedMapping = CachedMapping {
+    start: 0,
+    end: 0,
+    bias: 0,
+    table_base: 0,
+    first_row: 0,
+    first_page: 0,
+    pages: 0,
+    no_table: 0,
+};
 
 /// What the table says of one address.
 enum Found {
@@ -75,17 +116,27 @@ pub fn walk(regs: &UserRegs, tgid: u32) -> (u64, bool) {
         return (0, false);
     };
     let walk = unsafe { &mut *walk };
-    *walk = Walk {
-        pc: regs.ip,
-        sp: regs.sp,
-        bp: regs.fp,
-        hash: ustack::SEED,
-        end: 0,
-        tgid,
-        depth: 0,
-        exact: 1,
-        request: 0,
+    walk.pc = regs.ip;
+    walk.sp = regs.sp;
+    walk.bp = regs.fp;
+    walk.hash = ustack::SEED;
+    walk.end = 0;
+    walk.tgid = tgid;
+    walk.depth = 0;
+    walk.exact = 1;
+    walk.request = 0;
+    // No mapping cached (two stores: a whole-struct copy is a byte loop in BPF).
+    walk.cached.start = 0;
+    walk.cached.end = 0;
+    walk.window_base = regs.sp & !7;
+    let read = unsafe {
+        generated::bpf_probe_read_user(
+            walk.window.as_mut_ptr().cast(),
+            WINDOW_BYTES as u32,
+            walk.window_base as *const _,
+        )
     };
+    walk.window_valid = u64::from(read == 0);
     unsafe {
         bpf_loop(
             USER_STACK_DEPTH as u32 + 1,
@@ -131,7 +182,11 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
     if depth >= USER_STACK_DEPTH {
         return finish(walk, walk_end::TRUNCATED);
     }
-    frames[depth] = walk.pc;
+    frames[depth] = if walk.exact != 0 && depth > 0 {
+        walk.pc | EXACT_PC
+    } else {
+        walk.pc
+    };
     // One 0 ends the stack (frames past it are not cleared).
     if depth + 1 < USER_STACK_DEPTH {
         frames[depth + 1] = 0;
@@ -159,33 +214,42 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
             walk.sp + 8 + pushed
         }
         rule::END => return finish(walk, walk_end::ROOT),
-        rule::SIGNAL => return signal_step(walk),
+        rule::SIGNAL => {
+            // The handler returned to the trampoline's first byte: named as it is.
+            frames[depth] = walk.pc | EXACT_PC;
+            return signal_step(walk);
+        }
         _ => return finish(walk, walk_end::INVALID),
     };
-    let (saved_bp, return_address) = if row.rbp == -2 {
-        // The usual prologue (push rbp after the call): both words in one read.
-        let Ok(words) = (unsafe { bpf_probe_read_user((cfa - 16) as *const [u64; 2]) }) else {
-            return finish(walk, walk_end::READ_FAILED);
-        };
-        (words[0], words[1])
-    } else {
-        let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
-            return finish(walk, walk_end::READ_FAILED);
-        };
-        let saved_bp = match row.rbp {
-            0 => walk.bp,
-            RBP_LOST => 0,
-            words => {
-                let at = cfa.wrapping_add((words as i64 * 8) as u64);
-                let Ok(bp) = (unsafe { bpf_probe_read_user(at as *const u64) }) else {
-                    return finish(walk, walk_end::READ_FAILED);
-                };
-                bp
-            }
-        };
-        (saved_bp, return_address)
+    let Some(return_address) = read_stack(walk, cfa - 8) else {
+        return finish(walk, walk_end::READ_FAILED);
+    };
+    let saved_bp = match row.rbp {
+        0 => walk.bp,
+        RBP_LOST => 0,
+        words => {
+            let Some(bp) = read_stack(walk, cfa.wrapping_add((words as i64 * 8) as u64)) else {
+                return finish(walk, walk_end::READ_FAILED);
+            };
+            bp
+        }
     };
     move_to_caller(walk, return_address, cfa, saved_bp)
+}
+
+/// The stack word at `address`: from the window when it holds it, else read alone (a read
+/// costs about as much whatever its size up to a few hundred bytes, so moving the window
+/// would cost more than the words it saves).
+#[inline(always)]
+fn read_stack(walk: &mut Walk, address: u64) -> Option<u64> {
+    let offset = address.wrapping_sub(walk.window_base);
+    if walk.window_valid != 0 && offset & 7 == 0 && offset < WINDOW_BYTES {
+        // Opaque to the compiler, so the bound the verifier sees is checked on the index
+        // actually used.
+        let word = core::hint::black_box((offset >> 3) as usize);
+        return walk.window.get(word).copied();
+    }
+    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
 }
 
 /// Steps into the caller at `return_address`, whose stack pointer is `sp`.
@@ -211,9 +275,11 @@ fn frame_pointer_step(walk: &mut Walk) -> Option<()> {
     if bp & 7 != 0 || bp < walk.sp || bp - walk.sp > MAX_STACK_SPAN {
         return finish(walk, walk_end::NO_TABLE);
     }
-    let Ok(record) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else {
+    let (Some(next_bp), Some(return_address)) = (read_stack(walk, bp), read_stack(walk, bp + 8))
+    else {
         return finish(walk, walk_end::NO_TABLE);
     };
+    let record = [next_bp, return_address];
     walk.end |= walk_end::USED_FRAME_POINTERS;
     if record[1] == 0 {
         return finish(walk, walk_end::ROOT);
@@ -228,10 +294,11 @@ fn frame_pointer_step(walk: &mut Walk) -> Option<()> {
 #[inline(always)]
 fn signal_step(walk: &mut Walk) -> Option<()> {
     let sp = walk.sp;
-    let read = |offset: u64| unsafe { bpf_probe_read_user((sp + offset) as *const u64) }.ok();
-    let (Some(bp), Some(interrupted_sp), Some(pc)) =
-        (read(SIGNAL_RBP), read(SIGNAL_RSP), read(SIGNAL_RIP))
-    else {
+    let (Some(bp), Some(interrupted_sp), Some(pc)) = (
+        read_stack(walk, sp + SIGNAL_RBP),
+        read_stack(walk, sp + SIGNAL_RSP),
+        read_stack(walk, sp + SIGNAL_RIP),
+    ) else {
         return finish(walk, walk_end::READ_FAILED);
     };
     if pc == 0 || pc >= USER_ADDRESS_END {
@@ -254,40 +321,21 @@ fn finish(walk: &mut Walk, end: u64) -> Option<()> {
 /// The row for `pc` (a return address minus 1 past the first frame) in the current process.
 #[inline(always)]
 fn find_row(walk: &mut Walk, pc: u64) -> Found {
-    let Some(process) = UNWIND_PROCESSES.get_ptr_mut(walk.tgid) else {
-        // Not known yet: ask the loader once (a placeholder marks the request made).
-        if let Some(empty) = UNWIND_EMPTY.get_ptr(0) {
-            // By reference: the 4 KiB value would not fit on the 512-byte BPF stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let inserted = UNWIND_PROCESSES.insert(walk.tgid, unsafe { &*empty }, BPF_NOEXIST);
-            if inserted.is_ok() {
-                walk.request = 1;
-            }
-        }
-        return Found::NoTable;
-    };
-    let process = unsafe { &mut *process };
-    let Some(mapping) = find_mapping(process, pc) else {
-        if process.stale == 0 {
-            process.stale = 1;
-            walk.request = 1;
-        }
-        return Found::NoTable;
-    };
-    if mapping.table == NO_TABLE {
+    let cached = walk.cached.start <= pc && pc < walk.cached.end;
+    if !cached && !cache_mapping(walk, pc) {
         return Found::NoTable;
     }
-    let bias = mapping.bias;
-    let Some(table) = UNWIND_TABLES.get(mapping.table) else {
+    let mapping = walk.cached;
+    if mapping.no_table != 0 {
         return Found::NoTable;
-    };
-    let address = pc.wrapping_sub(bias);
-    let offset = address.wrapping_sub(table.base);
+    }
+    let address = pc.wrapping_sub(mapping.bias);
+    let offset = address.wrapping_sub(mapping.table_base);
     let page = offset >> PAGE_SHIFT;
-    if address < table.base || page >= table.pages as u64 {
+    if address < mapping.table_base || page >= mapping.pages as u64 {
         return Found::Row(UnwindRow::default());
     }
-    let first_page = table.first_page + page as u32;
+    let first_page = mapping.first_page + page as u32;
     let (Some(&low), Some(&high)) = (
         UNWIND_PAGES.get(first_page),
         UNWIND_PAGES.get(first_page + 1),
@@ -297,7 +345,7 @@ fn find_row(walk: &mut Walk, pc: u64) -> Found {
     let (low, high) = (low as u32, high as u32);
     // The last row at or below `offset`, among rows low..=high.
     let offset = offset as u32;
-    let first_row = table.first_row;
+    let first_row = mapping.first_row;
     let (mut low, mut high) = (low, high + 1);
     for _ in 0..ROW_STEPS {
         if high - low <= 1 {
@@ -314,6 +362,48 @@ fn find_row(walk: &mut Walk, pc: u64) -> Found {
         Some(row) if row.pc <= offset => Found::Row(*row),
         _ => Found::Row(UnwindRow::default()),
     }
+}
+
+/// Finds the process's mapping that holds `pc` and its table, into `walk.cached`; false when
+/// the process or the mapping is not known (then asks the loader, once).
+#[inline(always)]
+fn cache_mapping(walk: &mut Walk, pc: u64) -> bool {
+    let Some(process) = UNWIND_PROCESSES.get_ptr_mut(walk.tgid) else {
+        // Not known yet: ask the loader once (a placeholder marks the request made).
+        if let Some(empty) = UNWIND_EMPTY.get_ptr(0) {
+            // By reference: the 4 KiB value would not fit on the 512-byte BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let inserted = UNWIND_PROCESSES.insert(walk.tgid, unsafe { &*empty }, BPF_NOEXIST);
+            if inserted.is_ok() {
+                walk.request = 1;
+            }
+        }
+        return false;
+    };
+    let process = unsafe { &mut *process };
+    let Some(mapping) = find_mapping(process, pc) else {
+        if process.stale == 0 {
+            process.stale = 1;
+            walk.request = 1;
+        }
+        return false;
+    };
+    let mut cached = CachedMapping {
+        start: mapping.start,
+        end: mapping.end,
+        bias: mapping.bias,
+        no_table: 1,
+        ..NO_MAPPING
+    };
+    if let Some(table) = UNWIND_TABLES.get(mapping.table) {
+        cached.table_base = table.base;
+        cached.first_row = table.first_row;
+        cached.first_page = table.first_page;
+        cached.pages = table.pages;
+        cached.no_table = 0;
+    }
+    walk.cached = cached;
+    true
 }
 
 /// The mapping holding `pc`.

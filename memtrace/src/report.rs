@@ -65,6 +65,27 @@ impl Frame {
         }
     }
 
+    /// The last frame of a user stack whose table walk ended early, saying why (None for a
+    /// whole stack, or one walked by frame pointers): stacks show it in every format, as
+    /// perf shows `[unknown]`.
+    pub fn stack_end(end: u64) -> Option<Frame> {
+        use memtrace_common::unwind::walk_end;
+        let why = match end & 0xff {
+            walk_end::NO_TABLE => "[stack ends: code with no unwind table]",
+            walk_end::INVALID => "[stack ends: unwind rule not followed]",
+            walk_end::READ_FAILED => "[stack ends: stack unreadable]",
+            walk_end::TRUNCATED => "[stack ends: 127-frame limit]",
+            _ => return None,
+        };
+        Some(Frame {
+            address: 0,
+            function: Some(why.to_owned()),
+            offset: 0,
+            module: None,
+            mapping: None,
+        })
+    }
+
     /// The frame as tables show it: `function+0xoff (module)`, or the name above.
     pub fn line(&self) -> String {
         match (&self.function, &self.module) {

@@ -2,7 +2,9 @@
 //! page allocation counts per process, the stack tables; and dropping what is no longer needed.
 use anyhow::Result;
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
-use memtrace_common::{counter, PageCount, PageCountCache, PageKey, SwapCounts, UserStack};
+use memtrace_common::{
+    counter, unwind::EXACT_PC, PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
+};
 
 use super::tracer::{cpu_list_error, Tracer};
 
@@ -172,21 +174,35 @@ impl Tracer {
     }
 }
 
-/// Frames of user stack `key` (innermost first), or none for key 0.
-pub fn user_stack_frames(stacks: &HashMap<&MapData, u64, UserStack>, key: u64) -> Vec<u64> {
+/// A user stack as recorded: its frames' addresses (innermost first), which of them are
+/// return addresses (all but the first, and those the walk marked `EXACT_PC`: a signal's
+/// interrupted code and its trampoline), and how the walk ended (`walk_end`; 0 for none).
+#[derive(Debug, Default)]
+pub struct RecordedStack {
+    pub addrs: Vec<u64>,
+    pub returns: Vec<bool>,
+    pub end: u64,
+}
+
+/// User stack `key`, empty for key 0.
+pub fn user_stack(stacks: &HashMap<&MapData, u64, UserStack>, key: u64) -> RecordedStack {
     if key == 0 {
-        return Vec::new();
+        return RecordedStack::default();
     }
     match stacks.get(&key, 0) {
-        Ok(stack) => stack
-            .frames
-            .iter()
-            .copied()
-            .take_while(|&ip| ip != 0)
-            .collect(),
+        Ok(stack) => {
+            let frames = stack.frames.iter().take_while(|&&ip| ip != 0);
+            RecordedStack {
+                addrs: frames.clone().map(|&ip| ip & !EXACT_PC).collect(),
+                returns: (frames.enumerate())
+                    .map(|(i, &ip)| i > 0 && ip & EXACT_PC == 0)
+                    .collect(),
+                end: stack.end,
+            }
+        }
         Err(err) => {
             log::debug!("user stack {key:#x} unreadable: {err}");
-            Vec::new()
+            RecordedStack::default()
         }
     }
 }

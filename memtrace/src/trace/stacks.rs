@@ -120,12 +120,12 @@ impl<'a> StackTables<'a> {
         symbolizer: &mut Symbolizer,
         maps: &MapsCache,
     ) -> (Vec<Frame>, Vec<Frame>) {
-        let user = tables::user_stack_frames(&self.user, key.user_stack);
+        let stack = tables::user_stack(&self.user, key.user_stack);
         let kernel = tables::stack_frames(&self.kernel, key.kernel_stack_id);
-        (
-            symbolizer.user_frames(maps, key.tgid, key.generation, &user),
-            symbolizer.kernel_frames(&kernel),
-        )
+        let mut user =
+            symbolizer.user_frames(maps, key.tgid, key.generation, &stack.addrs, &stack.returns);
+        user.extend(Frame::stack_end(stack.end));
+        (user, symbolizer.kernel_frames(&kernel))
     }
 
     /// `frames`, for a process memtrace may never have read (an always-on tracer learns of
@@ -137,13 +137,13 @@ impl<'a> StackTables<'a> {
         symbolizer: &mut Symbolizer,
         maps: &mut MapsCache,
     ) -> (Vec<Frame>, Vec<Frame>) {
-        let user = tables::user_stack_frames(&self.user, key.user_stack);
-        maps.cover(key.tgid, key.generation, &user);
+        let stack = tables::user_stack(&self.user, key.user_stack);
+        maps.cover(key.tgid, key.generation, &stack.addrs);
         let kernel = tables::stack_frames(&self.kernel, key.kernel_stack_id);
-        (
-            symbolizer.user_frames(maps, key.tgid, key.generation, &user),
-            symbolizer.kernel_frames(&kernel),
-        )
+        let mut user =
+            symbolizer.user_frames(maps, key.tgid, key.generation, &stack.addrs, &stack.returns);
+        user.extend(Frame::stack_end(stack.end));
+        (user, symbolizer.kernel_frames(&kernel))
     }
 }
 

@@ -70,18 +70,23 @@ impl Symbolizer {
 
     /// Frames for user addresses of `pid` in its address space `generation` (see
     /// `MapsCache::exec`), in the order given, resolved through the snapshot in `maps` (no
-    /// refresh: capture before the process exits). Addresses are symbolized as given (return
-    /// addresses are not adjusted).
+    /// refresh: capture before the process exits). A return address (`returns[i]`; missing
+    /// entries are not) is symbolized at the byte before it, inside the call, as perf and
+    /// debuggers do: a call that ends its function returns into the next one.
     pub fn user_frames(
         &mut self,
         maps: &MapsCache,
         pid: u32,
         generation: u32,
         addrs: &[u64],
+        returns: &[bool],
     ) -> Vec<Frame> {
+        let lookups: Vec<u64> = (addrs.iter().enumerate())
+            .map(|(i, &addr)| addr - u64::from(returns.get(i) == Some(&true) && addr > 0))
+            .collect();
         // Gather what is not cached yet, one batch per file.
         let mut batches: HashMap<PathBuf, (FileId, String, Vec<u64>)> = HashMap::new();
-        for &addr in addrs {
+        for &addr in &lookups {
             let Some(m) = maps.lookup_in(pid, generation, addr) else {
                 continue;
             };
@@ -109,17 +114,20 @@ impl Symbolizer {
             }
         }
 
-        addrs
-            .iter()
-            .map(|&addr| {
-                let Some(m) = maps.lookup_in(pid, generation, addr) else {
+        (addrs.iter().zip(&lookups))
+            .map(|(&addr, &lookup)| {
+                let Some(m) = maps.lookup_in(pid, generation, lookup) else {
                     return Resolved::default().frame(addr);
                 };
                 let cached = m
                     .file_id()
-                    .and_then(|id| self.user.get(&(id, m.file_offset(addr))));
+                    .and_then(|id| self.user.get(&(id, m.file_offset(lookup))));
                 let mut frame = match cached {
-                    Some(r) if r.function.is_some() => r.frame(addr),
+                    Some(r) if r.function.is_some() => {
+                        let mut frame = r.frame(addr);
+                        frame.offset += addr - lookup;
+                        frame
+                    }
                     // No symbol covers it, or vdso, anonymous (JIT) code, a file we could not
                     // keep open: where it is in its module.
                     _ => Resolved {
@@ -245,7 +253,7 @@ mod tests {
         let (maps, pid) = own_maps();
         let addr = known_function_for_symbolization as *const () as u64;
         let mut symbolizer = Symbolizer::new();
-        let frames = symbolizer.user_frames(&maps, pid, 0, &[addr, addr + 1, addr]);
+        let frames = symbolizer.user_frames(&maps, pid, 0, &[addr, addr + 1, addr], &[]);
         let name = frames[0].function.as_deref().unwrap_or_default();
         assert!(
             name.contains("known_function_for_symbolization"),
@@ -274,7 +282,7 @@ mod tests {
     fn libc_function_and_unmapped() {
         let (maps, pid) = own_maps();
         let addr = libc::malloc as *const () as u64;
-        let frames = Symbolizer::new().user_frames(&maps, pid, 0, &[addr, 0x10]);
+        let frames = Symbolizer::new().user_frames(&maps, pid, 0, &[addr, 0x10], &[]);
         let name = frames[0].function.as_deref().unwrap_or_default();
         assert!(name.contains("malloc"), "{:?}", frames[0]);
         assert!(
@@ -346,7 +354,7 @@ mod tests {
         child.wait().unwrap();
         assert!(!maps.capture(pid));
 
-        let frames = Symbolizer::new().user_frames(&maps, pid, 0, &[child_malloc, sleep_code]);
+        let frames = Symbolizer::new().user_frames(&maps, pid, 0, &[child_malloc, sleep_code], &[]);
         let name = frames[0].function.as_deref().unwrap_or_default();
         assert!(name.contains("malloc"), "{:?}", frames[0]);
         assert!(frames[0]
