@@ -144,4 +144,24 @@ mod tests {
         assert_eq!(share_reaching_root(&chains, &aliases), 5.0 / 9.0);
         assert!(describe(&chains, 1).contains("touch <- raise <- _start"));
     }
+
+    /// memtrace names glibc's functions as their DWARF says (blazesym), perf as the symbol
+    /// table's global symbol does: one function each time.
+    #[test]
+    fn libc_functions_are_known_by_their_debug_names() {
+        let aliases = Aliases::of(&[LIBC]);
+        for (dwarf, symbol) in [
+            ("__libc_start_main_impl", "__libc_start_main"),
+            ("__GI_raise", "raise"),
+            ("__GI_madvise", "__madvise"),
+            ("__GI_madvise", "madvise"),
+            (
+                "__memcpy_avx_unaligned_erms",
+                "__memmove_avx_unaligned_erms",
+            ),
+        ] {
+            assert!(aliases.same(dwarf, symbol), "{dwarf} {symbol}");
+        }
+        assert!(!aliases.same("raise", "malloc"));
+    }
 }
