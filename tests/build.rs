@@ -120,13 +120,22 @@ fn unwind_fixtures(src_dir: &Path, out_dir: &Path) {
         link,
     );
 
-    // cargo build --release's level; Rust's defaults: no frame pointers, unwind tables.
+    // What cargo build --release does: opt-level 3, std's debug info stripped (the symbol
+    // table kept); and Rust's defaults: no frame pointers, unwind tables.
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let dest = out_dir.join("unwind_rust");
     let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
     let mut command = Command::new(&rustc);
     command
-        .args(["--edition", "2021", "-C", "opt-level=3", "-o"])
+        .args([
+            "--edition",
+            "2021",
+            "-C",
+            "opt-level=3",
+            "-C",
+            "strip=debuginfo",
+        ])
+        .arg("-o")
         .arg(&tmp)
         .arg(&rust_src);
     run(&mut command, &rust_src);
