@@ -504,6 +504,19 @@ fn frame_pointer_walk_stops_at_the_first_frame() {
     }
 }
 
+/// Every stack row of a faults report (run with a `--top` above their number).
+fn all_stack_rows(report: &Value) -> Vec<&Value> {
+    let rows: Vec<&Value> = report["stacks"].as_array().unwrap().iter().collect();
+    let total = traced::u64_of(report, "stacks_total");
+    assert_eq!(
+        rows.len() as u64,
+        total,
+        "the report holds {} of {total} stack rows",
+        rows.len()
+    );
+    rows
+}
+
 /// Debian's python3 (no frame pointers, libpython linked in), not a python3 earlier on PATH.
 const PYTHON: &str = "/usr/bin/python3";
 /// Touches fresh pages from the interpreter loop, fills bytearrays (memset), and grows
@@ -542,7 +555,7 @@ fn python_fault_stacks_reach_the_root() {
     );
     assert_eq!(run.code(), 0, "{}", run.describe());
     let aliases = Aliases::of(&[PYTHON, LIBC]);
-    let rows: Vec<&Value> = report["stacks"].as_array().unwrap().iter().collect();
+    let rows = all_stack_rows(&report);
     let found = chains::weigh_chains(&rows, "count");
     let faults: u64 = found.iter().map(|(_, n)| n).sum();
     assert!(faults >= 4096, "{faults} faults\n{}", run.describe());
@@ -616,10 +629,8 @@ fn redis_stacks_agree_with_perf() {
     let samples = perf.stop();
     let (run, report) = tracer.stop();
 
-    let rows: Vec<&Value> = report["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let rows: Vec<&Value> = all_stack_rows(&report)
+        .into_iter()
         .filter(|r| r["pid"].as_u64() == Some(u64::from(pid)))
         // As perf's: faults without a user stack (none expected here) are no chain.
         .filter(|r| !chains::frames(r).is_empty())
