@@ -1,8 +1,11 @@
 //! Compiles the C workloads in `workloads/` with gcc into `<workspace target>/workloads/`,
-//! a folder that does not depend on the profile, and tells the crate where it is.
+//! a folder that does not depend on the profile, and tells the crate where it is. The
+//! unwinding fixtures are built as release builds are, without frame pointers: `unwind_chain`
+//! (C, calling `libunwind_lib.so`) and `unwind_rust` (Rust, with this crate's rustc).
 
 use std::{
     env,
+    ffi::{OsStr, OsString},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -30,18 +33,26 @@ const ALLOCATOR_BUILDS: &[(&str, &str)] = &[
     ("malloc_leak_mimalloc", "libmimalloc.so.2"),
 ];
 const LIBRARY_DIR: &str = "/usr/lib/x86_64-linux-gnu";
+
 /// Built as distributions build programs: -O2 without frame pointers, so only .eh_frame tells
 /// a caller (`cargo xtask bench unwind`). (name, source in workloads/)
 const NO_FRAME_POINTER_BUILDS: &[(&str, &str)] = &[
     ("unwind_storm", "unwind_storm"),
     ("malloc_leak_nofp", "malloc_leak"),
 ];
-/// The default workloads' code generation.
-/// -O0: gcc 12 drops the frame of small leaf functions at -O1 even with
-/// -fno-omit-frame-pointer, which would hide their callers from frame-pointer stacks.
+
+/// The C workloads' flags: -O0: gcc 12 drops the frame of small leaf functions at -O1 even
+/// with -fno-omit-frame-pointer, which would hide their callers from frame-pointer stacks.
 /// The loops are dominated by the cost of the faults they cause, not by codegen.
-const FRAME_POINTERS: &[&str] = &["-O0", "-g", "-fno-omit-frame-pointer"];
-const NO_FRAME_POINTERS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
+const FRAME_POINTER_FLAGS: &[&str] = &["-O0", "-g", "-fno-omit-frame-pointer"];
+/// The unwinding fixtures' flags, a distribution's: optimized, no frame pointers, unwind
+/// tables for every instruction (.eh_frame).
+const RELEASE_FLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-fomit-frame-pointer",
+    "-fasynchronous-unwind-tables",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -68,12 +79,12 @@ fn main() {
     for name in WORKLOADS {
         let src = manifest_dir.join(format!("workloads/{name}.c"));
         println!("cargo:rerun-if-changed={}", src.display());
-        compile(&src, &out_dir.join(name), FRAME_POINTERS, &[]);
+        compile(&src, &out_dir.join(name), FRAME_POINTER_FLAGS, &[]);
     }
     for (name, source) in NO_FRAME_POINTER_BUILDS {
         let src = manifest_dir.join(format!("workloads/{source}.c"));
         println!("cargo:rerun-if-changed={}", src.display());
-        compile(&src, &out_dir.join(name), NO_FRAME_POINTERS, &[]);
+        compile(&src, &out_dir.join(name), RELEASE_FLAGS, &[]);
     }
     let leak = manifest_dir.join("workloads/malloc_leak.c");
     for (name, library) in ALLOCATOR_BUILDS {
@@ -82,29 +93,93 @@ fn main() {
             compile(
                 &leak,
                 &out_dir.join(name),
-                FRAME_POINTERS,
+                FRAME_POINTER_FLAGS,
                 &[library.as_os_str()],
             );
         } else {
             println!("cargo:warning={name} not built: no {}", library.display());
         }
     }
+    unwind_fixtures(&manifest_dir.join("workloads"), &out_dir);
 }
 
-fn compile(src: &Path, dest: &Path, codegen: &[&str], libraries: &[&std::ffi::OsStr]) {
+/// `libunwind_lib.so`, `unwind_chain` (which calls it through the PLT and finds it next to
+/// itself) and `unwind_rust`.
+fn unwind_fixtures(src_dir: &Path, out_dir: &Path) {
+    let lib_src = src_dir.join("unwind_lib.c");
+    let chain_src = src_dir.join("unwind_chain.c");
+    let rust_src = src_dir.join("unwind_rust.rs");
+    for src in [&lib_src, &chain_src, &rust_src] {
+        println!("cargo:rerun-if-changed={}", src.display());
+    }
+    let pic: &[&OsStr] = &["-shared".as_ref(), "-fPIC".as_ref()];
+    compile(
+        &lib_src,
+        &out_dir.join("libunwind_lib.so"),
+        RELEASE_FLAGS,
+        pic,
+    );
+    let search = OsString::from(format!("-L{}", out_dir.display()));
+    let link: &[&OsStr] = &[
+        &search,
+        "-lunwind_lib".as_ref(),
+        "-Wl,-rpath,$ORIGIN".as_ref(),
+    ];
+    compile(
+        &chain_src,
+        &out_dir.join("unwind_chain"),
+        RELEASE_FLAGS,
+        link,
+    );
+
+    // What cargo build --release does: opt-level 3, std's debug info stripped (the symbol
+    // table kept); and Rust's defaults: no frame pointers, unwind tables.
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let dest = out_dir.join("unwind_rust");
+    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+    let mut command = Command::new(&rustc);
+    command
+        .args([
+            "--edition",
+            "2021",
+            "-C",
+            "opt-level=3",
+            "-C",
+            "strip=debuginfo",
+        ])
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&rust_src);
+    run(&mut command, &rust_src);
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// gcc `flags` on `src`, then `extra` (libraries, linker flags), into `dest`.
+fn compile(src: &Path, dest: &Path, flags: &[&str], extra: &[&OsStr]) {
     // Build under a unique name, then rename: debug and release builds may run at once.
     let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
-    let output = Command::new("gcc")
-        .args(codegen)
+    let mut command = Command::new("gcc");
+    command
+        .args(flags)
         .args(["-Wall", "-pthread", "-o"])
         .arg(&tmp)
         .arg(src)
-        .args(libraries)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run gcc ({e}): install it (`cargo xtask setup`)"));
+        .args(extra);
+    run(&mut command, src);
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// Runs a compiler on `src`, its messages shown as cargo warnings; panics if it fails.
+fn run(command: &mut Command, src: &Path) {
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("cannot run {command:?} ({e}): install it (`cargo xtask setup`)")
+    });
     for line in String::from_utf8_lossy(&output.stderr).lines() {
         println!("cargo:warning={line}");
     }
-    assert!(output.status.success(), "gcc failed on {}", src.display());
-    std::fs::rename(&tmp, dest).unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed on {}",
+        src.display()
+    );
 }

@@ -4,6 +4,8 @@
 //! Tests panic with context rather than return `Result`.
 
 pub mod cgroup2;
+pub mod chains;
+pub mod perf_script;
 pub mod postgres;
 pub mod pprof_raw;
 pub mod readelf;

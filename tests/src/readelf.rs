@@ -1,5 +1,6 @@
-//! An ELF file as binutils' `readelf` reads it (its build id, loadable segments and function
-//! symbols): the oracle for the mappings and names memtrace puts in profiles.
+//! An ELF file as binutils' `readelf` reads it (its build id, loadable segments, function
+//! symbols and unwind tables): the oracle for the mappings and names memtrace puts in profiles,
+//! and for how the unwinding fixtures were compiled.
 use std::{path::Path, process::Command};
 
 pub struct ElfView {
@@ -100,6 +101,110 @@ impl ElfView {
             .map(|(.., name)| name.as_str())
             .collect()
     }
+
+    /// The function symbols: (address, size, name without its version).
+    pub fn functions(&self) -> impl Iterator<Item = (u64, u64, &str)> {
+        self.functions
+            .iter()
+            .map(|(start, len, name)| (*start, *len, name.as_str()))
+    }
+
+    /// Every name of the function called `name`: the names of the function symbols at its
+    /// address (a C library's `raise`, `gsignal` and `__GI_raise`; `__libc_start_main` and
+    /// `__libc_start_main_impl`). Empty when no function symbol has that name.
+    pub fn aliases(&self, name: &str) -> Vec<&str> {
+        let starts: Vec<u64> = self
+            .functions
+            .iter()
+            .filter(|(.., n)| n == name)
+            .map(|(start, ..)| *start)
+            .collect();
+        let mut names: Vec<&str> = self
+            .functions
+            .iter()
+            .filter(|(start, ..)| starts.contains(start))
+            .map(|(.., n)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// An FDE of .eh_frame: the code it covers and the CFA rule of each of its rows (`rsp+8`,
+/// `rbp+16`, `exp` for an expression), as `readelf -wF` interprets them.
+#[derive(Debug)]
+pub struct Fde {
+    pub start: u64,
+    pub end: u64,
+    pub cfa: Vec<String>,
+}
+
+/// A CIE or an FDE as `readelf -wF` lists it.
+struct FrameEntry {
+    offset: String,
+    /// An FDE's CIE (by offset); None for a CIE.
+    cie: Option<String>,
+    range: Option<(u64, u64)>,
+    cfa: Vec<String>,
+}
+
+/// The FDEs of `path`'s .eh_frame. An FDE that changes nothing (a leaf using no stack) has
+/// its CIE's initial rows.
+pub fn fdes(path: &Path) -> Vec<Fde> {
+    let mut entries: Vec<FrameEntry> = Vec::new();
+    for line in readelf(&["-wF"], path).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 4 && matches!(fields[3], "FDE" | "CIE") {
+            // `00000018 0000000000000014 0000001c FDE cie=00000000 pc=0000000000001630..0000000000001652`
+            // `00000000 0000000000000014 00000000 CIE "zR" cf=1 df=-8 ra=16`
+            let cie = fields.iter().find_map(|f| f.strip_prefix("cie="));
+            let range = fields.iter().find_map(|f| f.strip_prefix("pc="));
+            let range = range
+                .and_then(|r| r.split_once(".."))
+                .and_then(|(start, end)| Some((hex(start)?, hex(end)?)));
+            entries.push(FrameEntry {
+                offset: fields[0].to_owned(),
+                cie: cie.map(str::to_owned),
+                range,
+                cfa: Vec::new(),
+            });
+            continue;
+        }
+        // `0000000000001940 rsp+8    u     u     c-8` (16 digits: not the 8 of `00000224 ZERO
+        // terminator`); the column header starts with `LOC`.
+        if let ([location, cfa, ..], Some(entry)) = (fields.as_slice(), entries.last_mut()) {
+            if location.len() == 16 && hex(location).is_some() {
+                entry.cfa.push((*cfa).to_owned());
+            }
+        }
+    }
+    let initial_rows = |cie: &str| {
+        entries
+            .iter()
+            .find(|e| e.cie.is_none() && e.offset == cie)
+            .map(|e| e.cfa.clone())
+            .unwrap_or_default()
+    };
+    entries
+        .iter()
+        .filter_map(|e| {
+            let ((start, end), cie) = (e.range?, e.cie.as_deref()?);
+            let cfa = match e.cfa.is_empty() {
+                true => initial_rows(cie),
+                false => e.cfa.clone(),
+            };
+            Some(Fde { start, end, cfa })
+        })
+        .collect()
+}
+
+/// The CFA rules of the rows covering `start..end` (a function's).
+pub fn cfa_rules_of(fdes: &[Fde], start: u64, end: u64) -> Vec<&str> {
+    fdes.iter()
+        .filter(|f| f.start < end && start < f.end)
+        .flat_map(|f| f.cfa.iter().map(String::as_str))
+        .collect()
 }
 
 #[cfg(test)]
@@ -126,5 +231,32 @@ mod tests {
         let file_offset = start - vaddr + offset;
         assert_eq!(elf.address_of(file_offset), Some(start));
         assert_eq!(elf.functions_at(file_offset + 1), ["touch_pages"]);
+    }
+
+    #[test]
+    fn names_a_functions_aliases() {
+        let libc = Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6");
+        let elf = ElfView::read(libc);
+        let names = elf.aliases("raise");
+        assert!(
+            names.contains(&"raise") && names.contains(&"gsignal"),
+            "{names:?}"
+        );
+        assert!(elf.aliases("no such function").is_empty());
+    }
+
+    #[test]
+    fn reads_cfa_rules() {
+        // Built with frame pointers: after the prologue, the CFA is rbp-based.
+        let path = crate::workload("fault_touch");
+        let elf = ElfView::read(&path);
+        let (start, len, _) = elf
+            .functions()
+            .find(|(.., name)| *name == "touch_pages")
+            .unwrap();
+        let fdes = fdes(&path);
+        let rules = cfa_rules_of(&fdes, start, start + len);
+        assert_eq!(rules.first(), Some(&"rsp+8"), "{rules:?}");
+        assert!(rules.contains(&"rbp+16"), "{rules:?}");
     }
 }

@@ -53,6 +53,11 @@ impl Redis {
         self.child.id()
     }
 
+    /// The loopback port it listens on (for redis-benchmark).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis-cli -p PORT ARGS`'s answer; panics when it fails.
     pub fn cli(&self, args: &[&str]) -> String {
         self.try_cli(args)

@@ -1,8 +1,10 @@
 //! A command traced by memtrace with a JSON report: the run, the report, and the workload's own
 //! figures (its last stdout line), with what a failing assertion should show.
+use std::path::PathBuf;
+
 use serde_json::Value;
 
-use crate::{memtrace, parse_report, Report, Run, TempDir};
+use crate::{memtrace, parse_report, spawn_memtrace, Background, Report, Run, TempDir, Waiting};
 
 pub struct Traced {
     pub run: Run,
@@ -70,4 +72,62 @@ pub fn u64_of(value: &Value, key: &str) -> u64 {
     value[key]
         .as_u64()
         .unwrap_or_else(|| panic!("no number {key:?} in {value}"))
+}
+
+/// `memtrace <subcommand> --format json --output FILE <extra>` in the background (a `--pid`
+/// target, or the whole system), attached once [`JsonTracer::start`] returns.
+pub struct JsonTracer {
+    tracer: Background,
+    out: PathBuf,
+    _dir: TempDir,
+}
+
+impl JsonTracer {
+    pub fn start(subcommand: &str, extra: &[&str]) -> Self {
+        let dir = TempDir::new(subcommand);
+        let out = dir.join("report.json");
+        let mut argv = vec![
+            subcommand,
+            "--format",
+            "json",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(extra);
+        let mut tracer = spawn_memtrace(&argv);
+        tracer.wait_attached();
+        Self {
+            tracer,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Stops memtrace with SIGINT; its run (which must have succeeded) and its report.
+    pub fn stop(self) -> (Run, Value) {
+        self.tracer.signal(libc::SIGINT);
+        let run = self.tracer.wait();
+        assert_eq!(run.code(), 0, "memtrace after SIGINT\n{}", run.describe());
+        let text = std::fs::read_to_string(&self.out)
+            .unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
+        let report = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
+        (run, report)
+    }
+}
+
+/// `memtrace <subcommand> --pid PID <extra>` on the waiting workload `w`: attaches, releases
+/// the workload, stops memtrace once the workload reported (it lingers, alive).
+pub fn trace_running(subcommand: &str, extra: &[&str], w: &mut Waiting) -> Traced {
+    let pid = w.pid.to_string();
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(extra);
+    let tracer = JsonTracer::start(subcommand, &args);
+    let workload = w.go();
+    let (run, report) = tracer.stop();
+    Traced {
+        run,
+        report,
+        workload,
+    }
 }

@@ -77,3 +77,25 @@ fn report_parsing_takes_the_json_line() {
     assert_eq!(r.pids("children"), [8, 9]);
     assert!(parse_report("ready 7\n").is_err());
 }
+
+#[test]
+fn unwind_chain_reports_each_mode() {
+    for mode in ["faults", "pages", "malloc", "thread", "signal"] {
+        let r = run_workload("unwind_chain", &[mode, "300"]);
+        assert_eq!(r.extra["mode"], mode, "{r:?}");
+        assert_eq!(r.u64("count"), 300, "{r:?}");
+        // Touching faults each page, and so does populating (pages) as getrusage counts;
+        // leaking (malloc) 300 blocks of 1000 bytes faults fewer pages.
+        assert_eq!(r.phase_minflt >= 300, mode != "malloc", "{r:?}");
+        assert_eq!(r.u64("handled"), u64::from(mode == "signal"), "{r:?}");
+        assert_eq!(r.u64("tid") != u64::from(r.pid), mode == "thread", "{r:?}");
+    }
+}
+
+#[test]
+fn unwind_rust_reports_its_faults() {
+    let r = run_workload("unwind_rust", &["faults", "300"]);
+    assert!(r.phase_minflt >= 300 && r.phase_minflt < 300 + 50, "{r:?}");
+    let r = run_workload("unwind_rust", &["malloc", "300"]);
+    assert_eq!(r.u64("count"), 300, "{r:?}");
+}

@@ -52,6 +52,9 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("postgresql", &["pgbench", "--version"]),
     ("stress-ng", &["stress-ng", "--version"]),
     ("python3", &["python3", "--version"]),
+    // The C library's local symbols (`__libc_start_call_main`, `start_thread`, `clone3`):
+    // the unwinding tests name whole stacks down to them, as perf and gdb do.
+    ("libc6-dbg", &["test", "-d", "/usr/lib/debug/.build-id"]),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TRACEFS: &str = "/sys/kernel/tracing";
