@@ -174,12 +174,16 @@ fn assert_unwound(t: &Traced, mode: &str, walks: u64) {
     }
 }
 
+/// Traced by pid, as `memtrace faults --pid $(pidof server)` is: the fixture does all its work
+/// within milliseconds of starting, faster than memtrace can list the libraries a command's
+/// loader maps (a walk meeting one first ends there, as the README says).
 fn trace_c(subcommand: &str, extra: &[&str], mode: &str) -> Traced {
-    let path = unwind_chain();
     let count = COUNT.to_string();
     let mut args = vec!["--top", "1000"];
     args.extend_from_slice(extra);
-    let t = traced::trace(subcommand, &args, &[path.to_str().unwrap(), mode, &count]);
+    let mut w = spawn_waiting("unwind_chain", &[mode, &count]);
+    let t = traced::trace_running(subcommand, &args, &mut w);
+    w.finish();
     assert_eq!(t.run.code(), 0, "{}", t.context());
     assert_eq!(
         traced::u64_of(&t.report, "lost_events"),
@@ -414,11 +418,13 @@ fn signal_handler_stacks_go_through_the_signal_frame() {
 /// A Rust release binary: `touch_pages` (faults) or `leak_blocks` (malloc) down through its
 /// own chain, std's start and libc's.
 fn rust_case(subcommand: &str, extra: &[&str], mode: &str, key: &str, weight: &str) -> u64 {
-    let path = workload("unwind_rust");
     let count = COUNT.to_string();
     let mut args = vec!["--top", "1000"];
     args.extend_from_slice(extra);
-    let t = traced::trace(subcommand, &args, &[path.to_str().unwrap(), mode, &count]);
+    // By pid, as the C fixture (see trace_c).
+    let mut w = spawn_waiting("unwind_rust", &[mode, &count]);
+    let t = traced::trace_running(subcommand, &args, &mut w);
+    w.finish();
     assert_eq!(t.run.code(), 0, "{}", t.context());
     let aliases = rust_aliases();
     let leaf = match mode {

@@ -1,6 +1,8 @@
 //! The one ring-buffer reader every subcommand uses: waits for the kernel's (batched) wake-up
 //! or the caller's timer, decodes each record once, applies what it says of processes (forks,
 //! execs, names, executable mappings that came in meanwhile), and hands it to the consumer.
+use std::os::fd::OwnedFd;
+
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -10,7 +12,7 @@ use memtrace_common::EventKind;
 use crate::{
     trace::{
         consumer::Consumer,
-        mapping_records::{MappingRecords, MmapRecord},
+        mapping_records::{drain_epoll, MappingRecords, MmapRecord},
         processes::Processes,
         records::Record,
     },
@@ -20,6 +22,8 @@ use crate::{
 pub struct Drain {
     ring: AsyncFd<RingBuf<MapData>>,
     mappings: Option<MappingRecords>,
+    /// Readable when a command's mapping records wait (see `MappingRecords::take_wake_fd`).
+    mappings_waiting: Option<AsyncFd<OwnedFd>>,
     /// Gives the stack walk each process's unwind tables when it asks (None: `--unwind fp`,
     /// or no user stacks).
     pub unwinder: Option<Unwinder>,
@@ -38,9 +42,17 @@ impl Drain {
         // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd stays open
         // for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+        let mut mappings = mappings;
+        // SAFETY: the epoll fd is owned by the AsyncFd, so it stays open while registered.
+        let mappings_waiting = (mappings.as_mut())
+            .and_then(MappingRecords::take_wake_fd)
+            .map(|fd| unsafe { AsyncFd::register(fd) })
+            .transpose()
+            .map_err(std::io::Error::from)?;
         Ok(Self {
             ring,
             mappings,
+            mappings_waiting,
             unwinder,
             mappings_lost: 0,
             processes: Processes::default(),
@@ -51,10 +63,22 @@ impl Drain {
         self.mappings_lost
     }
 
-    /// Waits until the kernel signals that records are waiting.
+    /// Waits until the kernel signals that records are waiting: events, or a command's new
+    /// mappings.
     pub async fn readable(&mut self) -> Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        guard.clear_ready();
+        let Some(mappings) = self.mappings_waiting.as_ref() else {
+            let mut guard = self.ring.readable_mut().await?;
+            guard.clear_ready();
+            return Ok(());
+        };
+        tokio::select! {
+            guard = self.ring.readable_mut() => guard?.clear_ready(),
+            guard = mappings.readable() => {
+                let mut guard = guard?;
+                drain_epoll(guard.get_inner());
+                guard.clear_ready();
+            }
+        }
         Ok(())
     }
 

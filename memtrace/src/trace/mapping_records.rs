@@ -61,6 +61,7 @@ const ATTR_COMM: u64 = 1 << 9;
 const ATTR_SAMPLE_ID_ALL: u64 = 1 << 18;
 const ATTR_MMAP2: u64 = 1 << 23;
 const ATTR_COMM_EXEC: u64 = 1 << 24;
+const ATTR_WATERMARK: u64 = 1 << 14;
 const ATTR_USE_CLOCKID: u64 = 1 << 25;
 
 const PERF_RECORD_LOST: u32 = 2;
@@ -123,10 +124,16 @@ const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == PERF_ATTR_SIZE_VER
 fn dummy_attr(inherit: bool) -> PerfEventAttr {
     let mut flags =
         ATTR_MMAP | ATTR_MMAP2 | ATTR_COMM | ATTR_COMM_EXEC | ATTR_SAMPLE_ID_ALL | ATTR_USE_CLOCKID;
+    // A command's records wake the reader at once (a watermark of one byte): its mappings'
+    // unwind tables must be given before its code runs. The whole system's do not (they
+    // would wake it at every mapping on the machine).
+    let mut wakeup_watermark = 0;
     if inherit {
-        flags |= ATTR_INHERIT;
+        flags |= ATTR_INHERIT | ATTR_WATERMARK;
+        wakeup_watermark = 1;
     }
     PerfEventAttr {
+        wakeup_events: wakeup_watermark,
         kind: PERF_TYPE_SOFTWARE,
         size: PERF_ATTR_SIZE_VER8,
         config: PERF_COUNT_SW_DUMMY,
@@ -142,6 +149,8 @@ pub struct MappingRecords {
     buffers: Vec<RingBuffer>,
     /// Every event, including those whose output goes to another event's buffer.
     _events: Vec<OwnedFd>,
+    /// An epoll instance over the buffers, readable when records wait (a command's only).
+    wake: Option<OwnedFd>,
 }
 
 impl MappingRecords {
@@ -170,10 +179,20 @@ impl MappingRecords {
             }
             events.push(leader);
         }
+        let wake = match scope {
+            MappingScope::Process(_) => Some(epoll_over(&events)?),
+            MappingScope::System => None,
+        };
         Ok(Self {
             buffers,
             _events: events,
+            wake,
         })
+    }
+
+    /// The fd that becomes readable when records wait, for the drain to wait on (once).
+    pub fn take_wake_fd(&mut self) -> Option<OwnedFd> {
+        self.wake.take()
     }
 
     /// Every record waiting in the buffers, oldest first (merged across CPUs by timestamp),
@@ -185,6 +204,43 @@ impl MappingRecords {
         }
         deliver(events, sink)
     }
+}
+
+/// An epoll instance watching `events` for input (level-triggered: ready while records wait).
+fn epoll_over(events: &[OwnedFd]) -> Result<OwnedFd> {
+    // SAFETY: epoll_create1 returns a new fd or -1.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(io::Error::last_os_error()).context("epoll_create1");
+    }
+    // SAFETY: a fresh fd we own.
+    let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+    for event in events {
+        let mut interest = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        // SAFETY: both fds are open; the kernel copies `interest`.
+        let added = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                event.as_raw_fd(),
+                &mut interest,
+            )
+        };
+        if added < 0 {
+            return Err(io::Error::last_os_error()).context("epoll_ctl");
+        }
+    }
+    Ok(epoll)
+}
+
+/// Clears an epoll instance's ready list (its members stay ready while records wait).
+pub fn drain_epoll(epoll: &OwnedFd) {
+    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 16];
+    // SAFETY: a valid epoll fd and buffer of that many entries; no wait.
+    unsafe { libc::epoll_wait(epoll.as_raw_fd(), ready.as_mut_ptr(), ready.len() as i32, 0) };
 }
 
 /// The threads of `pid`, `pid` first. A perf event follows one thread (and what it creates

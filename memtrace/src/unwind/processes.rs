@@ -22,9 +22,11 @@ use super::{
 };
 use crate::kernel::tracer::Tracer;
 
-/// A process's maps are read again at most this often: a walk that keeps meeting code outside
-/// every mapping (a corrupt frame) must not turn into a maps read per event.
-const REREAD_INTERVAL: Duration = Duration::from_millis(100);
+/// A process's maps are read again at most this often on the walks' requests: a walk that
+/// keeps meeting code outside every mapping (a corrupt frame) must not turn into a maps read
+/// per event. Short: a program starting up maps its libraries within milliseconds, and its
+/// stacks wait for them.
+const REREAD_INTERVAL: Duration = Duration::from_millis(2);
 
 /// What the report says of the tables and the processes they served.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -43,15 +45,22 @@ pub struct UnwindFigures {
 /// address into the binary's own).
 struct Binary {
     table: u32,
-    /// (file offset, address, file size) of each loadable segment.
+    /// (file offset, address, file size) of each executable segment.
     segments: Vec<(u64, u64, u64)>,
 }
 
 impl Binary {
     fn build(image: &[u8], store: &mut TableStore) -> Result<Binary> {
         let elf = object::File::parse(image)?;
+        // Executable segments only: a read-only segment can share the code's first page, and
+        // its address is not the code's.
+        let executable = |segment: &object::Segment| {
+            matches!(segment.flags(), object::SegmentFlags::Elf { p_flags }
+                if p_flags & object::elf::PF_X != 0)
+        };
         let segments = elf
             .segments()
+            .filter(executable)
             .map(|segment| {
                 let (offset, size) = segment.file_range();
                 (offset, segment.address(), size)
@@ -62,10 +71,11 @@ impl Binary {
         Ok(Binary { table, segments })
     }
 
-    /// The load bias of a mapping of this binary at `start`, from file offset `offset`.
+    /// The load bias of a mapping of this binary at `start`, from file offset `offset` (a
+    /// segment's offset rounded down to its page: the loader maps whole pages).
     fn bias(&self, start: u64, offset: u64) -> u64 {
         let (segment_offset, address, _) = (self.segments.iter())
-            .find(|&&(at, _, size)| at <= offset && offset < at + size.max(1))
+            .find(|&&(at, _, size)| at & !0xfff <= offset && offset < at + size.max(1))
             .copied()
             .unwrap_or((0, 0, 0));
         start
@@ -122,12 +132,11 @@ impl Unwinder {
     }
 
     /// The kernel recorded a new executable mapping in `pid` (a library loaded, the dynamic
-    /// loader mapping a command's libraries): a process whose mappings were given is read
-    /// again at the next tick, before its walks meet the new code.
+    /// loader mapping a command's libraries; only a command's processes' are watched): its
+    /// maps are read again once this batch of records is handled, before its walks meet the
+    /// new code.
     pub fn on_new_mapping(&mut self, pid: u32) {
-        if self.read_at.contains_key(&pid) {
-            self.waiting.entry(pid).or_insert_with(Instant::now);
-        }
+        self.waiting.entry(pid).or_insert_with(Instant::now);
     }
 
     /// Reads the processes whose wait is over.
@@ -159,6 +168,15 @@ impl Unwinder {
             *slot = *mapping;
         }
         value.count = mappings.len().min(MAX_MAPPINGS) as u32;
+        for mapping in &mappings {
+            log::debug!(
+                "unwind: pid {pid} {:#x}-{:#x} bias {:#x} table {}",
+                mapping.start,
+                mapping.end,
+                mapping.bias,
+                mapping.table as i32
+            );
+        }
         if let Err(err) = self.processes.insert(pid, value, 0) {
             log::debug!("unwind mappings of pid {pid}: {err}");
             return;
