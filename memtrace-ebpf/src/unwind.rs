@@ -63,6 +63,10 @@ pub struct Walk {
     exact: u32,
     /// 1: the loader must read this process's mappings (see `ProcessMappings::stale`).
     request: u32,
+    /// 1: the first frame is a system call's wrapper, a leaf that made no frame (see
+    /// `UserRegs::leaf`): where it has no table, its return address is on top of the stack.
+    leaf: u32,
+    _pad: u32,
     /// The mapping the last frame was in, and its binary's table: frames of one binary
     /// follow each other, and need no lookup of the process's mappings (valid for one walk).
     cached: CachedMapping,
@@ -125,6 +129,7 @@ pub fn walk(regs: &UserRegs, tgid: u32) -> (u64, bool) {
     walk.depth = 0;
     walk.exact = 1;
     walk.request = 0;
+    walk.leaf = u32::from(regs.leaf);
     // No mapping cached (two stores: a whole-struct copy is a byte loop in BPF).
     walk.cached.start = 0;
     walk.cached.end = 0;
@@ -268,9 +273,18 @@ fn move_to_caller(walk: &mut Walk, return_address: u64, sp: u64, bp: u64) -> Opt
     Some(())
 }
 
-/// Code with no table: the frame-pointer record at rbp, if there plausibly is one.
+/// Code with no table: the frame-pointer record at rbp, if there plausibly is one; for a
+/// system call's wrapper, the return address on top of the stack.
 #[inline(always)]
 fn frame_pointer_step(walk: &mut Walk) -> Option<()> {
+    if walk.leaf != 0 && walk.depth == 1 {
+        let Some(return_address) = read_stack(walk, walk.sp) else {
+            return finish(walk, walk_end::NO_TABLE);
+        };
+        walk.end |= walk_end::USED_FRAME_POINTERS;
+        let (sp, bp) = (walk.sp + 8, walk.bp);
+        return move_to_caller(walk, return_address, sp, bp);
+    }
     let bp = walk.bp;
     if bp & 7 != 0 || bp < walk.sp || bp - walk.sp > MAX_STACK_SPAN {
         return finish(walk, walk_end::NO_TABLE);

@@ -49,14 +49,7 @@ pub fn trace(subcommand: &str, extra: &[&str], command: &[&str]) -> Traced {
 pub fn run_json(subcommand: &str, extra: &[&str], command: &[&str]) -> (Run, Value) {
     let dir = TempDir::new(subcommand);
     let out = dir.join("report.json");
-    let mut argv = vec![
-        subcommand,
-        "--format",
-        "json",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(extra);
+    let mut argv = json_argv(subcommand, &out, extra);
     argv.push("--");
     argv.extend_from_slice(command);
     let run = memtrace(&argv);
@@ -65,6 +58,19 @@ pub fn run_json(subcommand: &str, extra: &[&str], command: &[&str]) -> (Run, Val
     let report = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
     (run, report)
+}
+
+/// `<subcommand> --format json --output OUT <extra>`.
+fn json_argv<'a>(subcommand: &'a str, out: &'a std::path::Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec![
+        subcommand,
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(extra);
+    argv
 }
 
 /// `value[key]` as a number, or a panic naming what is missing.
@@ -86,14 +92,7 @@ impl JsonTracer {
     pub fn start(subcommand: &str, extra: &[&str]) -> Self {
         let dir = TempDir::new(subcommand);
         let out = dir.join("report.json");
-        let mut argv = vec![
-            subcommand,
-            "--format",
-            "json",
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        argv.extend_from_slice(extra);
+        let argv = json_argv(subcommand, &out, extra);
         let mut tracer = spawn_memtrace(&argv);
         tracer.wait_attached();
         Self {

@@ -510,12 +510,17 @@ fn the_programs_own_mmaps_with_mmap() {
             })
             .collect()
     };
+    // One row, or two where the first calls came before memtrace had listed libc (a
+    // command's first milliseconds): their stacks end there, and are a row of their own.
     let leaked = passing("mmap_leak");
-    assert_eq!(leaked.len(), 1, "{}", t.context());
-    assert_eq!(u64_of(leaked[0], "allocations"), k, "{}", t.context());
-    assert_eq!(u64_of(leaked[0], "bytes"), k * 65536, "{}", t.context());
+    assert!((1..=2).contains(&leaked.len()), "{}", t.context());
+    let sum = |key: &str| leaked.iter().map(|row| u64_of(row, key)).sum::<u64>();
+    assert_eq!(sum("allocations"), k, "{}", t.context());
+    assert_eq!(sum("bytes"), k * 65536, "{}", t.context());
     // The wrapper's caller comes right after it: the walk reads the leaf's return address.
-    assert_eq!(leaked[0]["frames"][1], "map", "{}", t.context());
+    for row in &leaked {
+        assert_eq!(row["frames"][1], "map", "{}", t.context());
+    }
     assert!(passing("mmap_cycle").is_empty(), "{}", t.context());
     let process = t.process();
     assert!(

@@ -244,7 +244,10 @@ fn heap_allocations_are_counted_exactly() {
         .iter()
         .filter(|r| r["frames"][0] == "leaky_function")
         .collect();
-    assert_eq!(leaked.len(), 1, "{}", t.context());
-    assert_eq!(u64_of(leaked[0], "allocations"), leaks, "{}", t.context());
-    assert_eq!(u64_of(leaked[0], "bytes"), leaks * size, "{}", t.context());
+    // One row, or two where the first calls came before memtrace had listed libc (a
+    // command's first milliseconds): their stacks end there, and are a row of their own.
+    assert!((1..=2).contains(&leaked.len()), "{}", t.context());
+    let sum = |key: &str| leaked.iter().map(|row| u64_of(row, key)).sum::<u64>();
+    assert_eq!(sum("allocations"), leaks, "{}", t.context());
+    assert_eq!(sum("bytes"), leaks * size, "{}", t.context());
 }
