@@ -93,25 +93,18 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     } else {
         0
     };
-    let mut ask_for_tables = false;
-    let user_stack = match &record.user_stack {
-        _ if flags & stack_flags::USER == 0 => 0,
-        UserStackFrom::Regs(regs) if config::unwind_tables() => {
-            let (key, ask) = unwind::walk(regs, tgid);
-            ask_for_tables = ask;
-            key
-        }
+    let (user_stack, ask_for_tables) = match &record.user_stack {
+        _ if flags & stack_flags::USER == 0 => (0, false),
+        // The table walk starts from the user registers wherever the event happened (the
+        // task's saved ones for an event in the kernel).
+        UserStackFrom::Regs(regs) if config::unwind_tables() => unwind::walk(regs, tgid),
         UserStackFrom::Kernel if config::unwind_tables() => match ustack::current_user_regs() {
-            Some(regs) => {
-                let (key, ask) = unwind::walk(&regs, tgid);
-                ask_for_tables = ask;
-                key
-            }
-            None => 0,
+            Some(regs) => unwind::walk(&regs, tgid),
+            None => (0, false),
         },
-        UserStackFrom::Regs(regs) => ustack::walk(regs),
-        UserStackFrom::Kernel => ustack::from_kernel(ctx),
-        UserStackFrom::Nowhere => 0,
+        UserStackFrom::Regs(regs) => (ustack::walk(regs), false),
+        UserStackFrom::Kernel => (ustack::from_kernel(ctx), false),
+        UserStackFrom::Nowhere => (0, false),
     };
     let kernel_stack_id = if flags & stack_flags::KERNEL != 0 && record.kernel_stack {
         stack_id(ctx, 0)

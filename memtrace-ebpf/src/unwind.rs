@@ -293,15 +293,14 @@ fn frame_pointer_step(walk: &mut Walk) -> Option<()> {
     else {
         return finish(walk, walk_end::NO_TABLE);
     };
-    let record = [next_bp, return_address];
     walk.end |= walk_end::USED_FRAME_POINTERS;
-    if record[1] == 0 {
+    if return_address == 0 {
         return finish(walk, walk_end::ROOT);
     }
-    if record[1] >= USER_ADDRESS_END || record[0] != 0 && record[0] <= bp {
+    if return_address >= USER_ADDRESS_END || next_bp != 0 && next_bp <= bp {
         return finish(walk, walk_end::NO_TABLE);
     }
-    move_to_caller(walk, record[1], bp + 16, record[0])
+    move_to_caller(walk, return_address, bp + 16, next_bp)
 }
 
 /// A signal trampoline: the interrupted code's registers are in the signal frame.

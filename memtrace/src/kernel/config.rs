@@ -61,6 +61,12 @@ impl KernelConfig {
         }
     }
 
+    /// The unwind tables' size when user stacks are walked with them (None: no user stacks,
+    /// or `--unwind fp`).
+    pub fn unwind_tables(&self) -> Option<Capacity> {
+        self.unwind.filter(|_| self.user_stacks)
+    }
+
     /// The one process given when its children are followed too (a command): the filter
     /// compares with it before looking the set up.
     pub fn first_process(&self) -> Option<u32> {

@@ -42,7 +42,7 @@ pub fn settings(config: &KernelConfig, possible_cpus: u32) -> Settings {
         array_percpu_base: u64::from(swap.array_percpu_base),
         orig_ax: u64::from(swap.fault_error_code.unwrap_or(0)),
         nr_cpus: possible_cpus,
-        unwind_tables: u32::from(config.unwind.is_some() && config.user_stacks),
+        unwind_tables: u32::from(config.unwind_tables().is_some()),
         swpin_zero_event,
         swpout_zero_event,
         task_flags: u64::from(pages.task_flags),

@@ -39,7 +39,7 @@ impl Tracer {
         let swap = config.swap.is_some();
         let sample_bytes = config.malloc.unwrap_or(0);
         let swap_entries = sized(swap, MAX_TARGETS);
-        let unwind = config.unwind.filter(|_| config.user_stacks);
+        let unwind = config.unwind_tables();
         let possible_cpus = aya::util::nr_cpus().map_err(cpu_list_error)? as u32;
         let settings = settings::settings(config, possible_cpus);
         let ebpf = EbpfLoader::new()

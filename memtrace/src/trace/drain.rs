@@ -42,13 +42,14 @@ impl Drain {
         // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd stays open
         // for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
-        let mut mappings = mappings;
         // Only the unwind tables need a mapping at once; without them, records are read with
-        // the events, as before.
+        // the events.
+        let wake_fd = match (&mappings, &unwinder) {
+            (Some(mappings), Some(_)) => mappings.wake_fd()?,
+            _ => None,
+        };
         // SAFETY: the epoll fd is owned by the AsyncFd, so it stays open while registered.
-        let mappings_waiting = (mappings.as_mut())
-            .filter(|_| unwinder.is_some())
-            .and_then(MappingRecords::take_wake_fd)
+        let mappings_waiting = wake_fd
             .map(|fd| unsafe { AsyncFd::register(fd) })
             .transpose()
             .map_err(std::io::Error::from)?;

@@ -148,9 +148,9 @@ fn dummy_attr(inherit: bool) -> PerfEventAttr {
 pub struct MappingRecords {
     buffers: Vec<RingBuffer>,
     /// Every event, including those whose output goes to another event's buffer.
-    _events: Vec<OwnedFd>,
-    /// An epoll instance over the buffers, readable when records wait (a command's only).
-    wake: Option<OwnedFd>,
+    events: Vec<OwnedFd>,
+    /// Whether records wake a reader (a command's: see `dummy_attr`).
+    wakes: bool,
 }
 
 impl MappingRecords {
@@ -179,20 +179,17 @@ impl MappingRecords {
             }
             events.push(leader);
         }
-        let wake = match scope {
-            MappingScope::Process(_) => Some(epoll_over(&events)?),
-            MappingScope::System => None,
-        };
         Ok(Self {
             buffers,
-            _events: events,
-            wake,
+            events,
+            wakes: inherit,
         })
     }
 
-    /// The fd that becomes readable when records wait, for the drain to wait on (once).
-    pub fn take_wake_fd(&mut self) -> Option<OwnedFd> {
-        self.wake.take()
+    /// An fd that becomes readable when records wait, for a reader to wait on (None where
+    /// records do not wake: the whole system's).
+    pub fn wake_fd(&self) -> Result<Option<OwnedFd>> {
+        self.wakes.then(|| epoll_over(&self.events)).transpose()
     }
 
     /// Every record waiting in the buffers, oldest first (merged across CPUs by timestamp),

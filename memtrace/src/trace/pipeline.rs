@@ -178,7 +178,7 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         // Traced processes leave the filter as they exit, so a reused pid is not traced.
         tracer.attach_hook(&hooks::PROCESS_EXIT)?;
     }
-    let unwinder = match config.unwind.filter(|_| config.user_stacks) {
+    let unwinder = match config.unwind_tables() {
         Some(capacity) => Some(Unwinder::new(&mut tracer, capacity)?),
         None => None,
     };
@@ -257,7 +257,7 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
     }
     log::debug!("stopped: {reason:?}");
     let unwind = config.user_stacks.then(|| {
-        let mode = match config.unwind {
+        let mode = match config.unwind_tables() {
             Some(_) => UnwindMode::Dwarf,
             None => UnwindMode::Fp,
         };

@@ -20,7 +20,7 @@ use super::{
     store::{Capacity, TableFigures, TableStore},
     vdso,
 };
-use crate::kernel::tracer::Tracer;
+use crate::{kernel::tracer::Tracer, trace::memory_maps::FileId};
 
 /// A process's maps are read again at most this often on the walks' requests: a walk that
 /// keeps meeting code outside every mapping (a corrupt frame) must not turn into a maps read
@@ -29,7 +29,7 @@ use crate::kernel::tracer::Tracer;
 const REREAD_INTERVAL: Duration = Duration::from_millis(2);
 
 /// What the report says of the tables and the processes they served.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct UnwindFigures {
     #[serde(flatten)]
     pub tables: TableFigures,
@@ -84,18 +84,17 @@ impl Binary {
     }
 }
 
-/// Identity of a mapped file: device and inode, as maps reports them.
-type FileKey = (u64, u64);
-
 pub struct Unwinder {
     store: TableStore,
     processes: KernelHashMap<MapData, u32, ProcessMappings>,
-    binaries: HashMap<FileKey, Option<Binary>>,
+    binaries: HashMap<FileId, Option<Binary>>,
     vdso: Option<Option<Binary>>,
     /// When each process's maps were last read, and the processes waiting to be read again.
     read_at: HashMap<u32, Instant>,
     waiting: BTreeMap<u32, Instant>,
-    pub figures: UnwindFigures,
+    /// Lists given to the kernel, and processes with more mappings than it keeps.
+    process_loads: u64,
+    processes_over_mapping_limit: u64,
 }
 
 impl Unwinder {
@@ -115,7 +114,8 @@ impl Unwinder {
             vdso: None,
             read_at: HashMap::new(),
             waiting: BTreeMap::new(),
-            figures: UnwindFigures::default(),
+            process_loads: 0,
+            processes_over_mapping_limit: 0,
         })
     }
 
@@ -162,7 +162,7 @@ impl Unwinder {
         };
         let mut value = ProcessMappings::EMPTY;
         if mappings.len() > MAX_MAPPINGS {
-            self.figures.processes_over_mapping_limit += 1;
+            self.processes_over_mapping_limit += 1;
         }
         for (slot, mapping) in value.mappings.iter_mut().zip(&mappings) {
             *slot = *mapping;
@@ -181,8 +181,8 @@ impl Unwinder {
             log::debug!("unwind mappings of pid {pid}: {err}");
             return;
         }
-        self.figures.process_loads += 1;
-        self.figures.tables.build_ms += started.elapsed().as_secs_f64() * 1e3;
+        self.process_loads += 1;
+        self.store.figures.build_ms += started.elapsed().as_secs_f64() * 1e3;
     }
 
     /// The process's executable mappings, sorted, each with its binary's table.
@@ -196,8 +196,10 @@ impl Unwinder {
             let (start, end) = map.address;
             let binary = match &map.pathname {
                 MMapPath::Path(_) => {
-                    let key = (map.dev.0 as u64) << 32 | map.dev.1 as u64;
-                    let key = (key, map.inode);
+                    let key = FileId {
+                        dev: map.dev,
+                        inode: map.inode,
+                    };
                     if !self.binaries.contains_key(&key) {
                         let built = self.build_file(pid, start, end);
                         self.binaries.insert(key, built);
@@ -238,17 +240,17 @@ impl Unwinder {
                 continue;
             };
             let device = metadata.dev();
-            let key = (
-                u64::from(libc::major(device)) << 32 | u64::from(libc::minor(device)),
-                metadata.ino(),
-            );
+            let key = FileId {
+                dev: (libc::major(device) as i32, libc::minor(device) as i32),
+                inode: metadata.ino(),
+            };
             if self.binaries.contains_key(&key) {
                 continue;
             }
             let built = self.build_mapped(&file, &path.to_string_lossy());
             self.binaries.insert(key, built);
         }
-        self.figures.tables.build_ms += started.elapsed().as_secs_f64() * 1e3;
+        self.store.figures.build_ms += started.elapsed().as_secs_f64() * 1e3;
     }
 
     /// A mapped file's binary, read through the process's own view of it (which works for
@@ -280,12 +282,10 @@ impl Unwinder {
     /// What the tables hold now.
     pub fn figures(&self) -> UnwindFigures {
         UnwindFigures {
-            tables: TableFigures {
-                build_ms: self.figures.tables.build_ms,
-                ..self.store.figures.clone()
-            },
+            tables: self.store.figures.clone(),
             processes: self.read_at.len() as u64,
-            ..self.figures.clone()
+            process_loads: self.process_loads,
+            processes_over_mapping_limit: self.processes_over_mapping_limit,
         }
     }
 }

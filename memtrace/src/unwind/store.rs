@@ -139,16 +139,16 @@ impl TableStore {
 
     /// Writes a binary's rows; returns its table's index, None when it does not fit.
     pub fn add(&mut self, rows: &Rows) -> Result<Option<u32>> {
+        if rows.rows.is_empty() {
+            self.figures.binaries_without_frame_info += 1;
+            return Ok(None);
+        }
         let index = page_index(rows);
         let fits = self.next_table < self.capacity.tables
             && rows.rows.len() as u64 + u64::from(self.next_row) <= u64::from(self.capacity.rows)
             && index.len() as u64 + u64::from(self.next_page) <= u64::from(self.capacity.pages);
         if !fits {
             self.figures.binaries_without_room += 1;
-            return Ok(None);
-        }
-        if rows.rows.is_empty() {
-            self.figures.binaries_without_frame_info += 1;
             return Ok(None);
         }
         self.rows.write(self.next_row as usize, &rows.rows);
