@@ -22,7 +22,7 @@ use crate::{
 pub struct Drain {
     ring: AsyncFd<RingBuf<MapData>>,
     mappings: Option<MappingRecords>,
-    /// Readable when a command's mapping records wait (see `MappingRecords::take_wake_fd`).
+    /// Readable when a command's mapping records wait (see `MappingRecords::wake_fd`).
     mappings_waiting: Option<AsyncFd<OwnedFd>>,
     /// Gives the stack walk each process's unwind tables when it asks (None: `--unwind fp`,
     /// or no user stacks).

@@ -76,9 +76,11 @@ pub struct Traced {
     /// Whether each of the request's attachments was made (an uprobe site that is not
     /// required may not be).
     pub attached: Vec<bool>,
-    /// How user stacks were walked (None: no user stacks), and the tables given to the
-    /// kernel (dwarf).
-    pub unwind: Option<(UnwindMode, Option<Unwinder>)>,
+    /// Whether user stacks were taken.
+    pub user_stacks: bool,
+    /// The tables given to the kernel when user stacks were unwound with them (None: by
+    /// frame pointers, `--unwind fp`, or no user stacks).
+    pub unwinder: Option<Unwinder>,
 }
 
 impl Drop for Traced {
@@ -105,7 +107,9 @@ impl Traced {
 
     /// How the user stacks were walked, from the kernel's counts of how walks ended.
     pub fn unwind_report(&self) -> Option<UnwindReport> {
-        let (mode, unwinder) = self.unwind.as_ref()?;
+        if !self.user_stacks {
+            return None;
+        }
         let counters = self.tracer.counters().ok()?;
         if counters.unwind_requests_lost > 0 {
             log::warn!(
@@ -114,10 +118,14 @@ impl Traced {
                 counters.unwind_requests_lost
             );
         }
+        let mode = match self.unwinder {
+            Some(_) => UnwindMode::Dwarf,
+            None => UnwindMode::Fp,
+        };
         Some(UnwindReport::new(
-            *mode,
+            mode,
             &counters,
-            unwinder.as_ref().map(Unwinder::figures),
+            self.unwinder.as_ref().map(Unwinder::figures),
         ))
     }
 
@@ -256,13 +264,6 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         log::warn!("{targets_full} child processes were not traced: the target set is full");
     }
     log::debug!("stopped: {reason:?}");
-    let unwind = config.user_stacks.then(|| {
-        let mode = match config.unwind_tables() {
-            Some(_) => UnwindMode::Dwarf,
-            None => UnwindMode::Fp,
-        };
-        (mode, drain.unwinder.take())
-    });
     Ok(Traced {
         tracer,
         processes: drain.processes,
@@ -271,7 +272,8 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         duration,
         exit,
         attached,
-        unwind,
+        user_stacks: config.user_stacks,
+        unwinder: drain.unwinder,
     })
 }
 
