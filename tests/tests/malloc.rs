@@ -43,11 +43,16 @@ fn leaked_blocks_are_found_exactly() {
     );
     assert_eq!(t.run.code(), 0, "{}", t.context());
     // The leak: exactly its blocks and bytes, on the stack of the function that made it.
+    // One row, or two where the first calls came before memtrace had listed libc (a
+    // command's first milliseconds): their stacks end there, and are a row of their own.
     let leaked = outstanding_in(&t, "leaky_function");
-    assert_eq!(leaked.len(), 1, "{}", t.context());
-    assert_eq!(u64_of(leaked[0], "allocations"), leaks, "{}", t.context());
-    assert_eq!(u64_of(leaked[0], "bytes"), leaks * size, "{}", t.context());
-    assert_eq!(leaked[0]["frames"][1], "main", "{}", t.context());
+    assert!((1..=2).contains(&leaked.len()), "{}", t.context());
+    let sum = |key: &str| leaked.iter().map(|row| u64_of(row, key)).sum::<u64>();
+    assert_eq!(sum("allocations"), leaks, "{}", t.context());
+    assert_eq!(sum("bytes"), leaks * size, "{}", t.context());
+    for row in &leaked {
+        assert_eq!(row["frames"][1], "main", "{}", t.context());
+    }
     // Nothing the churn allocated is left, and little else is.
     assert!(outstanding_in(&t, "churn").is_empty(), "{}", t.context());
     let others: u64 = t.report["outstanding"]
