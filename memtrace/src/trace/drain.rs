@@ -114,7 +114,7 @@ impl Drain {
                         continue;
                     }
                     // Its program's first mappings, before the walks need them.
-                    EventKind::Exec => unwinder.load(event.raw.tgid),
+                    EventKind::Exec => unwinder.on_exec(event.raw.tgid),
                     _ => {}
                 }
             }

@@ -27,6 +27,8 @@ use crate::{kernel::tracer::Tracer, trace::memory_maps::FileId};
 /// per event. Short: a program starting up maps its libraries within milliseconds, and its
 /// stacks wait for them.
 const REREAD_INTERVAL: Duration = Duration::from_millis(2);
+/// How long a started command's exec waits for its loader to map its libraries.
+const LOADER_WAIT: Duration = Duration::from_millis(50);
 
 /// What the report says of the tables and the processes they served.
 #[derive(Clone, Debug, Serialize)]
@@ -92,6 +94,8 @@ pub struct Unwinder {
     /// When each process's maps were last read, and the processes waiting to be read again.
     read_at: HashMap<u32, Instant>,
     waiting: BTreeMap<u32, Instant>,
+    /// The files a command's loader will map (see `prebuild`), until its exec is seen.
+    expected: Vec<FileId>,
     /// Lists given to the kernel, and processes with more mappings than it keeps.
     process_loads: u64,
     processes_over_mapping_limit: u64,
@@ -114,6 +118,7 @@ impl Unwinder {
             vdso: None,
             read_at: HashMap::new(),
             waiting: BTreeMap::new(),
+            expected: Vec::new(),
             process_loads: 0,
             processes_over_mapping_limit: 0,
         })
@@ -155,11 +160,38 @@ impl Unwinder {
     /// Reads `pid`'s executable mappings, builds the tables it lacks, and gives the list to
     /// the kernel. A process already gone is skipped.
     pub fn load(&mut self, pid: u32) {
+        self.load_mapping(pid);
+    }
+
+    /// A process called exec: its program's mappings are given now. The command memtrace
+    /// started is waited for until its loader has mapped the files `prebuild` expected (at
+    /// most `LOADER_WAIT`): a program that works at once would otherwise run its first
+    /// milliseconds before memtrace saw its libraries, and those stacks would stop there.
+    pub fn on_exec(&mut self, pid: u32) {
+        let expected = std::mem::take(&mut self.expected);
+        let started = Instant::now();
+        loop {
+            let Some(mapped) = self.load_mapping(pid) else {
+                return;
+            };
+            let all_mapped = expected.iter().all(|id| mapped.contains(id));
+            log::debug!(
+                "unwind: exec of pid {pid}: {} of {} expected files mapped",
+                expected.iter().filter(|id| mapped.contains(id)).count(),
+                expected.len()
+            );
+            if all_mapped || started.elapsed() >= LOADER_WAIT {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// `load`; returns the files the process maps (None when it is gone).
+    fn load_mapping(&mut self, pid: u32) -> Option<Vec<FileId>> {
         let started = Instant::now();
         self.read_at.insert(pid, started);
-        let Some(mappings) = self.mappings_of(pid) else {
-            return;
-        };
+        let (mappings, files) = self.mappings_of(pid)?;
         let mut value = ProcessMappings::EMPTY;
         if mappings.len() > MAX_MAPPINGS {
             self.processes_over_mapping_limit += 1;
@@ -179,16 +211,19 @@ impl Unwinder {
         }
         if let Err(err) = self.processes.insert(pid, value, 0) {
             log::debug!("unwind mappings of pid {pid}: {err}");
-            return;
+            return None;
         }
         self.process_loads += 1;
         self.store.figures.build_ms += started.elapsed().as_secs_f64() * 1e3;
+        Some(files)
     }
 
-    /// The process's executable mappings, sorted, each with its binary's table.
-    fn mappings_of(&mut self, pid: u32) -> Option<Vec<UnwindMapping>> {
+    /// The process's executable mappings, sorted, each with its binary's table; and the
+    /// files they map.
+    fn mappings_of(&mut self, pid: u32) -> Option<(Vec<UnwindMapping>, Vec<FileId>)> {
         let maps = Process::new(pid as i32).ok()?.maps().ok()?;
         let mut mappings = Vec::new();
+        let mut files = Vec::new();
         for map in maps.iter() {
             if !map.perms.contains(MMPermissions::EXECUTE) {
                 continue;
@@ -200,6 +235,7 @@ impl Unwinder {
                         dev: map.dev,
                         inode: map.inode,
                     };
+                    files.push(key);
                     if !self.binaries.contains_key(&key) {
                         let built = self.build_file(pid, start, end);
                         self.binaries.insert(key, built);
@@ -225,7 +261,7 @@ impl Unwinder {
             });
         }
         mappings.sort_by_key(|m| m.start);
-        Some(mappings)
+        Some((mappings, files))
     }
 
     /// Builds the tables of files a command will map, before it starts: its first stacks then
@@ -244,6 +280,7 @@ impl Unwinder {
                 dev: (libc::major(device) as i32, libc::minor(device) as i32),
                 inode: metadata.ino(),
             };
+            self.expected.push(key);
             if self.binaries.contains_key(&key) {
                 continue;
             }
