@@ -97,9 +97,9 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
         _ if flags & stack_flags::USER == 0 => (0, false),
         // The table walk starts from the user registers wherever the event happened (the
         // task's saved ones for an event in the kernel).
-        UserStackFrom::Regs(regs) if config::unwind_tables() => unwind::walk(regs, tgid),
+        UserStackFrom::Regs(regs) if config::unwind_tables() => unwind::walk(regs, tgid, tid),
         UserStackFrom::Kernel if config::unwind_tables() => match ustack::current_user_regs() {
-            Some(regs) => unwind::walk(&regs, tgid),
+            Some(regs) => unwind::walk(&regs, tgid, tid),
             None => (0, false),
         },
         UserStackFrom::Regs(regs) => (ustack::walk(regs), false),

@@ -61,6 +61,12 @@ pub static UNWIND_PROCESSES: LruHashMap<u32, ProcessMappings> = LruHashMap::with
 #[map]
 pub static UNWIND_EMPTY: Array<ProcessMappings> = Array::with_max_entries(1, 0);
 
+/// How far up each thread's stack a walk may read, by thread id, learned when a window's
+/// read ran past the stack's mapping (a failed read of user memory costs microseconds, so
+/// each thread pays it once). LRU: threads come and go.
+#[map]
+pub static STACK_TOPS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// The stack walk in progress on this CPU (see `unwind::Walk`).
 #[map]
 pub static WALK_STATE: PerCpuArray<crate::unwind::Walk> = PerCpuArray::with_max_entries(1, 0);
