@@ -226,14 +226,25 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
         }
         _ => return finish(walk, walk_end::INVALID),
     };
-    let Some(return_address) = read_stack(walk, cfa - 8) else {
+    let return_address_at = cfa - 8;
+    let saved_bp_at = cfa.wrapping_add((row.rbp as i64 * 8) as u64);
+    let bp_saved = row.rbp != 0 && row.rbp != RBP_LOST;
+    // The frame's lowest word read: callers' frames lie above, so the window moves up to it
+    // (here only: each place that may read a window multiplies the verifier's work).
+    let lowest = if bp_saved && saved_bp_at < return_address_at {
+        saved_bp_at
+    } else {
+        return_address_at
+    };
+    move_window_up_to(walk, lowest);
+    let Some(return_address) = read_stack(walk, return_address_at) else {
         return finish(walk, walk_end::READ_FAILED);
     };
     let saved_bp = match row.rbp {
         0 => walk.bp,
         RBP_LOST => 0,
-        words => {
-            let Some(bp) = read_stack(walk, cfa.wrapping_add((words as i64 * 8) as u64)) else {
+        _ => {
+            let Some(bp) = read_stack(walk, saved_bp_at) else {
                 return finish(walk, walk_end::READ_FAILED);
             };
             bp
@@ -242,15 +253,10 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
     move_to_caller(walk, return_address, cfa, saved_bp)
 }
 
-/// The stack word at `address`: from the window when it holds it; above the window, from a
-/// new window read there (callers' frames lie above); below it (rare), read alone.
+/// The stack word at `address`: from the window when it holds it, else read alone.
 #[inline(always)]
 fn read_stack(walk: &mut Walk, address: u64) -> Option<u64> {
-    let mut offset = address.wrapping_sub(walk.window_base);
-    if address & 7 == 0 && address > walk.window_base && offset >= walk.window_bytes {
-        fill_window(walk, address);
-        offset = 0;
-    }
+    let offset = address.wrapping_sub(walk.window_base);
     if offset & 7 == 0 && offset < walk.window_bytes {
         // Opaque to the compiler, so the bound the verifier sees is checked on the index
         // actually used.
@@ -260,9 +266,20 @@ fn read_stack(walk: &mut Walk, address: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(address as *const u64) }.ok()
 }
 
-/// Reads the window at `base` (8-byte aligned), up to the thread's known stack top. When
-/// that read fails, the stack's mapping ends inside the window: reads up to the end of the
-/// page after `base`'s, else of `base`'s page, and keeps that as the thread's stack top.
+/// Reads a new window at `address` when it lies above the current one.
+#[inline(always)]
+fn move_window_up_to(walk: &mut Walk, address: u64) {
+    if address & 7 == 0
+        && address > walk.window_base
+        && address - walk.window_base >= walk.window_bytes
+    {
+        fill_window(walk, address);
+    }
+}
+
+/// Reads the window at `base` (8-byte aligned), up to the thread's known stack top. A read
+/// that fails ran past the stack's mapping into the window's last page: that page's start
+/// becomes the thread's stack top (one failure per thread; this walk reads word by word).
 #[inline(always)]
 fn fill_window(walk: &mut Walk, base: u64) {
     walk.window_base = base;
@@ -273,39 +290,22 @@ fn fill_window(walk: &mut Walk, base: u64) {
     } else {
         WINDOW_BYTES
     };
-    if length == 0 {
+    if length == 0 || length > WINDOW_BYTES {
         return;
-    }
-    if read_window(walk, length) {
-        return;
-    }
-    let page_end = (base | (PAGE_BYTES - 1)) + 1;
-    for shorter in [page_end + PAGE_BYTES - base, page_end - base] {
-        if shorter < length && read_window(walk, shorter) {
-            walk.stack_top = base + shorter;
-            let _ = STACK_TOPS.insert(walk.tid, walk.stack_top, 0);
-            return;
-        }
-    }
-}
-
-/// Reads `length` bytes (at most the window's) of the stack at `window_base` into the window.
-#[inline(always)]
-fn read_window(walk: &mut Walk, length: u64) -> bool {
-    if length > WINDOW_BYTES {
-        return false;
     }
     let read = unsafe {
         generated::bpf_probe_read_user(
             walk.window.as_mut_ptr().cast(),
             length as u32,
-            walk.window_base as *const _,
+            base as *const _,
         )
     };
     if read == 0 {
         walk.window_bytes = length;
+    } else {
+        walk.stack_top = (base + length - 1) & !(PAGE_BYTES - 1);
+        let _ = STACK_TOPS.insert(walk.tid, walk.stack_top, 0);
     }
-    read == 0
 }
 
 /// Steps into the caller at `return_address`, whose stack pointer is `sp`.
