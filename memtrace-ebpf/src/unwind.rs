@@ -1,8 +1,8 @@
 //! User stacks unwound with the binaries' own unwind tables (built by the loader from
 //! `.eh_frame`, see memtrace-common's `unwind`), so code built without frame pointers (most
 //! distributions' binaries) still gives whole stacks. Per frame: find the process's mapping
-//! that holds the address, its binary's row for it (one 4 KiB page's rows, binary search),
-//! and follow the row's rule to the caller's CFA, return address and rbp. Code with no table
+//! that holds the address, its binary's row for it (from the rows this CPU found last, else
+//! a binary search of one 4 KiB page's rows), and follow the row's rule to the caller's CFA, return address and rbp. Code with no table
 //! (JIT, anonymous memory) is stepped over by frame pointer. One `bpf_loop` callback walks
 //! for every program, so the verifier checks one frame's work once.
 use aya_ebpf::helpers::{
@@ -14,13 +14,13 @@ use memtrace_common::{
     unwind::{
         rule, walk_end, ProcessMappings, UnwindMapping, UnwindRow, EXACT_PC, PAGE_SHIFT, RBP_LOST,
     },
-    USER_STACK_DEPTH,
+    UserStack, USER_STACK_DEPTH,
 };
 
 use crate::{
     maps::{
-        add, count, STACK_SCRATCH, STACK_TOPS, UNWIND_EMPTY, UNWIND_PAGES, UNWIND_PROCESSES,
-        UNWIND_ROWS, UNWIND_TABLES, WALK_STATE,
+        add, count, STACK_TOPS, UNWIND_EMPTY, UNWIND_PAGES, UNWIND_PROCESSES, UNWIND_ROWS,
+        UNWIND_TABLES, WALK_STATE,
     },
     ustack::{self, UserRegs},
 };
@@ -40,9 +40,11 @@ const SIGNAL_RSP: u64 = 40 + 15 * 8;
 const SIGNAL_RIP: u64 = 40 + 16 * 8;
 const BPF_NOEXIST: u64 = 1;
 /// Stack bytes read at once (see `Walk::window`).
-const WINDOW_WORDS: usize = 512;
+const WINDOW_WORDS: usize = 1024;
 const WINDOW_BYTES: u64 = WINDOW_WORDS as u64 * 8;
 const PAGE_BYTES: u64 = 4096;
+/// Rows this CPU found last (see `Walk::found_rows`): a power of two.
+const FOUND_ROW_SLOTS: usize = 1024;
 
 /// One walk's state, in a per-CPU map value rather than on the stack: the verifier tracks
 /// stack values exactly, so the frame count on the stack would make each of the loop's
@@ -75,13 +77,30 @@ pub struct Walk {
     /// follow each other, and need no lookup of the process's mappings (valid for one walk).
     cached: CachedMapping,
     /// `window_bytes` of the stack from `window_base` up. A read of user memory costs about
-    /// 300 ns on the test VMs, nearly all of it fixed (512 bytes or 4 KiB alike), so the walk
-    /// reads the stack a window at a time (once per walk for most stacks), not a word at a
-    /// time (a 15-frame walk made 10-20 reads and cost twice as much).
+    /// 250 ns on the test VMs, most of it fixed (a 4 KiB read ~230 ns more than none, an
+    /// 8 KiB one ~300 ns), so the walk reads the stack 8 KiB at a time (once per walk for
+    /// most stacks: the storm's 15 frames span 5 KiB), not a word at a time (a 15-frame
+    /// walk made 10-20 reads and cost twice as much).
     window_base: u64,
     /// 0 when no window could be read.
     window_bytes: u64,
     window: [u64; WINDOW_WORDS],
+    /// The rows this CPU's walks found last, by table and address: a hot stack's frames
+    /// repeat, and a hit costs one slot's compare where a search costs about seven steps
+    /// (20 ns a frame on the storm). Kept across walks: tables are never rewritten while
+    /// memtrace runs.
+    found_rows: [FoundRow; FOUND_ROW_SLOTS],
+    /// The frames walked so far (stored in `USER_STACKS` at the end).
+    stack: UserStack,
+}
+
+/// One slot of `Walk::found_rows`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FoundRow {
+    /// `row_key` of the address (0: empty).
+    key: u64,
+    row: UnwindRow,
 }
 
 /// A mapping and its table, as the walk last found them.
@@ -92,6 +111,8 @@ struct CachedMapping {
     end: u64,
     bias: u64,
     table_base: u64,
+    /// Index in `UNWIND_TABLES`.
+    table: u32,
     first_row: u32,
     first_page: u32,
     pages: u32,
@@ -104,6 +125,7 @@ const NO_MAPPING: CachedMapping = CachedMapping {
     end: 0,
     bias: 0,
     table_base: 0,
+    table: 0,
     first_row: 0,
     first_page: 0,
     pages: 0,
@@ -121,8 +143,7 @@ enum Found {
 /// must be asked for this process's mappings.
 #[inline(always)]
 pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
-    let (Some(stack), Some(walk)) = (STACK_SCRATCH.get_ptr_mut(0), WALK_STATE.get_ptr_mut(0))
-    else {
+    let Some(walk) = WALK_STATE.get_ptr_mut(0) else {
         return (0, false);
     };
     let walk = unsafe { &mut *walk };
@@ -142,11 +163,14 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
     walk.cached.start = 0;
     walk.cached.end = 0;
     fill_window(walk, regs.sp & !7);
+    // The callback finds the walk through its context (a pointer on this stack), with no
+    // lookup per frame.
+    let mut context: *mut Walk = walk;
     unsafe {
         bpf_loop(
             USER_STACK_DEPTH as u32 + 1,
             step as *mut _,
-            core::ptr::null_mut(),
+            (&mut context as *mut *mut Walk).cast(),
             0,
         )
     };
@@ -158,16 +182,14 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
         count(counter::WALKS_USED_FRAME_POINTERS);
     }
     add(counter::WALK_FRAMES, walk.depth as u64);
-    unsafe { (*stack).end = walk.end };
-    let key = ustack::store(stack, ustack::mix(walk.hash, walk.end));
+    walk.stack.end = walk.end;
+    let key = ustack::store(&mut walk.stack, ustack::mix(walk.hash, walk.end));
     (key, walk.request != 0)
 }
 
 /// bpf_loop's callback: one frame. Returns 1 to stop.
-extern "C" fn step(_index: u32, _context: *mut core::ffi::c_void) -> i64 {
-    let Some(walk) = WALK_STATE.get_ptr_mut(0) else {
-        return 1;
-    };
+extern "C" fn step(_index: u32, context: *mut core::ffi::c_void) -> i64 {
+    let walk = unsafe { *(context as *mut *mut Walk) };
     match step_frame(unsafe { &mut *walk }) {
         Some(()) => 0,
         None => 1,
@@ -178,15 +200,11 @@ extern "C" fn step(_index: u32, _context: *mut core::ffi::c_void) -> i64 {
 /// says why).
 #[inline(always)]
 fn step_frame(walk: &mut Walk) -> Option<()> {
-    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
-        walk.end = walk_end::READ_FAILED;
-        return None;
-    };
-    let frames = unsafe { &mut (*stack).frames };
     let depth = core::hint::black_box(walk.depth as usize);
     if depth >= USER_STACK_DEPTH {
         return finish(walk, walk_end::TRUNCATED);
     }
+    let frames = &mut walk.stack.frames;
     frames[depth] = if walk.exact != 0 && depth > 0 {
         walk.pc | EXACT_PC
     } else {
@@ -221,7 +239,9 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
         rule::END => return finish(walk, walk_end::ROOT),
         rule::SIGNAL => {
             // The handler returned to the trampoline's first byte: named as it is.
-            frames[depth] = walk.pc | EXACT_PC;
+            if let Some(frame) = walk.stack.frames.get_mut(depth) {
+                *frame = walk.pc | EXACT_PC;
+            }
             return signal_step(walk);
         }
         _ => return finish(walk, walk_end::INVALID),
@@ -399,16 +419,49 @@ fn find_row(walk: &mut Walk, pc: u64) -> Found {
     if address < mapping.table_base || page >= mapping.pages as u64 {
         return Found::Row(UnwindRow::default());
     }
-    let first_page = mapping.first_page + page as u32;
+    let key = row_key(mapping.table, offset as u32);
+    let slot = found_row_slot(key);
+    if let Some(found) = walk.found_rows.get(slot) {
+        if found.key == key {
+            return Found::Row(found.row);
+        }
+    }
+    let row = search_rows(&mapping, offset as u32, page as u32);
+    if let Some(found) = walk.found_rows.get_mut(slot) {
+        found.key = key;
+        found.row = row;
+    }
+    Found::Row(row)
+}
+
+/// `Walk::found_rows`' key of a table's address: never 0.
+#[inline(always)]
+fn row_key(table: u32, offset: u32) -> u64 {
+    (u64::from(table) + 1) << 32 | u64::from(offset)
+}
+
+/// The slot of `key` in `Walk::found_rows` (a multiplicative hash's top bits).
+#[inline(always)]
+fn found_row_slot(key: u64) -> usize {
+    let bits = FOUND_ROW_SLOTS.trailing_zeros();
+    // Opaque to the compiler, so the verifier sees the mask on the index actually used.
+    core::hint::black_box((key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize)
+        & (FOUND_ROW_SLOTS - 1)
+}
+
+/// The last row at or below `offset` in `mapping`'s table: a binary search of the rows of
+/// `offset`'s page.
+#[inline(always)]
+fn search_rows(mapping: &CachedMapping, offset: u32, page: u32) -> UnwindRow {
+    let first_page = mapping.first_page + page;
     let (Some(&low), Some(&high)) = (
         UNWIND_PAGES.get(first_page),
         UNWIND_PAGES.get(first_page + 1),
     ) else {
-        return Found::Row(UnwindRow::default());
+        return UnwindRow::default();
     };
     let (low, high) = (low as u32, high as u32);
     // The last row at or below `offset`, among rows low..=high.
-    let offset = offset as u32;
     let first_row = mapping.first_row;
     let (mut low, mut high) = (low, high + 1);
     for _ in 0..ROW_STEPS {
@@ -419,12 +472,12 @@ fn find_row(walk: &mut Walk, pc: u64) -> Found {
         match UNWIND_ROWS.get(first_row + middle) {
             Some(row) if row.pc <= offset => low = middle,
             Some(_) => high = middle,
-            None => return Found::Row(UnwindRow::default()),
+            None => return UnwindRow::default(),
         }
     }
     match UNWIND_ROWS.get(first_row + low) {
-        Some(row) if row.pc <= offset => Found::Row(*row),
-        _ => Found::Row(UnwindRow::default()),
+        Some(row) if row.pc <= offset => *row,
+        _ => UnwindRow::default(),
     }
 }
 
@@ -461,6 +514,7 @@ fn cache_mapping(walk: &mut Walk, pc: u64) -> bool {
     };
     if let Some(table) = UNWIND_TABLES.get(mapping.table) {
         cached.table_base = table.base;
+        cached.table = mapping.table;
         cached.first_row = table.first_row;
         cached.first_page = table.first_page;
         cached.pages = table.pages;
