@@ -424,7 +424,10 @@ pub mod counter {
     pub const WALK_FRAMES: u32 = 13;
     /// Processes whose mappings the walks asked the loader for (an event could not be sent).
     pub const UNWIND_REQUESTS_LOST: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// Walks that were the same stack as the CPU's last walk, found by comparing the words it
+    /// read instead of walking again (also counted in `WALKS`).
+    pub const WALKS_REPLAYED: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.

@@ -44,7 +44,11 @@ const WINDOW_WORDS: usize = 1024;
 const WINDOW_BYTES: u64 = WINDOW_WORDS as u64 * 8;
 const PAGE_BYTES: u64 = 4096;
 /// Rows this CPU found last (see `Walk::found_rows`): a power of two.
-const FOUND_ROW_SLOTS: usize = 1024;
+const FOUND_ROW_SLOTS: usize = 512;
+/// Stack words a walk may read and still be replayed (see `Memo`): two a frame.
+const MEMO_READS: usize = 2 * USER_STACK_DEPTH + 2;
+/// Reads a replay checks per bpf_loop call (each call costs an indirect jump).
+const CHECKS_PER_CALL: usize = 8;
 
 /// One walk's state, in a per-CPU map value rather than on the stack: the verifier tracks
 /// stack values exactly, so the frame count on the stack would make each of the loop's
@@ -73,6 +77,15 @@ pub struct Walk {
     /// 1: the first frame is a system call's wrapper, a leaf that made no frame (see
     /// `UserRegs::leaf`): where it has no table, its return address is on top of the stack.
     leaf: u32,
+    /// 1: `bp` is still the starting register's value.
+    bp_from_regs: u32,
+    /// 1: a frame's CFA was found from the starting rbp (a replay must compare it).
+    used_regs_bp: u32,
+    /// 1: `bp` was read from the stack at `bp_read_at`, and no frame used it yet. Code
+    /// built without frame pointers keeps anything in rbp (a loop's pointer): the word a
+    /// replay compares only once a CFA was found from it.
+    bp_unused_read: u32,
+    bp_read_at: u64,
     /// The mapping the last frame was in, and its binary's table: frames of one binary
     /// follow each other, and need no lookup of the process's mappings (valid for one walk).
     cached: CachedMapping,
@@ -92,6 +105,39 @@ pub struct Walk {
     found_rows: [FoundRow; FOUND_ROW_SLOTS],
     /// The frames walked so far (stored in `USER_STACKS` at the end).
     stack: UserStack,
+    memo: Memo,
+}
+
+/// This CPU's last walk, what it started from and every stack word it read. A walk's result
+/// depends only on those (and on tables, which do not change): when the next walk starts from
+/// the same thread and registers and the words still hold the same values, it is the same
+/// stack, and one compare per word replaces the walk (a fault storm's faults, a loop's
+/// mallocs). Walks whose end depended on anything else (a failed read, a mapping not known
+/// yet, code without a table) are not kept.
+#[repr(C)]
+struct Memo {
+    /// 1: the fields describe a walk that can be replayed.
+    valid: u32,
+    tid: u32,
+    tgid: u32,
+    leaf: u32,
+    /// 1: the walk depended on the starting rbp (code built without frame pointers keeps
+    /// anything there: it is compared only when a CFA was found from it).
+    used_bp: u64,
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    key: u64,
+    end: u64,
+    depth: u64,
+    /// Words read, or more than `MEMO_READS`: the walk is not kept.
+    reads: u64,
+    read_at: [u64; MEMO_READS],
+    read_value: [u64; MEMO_READS],
+    /// The highest address read.
+    highest: u64,
+    /// 1: a replay found a word changed.
+    changed: u64,
 }
 
 /// One slot of `Walk::found_rows`.
@@ -159,32 +205,143 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
     walk.exact = 1;
     walk.request = 0;
     walk.leaf = u32::from(regs.leaf);
+    walk.bp_from_regs = 1;
+    walk.used_regs_bp = 0;
+    walk.bp_unused_read = 0;
     // No mapping cached (two stores: a whole-struct copy is a byte loop in BPF).
     walk.cached.start = 0;
     walk.cached.end = 0;
-    fill_window(walk, regs.sp & !7);
-    // The callback finds the walk through its context (a pointer on this stack), with no
+    // A replay reads only as far as the words it checks.
+    let same_start = replayable(walk);
+    let window_end = if same_start {
+        walk.memo.highest + 8
+    } else {
+        u64::MAX
+    };
+    fill_window(walk, regs.sp & !7, window_end);
+    // The callbacks find the walk through their context (a pointer on this stack), with no
     // lookup per frame.
     let mut context: *mut Walk = walk;
+    let context_pointer = (&mut context as *mut *mut Walk).cast();
+    if same_start && (walk.window_bytes != 0 || walk.memo.reads == 0) {
+        walk.memo.changed = 0;
+        let groups = (walk.memo.reads as u32).div_ceil(CHECKS_PER_CALL as u32);
+        unsafe { bpf_loop(groups, check_reads as *mut _, context_pointer, 0) };
+        if walk.memo.changed == 0 {
+            count(counter::WALKS_REPLAYED);
+            count_walk(walk.memo.end, walk.memo.depth);
+            return (walk.memo.key, false);
+        }
+    }
+    walk.memo.valid = 0;
+    walk.memo.reads = 0;
+    walk.memo.highest = 0;
     unsafe {
         bpf_loop(
             USER_STACK_DEPTH as u32 + 1,
             step as *mut _,
-            (&mut context as *mut *mut Walk).cast(),
+            context_pointer,
             0,
         )
     };
-    let end = walk.end & 0xff;
-    if (walk_end::ROOT..=walk_end::TRUNCATED).contains(&end) {
-        count(counter::WALKS + end as u32 - 1);
-    }
-    if walk.end & walk_end::USED_FRAME_POINTERS != 0 {
-        count(counter::WALKS_USED_FRAME_POINTERS);
-    }
-    add(counter::WALK_FRAMES, walk.depth as u64);
+    count_walk(walk.end, walk.depth as u64);
     walk.stack.end = walk.end;
     let key = ustack::store(&mut walk.stack, ustack::mix(walk.hash, walk.end));
+    remember(walk, regs, key);
     (key, walk.request != 0)
+}
+
+/// Counts a walk by how it ended, and its frames.
+#[inline(always)]
+fn count_walk(end: u64, depth: u64) {
+    let reason = end & 0xff;
+    if (walk_end::ROOT..=walk_end::TRUNCATED).contains(&reason) {
+        count(counter::WALKS + reason as u32 - 1);
+    }
+    if end & walk_end::USED_FRAME_POINTERS != 0 {
+        count(counter::WALKS_USED_FRAME_POINTERS);
+    }
+    add(counter::WALK_FRAMES, depth);
+}
+
+/// Whether this CPU's last walk started where this one does (see `Memo`).
+#[inline(always)]
+fn replayable(walk: &Walk) -> bool {
+    let memo = &walk.memo;
+    memo.valid != 0
+        && memo.tid == walk.tid
+        && memo.tgid == walk.tgid
+        && memo.leaf == walk.leaf
+        && memo.pc == walk.pc
+        && memo.sp == walk.sp
+        && (memo.used_bp == 0 || memo.bp == walk.bp)
+        // Its stack is still stored: userspace empties the stack tables (the agent, each
+        // profile period) and this CPU's note of the last one with them.
+        && memo.key == ustack::last_stored()
+}
+
+/// Keeps the walk just made for the next, if its end depended on nothing but its start and
+/// the words it read (see `Memo`); `walk.pc`, `sp` and `bp` have moved, `regs` has not.
+#[inline(always)]
+fn remember(walk: &mut Walk, regs: &UserRegs, key: u64) {
+    let end = walk.end & 0xff;
+    let determined = matches!(
+        end,
+        walk_end::ROOT | walk_end::INVALID | walk_end::TRUNCATED
+    ) && walk.end & walk_end::USED_FRAME_POINTERS == 0
+        && walk.request == 0
+        && walk.memo.reads <= MEMO_READS as u64
+        && key != 0;
+    if !determined {
+        return;
+    }
+    let used_regs_bp = walk.used_regs_bp;
+    let memo = &mut walk.memo;
+    memo.used_bp = u64::from(used_regs_bp);
+    memo.tid = walk.tid;
+    memo.tgid = walk.tgid;
+    memo.leaf = walk.leaf;
+    memo.pc = regs.ip;
+    memo.sp = regs.sp;
+    memo.bp = regs.fp;
+    memo.key = key;
+    memo.end = walk.end;
+    memo.depth = walk.depth as u64;
+    memo.valid = 1;
+}
+
+/// bpf_loop's callback for a replay: whether the last walk's reads `group * CHECKS_PER_CALL`
+/// on still hold what they held, in this walk's first window. Returns 1 to stop (a word
+/// changed, or the last read was checked).
+extern "C" fn check_reads(group: u32, context: *mut core::ffi::c_void) -> i64 {
+    let walk = unsafe { &mut **(context as *mut *mut Walk) };
+    let first = group as u64 * CHECKS_PER_CALL as u64;
+    for step in 0..CHECKS_PER_CALL as u64 {
+        let index = first + step;
+        if index >= walk.memo.reads {
+            return 1;
+        }
+        if !read_unchanged(walk, index as usize) {
+            walk.memo.changed = 1;
+            return 1;
+        }
+    }
+    0
+}
+
+/// Whether the last walk's read `index` holds the same value in this walk's window.
+#[inline(always)]
+fn read_unchanged(walk: &Walk, index: usize) -> bool {
+    let index = core::hint::black_box(index);
+    let (Some(&at), Some(&value)) = (
+        walk.memo.read_at.get(index),
+        walk.memo.read_value.get(index),
+    ) else {
+        return false;
+    };
+    let offset = at.wrapping_sub(walk.window_base);
+    let word = core::hint::black_box((offset >> 3) as usize);
+    offset & 7 == 0 && offset < walk.window_bytes && walk.window.get(word) == Some(&value)
 }
 
 /// bpf_loop's callback: one frame. Returns 1 to stop.
@@ -225,6 +382,13 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
         Found::Row(row) => row,
         Found::NoTable => return frame_pointer_step(walk),
     };
+    if row.kind == rule::CFA_RBP {
+        walk.used_regs_bp |= walk.bp_from_regs;
+        if walk.bp_unused_read != 0 {
+            walk.bp_unused_read = 0;
+            note_read(walk, walk.bp_read_at, walk.bp);
+        }
+    }
     let cfa = match row.kind {
         rule::CFA_RSP => walk.sp + row.cfa_offset as u64,
         rule::CFA_RBP if walk.bp != 0 => walk.bp + row.cfa_offset as u64,
@@ -260,22 +424,36 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
     let Some(return_address) = read_stack(walk, return_address_at) else {
         return finish(walk, walk_end::READ_FAILED);
     };
+    if row.rbp != 0 {
+        walk.bp_from_regs = 0;
+        walk.bp_unused_read = 0;
+    }
     let saved_bp = match row.rbp {
         0 => walk.bp,
         RBP_LOST => 0,
         _ => {
-            let Some(bp) = read_stack(walk, saved_bp_at) else {
+            let Some(bp) = read_word(walk, saved_bp_at) else {
                 return finish(walk, walk_end::READ_FAILED);
             };
+            walk.bp_unused_read = 1;
+            walk.bp_read_at = saved_bp_at;
             bp
         }
     };
     move_to_caller(walk, return_address, cfa, saved_bp)
 }
 
-/// The stack word at `address`: from the window when it holds it, else read alone.
+/// The stack word at `address`, noted for a replay (see `Memo`).
 #[inline(always)]
 fn read_stack(walk: &mut Walk, address: u64) -> Option<u64> {
+    let value = read_word(walk, address)?;
+    note_read(walk, address, value);
+    Some(value)
+}
+
+/// The stack word at `address`: from the window when it holds it, else read alone.
+#[inline(always)]
+fn read_word(walk: &mut Walk, address: u64) -> Option<u64> {
     let offset = address.wrapping_sub(walk.window_base);
     if offset & 7 == 0 && offset < walk.window_bytes {
         // Opaque to the compiler, so the bound the verifier sees is checked on the index
@@ -286,6 +464,24 @@ fn read_stack(walk: &mut Walk, address: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(address as *const u64) }.ok()
 }
 
+/// Notes a word the walk's result depends on, for a replay (see `Memo`); past `MEMO_READS`,
+/// only counted (the walk is then not kept).
+#[inline(always)]
+fn note_read(walk: &mut Walk, address: u64, value: u64) {
+    let read = core::hint::black_box(walk.memo.reads as usize);
+    if let (Some(at), Some(held)) = (
+        walk.memo.read_at.get_mut(read),
+        walk.memo.read_value.get_mut(read),
+    ) {
+        *at = address;
+        *held = value;
+    }
+    walk.memo.reads += 1;
+    if address > walk.memo.highest {
+        walk.memo.highest = address;
+    }
+}
+
 /// Reads a new window at `address` when it lies above the current one.
 #[inline(always)]
 fn move_window_up_to(walk: &mut Walk, address: u64) {
@@ -293,7 +489,7 @@ fn move_window_up_to(walk: &mut Walk, address: u64) {
         && address > walk.window_base
         && address - walk.window_base >= walk.window_bytes
     {
-        fill_window(walk, address);
+        fill_window(walk, address, u64::MAX);
     }
 }
 
@@ -301,10 +497,10 @@ fn move_window_up_to(walk: &mut Walk, address: u64) {
 /// that fails ran past the stack's mapping into the window's last page: that page's start
 /// becomes the thread's stack top (one failure per thread; this walk reads word by word).
 #[inline(always)]
-fn fill_window(walk: &mut Walk, base: u64) {
+fn fill_window(walk: &mut Walk, base: u64, end: u64) {
     walk.window_base = base;
     walk.window_bytes = 0;
-    let room = walk.stack_top.saturating_sub(base);
+    let room = walk.stack_top.min(end).saturating_sub(base);
     let length = if room < WINDOW_BYTES {
         room & !7
     } else {
@@ -391,6 +587,8 @@ fn signal_step(walk: &mut Walk) -> Option<()> {
     walk.pc = pc;
     walk.sp = interrupted_sp;
     walk.bp = bp;
+    walk.bp_from_regs = 0;
+    walk.bp_unused_read = 0;
     // Interrupted anywhere, not at a call.
     walk.exact = 1;
     Some(())

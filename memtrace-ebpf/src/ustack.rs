@@ -183,6 +183,12 @@ pub fn mix(hash: u64, frame: u64) -> u64 {
     (hash ^ frame).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
+/// The key of the last stack this CPU stored (0 once userspace emptied the stack tables).
+#[inline(always)]
+pub fn last_stored() -> u64 {
+    LAST_STORED_STACK.get(0).copied().unwrap_or(0)
+}
+
 /// Stores the stack in the scratch slot under `hash`; returns its key, 0 when it cannot.
 #[inline(always)]
 pub fn store(stack: *mut UserStack, hash: u64) -> u64 {

@@ -211,6 +211,9 @@ pub struct UnwindReport {
     pub truncated: u64,
     /// Frames the walks found.
     pub frames: u64,
+    /// Walks that were the same stack as their CPU's walk before (same thread, registers and
+    /// stack words), taken from it instead of walked again: a loop's faults or mallocs.
+    pub replayed: u64,
     /// The tables in the kernel (dwarf only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tables: Option<UnwindFigures>,
@@ -229,6 +232,7 @@ impl UnwindReport {
             ended_at_failed_read: read_failed,
             truncated,
             frames: counters.walk_frames,
+            replayed: counters.walks_replayed,
             tables,
         }
     }

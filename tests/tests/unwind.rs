@@ -697,3 +697,42 @@ fn redis_stacks_agree_with_perf() {
         context()
     );
 }
+
+/// A walk may be taken from its CPU's walk before, when its thread, registers and every stack
+/// word that walk read are the same (README). unwind_storm's alternating run touches each page
+/// through via_left or via_right, three pages each in turn: their faults have the same
+/// registers and stack pointer, and only the return address on the stack tells them apart.
+/// Each side's faults are on its own whole chain, exactly as many as the workload made, and
+/// walks were replayed (within each run of three).
+#[test]
+fn replayed_walks_keep_stacks_apart() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let mut w = spawn_waiting("unwind_storm", &["4", "1", "1", "3"]);
+    let t = traced::trace_running("faults", &["--top", "1000"], &mut w);
+    w.finish();
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let aliases = Aliases::of(&[workload("unwind_storm"), PathBuf::from(LIBC)]);
+    let rows = chains::rows_with_leaf(&t.report, "stacks", t.workload.pid, "storm_touch", &aliases);
+    let found = chains::weigh_chains(&rows, "count");
+    for side in ["left", "right"] {
+        let caller = format!("via_{side}");
+        let expected: Vec<&str> = [&["storm_touch", &caller, "alternate"], MAIN_ROOT].concat();
+        let counted: u64 = found
+            .iter()
+            .filter(|(chain, _)| aliases.chain_is(chain, &expected))
+            .map(|(_, n)| n)
+            .sum();
+        let made = t.workload.u64(&format!("{side}_pages"));
+        assert_eq!(
+            counted,
+            made,
+            "faults on the {caller} chain: memtrace {counted}, the workload {made}\n{}",
+            chain_context(&t, &found, &expected)
+        );
+    }
+    let replayed = traced::u64_of(&t.report["unwind"], "replayed");
+    assert!(replayed > 0, "no walk was replayed\n{}", t.context());
+}

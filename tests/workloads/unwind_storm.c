@@ -1,4 +1,4 @@
-/* unwind_storm [MIB [ROUNDS [DEPTH]]] [--wait] [--linger]     (defaults: 512 4 10)
+/* unwind_storm [MIB [ROUNDS [DEPTH [RUN]]]] [--wait] [--linger]     (defaults: 512 4 10 0)
  *
  * The fault storm (fault_storm.c) at a realistic call depth, built -O2 -fomit-frame-pointer
  * (tests/build.rs): the benchmark of .eh_frame unwinding (`cargo xtask bench unwind`). Main
@@ -8,12 +8,18 @@
  * bottom, then munmap. Every fault's user stack is storm_touch, DEPTH levels, main and libc's
  * start-up frames: DEPTH + 5 frames down to _start (15 with the defaults). With the defaults
  * that is about 524k minor faults. elapsed_s is the time of the whole loop.
- * JSON extras: "mib":MIB, "rounds":ROUNDS, "depth":DEPTH, "pages_touched":N.
+ * RUN > 0: DEPTH is not used; each page is touched by a call of its own, through via_left
+ * for RUN pages, then through via_right for RUN pages, and so on, both called from alternate()
+ * with the same frame: the faults of both have the same registers and stack pointer, and only
+ * the return address into via_left or via_right tells them apart (the stacks a walk may not
+ * take from the walk before). Their faults are "left_pages" and "right_pages".
+ * JSON extras: "mib":MIB, "rounds":ROUNDS, "depth":DEPTH, "run":RUN, "pages_touched":N,
+ * "left_pages":L, "right_pages":R.
  */
 #include "common.h"
 #include <sys/mman.h>
 
-static const char *usage = "unwind_storm [MIB [ROUNDS [DEPTH]]] [--wait] [--linger]";
+static const char *usage = "unwind_storm [MIB [ROUNDS [DEPTH [RUN]]]] [--wait] [--linger]";
 
 /* noinline and noclone keep each level a frame of its own, under its own name; work after
  * the call (AFTER_CALL, or using a local after it) keeps gcc from turning calls into jumps. */
@@ -56,14 +62,44 @@ LEVEL size_t level_a(char *p, size_t pages, unsigned depth)
 	return n;
 }
 
+/* Two callers with the same frame, told apart by their return addresses only. */
+LEVEL size_t via_left(char *p)
+{
+	size_t n = storm_touch(p, 1);
+	AFTER_CALL();
+	return n;
+}
+
+LEVEL size_t via_right(char *p)
+{
+	size_t n = storm_touch(p, 1);
+	/* Code of its own, so that no linker or compiler folds the two into one. */
+	__asm__ volatile("" ::"r"(n + 2) : "memory");
+	return n;
+}
+
+/* Touches the pages RUN at a time through via_left, then via_right; counts each side's. */
+LEVEL void alternate(char *p, size_t pages, size_t run, size_t *left, size_t *right)
+{
+	size_t psz = page_size();
+	for (size_t i = 0; i < pages; i++) {
+		if ((i / run) % 2 == 0)
+			*left += via_left(p + i * psz);
+		else
+			*right += via_right(p + i * psz);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	argc = parse_common_flags(argc, argv, usage);
-	if (argc > 4)
+	if (argc > 5)
 		usage_exit(usage);
 	size_t mib = arg_ulong(argc, argv, 1, 512, usage);
 	size_t rounds = arg_ulong(argc, argv, 2, 4, usage);
 	unsigned depth = (unsigned)arg_ulong(argc, argv, 3, 10, usage);
+	size_t run = arg_ulong(argc, argv, 4, 0, usage);
+	size_t left = 0, right = 0;
 	if (depth < 1)
 		usage_exit(usage);
 	size_t len = mib << 20;
@@ -79,14 +115,21 @@ int main(int argc, char **argv)
 		if (p == MAP_FAILED)
 			die("mmap");
 		madvise(p, len + 1, MADV_NOHUGEPAGE);
-		/* level_a counts as the first of the DEPTH levels */
-		touched += level_a(p, pages, depth - 1);
+		if (run) {
+			alternate(p, pages, run, &left, &right);
+			touched += pages;
+		} else {
+			/* level_a counts as the first of the DEPTH levels */
+			touched += level_a(p, pages, depth - 1);
+		}
 		munmap(p, len + 1);
 	}
 	phase_end(&ph);
 
-	print_json(&ph, "\"mib\":%zu,\"rounds\":%zu,\"depth\":%u,\"pages_touched\":%zu", mib,
-		   rounds, depth, touched);
+	print_json(&ph,
+		   "\"mib\":%zu,\"rounds\":%zu,\"depth\":%u,\"run\":%zu,\"pages_touched\":%zu,"
+		   "\"left_pages\":%zu,\"right_pages\":%zu",
+		   mib, rounds, depth, run, touched, left, right);
 	linger();
 	return 0;
 }

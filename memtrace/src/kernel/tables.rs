@@ -24,6 +24,7 @@ pub struct KernelCounters {
     pub walks_used_frame_pointers: u64,
     pub walk_frames: u64,
     pub unwind_requests_lost: u64,
+    pub walks_replayed: u64,
 }
 
 impl Tracer {
@@ -48,6 +49,7 @@ impl Tracer {
             walks_used_frame_pointers: sum(counter::WALKS_USED_FRAME_POINTERS)?,
             walk_frames: sum(counter::WALK_FRAMES)?,
             unwind_requests_lost: sum(counter::UNWIND_REQUESTS_LOST)?,
+            walks_replayed: sum(counter::WALKS_REPLAYED)?,
         })
     }
 
