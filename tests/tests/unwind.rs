@@ -700,7 +700,7 @@ fn redis_stacks_agree_with_perf() {
 
 /// A walk may be taken from its CPU's walk before, when its thread, registers and every stack
 /// word that walk read are the same (README). unwind_storm's alternating run touches each page
-/// through via_left or via_right, three pages each in turn: their faults have the same
+/// through via_left or via_right (then level_a), three pages each in turn: their faults have the same
 /// registers and stack pointer, and only the return address on the stack tells them apart.
 /// Each side's faults are on its own whole chain, exactly as many as the workload made, and
 /// walks were replayed (within each run of three).
@@ -719,7 +719,8 @@ fn replayed_walks_keep_stacks_apart() {
     let found = chains::weigh_chains(&rows, "count");
     for side in ["left", "right"] {
         let caller = format!("via_{side}");
-        let expected: Vec<&str> = [&["storm_touch", &caller, "alternate"], MAIN_ROOT].concat();
+        let expected: Vec<&str> =
+            [&["storm_touch", "level_a", &caller, "alternate"], MAIN_ROOT].concat();
         let counted: u64 = found
             .iter()
             .filter(|(chain, _)| aliases.chain_is(chain, &expected))

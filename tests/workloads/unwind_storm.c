@@ -8,11 +8,13 @@
  * bottom, then munmap. Every fault's user stack is storm_touch, DEPTH levels, main and libc's
  * start-up frames: DEPTH + 5 frames down to _start (15 with the defaults). With the defaults
  * that is about 524k minor faults. elapsed_s is the time of the whole loop.
- * RUN > 0: DEPTH is not used; each page is touched by a call of its own, through via_left
- * for RUN pages, then through via_right for RUN pages, and so on, both called from alternate()
- * with the same frame: the faults of both have the same registers and stack pointer, and only
- * the return address into via_left or via_right tells them apart (the stacks a walk may not
- * take from the walk before). Their faults are "left_pages" and "right_pages".
+ * RUN > 0: each page is touched by a descent of its own (DEPTH levels, as above), through
+ * via_left for RUN pages, then through via_right for RUN pages, and so on, both called from
+ * alternate() with the same frame: the faults of both have the same registers and stack
+ * pointer, and only the return address into via_left or via_right tells them apart (stacks
+ * that a walk must not take from the walk before: with RUN 1, every fault's stack is walked
+ * whole). Their faults are "left_pages" and "right_pages"; each stack is storm_touch, DEPTH
+ * levels, via_left or via_right, alternate, main and libc's start-up: DEPTH + 7 frames.
  * JSON extras: "mib":MIB, "rounds":ROUNDS, "depth":DEPTH, "run":RUN, "pages_touched":N,
  * "left_pages":L, "right_pages":R.
  */
@@ -63,30 +65,31 @@ LEVEL size_t level_a(char *p, size_t pages, unsigned depth)
 }
 
 /* Two callers with the same frame, told apart by their return addresses only. */
-LEVEL size_t via_left(char *p)
+LEVEL size_t via_left(char *p, unsigned depth)
 {
-	size_t n = storm_touch(p, 1);
+	size_t n = level_a(p, 1, depth - 1);
 	AFTER_CALL();
 	return n;
 }
 
-LEVEL size_t via_right(char *p)
+LEVEL size_t via_right(char *p, unsigned depth)
 {
-	size_t n = storm_touch(p, 1);
+	size_t n = level_a(p, 1, depth - 1);
 	/* Code of its own, so that no linker or compiler folds the two into one. */
 	__asm__ volatile("" ::"r"(n + 2) : "memory");
 	return n;
 }
 
 /* Touches the pages RUN at a time through via_left, then via_right; counts each side's. */
-LEVEL void alternate(char *p, size_t pages, size_t run, size_t *left, size_t *right)
+LEVEL void alternate(char *p, size_t pages, size_t run, unsigned depth, size_t *left,
+		     size_t *right)
 {
 	size_t psz = page_size();
 	for (size_t i = 0; i < pages; i++) {
 		if ((i / run) % 2 == 0)
-			*left += via_left(p + i * psz);
+			*left += via_left(p + i * psz, depth);
 		else
-			*right += via_right(p + i * psz);
+			*right += via_right(p + i * psz, depth);
 	}
 }
 
@@ -116,7 +119,7 @@ int main(int argc, char **argv)
 			die("mmap");
 		madvise(p, len + 1, MADV_NOHUGEPAGE);
 		if (run) {
-			alternate(p, pages, run, &left, &right);
+			alternate(p, pages, run, depth, &left, &right);
 			touched += pages;
 		} else {
 			/* level_a counts as the first of the DEPTH levels */

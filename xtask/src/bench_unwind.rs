@@ -28,9 +28,12 @@ use crate::{
 /// unwind_storm's arguments: 512 MiB touched 4 times (about 524k faults), each fault 10
 /// levels deep (storm_touch, 10 levels, main, and libc's start-up down to _start: 15 frames).
 const STORM: [&str; 3] = ["512", "4", "10"];
-/// The same storm 1 level deep (6 frames): the per-frame cost is what the 9 more frames of
-/// the deep storm add to each run of the fault program.
-const SHALLOW: [&str; 3] = ["512", "4", "1"];
+/// The storm with two callers taking turns page by page (RUN 1: see unwind_storm.c): no
+/// fault's stack is the one before it, so each is walked whole (17 frames), none replayed.
+const WALKED: [&str; 4] = ["512", "4", "10", "1"];
+/// The same 1 level deep (8 frames): the per-frame cost is what the 9 more frames of the
+/// deep one add to each run of the fault program.
+const WALKED_SHALLOW: [&str; 4] = ["512", "4", "1", "1"];
 /// malloc/free pairs in the malloc storm.
 const MALLOC_PAIRS: u64 = 1_000_000;
 /// Debian's python3 (python3.11, libpython linked in, no frame pointers); `python3` in PATH
@@ -337,7 +340,7 @@ fn walks_table(configs: &[Config], samples: &[Samples]) -> String {
             None => "-".to_owned(),
         };
         rows += &format!(
-            "| {} | {} | {walks} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {walks} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             config.name,
             unwind["mode"].as_str().unwrap_or("?"),
             match unwind["frames"].as_u64() {
@@ -350,6 +353,7 @@ fn walks_table(configs: &[Config], samples: &[Samples]) -> String {
             share("ended_at_invalid_rule"),
             share("ended_at_failed_read"),
             share("truncated"),
+            share("replayed"),
         );
     }
     if rows.is_empty() {
@@ -358,8 +362,8 @@ fn walks_table(configs: &[Config], samples: &[Samples]) -> String {
     format!(
         "\nHow the walks went (each config's last report; shares of its walks):\n\n\
          | tool | mode | walks | frames a walk | reached the root | used frame pointers | \
-         no table | invalid rule | failed read | truncated |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
+         no table | invalid rule | failed read | truncated | replayed |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
     )
 }
 
@@ -447,13 +451,14 @@ fn per_frame(
     };
     let dwarf = ["--unwind", "dwarf"];
     let configs = [
-        faults("deep.json", &dwarf, &STORM),
-        faults("shallow.json", &dwarf, &SHALLOW),
+        faults("walked.json", &dwarf, &WALKED),
+        faults("walked-shallow.json", &dwarf, &WALKED_SHALLOW),
+        faults("storm.json", &dwarf, &STORM),
         faults("no-stacks.json", &["--stacks", "none"], &STORM),
     ];
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
     let rounds = rounds();
-    let (mut marginal, mut all_in) = (Vec::new(), Vec::new());
+    let (mut marginal, mut all_in, mut storm_all_in) = (Vec::new(), Vec::new(), Vec::new());
     let mut lines = String::new();
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
@@ -461,7 +466,7 @@ fn per_frame(
         if round % 2 == 0 {
             order.reverse();
         }
-        let mut times = [None; 3];
+        let mut times = [None; 4];
         for index in order {
             wait_for_detaching_memtraces();
             let _stats = BpfStats::enable()?;
@@ -472,52 +477,61 @@ fn per_frame(
                 eprintln!("  {:<58} {}", configs[index].name, t.shown());
             }
         }
-        let [Some(deep), Some(shallow), Some(none)] = times else {
+        let [Some(deep), Some(shallow), Some(storm), Some(none)] = times else {
             bail!("no eBPF run-time statistics in memtrace's reports (kernel.bpf_stats_enabled)");
         };
         let m = ProgramTime::marginal_ns_per_frame(&deep, &shallow);
         let a = ProgramTime::all_in_ns_per_frame(&deep, &none);
+        let r = ProgramTime::all_in_ns_per_frame(&storm, &none);
         marginal.extend(m);
         all_in.extend(a);
+        storm_all_in.extend(r);
         let ns = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0} ns"));
         lines += &format!(
-            "| {round} | {} | {} | {:.0} ms, {} runs | {} | {} |\n",
+            "| {round} | {} | {} | {} | {:.0} ms, {} runs | {} | {} | {} |\n",
             deep.shown(),
             shallow.shown(),
+            storm.shown(),
             none.seconds * 1e3,
             none.runs,
             ns(m),
             ns(a),
+            ns(r),
         );
     }
     let text = format!(
         "The unwinder's time per frame, from the kernel's eBPF run-time statistics \
-         (kernel.bpf_stats_enabled, on for these runs only), {rounds} rounds of three runs: \
-         `unwind_storm {deep}` and `unwind_storm {shallow}` under `--unwind dwarf`, and \
-         `unwind_storm {deep}` under `--stacks none`; each run's tracer.bpf_run_s, \
-         tracer.bpf_runs, unwind.walks and unwind.frames. The storms fault on the same pages. \
-         **Per frame** is (bpf_run_s, {d} levels - bpf_run_s, {s} level) / (frames, {d} \
-         levels - frames, {s} level): what one more frame costs, with what every walk pays \
-         once cancelled out. **All in** is (bpf_run_s, {d} levels - bpf_run_s without \
-         stacks) / frames, {d} levels: every cost of taking a stack, spread over its \
-         frames.\n\n\
-         | round | dwarf, {d} levels | dwarf, {s} level | no stacks | per frame | all in, per frame |\n\
-         |---:|---:|---:|---:|---:|---:|\n{lines}\
-         | median | | | | {} | {} |\n",
+         (kernel.bpf_stats_enabled, on for these runs only), {rounds} rounds of four runs \
+         under `--unwind dwarf`: `unwind_storm {deep}` and `unwind_storm {shallow}` (two \
+         callers taking turns page by page: every stack walked whole, none replayed), the \
+         storm `unwind_storm {storm}` (its faults' stacks replayed), and the storm under \
+         `--stacks none`; each run's tracer.bpf_run_s, tracer.bpf_runs, unwind.walks and \
+         unwind.frames. All fault on the same pages. **Per frame** is (bpf_run_s, {d} levels \
+         - bpf_run_s, {s} level) / (frames, {d} levels - frames, {s} level) of the walked \
+         runs: what one more frame walked costs, with what every walk pays once cancelled \
+         out (a replay's compares that fail included). **All in** is (bpf_run_s - bpf_run_s \
+         without stacks) / frames: every cost of taking a stack, spread over its frames, \
+         walked ({d} levels) and replayed (the storm).\n\n\
+         | round | walked, {d} levels | walked, {s} level | the storm, replayed | no stacks | \
+         per frame, walked | all in, walked | all in, replayed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n{lines}\
+         | median | | | | | {} | {} | {} |\n",
         shown_ns(&marginal),
         shown_ns(&all_in),
-        deep = STORM.join(" "),
-        shallow = SHALLOW.join(" "),
-        d = STORM[2],
-        s = SHALLOW[2],
+        shown_ns(&storm_all_in),
+        deep = WALKED.join(" "),
+        shallow = WALKED_SHALLOW.join(" "),
+        storm = STORM.join(" "),
+        d = WALKED[2],
+        s = WALKED_SHALLOW[2],
     );
     goals.push(Goal {
         what: "the unwinder's time per frame",
         how: format!(
             "(bpf_run_s, {d} levels - {s} level) / (unwind.frames, {d} levels - {s} level), \
-             median of rounds (above)",
-            d = STORM[2],
-            s = SHALLOW[2]
+             every stack walked whole, median of rounds (above)",
+            d = WALKED[2],
+            s = WALKED_SHALLOW[2]
         ),
         figure: (!marginal.is_empty()).then(|| median(&marginal)),
         unit: "ns",
