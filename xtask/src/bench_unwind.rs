@@ -703,7 +703,8 @@ fn attach(memtrace: &str, scratch: &Path, goals: &mut Vec<Goal>) -> Result<Strin
     let attach_ms = |r: &Attach| Some(r.attach_ms);
     let rss_mib = |r: &Attach| Some(r.max_rss_kb / 1024.0);
     let build_ms = |r: &Attach| r.tables["build_ms"].as_f64();
-    // What the tables add to the attach: round by round, dwarf's attach minus fp's.
+    // What dwarf adds to the whole attach: round by round, dwarf's attach minus fp's (the
+    // tables, and the kernel verifying the walk's code in each program that takes stacks).
     let added: Vec<f64> = (runs[0].iter().zip(&runs[1]))
         .map(|(dwarf, fp)| dwarf.attach_ms - fp.attach_ms)
         .collect();
@@ -740,22 +741,20 @@ fn attach(memtrace: &str, scratch: &Path, goals: &mut Vec<Goal>) -> Result<Strin
     let text = format!(
         "Attaching to a waiting python3 (`memtrace faults --pid PID --unwind MODE --duration \
          {ATTACH_TRACE}`, {PYTHON}: Debian's python3.11 with libpython linked in, libc and its \
-         other libraries), {rounds} interleaved rounds; tables are the last run's. The tables \
-         add {} to the attach (dwarf's attach minus fp's, median of rounds).\n\n{table}",
-        or_dash(added.clone(), &|v| format!("{v:.0} ms")),
+         other libraries), {rounds} interleaved rounds; tables are the last run's. \
+         `tables built in` is unwind.tables.build_ms: reading the files, building their rows \
+         and writing them into the kernel's arrays. The whole attach under dwarf is {} longer \
+         than under fp (median of the rounds' differences): the tables, and the kernel \
+         verifying the walk's code once in each program that takes stacks.\n\n{table}",
+        or_dash(added, &|v| format!("{v:.0} ms")),
     );
     let median_of = |values: Vec<f64>| (!values.is_empty()).then(|| median(&values));
     goals.push(Goal {
-        what: "python3 + libc: tables built at attach",
-        how: "unwind.tables.build_ms, median of rounds".into(),
-        figure: median_of(column(0, &build_ms)),
-        unit: "ms",
-        goal: GOAL_TABLES_MS,
-    });
-    goals.push(Goal {
         what: "python3 + libc: tables built and loaded at attach",
-        how: "tracer.attach_ms under dwarf - under fp, median of rounds".into(),
-        figure: median_of(added),
+        how: "unwind.tables.build_ms (built and written into the kernel's arrays), median \
+              of rounds; the whole attach's difference is above the goals"
+            .into(),
+        figure: median_of(column(0, &build_ms)),
         unit: "ms",
         goal: GOAL_TABLES_MS,
     });
