@@ -29,6 +29,8 @@ use crate::{kernel::tracer::Tracer, trace::memory_maps::FileId};
 const REREAD_INTERVAL: Duration = Duration::from_millis(2);
 /// How long a started command's exec waits for its loader to map its libraries.
 const LOADER_WAIT: Duration = Duration::from_millis(50);
+/// How often the processes that exited are forgotten (a long-running agent sees many).
+const FORGET_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the report says of the tables and the processes they served.
 #[derive(Clone, Debug, Serialize)]
@@ -91,9 +93,14 @@ pub struct Unwinder {
     processes: KernelHashMap<MapData, u32, ProcessMappings>,
     binaries: HashMap<FileId, Option<Binary>>,
     vdso: Option<Option<Binary>>,
-    /// When each process's maps were last read, and the processes waiting to be read again.
+    /// When each live process's maps were last read, and the processes waiting to be read
+    /// again.
     read_at: HashMap<u32, Instant>,
     waiting: BTreeMap<u32, Instant>,
+    /// Processes whose maps were read, exited ones included, and when the exited ones were
+    /// last forgotten.
+    processes_read: u64,
+    forgotten_at: Instant,
     /// The files a command's loader will map (see `prebuild`), until its exec is seen.
     expected: Vec<FileId>,
     /// Lists given to the kernel, and processes with more mappings than it keeps.
@@ -118,6 +125,8 @@ impl Unwinder {
             vdso: None,
             read_at: HashMap::new(),
             waiting: BTreeMap::new(),
+            processes_read: 0,
+            forgotten_at: Instant::now(),
             expected: Vec::new(),
             process_loads: 0,
             processes_over_mapping_limit: 0,
@@ -155,6 +164,18 @@ impl Unwinder {
             self.waiting.remove(&pid);
             self.load(pid);
         }
+        if now.duration_since(self.forgotten_at) >= FORGET_INTERVAL {
+            self.forgotten_at = now;
+            self.forget_exited();
+        }
+    }
+
+    /// Drops what is kept of processes that exited (the kernel's map forgets them itself:
+    /// it is an LRU).
+    fn forget_exited(&mut self) {
+        let live = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+        self.read_at.retain(|pid, _| live(pid));
+        self.waiting.retain(|pid, _| live(pid));
     }
 
     /// Reads `pid`'s executable mappings, builds the tables it lacks, and gives the list to
@@ -190,7 +211,9 @@ impl Unwinder {
     /// `load`; returns the files the process maps (None when it is gone).
     fn load_mapping(&mut self, pid: u32) -> Option<Vec<FileId>> {
         let started = Instant::now();
-        self.read_at.insert(pid, started);
+        if self.read_at.insert(pid, started).is_none() {
+            self.processes_read += 1;
+        }
         let (mappings, files) = self.mappings_of(pid)?;
         let mut value = ProcessMappings::EMPTY;
         if mappings.len() > MAX_MAPPINGS {
@@ -320,7 +343,7 @@ impl Unwinder {
     pub fn figures(&self) -> UnwindFigures {
         UnwindFigures {
             tables: self.store.figures.clone(),
-            processes: self.read_at.len() as u64,
+            processes: self.processes_read,
             process_loads: self.process_loads,
             processes_over_mapping_limit: self.processes_over_mapping_limit,
         }
