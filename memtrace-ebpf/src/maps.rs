@@ -37,6 +37,10 @@ pub static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entrie
 #[map]
 pub static LAST_STORED_STACK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// The thread whose name this CPU sent last (see `emit`).
+#[map]
+pub static LAST_COMM_TID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// The unwind tables' rows, of every binary (see memtrace-common's `unwind`); sized by the
 /// loader, which fills them.
 /// Memory-mapped by the loader, which writes a binary's rows in place (one syscall per row
