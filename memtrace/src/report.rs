@@ -86,11 +86,14 @@ impl Frame {
         })
     }
 
-    /// The frame as tables show it: `function+0xoff (module)`, or the name above.
+    /// The frame as tables show it: `function+0xoff (module)`, or the name above (alone for
+    /// a `stack_end` marker, which has no address).
     pub fn line(&self) -> String {
         match (&self.function, &self.module) {
             (Some(function), Some(module)) => format!("{function}+{:#x} ({module})", self.offset),
-            (Some(function), None) => format!("{function}+{:#x}", self.offset),
+            (Some(function), None) if self.address != 0 => {
+                format!("{function}+{:#x}", self.offset)
+            }
             _ => self.name(),
         }
     }
@@ -235,5 +238,26 @@ impl UnwindReport {
             replayed: counters.walks_replayed,
             tables,
         }
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::Frame;
+    use memtrace_common::unwind::walk_end;
+
+    #[test]
+    fn a_stack_end_marker_is_shown_without_an_offset() {
+        let marker = Frame::stack_end(walk_end::NO_TABLE).unwrap();
+        assert_eq!(marker.line(), "[stack ends: code with no unwind table]");
+        assert!(Frame::stack_end(walk_end::ROOT).is_none());
+        let kernel = Frame {
+            address: 0xffff_ffff_8100_0000,
+            function: Some("do_user_addr_fault".into()),
+            offset: 0x1a,
+            module: None,
+            mapping: None,
+        };
+        assert_eq!(kernel.line(), "do_user_addr_fault+0x1a");
     }
 }
