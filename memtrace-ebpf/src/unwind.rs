@@ -2,9 +2,11 @@
 //! `.eh_frame`, see memtrace-common's `unwind`), so code built without frame pointers (most
 //! distributions' binaries) still gives whole stacks. Per frame: find the process's mapping
 //! that holds the address, its binary's row for it (from the rows this CPU found last, else
-//! a binary search of one 4 KiB page's rows), and follow the row's rule to the caller's CFA, return address and rbp. Code with no table
-//! (JIT, anonymous memory) is stepped over by frame pointer. One `bpf_loop` callback walks
-//! for every program, so the verifier checks one frame's work once.
+//! a binary search of one 4 KiB page's rows), and follow the row's rule to the caller's CFA,
+//! return address and rbp. Code with no table (JIT, anonymous memory) is stepped over by
+//! frame pointer. A walk that starts where this CPU's last one did, on unchanged stack
+//! words, is that walk's stack (see `Memo`). One `bpf_loop` callback walks for every
+//! program, so the verifier checks one frame's work once.
 use aya_ebpf::helpers::{
     bpf_probe_read_user,
     generated::{self, bpf_loop},
@@ -79,8 +81,6 @@ pub struct Walk {
     leaf: u32,
     /// 1: `bp` is still the starting register's value.
     bp_from_regs: u32,
-    /// 1: a frame's CFA was found from the starting rbp (a replay must compare it).
-    used_regs_bp: u32,
     /// 1: `bp` was read from the stack at `bp_read_at`, and no frame used it yet. Code
     /// built without frame pointers keeps anything in rbp (a loop's pointer): the word a
     /// replay compares only once a CFA was found from it.
@@ -121,9 +121,9 @@ struct Memo {
     tid: u32,
     tgid: u32,
     leaf: u32,
-    /// 1: the walk depended on the starting rbp (code built without frame pointers keeps
-    /// anything there: it is compared only when a CFA was found from it).
-    used_bp: u64,
+    /// 1: a frame's CFA was found from the starting rbp, so a replay compares it (code built
+    /// without frame pointers keeps anything there). Noted during the walk, like the reads.
+    used_bp: u32,
     pc: u64,
     sp: u64,
     bp: u64,
@@ -206,7 +206,6 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
     walk.request = 0;
     walk.leaf = u32::from(regs.leaf);
     walk.bp_from_regs = 1;
-    walk.used_regs_bp = 0;
     walk.bp_unused_read = 0;
     // No mapping cached (two stores: a whole-struct copy is a byte loop in BPF).
     walk.cached.start = 0;
@@ -234,6 +233,7 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
         }
     }
     walk.memo.valid = 0;
+    walk.memo.used_bp = 0;
     walk.memo.reads = 0;
     walk.memo.highest = 0;
     unsafe {
@@ -295,9 +295,7 @@ fn remember(walk: &mut Walk, regs: &UserRegs, key: u64) {
     if !determined {
         return;
     }
-    let used_regs_bp = walk.used_regs_bp;
     let memo = &mut walk.memo;
-    memo.used_bp = u64::from(used_regs_bp);
     memo.tid = walk.tid;
     memo.tgid = walk.tgid;
     memo.leaf = walk.leaf;
@@ -383,7 +381,7 @@ fn step_frame(walk: &mut Walk) -> Option<()> {
         Found::NoTable => return frame_pointer_step(walk),
     };
     if row.kind == rule::CFA_RBP {
-        walk.used_regs_bp |= walk.bp_from_regs;
+        walk.memo.used_bp |= walk.bp_from_regs;
         if walk.bp_unused_read != 0 {
             walk.bp_unused_read = 0;
             note_read(walk, walk.bp_read_at, walk.bp);
@@ -493,9 +491,10 @@ fn move_window_up_to(walk: &mut Walk, address: u64) {
     }
 }
 
-/// Reads the window at `base` (8-byte aligned), up to the thread's known stack top. A read
-/// that fails ran past the stack's mapping into the window's last page: that page's start
-/// becomes the thread's stack top (one failure per thread; this walk reads word by word).
+/// Reads the window at `base` (8-byte aligned), up to `end` (u64::MAX: as far as a window
+/// goes) and the thread's known stack top. A read that fails ran past the stack's mapping
+/// into the window's last page: that page's start becomes the thread's stack top (one
+/// failure per thread; this walk reads word by word).
 #[inline(always)]
 fn fill_window(walk: &mut Walk, base: u64, end: u64) {
     walk.window_base = base;
