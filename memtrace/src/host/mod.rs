@@ -6,3 +6,8 @@ pub mod container;
 pub mod memcg;
 pub mod process_memory;
 pub(crate) mod system_memory;
+
+/// Whether a process `pid` exists now (its /proc directory does).
+pub fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}

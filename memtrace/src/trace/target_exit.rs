@@ -19,9 +19,7 @@ impl TargetExit {
             });
         }
         // Kernels without pidfd_open (before 5.3): fall back to /proc.
-        std::path::Path::new(&format!("/proc/{pid}"))
-            .exists()
-            .then_some(Self { pid, pidfd: None })
+        crate::host::process_exists(pid).then_some(Self { pid, pidfd: None })
     }
 
     pub fn has_exited(&self) -> bool {
@@ -34,7 +32,7 @@ impl TargetExit {
                 };
                 unsafe { libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLIN != 0 }
             }
-            None => !std::path::Path::new(&format!("/proc/{}", self.pid)).exists(),
+            None => !crate::host::process_exists(self.pid),
         }
     }
 }

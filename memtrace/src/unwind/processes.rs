@@ -20,7 +20,7 @@ use super::{
     store::{Capacity, TableFigures, TableStore},
     vdso,
 };
-use crate::{kernel::tracer::Tracer, trace::memory_maps::FileId};
+use crate::{host::process_exists, kernel::tracer::Tracer, trace::memory_maps::FileId};
 
 /// A process's maps are read again at most this often on the walks' requests: a walk that
 /// keeps meeting code outside every mapping (a corrupt frame) must not turn into a maps read
@@ -173,9 +173,8 @@ impl Unwinder {
     /// Drops what is kept of processes that exited (the kernel's map forgets them itself:
     /// it is an LRU).
     fn forget_exited(&mut self) {
-        let live = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-        self.read_at.retain(|pid, _| live(pid));
-        self.waiting.retain(|pid, _| live(pid));
+        self.read_at.retain(|&pid, _| process_exists(pid));
+        self.waiting.retain(|&pid, _| process_exists(pid));
     }
 
     /// Reads `pid`'s executable mappings, builds the tables it lacks, and gives the list to

@@ -1,6 +1,6 @@
 //! The books `memtrace malloc` keeps while tracing: per process, calls and bytes; per stack,
 //! what was allocated; sizes; and every block still outstanding, with its age.
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use memtrace_common::{AllocFn, EventKind};
 
@@ -265,7 +265,7 @@ impl AllocBooks {
         self.outstanding.retain(|&(tgid, _), block| {
             let is_alive = *alive
                 .entry(tgid)
-                .or_insert_with(|| Path::new(&format!("/proc/{tgid}")).exists());
+                .or_insert_with(|| crate::host::process_exists(tgid));
             if !is_alive {
                 gone.push(*block);
             }
