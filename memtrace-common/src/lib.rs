@@ -4,6 +4,7 @@
 //! agree on the layout byte for byte. The `user` feature adds `aya::Pod` for the loader.
 #![no_std]
 
+pub mod python;
 pub mod unwind;
 
 /// Length of a task's `comm`, as in the kernel (`TASK_COMM_LEN`).
@@ -427,7 +428,16 @@ pub mod counter {
     /// Walks that were the same stack as the CPU's last walk, found by comparing the words it
     /// read instead of walking again (also counted in `WALKS`).
     pub const WALKS_REPLAYED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Walks in Python processes that found the thread's interpreter frames, and those
+    /// frames (see `python`).
+    pub const PYTHON_WALKS: u32 = 16;
+    pub const PYTHON_FRAMES: u32 = 17;
+    /// Walks in Python processes whose thread had no thread state (a thread that never ran
+    /// Python code), or whose state could not be found.
+    pub const PYTHON_NO_THREAD_STATE: u32 = 18;
+    /// Python frame walks that stopped early (a read failed, the depth limit).
+    pub const PYTHON_INCOMPLETE: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.
@@ -555,6 +565,8 @@ mod pod {
     unsafe impl aya::Pod for super::FileTag {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UserStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::python::PythonProcess {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SwapCounts {}
     // SAFETY: as above.

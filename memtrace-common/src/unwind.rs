@@ -128,4 +128,7 @@ pub mod walk_end {
     pub const FRAME_POINTERS: u64 = 6;
     /// Some frame was found by frame pointer (code with no table).
     pub const USED_FRAME_POINTERS: u64 = 1 << 8;
+    /// Python frames were walked but stopped early: the stack's outer Python frames are
+    /// missing.
+    pub const PYTHON_INCOMPLETE: u64 = 1 << 9;
 }

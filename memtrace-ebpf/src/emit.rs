@@ -9,7 +9,7 @@ use memtrace_common::{counter, stack_flags, EventKind, StackEvent, COMM_LEN};
 use crate::{
     config, filetag, filter,
     maps::{count, EVENTS, LAST_COMM_TID, STACKS},
-    unwind,
+    unwind::{self, Walked},
     ustack::{self, UserRegs},
 };
 
@@ -94,19 +94,20 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
     } else {
         0
     };
-    let (user_stack, ask_for_tables) = match &record.user_stack {
-        _ if flags & stack_flags::USER == 0 => (0, false),
+    let walked = match &record.user_stack {
+        _ if flags & stack_flags::USER == 0 => Walked::default(),
         // The table walk starts from the user registers wherever the event happened (the
         // task's saved ones for an event in the kernel).
         UserStackFrom::Regs(regs) if config::unwind_tables() => unwind::walk(regs, tgid, tid),
         UserStackFrom::Kernel if config::unwind_tables() => match ustack::current_user_regs() {
             Some(regs) => unwind::walk(&regs, tgid, tid),
-            None => (0, false),
+            None => Walked::default(),
         },
-        UserStackFrom::Regs(regs) => (ustack::walk(regs), false),
-        UserStackFrom::Kernel => (ustack::from_kernel(ctx), false),
-        UserStackFrom::Nowhere => (0, false),
+        UserStackFrom::Regs(regs) => Walked::of(ustack::walk(regs)),
+        UserStackFrom::Kernel => Walked::of(ustack::from_kernel(ctx)),
+        UserStackFrom::Nowhere => Walked::default(),
     };
+    let (user_stack, ask_for_tables) = (walked.key, walked.ask_for_tables);
     let kernel_stack_id = if flags & stack_flags::KERNEL != 0 && record.kernel_stack {
         stack_id(ctx, 0)
     } else {
@@ -129,12 +130,14 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
             [0; COMM_LEN]
         },
     });
-    let wakeup =
-        if record.urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config::wakeup_bytes() {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
+    let wakeup = if record.urgent
+        || walked.new_python_stack
+        || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config::wakeup_bytes()
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     entry.submit(wakeup as u64);
     if ask_for_tables {
         ask_for_unwind_tables(tgid, tid);

@@ -18,6 +18,7 @@ mod memcg;
 mod oom;
 mod pages;
 mod percpu;
+mod python;
 mod sample;
 mod swap;
 mod unwind;

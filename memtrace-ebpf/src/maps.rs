@@ -5,7 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use memtrace_common::{
-    counter, sampler,
+    counter,
+    python::{PythonProcess, MAX_PYTHON_PROCESSES, MAX_PYTHON_THREADS},
+    sampler,
     unwind::{ProcessMappings, UnwindRow, UnwindTable},
     FileTag, PageCount, PageCountCache, PageKey, PendingAlloc, StagedSwapOut, SwapCounts,
     UserStack, MAX_TARGETS, PENDING_SLOTS,
@@ -74,6 +76,18 @@ pub static STACK_TOPS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384
 /// The stack walk in progress on this CPU (see `unwind::Walk`).
 #[map]
 pub static WALK_STATE: PerCpuArray<crate::unwind::Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Python processes, by tgid: where their interpreter is and its objects' layout (see
+/// `python`). LRU: tracing the whole system, one not seen for a while makes room.
+#[map]
+pub static PYTHON_PROCESSES: LruHashMap<u32, PythonProcess> =
+    LruHashMap::with_max_entries(MAX_PYTHON_PROCESSES, 0);
+
+/// Each Python thread's thread state, by thread id, once found (checked on each use: the
+/// state's own thread id must still be the thread's). LRU: threads come and go.
+#[map]
+pub static PYTHON_THREADS: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(MAX_PYTHON_THREADS, 0);
 
 /// Per-CPU counters (see `memtrace_common::counter`), summed by the loader. The bpf target has
 /// no atomic add, and per-CPU slots need none.

@@ -24,6 +24,7 @@ use crate::{
         add, count, STACK_TOPS, UNWIND_EMPTY, UNWIND_PAGES, UNWIND_PROCESSES, UNWIND_ROWS,
         UNWIND_TABLES, WALK_STATE,
     },
+    python::{self, PythonWalk},
     ustack::{self, UserRegs},
 };
 
@@ -103,9 +104,11 @@ pub struct Walk {
     /// (20 ns a frame on the storm). Kept across walks: tables are never rewritten while
     /// memtrace runs.
     found_rows: [FoundRow; FOUND_ROW_SLOTS],
-    /// The frames walked so far (stored in `USER_STACKS` at the end).
+    /// The frames walked so far (stored in `USER_STACKS` at the end): the native frames,
+    /// then the Python frames (see `python`).
     stack: UserStack,
     memo: Memo,
+    python: PythonWalk,
 }
 
 /// This CPU's last walk, what it started from and every stack word it read. A walk's result
@@ -127,7 +130,10 @@ struct Memo {
     pc: u64,
     sp: u64,
     bp: u64,
-    key: u64,
+    /// The native frames' hash, and the key the whole stack (with its Python frames) was
+    /// stored under last.
+    hash: u64,
+    stored: u64,
     end: u64,
     depth: u64,
     /// Words read, or more than `MEMO_READS`: the walk is not kept.
@@ -138,6 +144,8 @@ struct Memo {
     highest: u64,
     /// 1: a replay found a word changed.
     changed: u64,
+    /// 1: the stack stored last has Python frames after the native ones.
+    python: u64,
 }
 
 /// One slot of `Walk::found_rows`.
@@ -185,12 +193,35 @@ enum Found {
     NoTable,
 }
 
-/// Walks the user stack from `regs`; returns its key in `USER_STACKS`, and whether the loader
-/// must be asked for this process's mappings.
+/// What a walk gives the event.
+#[derive(Default)]
+pub struct Walked {
+    /// The stack's key in `USER_STACKS`.
+    pub key: u64,
+    /// The loader must be asked for this process's mappings.
+    pub ask_for_tables: bool,
+    /// A stack with Python frames stored for the first time: the loader reads the code
+    /// objects it names while they exist (a module's code lives only while it is imported),
+    /// so the event wakes it.
+    pub new_python_stack: bool,
+}
+
+impl Walked {
+    /// A stack walked by frame pointers (no tables, no Python frames).
+    #[inline(always)]
+    pub fn of(key: u64) -> Self {
+        Walked {
+            key,
+            ..Walked::default()
+        }
+    }
+}
+
+/// Walks the user stack from `regs` (see `Walked`).
 #[inline(always)]
-pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
+pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
     let Some(walk) = WALK_STATE.get_ptr_mut(0) else {
-        return (0, false);
+        return Walked::default();
     };
     let walk = unsafe { &mut *walk };
     walk.pc = regs.ip;
@@ -229,7 +260,21 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
         if walk.memo.changed == 0 {
             count(counter::WALKS_REPLAYED);
             count_walk(walk.memo.end, walk.memo.depth);
-            return (walk.memo.key, false);
+            // The native frames are still those in `walk.stack` (see `Memo`).
+            let (hash, end, depth) = (walk.memo.hash, walk.memo.end, walk.memo.depth);
+            let (key, new_python_stack) = match with_python(walk, context_pointer, hash, end, depth)
+            {
+                Some(stored) => stored,
+                None if walk.memo.python == 0 => (walk.memo.stored, false),
+                // The last stack had Python frames after these; this one ends here.
+                None => (store_native(walk, hash, end, depth), false),
+            };
+            walk.memo.stored = key;
+            return Walked {
+                key,
+                ask_for_tables: false,
+                new_python_stack,
+            };
         }
     }
     walk.memo.valid = 0;
@@ -245,10 +290,68 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> (u64, bool) {
         )
     };
     count_walk(walk.end, walk.depth as u64);
-    walk.stack.end = walk.end;
-    let key = ustack::store(&mut walk.stack, ustack::mix(walk.hash, walk.end));
-    remember(walk, regs, key);
-    (key, walk.request != 0)
+    let (hash, end, depth) = (walk.hash, walk.end, walk.depth as u64);
+    let (key, new_python_stack) = match with_python(walk, context_pointer, hash, end, depth) {
+        Some(stored) => stored,
+        None => (store_native(walk, hash, end, depth), false),
+    };
+    remember(walk, regs, hash, key);
+    Walked {
+        key,
+        ask_for_tables: walk.request != 0,
+        new_python_stack,
+    }
+}
+
+/// Appends the thread's Python frames to the native frames (`depth` of them, hashed to
+/// `hash`, ended as `end`) and stores the whole stack: its key, and whether it is new; None
+/// when the thread is not in Python code (the native stack is then stored alone).
+#[inline(always)]
+fn with_python(
+    walk: &mut Walk,
+    context_pointer: *mut core::ffi::c_void,
+    hash: u64,
+    end: u64,
+    depth: u64,
+) -> Option<(u64, bool)> {
+    if !python::start(&mut walk.python, walk.tgid, walk.tid, depth, hash) {
+        return None;
+    }
+    let limit = (USER_STACK_DEPTH as u64 + 1).saturating_sub(depth) as u32;
+    unsafe { bpf_loop(limit, python_step as *mut _, context_pointer, 0) };
+    let (hash, incomplete) = python::finish(&walk.python);
+    let end = if incomplete {
+        end | walk_end::PYTHON_INCOMPLETE
+    } else {
+        end
+    };
+    walk.stack.end = end;
+    walk.memo.python = 1;
+    Some(ustack::store_noting_new(
+        &mut walk.stack,
+        ustack::mix(hash, end),
+    ))
+}
+
+/// Stores the native frames alone (`depth` of them, hashed to `hash`, ended as `end`).
+#[inline(always)]
+fn store_native(walk: &mut Walk, hash: u64, end: u64, depth: u64) -> u64 {
+    walk.memo.python = 0;
+    if let Some(frame) = walk
+        .stack
+        .frames
+        .get_mut(core::hint::black_box(depth as usize))
+    {
+        *frame = 0;
+    }
+    walk.stack.end = end;
+    ustack::store(&mut walk.stack, ustack::mix(hash, end))
+}
+
+/// bpf_loop's callback: one Python frame. Returns 1 to stop.
+extern "C" fn python_step(_index: u32, context: *mut core::ffi::c_void) -> i64 {
+    let walk = unsafe { &mut **(context as *mut *mut Walk) };
+    i64::from(!python::step(&mut walk.python, &mut walk.stack))
 }
 
 /// Counts a walk by how it ended, and its frames.
@@ -277,13 +380,14 @@ fn replayable(walk: &Walk) -> bool {
         && (memo.used_bp == 0 || memo.bp == walk.bp)
         // Its stack is still stored: userspace empties the stack tables (the agent, each
         // profile period) and this CPU's note of the last one with them.
-        && memo.key == ustack::last_stored()
+        && memo.stored == ustack::last_stored()
 }
 
 /// Keeps the walk just made for the next, if its end depended on nothing but its start and
 /// the words it read (see `Memo`); `walk.pc`, `sp` and `bp` have moved, `regs` has not.
+/// `hash` is its native frames', `key` the whole stack's.
 #[inline(always)]
-fn remember(walk: &mut Walk, regs: &UserRegs, key: u64) {
+fn remember(walk: &mut Walk, regs: &UserRegs, hash: u64, key: u64) {
     let end = walk.end & 0xff;
     let determined = matches!(
         end,
@@ -302,7 +406,8 @@ fn remember(walk: &mut Walk, regs: &UserRegs, key: u64) {
     memo.pc = regs.ip;
     memo.sp = regs.sp;
     memo.bp = regs.fp;
-    memo.key = key;
+    memo.hash = hash;
+    memo.stored = key;
     memo.end = walk.end;
     memo.depth = walk.depth as u64;
     memo.valid = 1;

@@ -192,34 +192,40 @@ pub fn last_stored() -> u64 {
 /// Stores the stack in the scratch slot under `hash`; returns its key, 0 when it cannot.
 #[inline(always)]
 pub fn store(stack: *mut UserStack, hash: u64) -> u64 {
+    store_noting_new(stack, hash).0
+}
+
+/// `store`, and whether the stack was not stored before.
+#[inline(always)]
+pub fn store_noting_new(stack: *mut UserStack, hash: u64) -> (u64, bool) {
     // 0 is kept for "no stack".
     let key = hash | 1;
     // A hot path repeats its stack: the last key this CPU stored needs no map lookup (stacks
     // are never deleted).
     let Some(last_stored) = LAST_STORED_STACK.get_ptr_mut(0) else {
-        return 0;
+        return (0, false);
     };
     let last_stored = unsafe { &mut *last_stored };
     if *last_stored == key || unsafe { USER_STACKS.get(key) }.is_some() {
         *last_stored = key;
-        return key;
+        return (key, false);
     }
     // By reference: a 512-byte value would not fit on the 512-byte BPF stack.
     #[allow(clippy::needless_borrows_for_generic_args)]
     let inserted = USER_STACKS.insert(key, unsafe { &*stack }, BPF_NOEXIST);
     match inserted {
-        // EEXIST: stored meanwhile by another CPU.
         Ok(()) => {
             *last_stored = key;
-            key
+            (key, true)
         }
+        // EEXIST: stored meanwhile by another CPU.
         Err(err) if err == EEXIST => {
             *last_stored = key;
-            key
+            (key, false)
         }
         Err(_) => {
             count(counter::STACK_ERRORS);
-            0
+            (0, false)
         }
     }
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod host;
 pub mod kernel;
 mod output;
+pub mod python;
 mod report;
 pub mod trace;
 pub mod unwind;

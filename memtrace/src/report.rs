@@ -26,6 +26,28 @@ pub struct Frame {
     /// code and the vdso): what lets a pprof server symbolize the frame again.
     #[serde(skip)]
     pub mapping: Option<CodeMapping>,
+    /// For a Python frame: its source file (as the interpreter names it) and line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceLine>,
+}
+
+/// Where a Python frame is in its source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct SourceLine {
+    pub file: String,
+    /// None when the code object's line table names none for the instruction.
+    pub line: Option<u32>,
+}
+
+impl SourceLine {
+    /// `app.py:42`: the file's last component, as Python tracebacks are read at a glance.
+    pub fn short(&self) -> String {
+        let name = self.file.rsplit('/').next().unwrap_or(&self.file);
+        match self.line {
+            Some(line) => format!("{name}:{line}"),
+            None => name.to_owned(),
+        }
+    }
 }
 
 /// An executable file mapping as a process had it (`Mapping` in pprof's profile.proto).
@@ -58,6 +80,9 @@ impl Frame {
     /// symbol covers it, the module and the offset in its file (`python3.11+0x5cfbeb`), or
     /// the address in hex outside any known mapping.
     pub fn name(&self) -> String {
+        if let (Some(function), Some(source)) = (&self.function, &self.source) {
+            return format!("{function} ({})", source.short());
+        }
         match (&self.function, &self.module) {
             (Some(function), _) => function.clone(),
             (None, Some(module)) => format!("{module}+{:#x}", self.offset),
@@ -83,12 +108,16 @@ impl Frame {
             offset: 0,
             module: None,
             mapping: None,
+            source: None,
         })
     }
 
     /// The frame as tables show it: `function+0xoff (module)`, or the name above (alone for
     /// a `stack_end` marker, which has no address).
     pub fn line(&self) -> String {
+        if self.source.is_some() {
+            return self.name();
+        }
         match (&self.function, &self.module) {
             (Some(function), Some(module)) => format!("{function}+{:#x} ({module})", self.offset),
             (Some(function), None) if self.address != 0 => {
@@ -257,6 +286,7 @@ mod frame_tests {
             offset: 0x1a,
             module: None,
             mapping: None,
+            source: None,
         };
         assert_eq!(kernel.line(), "do_user_addr_fault+0x1a");
     }

@@ -46,6 +46,34 @@ pub fn workload(name: &str) -> PathBuf {
     path
 }
 
+/// Debian's CPython 3.11 (libpython linked in, no frame pointers), the interpreter the Python
+/// tests run: not a `python3` earlier on PATH (pyenv's), whose layout may differ.
+pub const PYTHON: &str = "/usr/bin/python3.11";
+
+/// Path of the Python workload `name` (e.g. `"alloc_lines.py"`) in `tests/workloads/python/`;
+/// panics if it is missing. Run it with [`PYTHON`].
+pub fn python_workload(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads/python")
+        .join(name);
+    assert!(path.is_file(), "no Python workload {}", path.display());
+    path
+}
+
+/// True when [`PYTHON`] is installed. Otherwise: in CI panics (`cargo xtask setup` installs
+/// python3); elsewhere prints a skip note and returns false.
+pub fn require_python() -> bool {
+    if Path::new(PYTHON).is_file() {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "no {PYTHON} and CI=true: `cargo xtask setup` installs python3"
+    );
+    eprintln!("skipped: no {PYTHON}");
+    false
+}
+
 /// The memtrace binary under test: `$MEMTRACE_BIN` if set, else
 /// `<workspace target>/<debug|release>/memtrace` (same profile as the tests). Building it is the
 /// caller's concern.
@@ -149,13 +177,21 @@ pub struct Waiting {
 
 /// Starts workload `name` with `args` plus `--wait --linger` and waits for its `ready` line.
 pub fn spawn_waiting(name: &str, args: &[&str]) -> Waiting {
-    let mut child = Command::new(workload(name))
-        .args(args)
+    let mut command = Command::new(workload(name));
+    command.args(args);
+    spawn_waiting_command(command)
+}
+
+/// Starts `command`, a workload that takes `--wait` and `--linger` as the C workloads do (a
+/// Python one: [`PYTHON`] with its script), with those two flags added, and waits for its
+/// `ready` line.
+pub fn spawn_waiting_command(mut command: Command) -> Waiting {
+    let mut child = command
         .args(["--wait", "--linger"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run workload {name}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run workload {command:?}: {e}"));
     let stdin = child.stdin.take();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -163,7 +199,7 @@ pub fn spawn_waiting(name: &str, args: &[&str]) -> Waiting {
     let pid = line
         .strip_prefix("ready ")
         .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("workload {name}: expected `ready <pid>`, got {line:?}"));
+        .unwrap_or_else(|| panic!("workload {command:?}: expected `ready <pid>`, got {line:?}"));
     Waiting {
         pid,
         child,

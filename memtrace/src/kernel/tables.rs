@@ -3,7 +3,7 @@
 use anyhow::Result;
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use memtrace_common::{
-    counter, unwind::EXACT_PC, PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
+    counter, python, unwind::EXACT_PC, PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
 };
 
 use super::tracer::{cpu_list_error, Tracer};
@@ -169,6 +169,16 @@ impl Tracer {
         Ok(HashMap::try_from(map)?)
     }
 
+    /// A handle of its own to the user stack table, to read stacks while the trace runs (the
+    /// Python frames' code objects are read while their process lives).
+    pub fn owned_user_stacks(&self) -> Result<HashMap<MapData, u64, UserStack>> {
+        let aya::maps::Map::HashMap(data) = self.map("USER_STACKS")? else {
+            anyhow::bail!("eBPF map USER_STACKS is not a hash map");
+        };
+        let again = MapData::from_id(data.info()?.id())?;
+        Ok(HashMap::try_from(aya::maps::Map::HashMap(again))?)
+    }
+
     /// A handle to read (kernel) stacks by id.
     pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
         let map = self.map("STACKS")?;
@@ -183,7 +193,26 @@ impl Tracer {
 pub struct RecordedStack {
     pub addrs: Vec<u64>,
     pub returns: Vec<bool>,
+    /// The Python frames' words (memtrace-common's `python::frame`), innermost first: the
+    /// native frames come first in the table, then these.
+    pub python: Vec<u64>,
     pub end: u64,
+}
+
+impl RecordedStack {
+    pub fn of(stack: &UserStack) -> Self {
+        let words = stack.frames.iter().take_while(|&&word| word != 0);
+        let (python, native): (Vec<u64>, Vec<u64>) =
+            words.partition(|&&word| python::frame::is_python(word));
+        RecordedStack {
+            addrs: native.iter().map(|&ip| ip & !EXACT_PC).collect(),
+            returns: (native.iter().enumerate())
+                .map(|(i, &ip)| i > 0 && ip & EXACT_PC == 0)
+                .collect(),
+            python,
+            end: stack.end,
+        }
+    }
 }
 
 /// User stack `key`, empty for key 0.
@@ -192,16 +221,7 @@ pub fn user_stack(stacks: &HashMap<&MapData, u64, UserStack>, key: u64) -> Recor
         return RecordedStack::default();
     }
     match stacks.get(&key, 0) {
-        Ok(stack) => {
-            let frames = stack.frames.iter().take_while(|&&ip| ip != 0);
-            RecordedStack {
-                addrs: frames.clone().map(|&ip| ip & !EXACT_PC).collect(),
-                returns: (frames.enumerate())
-                    .map(|(i, &ip)| i > 0 && ip & EXACT_PC == 0)
-                    .collect(),
-                end: stack.end,
-            }
-        }
+        Ok(stack) => RecordedStack::of(&stack),
         Err(err) => {
             log::debug!("user stack {key:#x} unreadable: {err}");
             RecordedStack::default()

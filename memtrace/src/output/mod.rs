@@ -24,6 +24,7 @@ pub(crate) mod testdata {
             offset,
             module: Some(module.to_owned()),
             mapping: None,
+            source: None,
         }
     }
 

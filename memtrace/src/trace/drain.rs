@@ -121,6 +121,13 @@ impl Drain {
             if processes.admit(&record) {
                 consumer.on_record(&record, processes);
             }
+            if let (Record::Event(event), Some(unwinder)) = (&record, self.unwinder.as_mut()) {
+                // A Python stack's code objects are read while the process lives.
+                let (pid, stack) = (event.raw.tgid, event.raw.user_stack);
+                if stack != 0 && unwinder.python.contains(pid) {
+                    unwinder.python.on_stack(pid, stack, &mut processes.maps);
+                }
+            }
         }
         if let Some(unwinder) = self.unwinder.as_mut() {
             unwinder.tick();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use procfs::process::{MMPermissions, MMapPath, MemoryMap, Process};
 
+use crate::python::CodeObjects;
 use crate::trace::mapping_records::ExecMapping;
 use crate::trace::region::Region;
 
@@ -171,9 +172,23 @@ pub struct MapsCache {
     /// Executable mappings reported for an exec generation not seen yet (the mapping records
     /// can arrive before the exec event), installed when it begins.
     ahead: HashMap<(u32, u32), Vec<Mapping>>,
+    /// The Python code objects read from each address space, by (pid, generation): like
+    /// the mappings, what names the addresses of its stacks (see `python`).
+    python: HashMap<(u32, u32), CodeObjects>,
 }
 
 impl MapsCache {
+    /// The code objects read from `pid`'s address space `generation`.
+    pub fn python_codes(&self, pid: u32, generation: u32) -> Option<&CodeObjects> {
+        self.python.get(&(pid, generation))
+    }
+
+    /// The code objects read from `pid`'s current address space, to add to.
+    pub fn python_codes_now(&mut self, pid: u32) -> &mut CodeObjects {
+        let generation = self.generation(pid);
+        self.python.entry((pid, generation)).or_default()
+    }
+
     /// Read `/proc/PID/maps` now and merge it into the snapshot (replacing it if the pid now
     /// belongs to another process). False if the process is gone; the last snapshot stays.
     pub fn capture(&mut self, pid: u32) -> bool {
@@ -285,6 +300,7 @@ impl MapsCache {
         self.generations.remove(&pid);
         self.retired.retain(|&(p, _), _| p != pid);
         self.ahead.retain(|&(p, _), _| p != pid);
+        self.python.retain(|&(p, _), _| p != pid);
         // Files no snapshot maps any more.
         self.files.retain(|_, file| file.strong_count() > 0);
     }

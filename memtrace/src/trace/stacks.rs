@@ -9,7 +9,11 @@ use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use memtrace_common::UserStack;
 
 use crate::{
-    kernel::{tables, tracer::Tracer},
+    kernel::{
+        tables::{self, RecordedStack},
+        tracer::Tracer,
+    },
+    python,
     report::{Frame, StackRow},
     trace::{
         memory_maps::MapsCache,
@@ -121,11 +125,7 @@ impl<'a> StackTables<'a> {
         maps: &MapsCache,
     ) -> (Vec<Frame>, Vec<Frame>) {
         let stack = tables::user_stack(&self.user, key.user_stack);
-        let kernel = tables::stack_frames(&self.kernel, key.kernel_stack_id);
-        let mut user =
-            symbolizer.user_frames(maps, key.tgid, key.generation, &stack.addrs, &stack.returns);
-        user.extend(Frame::stack_end(stack.end));
-        (user, symbolizer.kernel_frames(&kernel))
+        self.symbolized(key, &stack, symbolizer, maps)
     }
 
     /// `frames`, for a process memtrace may never have read (an always-on tracer learns of
@@ -139,9 +139,25 @@ impl<'a> StackTables<'a> {
     ) -> (Vec<Frame>, Vec<Frame>) {
         let stack = tables::user_stack(&self.user, key.user_stack);
         maps.cover(key.tgid, key.generation, &stack.addrs);
+        self.symbolized(key, &stack, symbolizer, maps)
+    }
+
+    /// The recorded stack's frames named: native ones by the symbolizer, Python ones by the
+    /// code objects read from the process, in place of the interpreter's frames.
+    fn symbolized(
+        &self,
+        key: &StackKey,
+        stack: &RecordedStack,
+        symbolizer: &mut Symbolizer,
+        maps: &MapsCache,
+    ) -> (Vec<Frame>, Vec<Frame>) {
         let kernel = tables::stack_frames(&self.kernel, key.kernel_stack_id);
-        let mut user =
+        let native =
             symbolizer.user_frames(maps, key.tgid, key.generation, &stack.addrs, &stack.returns);
+        let codes = (maps.python_codes(key.tgid, key.generation))
+            .and_then(|codes| codes.stack(key.user_stack));
+        let codes = codes.map_or(&[][..], |codes| &codes[..]);
+        let mut user = python::frames::place(native, &stack.python, codes);
         user.extend(Frame::stack_end(stack.end));
         (user, symbolizer.kernel_frames(&kernel))
     }

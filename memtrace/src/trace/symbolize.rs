@@ -31,6 +31,7 @@ impl Resolved {
             offset: self.offset,
             module: self.module.clone(),
             mapping: None,
+            source: None,
         }
     }
 }

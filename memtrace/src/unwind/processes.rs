@@ -20,7 +20,12 @@ use super::{
     store::{Capacity, TableFigures, TableStore},
     vdso,
 };
-use crate::{host::process_exists, kernel::tracer::Tracer, trace::memory_maps::FileId};
+use crate::{
+    host::process_exists,
+    kernel::tracer::Tracer,
+    python::{interpreter::Interpreter, processes::PythonProcesses},
+    trace::memory_maps::FileId,
+};
 
 /// A process's maps are read again at most this often on the walks' requests: a walk that
 /// keeps meeting code outside every mapping (a corrupt frame) must not turn into a maps read
@@ -51,6 +56,8 @@ struct Binary {
     table: u32,
     /// (file offset, address, file size) of each executable segment.
     segments: Vec<(u64, u64, u64)>,
+    /// The CPython interpreter it holds, if any (see `python`).
+    python: Option<Interpreter>,
 }
 
 impl Binary {
@@ -72,7 +79,11 @@ impl Binary {
             .collect();
         let rows = rows::compact(rows::ranges(&elf)?);
         let table = store.add(&rows)?.unwrap_or(NO_TABLE);
-        Ok(Binary { table, segments })
+        Ok(Binary {
+            table,
+            segments,
+            python: crate::python::interpreter::find(&elf),
+        })
     }
 
     /// The load bias of a mapping of this binary at `start`, from file offset `offset` (a
@@ -106,6 +117,8 @@ pub struct Unwinder {
     /// Lists given to the kernel, and processes with more mappings than it keeps.
     process_loads: u64,
     processes_over_mapping_limit: u64,
+    /// The Python processes among them.
+    pub python: PythonProcesses,
 }
 
 impl Unwinder {
@@ -118,7 +131,9 @@ impl Unwinder {
             capacity,
         )?;
         let processes = KernelHashMap::try_from(tracer.take_map("UNWIND_PROCESSES")?)?;
+        let python = PythonProcesses::new(tracer)?;
         Ok(Self {
+            python,
             store,
             processes,
             binaries: HashMap::new(),
@@ -175,6 +190,7 @@ impl Unwinder {
     fn forget_exited(&mut self) {
         self.read_at.retain(|&pid, _| process_exists(pid));
         self.waiting.retain(|&pid, _| process_exists(pid));
+        self.python.forget(process_exists);
     }
 
     /// Reads `pid`'s executable mappings, builds the tables it lacks, and gives the list to
@@ -213,7 +229,8 @@ impl Unwinder {
         if self.read_at.insert(pid, started).is_none() {
             self.processes_read += 1;
         }
-        let (mappings, files) = self.mappings_of(pid)?;
+        let (mappings, files, interpreter) = self.mappings_of(pid)?;
+        self.python.on_mappings(pid, interpreter);
         let mut value = ProcessMappings::EMPTY;
         if mappings.len() > MAX_MAPPINGS {
             self.processes_over_mapping_limit += 1;
@@ -240,12 +257,17 @@ impl Unwinder {
         Some(files)
     }
 
-    /// The process's executable mappings, sorted, each with its binary's table; and the
-    /// files they map.
-    fn mappings_of(&mut self, pid: u32) -> Option<(Vec<UnwindMapping>, Vec<FileId>)> {
+    /// The process's executable mappings, sorted, each with its binary's table; the files
+    /// they map; and the Python interpreter among them, with its load bias.
+    #[allow(clippy::type_complexity)]
+    fn mappings_of(
+        &mut self,
+        pid: u32,
+    ) -> Option<(Vec<UnwindMapping>, Vec<FileId>, Option<(Interpreter, u64)>)> {
         let maps = Process::new(pid as i32).ok()?.maps().ok()?;
         let mut mappings = Vec::new();
         let mut files = Vec::new();
+        let mut interpreter = None;
         for map in maps.iter() {
             if !map.perms.contains(MMPermissions::EXECUTE) {
                 continue;
@@ -274,16 +296,20 @@ impl Unwinder {
                 }
                 _ => None,
             };
+            let bias = binary.map_or(0, |b| b.bias(start, map.offset));
+            if let Some(python) = binary.and_then(|b| b.python) {
+                interpreter = Some((python, bias));
+            }
             mappings.push(UnwindMapping {
                 start,
                 end,
-                bias: binary.map_or(0, |b| b.bias(start, map.offset)),
+                bias,
                 table: binary.map_or(NO_TABLE, |b| b.table),
                 _pad: 0,
             });
         }
         mappings.sort_by_key(|m| m.start);
-        Some((mappings, files))
+        Some((mappings, files, interpreter))
     }
 
     /// Builds the tables of files a command will map, before it starts: its first stacks then

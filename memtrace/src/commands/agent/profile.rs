@@ -284,6 +284,7 @@ mod tests {
             offset: 0x10,
             module: Some("w".to_owned()),
             mapping: None,
+            source: None,
         };
         // Under a frame no symbol names, at an address of this process's own.
         let unnamed = frame(None, address + 0x100);

@@ -1,0 +1,85 @@
+//! CPython interpreter frames in user stacks. The loader finds each Python process's
+//! interpreter (`_PyRuntime`) and gives the walk where its objects' fields are
+//! ([`PythonProcess`]); after the native walk, the eBPF programs follow the thread's
+//! interpreter frames and append one [`frame`] word per Python frame to the stack. Userspace
+//! reads the code objects those words name and puts each group of Python frames in place of
+//! the native interpreter frame (`_PyEval_EvalFrameDefault`) that ran them.
+
+/// Where a Python process's interpreter state is, and the offsets of the fields the walk
+/// reads, for its version (one table per supported version in the loader).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonProcess {
+    /// Address of `_PyRuntime.gilstate.tstate_current`: the thread state holding the GIL.
+    pub tstate_current: u64,
+    /// Address of `_PyRuntime.interpreters.head`: the first interpreter.
+    pub interpreters_head: u64,
+    /// `PyInterpreterState.threads.head`.
+    pub interpreter_threads: u32,
+    /// `PyThreadState.next`.
+    pub thread_next: u32,
+    /// `PyThreadState.native_thread_id`: the thread's kernel tid.
+    pub thread_native_id: u32,
+    /// `PyThreadState.cframe`: the innermost C-level call of the interpreter.
+    pub thread_cframe: u32,
+    /// `_PyCFrame.current_frame`.
+    pub cframe_current_frame: u32,
+    /// `_PyInterpreterFrame.f_code`, `.previous`, `.prev_instr`, `.is_entry`.
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_prev_instr: u32,
+    pub frame_is_entry: u32,
+    /// `PyCodeObject.co_code_adaptive`: the code object's first instruction.
+    pub code_instructions: u32,
+}
+
+/// Bytes of a `PyThreadState` and of a `_PyInterpreterFrame` the walk reads at once: every
+/// offset in [`PythonProcess`] is below them.
+pub const THREAD_STATE_BYTES: usize = 192;
+pub const FRAME_BYTES: usize = 72;
+
+/// Python processes the walk knows at once.
+pub const MAX_PYTHON_PROCESSES: u32 = 4096;
+/// Threads whose thread state the walk remembers.
+pub const MAX_PYTHON_THREADS: u32 = 16384;
+/// Thread states the walk looks through for one thread (the interpreter's list).
+pub const MAX_THREAD_STATES: usize = 32;
+
+/// One Python frame in a stack: [`frame::PYTHON`] | the instruction index + 1 (0: the frame
+/// has not started) << [`frame::INDEX_SHIFT`] | the code object's address; with
+/// [`frame::ENTRY`] on the frame a C-level call of the interpreter started at (the last of
+/// its group).
+pub mod frame {
+    pub const PYTHON: u64 = 1 << 62;
+    pub const ENTRY: u64 = 1 << 61;
+    pub const INDEX_SHIFT: u32 = 47;
+    /// Instruction indexes past this are stored as it (their line is not known).
+    pub const INDEX_MAX: u64 = (1 << 14) - 1;
+    pub const CODE_MASK: u64 = (1 << 47) - 1;
+
+    /// The frame word of a code object at `code`, at instruction `index_plus_one`.
+    pub const fn encode(code: u64, index_plus_one: u64, entry: bool) -> u64 {
+        let index = if index_plus_one > INDEX_MAX {
+            INDEX_MAX
+        } else {
+            index_plus_one
+        };
+        PYTHON | (entry as u64) << 61 | index << INDEX_SHIFT | code & CODE_MASK
+    }
+
+    pub const fn is_python(word: u64) -> bool {
+        word & PYTHON != 0 && word & (1 << 63) == 0
+    }
+
+    /// The code object's address, the instruction index (None: not started, or past
+    /// `INDEX_MAX`) and whether the frame is an entry frame.
+    pub const fn decode(word: u64) -> (u64, Option<u32>, bool) {
+        let index = (word >> INDEX_SHIFT) & INDEX_MAX;
+        let index = if index == 0 || index == INDEX_MAX {
+            None
+        } else {
+            Some(index as u32 - 1)
+        };
+        (word & CODE_MASK, index, word & ENTRY != 0)
+    }
+}

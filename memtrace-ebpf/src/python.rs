@@ -1,0 +1,213 @@
+//! CPython frames, walked after the native stack (see memtrace-common's `python`). The
+//! thread's `PyThreadState` is found by its kernel thread id (remembered per thread, else the
+//! GIL holder's, else the interpreter's list of threads); from its innermost C-level call
+//! (`cframe`), each `_PyInterpreterFrame` names its code object and instruction and links to
+//! the frame that called it. Userspace reads the code objects.
+use aya_ebpf::helpers::{bpf_probe_read_user, generated};
+use memtrace_common::{
+    counter,
+    python::{frame, PythonProcess, FRAME_BYTES, MAX_THREAD_STATES, THREAD_STATE_BYTES},
+    UserStack, USER_STACK_DEPTH,
+};
+
+use crate::{
+    maps::{add, count, PYTHON_PROCESSES, PYTHON_THREADS},
+    ustack,
+};
+
+const THREAD_WORDS: usize = THREAD_STATE_BYTES / 8;
+const FRAME_WORDS: usize = FRAME_BYTES / 8;
+/// Interpreter objects live in user memory below this.
+const USER_ADDRESS_END: u64 = 1 << 47;
+
+/// One walk's Python state, inside the stack walk's per-CPU state (see `unwind::Walk`).
+#[repr(C)]
+pub struct PythonWalk {
+    process: PythonProcess,
+    /// The thread state and the frame last read.
+    thread: [u64; THREAD_WORDS],
+    frame: [u64; FRAME_WORDS],
+    /// The next interpreter frame to read (0: none).
+    next: u64,
+    /// Where the next frame goes in the stack.
+    depth: u64,
+    hash: u64,
+    /// Python frames written.
+    frames: u64,
+    /// 1: the walk stopped before the outermost frame.
+    incomplete: u64,
+}
+
+/// Starts the Python walk of thread `tid` of `tgid` with frames from `depth` on, when the
+/// process is Python and the thread is in Python code; false otherwise.
+#[inline(always)]
+pub fn start(state: &mut PythonWalk, tgid: u32, tid: u32, depth: u64, hash: u64) -> bool {
+    let Some(process) = (unsafe { PYTHON_PROCESSES.get(tgid) }) else {
+        return false;
+    };
+    state.process = *process;
+    state.depth = depth;
+    state.hash = hash;
+    state.frames = 0;
+    state.incomplete = 0;
+    state.next = 0;
+    if thread_state(state, tid).is_none() {
+        count(counter::PYTHON_NO_THREAD_STATE);
+        return false;
+    }
+    let cframe = word(&state.thread, state.process.thread_cframe);
+    if cframe == 0 || cframe >= USER_ADDRESS_END {
+        return false;
+    }
+    let current = cframe + state.process.cframe_current_frame as u64;
+    let Ok(first) = (unsafe { bpf_probe_read_user(current as *const u64) }) else {
+        return false;
+    };
+    state.next = first;
+    first != 0
+}
+
+/// Records the frame at `state.next` in `stack` and moves to its caller; false when the walk
+/// ends.
+#[inline(always)]
+pub fn step(state: &mut PythonWalk, stack: &mut UserStack) -> bool {
+    let at = state.next;
+    if at == 0 {
+        return false;
+    }
+    let depth = core::hint::black_box(state.depth as usize);
+    if depth >= USER_STACK_DEPTH || at >= USER_ADDRESS_END || !read_frame(state, at) {
+        state.incomplete = 1;
+        return false;
+    }
+    let process = &state.process;
+    let code = word(&state.frame, process.frame_code);
+    let previous = word(&state.frame, process.frame_previous);
+    let prev_instr = word(&state.frame, process.frame_prev_instr);
+    let entry = byte(&state.frame, process.frame_is_entry) != 0;
+    // `prev_instr` is the code unit before the next instruction: one before the first while
+    // the frame has not started.
+    let first = code + process.code_instructions as u64;
+    let index_plus_one = if prev_instr + 2 >= first && prev_instr >= code {
+        (prev_instr + 2 - first) / 2
+    } else {
+        0
+    };
+    let value = frame::encode(code, index_plus_one, entry);
+    if let Some(slot) = stack.frames.get_mut(depth) {
+        *slot = value;
+    }
+    if let Some(slot) = stack.frames.get_mut(depth + 1) {
+        *slot = 0;
+    }
+    state.depth += 1;
+    state.frames += 1;
+    state.hash = ustack::mix(state.hash, value);
+    state.next = previous;
+    previous != 0
+}
+
+/// How the walk ended: its frames' hash, and whether it stopped early; counted.
+#[inline(always)]
+pub fn finish(state: &PythonWalk) -> (u64, bool) {
+    count(counter::PYTHON_WALKS);
+    add(counter::PYTHON_FRAMES, state.frames);
+    if state.incomplete != 0 {
+        count(counter::PYTHON_INCOMPLETE);
+    }
+    (state.hash, state.incomplete != 0)
+}
+
+/// The thread's `PyThreadState` (read into `state.thread`), or None when it has none.
+#[inline(always)]
+fn thread_state(state: &mut PythonWalk, tid: u32) -> Option<u64> {
+    // Remembered (0: it had none when last looked for; only the GIL holder is checked).
+    let (known, remembered) = match unsafe { PYTHON_THREADS.get(tid) } {
+        Some(&thread) => (true, thread),
+        None => (false, 0),
+    };
+    if remembered != 0 && is_thread(state, remembered, tid) {
+        return Some(remembered);
+    }
+    let holder = unsafe { bpf_probe_read_user(state.process.tstate_current as *const u64) };
+    let holder = holder.unwrap_or(0);
+    if holder != remembered && is_thread(state, holder, tid) {
+        let _ = PYTHON_THREADS.insert(tid, holder, 0);
+        return Some(holder);
+    }
+    if known && remembered == 0 {
+        return None;
+    }
+    let found = search_threads(state, tid);
+    let _ = PYTHON_THREADS.insert(tid, found.unwrap_or(0), 0);
+    found
+}
+
+/// The interpreter's list of thread states, searched for `tid`'s.
+#[inline(always)]
+fn search_threads(state: &mut PythonWalk, tid: u32) -> Option<u64> {
+    let head = state.process.interpreters_head as *const u64;
+    let interpreter = unsafe { bpf_probe_read_user(head) }.ok()?;
+    if interpreter == 0 || interpreter >= USER_ADDRESS_END {
+        return None;
+    }
+    let threads = interpreter + state.process.interpreter_threads as u64;
+    let mut thread = unsafe { bpf_probe_read_user(threads as *const u64) }.ok()?;
+    for _ in 0..MAX_THREAD_STATES {
+        if is_thread(state, thread, tid) {
+            return Some(thread);
+        }
+        if state.thread[0] == u64::MAX {
+            return None;
+        }
+        thread = word(&state.thread, state.process.thread_next);
+    }
+    None
+}
+
+/// Reads the thread state at `thread` into `state.thread`; whether it is `tid`'s. A failed
+/// read marks the copy (its first word, the reference count, u64::MAX).
+#[inline(always)]
+fn is_thread(state: &mut PythonWalk, thread: u64, tid: u32) -> bool {
+    if thread == 0 || thread >= USER_ADDRESS_END {
+        state.thread[0] = u64::MAX;
+        return false;
+    }
+    let read = unsafe {
+        generated::bpf_probe_read_user(
+            state.thread.as_mut_ptr().cast(),
+            THREAD_STATE_BYTES as u32,
+            thread as *const _,
+        )
+    };
+    if read != 0 {
+        state.thread[0] = u64::MAX;
+        return false;
+    }
+    word(&state.thread, state.process.thread_native_id) == tid as u64
+}
+
+#[inline(always)]
+fn read_frame(state: &mut PythonWalk, at: u64) -> bool {
+    let read = unsafe {
+        generated::bpf_probe_read_user(
+            state.frame.as_mut_ptr().cast(),
+            FRAME_BYTES as u32,
+            at as *const _,
+        )
+    };
+    read == 0
+}
+
+/// The 8-byte field at byte `offset` of a copied object (0 past its end).
+#[inline(always)]
+fn word<const N: usize>(words: &[u64; N], offset: u32) -> u64 {
+    let index = core::hint::black_box((offset >> 3) as usize);
+    words.get(index).copied().unwrap_or(0)
+}
+
+/// The byte at `offset` of a copied object.
+#[inline(always)]
+fn byte<const N: usize>(words: &[u64; N], offset: u32) -> u64 {
+    (word(words, offset & !7) >> ((offset & 7) * 8)) & 0xff
+}

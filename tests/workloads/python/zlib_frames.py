@@ -1,0 +1,56 @@
+"""Calls into a native extension (zlib, over the system's libz) from a named Python function.
+
+The workload of tests/tests/python.rs (native frames sit above their Python caller):
+squeeze() calls zlib.compress(data, 9), whose deflateInit2_ (in libz) mallocs its window
+and tables through CPython's allocator; the module calls squeeze() directly. The lines of
+the call into zlib and of the module's call of squeeze() carry a marker comment "#@name".
+
+Prints one JSON line: the C workloads' fields, then
+  "file": this file as its code objects name it (co_filename),
+  "lines": {marker: line number},
+  "compressed": the length of squeeze()'s output.
+"""
+import json
+import os
+import re
+import resource
+import time
+import zlib
+
+
+def squeeze(data):
+    return zlib.compress(data, 9)  #@compress
+
+
+def marked_lines():
+    """{marker: line} of the lines ending in a "#@name" comment."""
+    marker = re.compile(r"#@(\w+)\s*$")
+    with open(__file__) as source:
+        return {
+            m.group(1): number
+            for number, line in enumerate(source, 1)
+            if (m := marker.search(line))
+        }
+
+
+payload = os.urandom(4 << 20)
+start = time.monotonic()
+before = resource.getrusage(resource.RUSAGE_SELF)
+packed = squeeze(payload)  #@caller
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(
+    json.dumps(
+        {
+            "pid": os.getpid(),
+            "minflt": after.ru_minflt,
+            "majflt": after.ru_majflt,
+            "phase_minflt": after.ru_minflt - before.ru_minflt,
+            "phase_majflt": after.ru_majflt - before.ru_majflt,
+            "elapsed_s": time.monotonic() - start,
+            "file": squeeze.__code__.co_filename,
+            "lines": marked_lines(),
+            "compressed": len(packed),
+        }
+    ),
+    flush=True,
+)
