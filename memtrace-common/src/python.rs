@@ -31,6 +31,9 @@ pub struct PythonProcess {
     pub frame_is_entry: u32,
     /// `PyCodeObject.co_code_adaptive`: the code object's first instruction.
     pub code_instructions: u32,
+    /// `PyCodeObject.co_filename`, followed by `co_name`: what [`frame::check`] is made of.
+    pub code_filename: u32,
+    pub _pad: u32,
 }
 
 /// Bytes of a `PyThreadState` and of a `_PyInterpreterFrame` the walk reads at once: every
@@ -45,17 +48,31 @@ pub const MAX_PYTHON_THREADS: u32 = 16384;
 /// Thread states the walk looks through for one thread (the interpreter's list).
 pub const MAX_THREAD_STATES: usize = 32;
 
-/// One Python frame in a stack: [`frame::PYTHON`] | the instruction index + 1 (0: the frame
-/// has not started) << [`frame::INDEX_SHIFT`] | the code object's address; with
-/// [`frame::ENTRY`] on the frame a C-level call of the interpreter started at (the last of
-/// its group).
+/// One Python frame in a stack: two words. The first is [`frame::PYTHON`] | the instruction
+/// index + 1 (0: the frame has not started) << [`frame::INDEX_SHIFT`] | the code object's
+/// address; with [`frame::ENTRY`] on the frame a C-level call of the interpreter started at
+/// (the last of its group). The second is [`frame::CHECK`] | [`frame::check`] of the code
+/// object as it was then: an address whose code object was freed (a module's, once
+/// imported) can hold another by the time userspace reads it, which must not name the frame.
 pub mod frame {
     pub const PYTHON: u64 = 1 << 62;
     pub const ENTRY: u64 = 1 << 61;
     pub const INDEX_SHIFT: u32 = 47;
     /// Instruction indexes past this are stored as it (their line is not known).
-    pub const INDEX_MAX: u64 = (1 << 14) - 1;
+    pub const INDEX_MAX: u64 = (1 << 13) - 1;
     pub const CODE_MASK: u64 = (1 << 47) - 1;
+    /// Marks the second word.
+    pub const CHECK: u64 = 1 << 60;
+    pub const CHECK_MASK: u64 = (1 << 48) - 1;
+
+    /// The check word of a code object whose `co_filename` and `co_name` are these objects.
+    pub const fn check(filename: u64, name: u64) -> u64 {
+        PYTHON | CHECK | (filename.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ name) & CHECK_MASK
+    }
+
+    pub const fn is_check(word: u64) -> bool {
+        is_python(word) && word & CHECK != 0
+    }
 
     /// The frame word of a code object at `code`, at instruction `index_plus_one`.
     pub const fn encode(code: u64, index_plus_one: u64, entry: bool) -> u64 {

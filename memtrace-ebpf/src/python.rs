@@ -76,7 +76,7 @@ pub fn step(state: &mut PythonWalk, stack: &mut UserStack) -> bool {
         return false;
     }
     let depth = core::hint::black_box(state.depth as usize);
-    if depth >= USER_STACK_DEPTH || at >= USER_ADDRESS_END || !read_frame(state, at) {
+    if depth + 1 >= USER_STACK_DEPTH || at >= USER_ADDRESS_END || !read_frame(state, at) {
         state.incomplete = 1;
         return false;
     }
@@ -94,15 +94,25 @@ pub fn step(state: &mut PythonWalk, stack: &mut UserStack) -> bool {
         0
     };
     let value = frame::encode(code, index_plus_one, entry);
-    if let Some(slot) = stack.frames.get_mut(depth) {
+    let names = code + process.code_filename as u64;
+    let Ok([filename, name]) = (unsafe { bpf_probe_read_user(names as *const [u64; 2]) }) else {
+        state.incomplete = 1;
+        return false;
+    };
+    let check = frame::check(filename, name);
+    let frames = &mut stack.frames;
+    if let Some(slot) = frames.get_mut(depth) {
         *slot = value;
     }
-    if let Some(slot) = stack.frames.get_mut(depth + 1) {
+    if let Some(slot) = frames.get_mut(depth + 1) {
+        *slot = check;
+    }
+    if let Some(slot) = frames.get_mut(depth + 2) {
         *slot = 0;
     }
-    state.depth += 1;
+    state.depth += 2;
     state.frames += 1;
-    state.hash = ustack::mix(state.hash, value);
+    state.hash = ustack::mix(ustack::mix(state.hash, value), check);
     state.next = previous;
     previous != 0
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     kernel::tables::KernelCounters,
+    python::processes::PythonFigures,
     unwind::{processes::UnwindFigures, UnwindMode},
 };
 
@@ -249,11 +250,43 @@ pub struct UnwindReport {
     /// The tables in the kernel (dwarf only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tables: Option<UnwindFigures>,
+    /// Python frames, when a Python process was traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<PythonReport>,
+}
+
+/// How the Python frames of the stacks were found and named.
+#[derive(Clone, Debug, Serialize)]
+pub struct PythonReport {
+    /// Walks that found a thread's Python frames, and those frames.
+    pub walks: u64,
+    pub frames: u64,
+    /// Walks in a Python process of a thread with no Python thread state (a thread that
+    /// never ran Python code): their stacks are native.
+    pub threads_without_state: u64,
+    /// Walks whose Python frames stopped early (a read failed, the depth limit).
+    pub incomplete: u64,
+    #[serde(flatten)]
+    pub processes: PythonFigures,
 }
 
 impl UnwindReport {
-    pub fn new(mode: UnwindMode, counters: &KernelCounters, tables: Option<UnwindFigures>) -> Self {
+    pub fn new(
+        mode: UnwindMode,
+        counters: &KernelCounters,
+        tables: Option<UnwindFigures>,
+        python: Option<PythonFigures>,
+    ) -> Self {
         let [root, no_table, invalid, read_failed, truncated] = counters.walks_ended;
+        let python = python
+            .filter(|figures| figures.processes + figures.unsupported_processes > 0)
+            .map(|processes| PythonReport {
+                walks: counters.python_walks,
+                frames: counters.python_frames,
+                threads_without_state: counters.python_no_thread_state,
+                incomplete: counters.python_incomplete,
+                processes,
+            });
         Self {
             mode,
             walks: counters.walks_ended.iter().sum(),
@@ -266,6 +299,7 @@ impl UnwindReport {
             frames: counters.walk_frames,
             replayed: counters.walks_replayed,
             tables,
+            python,
         }
     }
 }

@@ -25,6 +25,12 @@ pub struct KernelCounters {
     pub walk_frames: u64,
     pub unwind_requests_lost: u64,
     pub walks_replayed: u64,
+    /// Python frame walks: those that found frames, the frames, threads with no thread state,
+    /// and walks that stopped early.
+    pub python_walks: u64,
+    pub python_frames: u64,
+    pub python_no_thread_state: u64,
+    pub python_incomplete: u64,
 }
 
 impl Tracer {
@@ -50,6 +56,10 @@ impl Tracer {
             walk_frames: sum(counter::WALK_FRAMES)?,
             unwind_requests_lost: sum(counter::UNWIND_REQUESTS_LOST)?,
             walks_replayed: sum(counter::WALKS_REPLAYED)?,
+            python_walks: sum(counter::PYTHON_WALKS)?,
+            python_frames: sum(counter::PYTHON_FRAMES)?,
+            python_no_thread_state: sum(counter::PYTHON_NO_THREAD_STATE)?,
+            python_incomplete: sum(counter::PYTHON_INCOMPLETE)?,
         })
     }
 

@@ -8,7 +8,7 @@ use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use super::profile::StackProfile;
-use crate::report::{CodeFile, CodeMapping, Frame};
+use crate::report::{CodeFile, CodeMapping, Frame, SourceLine};
 
 /// Writes all stacks as one pprof profile: the report's sample type ("faults" counts, or
 /// "space" bytes), one sample per stack, labelled with pid, comm and kind. User frames from
@@ -157,6 +157,8 @@ struct Builder {
     functions: HashMap<(String, String), u64>,
     /// Frames without a file mapping: (module, name, address) -> location id.
     locations: HashMap<(String, String, u64), u64>,
+    /// Python frames: (file, function, line) -> location id.
+    source_locations: HashMap<(String, String, u64), u64>,
     /// Frames in a file mapping: (mapping id, address) -> location id.
     mapped_locations: HashMap<(u64, u64), u64>,
     /// The mapping ids of each file.
@@ -244,6 +246,9 @@ impl Builder {
         if let Some(mapping) = &frame.mapping {
             return self.mapped_location(frame, mapping);
         }
+        if let (Some(function), Some(source)) = (&frame.function, &frame.source) {
+            return self.source_location(function, source);
+        }
         let name = frame.name();
         let module = frame.module.clone().unwrap_or_default();
         let key = (module.clone(), name.clone(), frame.address);
@@ -263,6 +268,28 @@ impl Builder {
             ..Default::default()
         });
         self.locations.insert(key, id);
+        id
+    }
+
+    /// A Python frame: its function in its source file, at its line (no address: the
+    /// interpreter's code is not mapped code).
+    fn source_location(&mut self, function: &str, source: &SourceLine) -> u64 {
+        let line = source.line.unwrap_or(0);
+        let key = (source.file.clone(), function.to_owned(), u64::from(line));
+        if let Some(&id) = self.source_locations.get(&key) {
+            return id;
+        }
+        let function_id = self.function(function.to_owned(), source.file.clone());
+        let id = self.profile.location.len() as u64 + 1;
+        self.profile.location.push(Location {
+            id,
+            line: vec![Line {
+                function_id,
+                line: i64::from(line),
+            }],
+            ..Default::default()
+        });
+        self.source_locations.insert(key, id);
         id
     }
 
@@ -368,6 +395,52 @@ mod tests {
         let mut raw = Vec::new();
         GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
         Profile::decode(&raw[..]).unwrap()
+    }
+
+    #[test]
+    fn python_frames_are_functions_in_their_files_at_their_lines() {
+        let python = |function: &str, line| Frame {
+            address: 0x7f00_1000,
+            function: Some(function.to_owned()),
+            offset: 0,
+            module: None,
+            mapping: None,
+            source: Some(SourceLine {
+                file: "/srv/app.py".to_owned(),
+                line: Some(line),
+            }),
+        };
+        let user = vec![
+            testdata::frame(0x7f00_0000_1010, Some("malloc"), 0x10, "libc.so.6"),
+            python("Cache.build", 42),
+            python("main", 7),
+            python("Cache.build", 43),
+        ];
+        let mut report = testdata::profile();
+        report.rows = vec![StackRow::new(7, "python3".into(), "minor", 3, user, vec![])];
+        let p = decode(&report);
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let lines: Vec<(&str, &str, i64)> = p.sample[0]
+            .location_id
+            .iter()
+            .map(|&id| {
+                let line = &p.location[id as usize - 1].line[0];
+                let function = &p.function[line.function_id as usize - 1];
+                (s(function.name), s(function.filename), line.line)
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("malloc", "libc.so.6", 0),
+                ("Cache.build", "/srv/app.py", 42),
+                ("main", "/srv/app.py", 7),
+                ("Cache.build", "/srv/app.py", 43),
+            ]
+        );
+        // One function per Python function, one location per line.
+        assert_eq!(p.function.len(), 3);
+        assert_eq!(p.location.len(), 4);
     }
 
     #[test]

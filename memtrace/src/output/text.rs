@@ -15,7 +15,46 @@ pub fn title(out: &mut dyn Write, header: &ReportHeader) -> anyhow::Result<()> {
     if let Some(line) = header.unwind.as_ref().and_then(unwind_line) {
         writeln!(out, "{line}")?;
     }
+    if let Some(line) = header.unwind.as_ref().and_then(python_line) {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
+}
+
+/// What is missing from the Python frames, when something is: frames whose code object
+/// could not be read, walks that stopped early, an interpreter memtrace cannot read.
+pub fn python_line(unwind: &UnwindReport) -> Option<String> {
+    let python = unwind.python.as_ref()?;
+    let figures = &python.processes;
+    let mut missing = Vec::new();
+    if figures.unnamed_frames > 0 {
+        missing.push(format!(
+            "{} frames of distinct stacks are `<python frame>`: their code was freed before \
+             memtrace read it (a module's code is, once imported)",
+            figures.unnamed_frames
+        ));
+    }
+    if python.incomplete > 0 {
+        missing.push(format!(
+            "{} walks stopped before the outermost Python frame",
+            python.incomplete
+        ));
+    }
+    if figures.unsupported_processes > 0 {
+        missing.push(format!(
+            "{} processes run a Python version whose frames memtrace cannot read (their \
+             stacks stay native)",
+            figures.unsupported_processes
+        ));
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "python frames: {} in {} walks; {}",
+            python.frames,
+            python.walks,
+            missing.join("; ")
+        )
+    })
 }
 
 /// How complete the user stacks are, when some are not: how many walks reached the

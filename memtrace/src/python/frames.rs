@@ -2,11 +2,9 @@
 //! groups, each ended by the frame a C-level call of the interpreter started at. That call
 //! is one native `_PyEval_EvalFrameDefault` frame, innermost first like the groups, so the
 //! n-th such native frame is replaced by the n-th group.
-use std::sync::Arc;
-
 use memtrace_common::python::frame;
 
-use super::code::CodeObject;
+use super::{code::CodeObject, CodeObjects};
 use crate::report::{Frame, SourceLine};
 
 /// The interpreter's function that runs Python frames (3.11).
@@ -14,18 +12,26 @@ const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
 /// How a frame whose code object could not be read is shown.
 pub const UNREADABLE: &str = "<python frame>";
 
-/// `native` with each interpreter frame replaced by the Python frames it ran (`words`,
-/// innermost first), named by their code objects (`codes`, one per word, when read). Groups
-/// left over (the native walk stopped early) go last, outermost.
-pub fn place(native: Vec<Frame>, words: &[u64], codes: &[Option<Arc<CodeObject>>]) -> Vec<Frame> {
-    if words.is_empty() {
+/// `native` with each interpreter frame replaced by the Python frames it ran (`words`: two
+/// per frame, innermost first), named by their code objects in `codes`. Groups left over
+/// (the native walk stopped early) go last, outermost.
+pub fn place(native: Vec<Frame>, words: &[u64], codes: Option<&CodeObjects>) -> Vec<Frame> {
+    let python: Vec<(u64, u64)> = pairs(words).collect();
+    if python.is_empty() {
         return native;
     }
-    let named: Vec<Frame> = (words.iter().enumerate())
-        .map(|(index, &word)| python_frame(word, codes.get(index).and_then(Option::as_deref)))
+    let named: Vec<Frame> = (python.iter())
+        .map(|&(word, check)| {
+            let code = codes.and_then(|codes| codes.get(frame::decode(word).0, check));
+            python_frame(word, code.map(|code| &**code))
+        })
         .collect();
-    let mut groups = groups(words).into_iter().map(|range| &named[range]);
-    let mut placed = Vec::with_capacity(native.len() + words.len());
+    let entries: Vec<bool> = python
+        .iter()
+        .map(|&(word, _)| frame::decode(word).2)
+        .collect();
+    let mut groups = groups(&entries).into_iter().map(|range| &named[range]);
+    let mut placed = Vec::with_capacity(native.len() + named.len());
     for frame in native {
         if frame.function.as_deref() == Some(EVAL_FUNCTION) {
             if let Some(group) = groups.next() {
@@ -41,18 +47,29 @@ pub fn place(native: Vec<Frame>, words: &[u64], codes: &[Option<Arc<CodeObject>>
     placed
 }
 
-/// The words' index ranges, split after each entry frame.
-fn groups(words: &[u64]) -> Vec<std::ops::Range<usize>> {
+/// The Python words of a stack as (frame word, check word) pairs; the check is 0 where it
+/// is missing.
+pub fn pairs(words: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    (words.iter().enumerate())
+        .filter(|&(_, &word)| !frame::is_check(word))
+        .map(|(index, &word)| {
+            let check = words.get(index + 1).copied();
+            (word, check.filter(|&c| frame::is_check(c)).unwrap_or(0))
+        })
+}
+
+/// The frames' index ranges, split after each entry frame.
+fn groups(entries: &[bool]) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let mut start = 0;
-    for (index, &word) in words.iter().enumerate() {
-        if frame::decode(word).2 {
+    for (index, &entry) in entries.iter().enumerate() {
+        if entry {
             groups.push(start..index + 1);
             start = index + 1;
         }
     }
-    if start < words.len() {
-        groups.push(start..words.len());
+    if start < entries.len() {
+        groups.push(start..entries.len());
     }
     groups
 }
@@ -115,13 +132,23 @@ mod tests {
 
     #[test]
     fn each_interpreter_frame_becomes_the_python_frames_it_ran() {
-        let codes = ["inner", "outer", "<module>"].map(|name| Some(Arc::new(code(name))));
+        let mut codes = CodeObjects::default();
+        let check = |n| frame::check(n, n);
+        for (address, name) in [(0x100, "inner"), (0x200, "outer"), (0x300, "<module>")] {
+            codes.insert(address, check(address), code(name));
+        }
+        // The code object at 0x400 when the walk read it is not the one read since.
+        codes.insert(0x400, check(1), code("other"));
         // inner and outer ran in one C-level call (outer is its entry), <module> in another.
         let words = [
             frame::encode(0x100, 0, false),
+            check(0x100),
             frame::encode(0x200, 0, true),
+            check(0x200),
             frame::encode(0x300, 0, true),
+            check(0x300),
             frame::encode(0x400, 0, true),
+            check(0x400),
         ];
         let stack = vec![
             native("malloc"),
@@ -130,7 +157,7 @@ mod tests {
             native(EVAL_FUNCTION),
             native("main"),
         ];
-        let names: Vec<String> = place(stack, &words, &codes)
+        let names: Vec<String> = place(stack, &words, Some(&codes))
             .iter()
             .map(Frame::name)
             .collect();

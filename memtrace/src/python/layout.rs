@@ -46,6 +46,8 @@ pub const PYTHON_3_11: Layout = Layout {
         frame_prev_instr: 56,
         frame_is_entry: 68,
         code_instructions: 184,
+        code_filename: 112,
+        _pad: 0,
     },
     code: LAYOUT_3_11,
 };

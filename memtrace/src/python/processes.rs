@@ -4,7 +4,6 @@
 //! report is written after the traced program has exited).
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::sync::Arc;
 
 use anyhow::Result;
 use aya::maps::{HashMap as KernelHashMap, MapData};
@@ -16,9 +15,9 @@ use serde::Serialize;
 
 use super::{
     code::{self, CodeObject},
-    codes::Identity,
+    frames,
     interpreter::Interpreter,
-    layout, CodeObjects,
+    layout,
 };
 use crate::{kernel::tracer::Tracer, trace::memory_maps::MapsCache};
 
@@ -28,10 +27,11 @@ pub struct PythonFigures {
     /// Processes with an interpreter memtrace walks, and with one it does not support.
     pub processes: u64,
     pub unsupported_processes: u64,
-    /// Code objects read, and those that could not be (their frames show as
-    /// `<python frame>`).
+    /// Code objects read; and frames (counted once per distinct stack) whose code object
+    /// could not be read (freed before memtrace read it, as a module's code is once
+    /// imported): they show as `<python frame>`.
     pub code_objects: u64,
-    pub unreadable_code_objects: u64,
+    pub unnamed_frames: u64,
 }
 
 /// A Python process being traced.
@@ -44,26 +44,20 @@ struct Process {
 }
 
 impl Process {
-    /// The code object at `address`: read again only when what identifies it changed.
-    fn code_at(&self, address: u64, codes: &mut CodeObjects) -> Option<Arc<CodeObject>> {
+    /// The code object at `address`, if it is still the one the walk's `check` was taken of.
+    fn read_code(&self, address: u64, check: u64) -> Option<CodeObject> {
         let memory = self.memory.as_ref()?;
         let layout = &self.layout.code;
         let identity = identity(memory, address, layout)
             .map_err(|err| log::debug!("python code object {address:#x}: {err:#}"))
             .ok()?;
-        if identity[0] != self.code_type {
-            log::debug!("python code object {address:#x}: not a code object any more");
+        if identity.code_type != self.code_type || identity.check() != check {
+            log::debug!("python code object {address:#x}: freed since its frame ran");
             return None;
         }
-        if let Some(code) = codes.known(address, &identity) {
-            return Some(code);
-        }
-        let code = code::read_code(memory, address, layout)
+        code::read_code(memory, address, layout)
             .map_err(|err| log::debug!("python code object {address:#x}: {err:#}"))
-            .ok()?;
-        let code = Arc::new(code);
-        codes.insert(address, identity, Arc::clone(&code));
-        Some(code)
+            .ok()
     }
 }
 
@@ -71,7 +65,8 @@ pub struct PythonProcesses {
     kernel: KernelHashMap<MapData, u32, PythonProcess>,
     stacks: KernelHashMap<MapData, u64, UserStack>,
     processes: HashMap<u32, Process>,
-    /// Versions already said to be unsupported.
+    /// Processes whose version is not supported, and the versions already said to be.
+    unsupported: HashSet<u32>,
     said: HashSet<(u8, u8)>,
     pub figures: PythonFigures,
 }
@@ -82,6 +77,7 @@ impl PythonProcesses {
             kernel: KernelHashMap::try_from(tracer.take_map("PYTHON_PROCESSES")?)?,
             stacks: tracer.owned_user_stacks()?,
             processes: HashMap::new(),
+            unsupported: HashSet::new(),
             said: HashSet::new(),
             figures: PythonFigures::default(),
         })
@@ -97,12 +93,14 @@ impl PythonProcesses {
             return;
         };
         let Some(layout) = layout::for_version(interpreter.major, interpreter.minor) else {
+            if self.unsupported.insert(pid) {
+                self.figures.unsupported_processes += 1;
+            }
             if self.said.insert((interpreter.major, interpreter.minor)) {
                 log::warn!(
                     "pid {pid} runs Python {interpreter}, whose frames memtrace cannot read \
                      (it reads 3.11's): its stacks show the interpreter's native frames"
                 );
-                self.figures.unsupported_processes += 1;
             }
             return;
         };
@@ -134,26 +132,30 @@ impl PythonProcesses {
             return;
         };
         let codes = maps.python_codes_now(pid);
-        if key == 0 || codes.has_stack(key) {
+        if key == 0 || !codes.first_look(key) {
             return;
         }
         let Ok(stack) = self.stacks.get(&key, 0) else {
             return;
         };
         let words = stack.frames.iter().take_while(|&&word| word != 0);
-        let found = words
+        let python: Vec<u64> = words
             .filter(|&&word| frame::is_python(word))
-            .map(|&word| {
-                let address = frame::decode(word).0;
-                let code = process.code_at(address, codes);
-                self.figures.code_objects += 1;
-                if code.is_none() {
-                    self.figures.unreadable_code_objects += 1;
-                }
-                code
-            })
+            .copied()
             .collect();
-        codes.set_stack(key, found);
+        for (word, check) in frames::pairs(&python) {
+            let address = frame::decode(word).0;
+            if codes.get(address, check).is_some() {
+                continue;
+            }
+            match process.read_code(address, check) {
+                Some(code) => {
+                    self.figures.code_objects += 1;
+                    codes.insert(address, check, code);
+                }
+                None => self.figures.unnamed_frames += 1,
+            }
+        }
     }
 
     /// Whether `pid` is a Python process the walk serves.
@@ -164,29 +166,37 @@ impl PythonProcesses {
     /// Drops what is kept of processes that exited.
     pub fn forget(&mut self, exists: impl Fn(u32) -> bool) {
         self.processes.retain(|&pid, _| exists(pid));
+        self.unsupported.retain(|&pid| exists(pid));
     }
 }
 
-/// What identifies the code object at `address` (see `Identity`), in one read.
+/// The fields of a code object that say whether it is the one a frame ran.
+struct Identity {
+    code_type: u64,
+    filename: u64,
+    name: u64,
+}
+
+impl Identity {
+    fn check(&self) -> u64 {
+        frame::check(self.filename, self.name)
+    }
+}
+
+/// The code object's type and the names its check is made of, in one read.
 fn identity(memory: &File, address: u64, layout: &code::CodeLayout) -> Result<Identity> {
     use std::os::unix::fs::FileExt;
-    let fields = [
-        layout.object_type,
-        layout.code_name,
-        layout.code_qualname,
-        layout.code_filename,
-        layout.code_linetable,
-        layout.code_firstlineno,
-    ];
+    let fields = [layout.object_type, layout.code_filename, layout.code_name];
     let length = fields.iter().max().copied().unwrap_or(0) + 8;
     let mut bytes = vec![0u8; length as usize];
     memory.read_exact_at(&mut bytes, address)?;
-    let mut identity = [0u64; 6];
-    for (value, &offset) in identity.iter_mut().zip(&fields) {
+    let word = |offset: u64| -> Result<u64> {
         let at = offset as usize;
-        *value = u64::from_ne_bytes(bytes[at..at + 8].try_into()?);
-    }
-    // co_firstlineno is an int: the word holds the next field's bytes too.
-    identity[5] &= 0xffff_ffff;
-    Ok(identity)
+        Ok(u64::from_ne_bytes(bytes[at..at + 8].try_into()?))
+    };
+    Ok(Identity {
+        code_type: word(layout.object_type)?,
+        filename: word(layout.code_filename)?,
+        name: word(layout.code_name)?,
+    })
 }

@@ -126,6 +126,7 @@ impl Traced {
             mode,
             &counters,
             self.unwinder.as_ref().map(Unwinder::figures),
+            self.unwinder.as_ref().map(|u| u.python.figures.clone()),
         ))
     }
 

@@ -154,9 +154,7 @@ impl<'a> StackTables<'a> {
         let kernel = tables::stack_frames(&self.kernel, key.kernel_stack_id);
         let native =
             symbolizer.user_frames(maps, key.tgid, key.generation, &stack.addrs, &stack.returns);
-        let codes = (maps.python_codes(key.tgid, key.generation))
-            .and_then(|codes| codes.stack(key.user_stack));
-        let codes = codes.map_or(&[][..], |codes| &codes[..]);
+        let codes = maps.python_codes(key.tgid, key.generation);
         let mut user = python::frames::place(native, &stack.python, codes);
         user.extend(Frame::stack_end(stack.end));
         (user, symbolizer.kernel_frames(&kernel))
