@@ -568,6 +568,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::python::PythonProcess {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::python::PythonStack {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SwapCounts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PageKey {}

@@ -1,9 +1,12 @@
 //! CPython interpreter frames in user stacks. The loader finds each Python process's
 //! interpreter (`_PyRuntime`) and gives the walk where its objects' fields are
 //! ([`PythonProcess`]); after the native walk, the eBPF programs follow the thread's
-//! interpreter frames and append one [`frame`] word per Python frame to the stack. Userspace
-//! reads the code objects those words name and puts each group of Python frames in place of
-//! the native interpreter frame (`_PyEval_EvalFrameDefault`) that ran them.
+//! interpreter frames, store them as a [`PythonStack`] (two [`frame`] words per frame) in
+//! their own table, and end the native stack with a [`frame::reference`] to it: Python
+//! stacks run deeper than the native ones, and a table of their own keeps the native one's
+//! size. Userspace reads the code objects the frames name and puts each group of Python
+//! frames in place of the native interpreter frame (`_PyEval_EvalFrameDefault`) that ran
+//! them.
 
 /// Where a Python process's interpreter state is, and the offsets of the fields the walk
 /// reads, for its version (one table per supported version in the loader).
@@ -41,6 +44,18 @@ pub struct PythonProcess {
 pub const THREAD_STATE_BYTES: usize = 192;
 pub const FRAME_BYTES: usize = 72;
 
+/// Python frames a stack keeps (deeper ones are cut, and counted).
+pub const MAX_PYTHON_FRAMES: usize = 160;
+pub const PYTHON_STACK_WORDS: usize = 2 * MAX_PYTHON_FRAMES;
+
+/// A stack's Python frames, innermost first, two words each (see [`frame`]); zeros after the
+/// last. Stored in `PYTHON_STACKS` under the key its native stack's reference holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PythonStack {
+    pub words: [u64; PYTHON_STACK_WORDS],
+}
+
 /// Python processes the walk knows at once.
 pub const MAX_PYTHON_PROCESSES: u32 = 4096;
 /// Threads whose thread state the walk remembers.
@@ -63,6 +78,18 @@ pub mod frame {
     pub const CODE_MASK: u64 = (1 << 47) - 1;
     /// Marks the second word.
     pub const CHECK: u64 = 1 << 60;
+    /// The key of a [`super::PythonStack`], in the reference word ending a native stack.
+    pub const KEY_MASK: u64 = (1 << 56) - 1;
+
+    /// The word that ends a native stack whose Python frames are stored under `key`.
+    pub const fn reference(key: u64) -> u64 {
+        PYTHON | key & KEY_MASK
+    }
+
+    /// The key a reference word holds.
+    pub const fn referenced(word: u64) -> u64 {
+        word & KEY_MASK
+    }
     pub const CHECK_MASK: u64 = (1 << 48) - 1;
 
     /// The check word of a code object whose `co_filename` and `co_name` are these objects.

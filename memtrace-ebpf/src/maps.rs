@@ -1,12 +1,12 @@
 //! Maps shared by every hook family. Sizes are defaults; the loader resizes them from options.
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use memtrace_common::{
     counter,
-    python::{PythonProcess, MAX_PYTHON_PROCESSES, MAX_PYTHON_THREADS},
+    python::{PythonProcess, PythonStack, MAX_PYTHON_PROCESSES, MAX_PYTHON_THREADS},
     sampler,
     unwind::{ProcessMappings, UnwindRow, UnwindTable},
     FileTag, PageCount, PageCountCache, PageKey, PendingAlloc, StagedSwapOut, SwapCounts,
@@ -88,6 +88,16 @@ pub static PYTHON_PROCESSES: LruHashMap<u32, PythonProcess> =
 #[map]
 pub static PYTHON_THREADS: LruHashMap<u32, u64> =
     LruHashMap::with_max_entries(MAX_PYTHON_THREADS, 0);
+
+/// Stacks' Python frames, by the key their native stack's last word holds (see `python`).
+/// Not preallocated: only Python processes fill it.
+#[map]
+pub static PYTHON_STACKS: HashMap<u64, PythonStack> =
+    HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// The key of the Python stack this CPU last stored (see `python::store`).
+#[map]
+pub static LAST_PYTHON_STACK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters (see `memtrace_common::counter`), summed by the loader. The bpf target has
 /// no atomic add, and per-CPU slots need none.

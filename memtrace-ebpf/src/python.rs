@@ -6,12 +6,14 @@
 use aya_ebpf::helpers::{bpf_probe_read_user, generated};
 use memtrace_common::{
     counter,
-    python::{frame, PythonProcess, FRAME_BYTES, MAX_THREAD_STATES, THREAD_STATE_BYTES},
-    UserStack, USER_STACK_DEPTH,
+    python::{
+        frame, PythonProcess, PythonStack, FRAME_BYTES, MAX_THREAD_STATES, PYTHON_STACK_WORDS,
+        THREAD_STATE_BYTES,
+    },
 };
 
 use crate::{
-    maps::{add, count, PYTHON_PROCESSES, PYTHON_THREADS},
+    maps::{add, count, LAST_PYTHON_STACK, PYTHON_PROCESSES, PYTHON_STACKS, PYTHON_THREADS},
     ustack,
 };
 
@@ -29,25 +31,31 @@ pub struct PythonWalk {
     frame: [u64; FRAME_WORDS],
     /// The next interpreter frame to read (0: none).
     next: u64,
-    /// Where the next frame goes in the stack.
+    /// Words written so far.
     depth: u64,
     hash: u64,
     /// Python frames written.
     frames: u64,
     /// 1: the walk stopped before the outermost frame.
     incomplete: u64,
+    /// The frames walked (stored in `PYTHON_STACKS` at the end).
+    stack: PythonStack,
 }
 
-/// Starts the Python walk of thread `tid` of `tgid` with frames from `depth` on, when the
-/// process is Python and the thread is in Python code; false otherwise.
+/// EEXIST, from a map insert of a key present.
+const EEXIST: i32 = -17;
+const BPF_NOEXIST: u64 = 1;
+
+/// Starts the Python walk of thread `tid` of `tgid`, when the process is Python and the
+/// thread is in Python code; false otherwise.
 #[inline(always)]
-pub fn start(state: &mut PythonWalk, tgid: u32, tid: u32, depth: u64, hash: u64) -> bool {
+pub fn start(state: &mut PythonWalk, tgid: u32, tid: u32) -> bool {
     let Some(process) = (unsafe { PYTHON_PROCESSES.get(tgid) }) else {
         return false;
     };
     state.process = *process;
-    state.depth = depth;
-    state.hash = hash;
+    state.depth = 0;
+    state.hash = ustack::SEED;
     state.frames = 0;
     state.incomplete = 0;
     state.next = 0;
@@ -67,16 +75,15 @@ pub fn start(state: &mut PythonWalk, tgid: u32, tid: u32, depth: u64, hash: u64)
     first != 0
 }
 
-/// Records the frame at `state.next` in `stack` and moves to its caller; false when the walk
-/// ends.
+/// Records the frame at `state.next` and moves to its caller; false when the walk ends.
 #[inline(always)]
-pub fn step(state: &mut PythonWalk, stack: &mut UserStack) -> bool {
+pub fn step(state: &mut PythonWalk) -> bool {
     let at = state.next;
     if at == 0 {
         return false;
     }
     let depth = core::hint::black_box(state.depth as usize);
-    if depth + 1 >= USER_STACK_DEPTH || at >= USER_ADDRESS_END || !read_frame(state, at) {
+    if depth + 1 >= PYTHON_STACK_WORDS || at >= USER_ADDRESS_END || !read_frame(state, at) {
         state.incomplete = 1;
         return false;
     }
@@ -100,7 +107,7 @@ pub fn step(state: &mut PythonWalk, stack: &mut UserStack) -> bool {
         return false;
     };
     let check = frame::check(filename, name);
-    let frames = &mut stack.frames;
+    let frames = &mut state.stack.words;
     if let Some(slot) = frames.get_mut(depth) {
         *slot = value;
     }
@@ -117,15 +124,51 @@ pub fn step(state: &mut PythonWalk, stack: &mut UserStack) -> bool {
     previous != 0
 }
 
-/// How the walk ended: its frames' hash, and whether it stopped early; counted.
+/// Stores the frames walked; returns the word that refers to them (0 when they could not be
+/// stored), whether they were stored for the first time, and whether the walk stopped early.
 #[inline(always)]
-pub fn finish(state: &PythonWalk) -> (u64, bool) {
+pub fn finish(state: &mut PythonWalk) -> (u64, bool, bool) {
     count(counter::PYTHON_WALKS);
     add(counter::PYTHON_FRAMES, state.frames);
-    if state.incomplete != 0 {
+    let incomplete = state.incomplete != 0;
+    if incomplete {
         count(counter::PYTHON_INCOMPLETE);
     }
-    (state.hash, state.incomplete != 0)
+    let key = frame::referenced(ustack::mix(state.hash, state.incomplete)) | 1;
+    let (stored, new) = store(&state.stack, key);
+    (
+        if stored { frame::reference(key) } else { 0 },
+        new,
+        incomplete,
+    )
+}
+
+/// Stores `stack` under `key` unless this CPU stored it last or it is there: whether it is
+/// stored, and whether it is new.
+#[inline(always)]
+fn store(stack: &PythonStack, key: u64) -> (bool, bool) {
+    let Some(last) = LAST_PYTHON_STACK.get_ptr_mut(0) else {
+        return (false, false);
+    };
+    let last = unsafe { &mut *last };
+    if *last == key || unsafe { PYTHON_STACKS.get(key) }.is_some() {
+        *last = key;
+        return (true, false);
+    }
+    match PYTHON_STACKS.insert(key, stack, BPF_NOEXIST) {
+        Ok(()) => {
+            *last = key;
+            (true, true)
+        }
+        Err(err) if err == EEXIST => {
+            *last = key;
+            (true, false)
+        }
+        Err(_) => {
+            count(counter::STACK_ERRORS);
+            (false, false)
+        }
+    }
 }
 
 /// The thread's `PyThreadState` (read into `state.thread`), or None when it has none.

@@ -13,6 +13,7 @@ use aya_ebpf::helpers::{
 };
 use memtrace_common::{
     counter,
+    python::MAX_PYTHON_FRAMES,
     unwind::{
         rule, walk_end, ProcessMappings, UnwindMapping, UnwindRow, EXACT_PC, PAGE_SHIFT, RBP_LOST,
     },
@@ -303,9 +304,10 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
     }
 }
 
-/// Appends the thread's Python frames to the native frames (`depth` of them, hashed to
-/// `hash`, ended as `end`) and stores the whole stack: its key, and whether it is new; None
-/// when the thread is not in Python code (the native stack is then stored alone).
+/// Walks the thread's Python frames (stored apart, see `python`) and stores the native frames
+/// (`depth` of them, hashed to `hash`, ended as `end`) ending with the reference to them:
+/// the stack's key, and whether its Python frames are new; None when the thread is not in
+/// Python code (the native stack is then stored alone).
 #[inline(always)]
 fn with_python(
     walk: &mut Walk,
@@ -314,23 +316,42 @@ fn with_python(
     end: u64,
     depth: u64,
 ) -> Option<(u64, bool)> {
-    if !python::start(&mut walk.python, walk.tgid, walk.tid, depth, hash) {
+    if depth as usize + 1 >= USER_STACK_DEPTH
+        || !python::start(&mut walk.python, walk.tgid, walk.tid)
+    {
         return None;
     }
-    let limit = (USER_STACK_DEPTH as u64 + 1).saturating_sub(depth) as u32;
-    unsafe { bpf_loop(limit, python_step as *mut _, context_pointer, 0) };
-    let (hash, incomplete) = python::finish(&walk.python);
+    unsafe {
+        bpf_loop(
+            MAX_PYTHON_FRAMES as u32 + 1,
+            python_step as *mut _,
+            context_pointer,
+            0,
+        )
+    };
+    let (reference, new, incomplete) = python::finish(&mut walk.python);
+    if reference == 0 {
+        return None;
+    }
     let end = if incomplete {
         end | walk_end::PYTHON_INCOMPLETE
     } else {
         end
     };
+    let depth = core::hint::black_box(depth as usize);
+    if let Some(frame) = walk.stack.frames.get_mut(depth) {
+        *frame = reference;
+    }
+    if let Some(frame) = walk.stack.frames.get_mut(depth + 1) {
+        *frame = 0;
+    }
     walk.stack.end = end;
     walk.memo.python = 1;
-    Some(ustack::store_noting_new(
+    let key = ustack::store(
         &mut walk.stack,
-        ustack::mix(hash, end),
-    ))
+        ustack::mix(ustack::mix(hash, reference), end),
+    );
+    Some((key, new))
 }
 
 /// Stores the native frames alone (`depth` of them, hashed to `hash`, ended as `end`).
@@ -351,7 +372,7 @@ fn store_native(walk: &mut Walk, hash: u64, end: u64, depth: u64) -> u64 {
 /// bpf_loop's callback: one Python frame. Returns 1 to stop.
 extern "C" fn python_step(_index: u32, context: *mut core::ffi::c_void) -> i64 {
     let walk = unsafe { &mut **(context as *mut *mut Walk) };
-    i64::from(!python::step(&mut walk.python, &mut walk.stack))
+    i64::from(!python::step(&mut walk.python))
 }
 
 /// Counts a walk by how it ended, and its frames.

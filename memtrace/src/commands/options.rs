@@ -74,9 +74,19 @@ pub struct UnwindArgs {
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UNWIND_MIB,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub unwind_memory: u32,
+    /// Show a Python process's stacks without its Python frames: the interpreter's native
+    /// frames only (`_PyEval_EvalFrameDefault`), as before memtrace read CPython 3.11's
+    /// frames. Each event then costs less in a Python process.
+    #[arg(long)]
+    pub no_python_frames: bool,
 }
 
 impl UnwindArgs {
+    /// `KernelOptions::python_frames`.
+    pub fn python_frames(&self) -> bool {
+        !self.no_python_frames
+    }
+
     /// `KernelOptions::unwind_memory_mib`.
     pub fn memory_mib(&self) -> Option<u32> {
         (self.unwind == UnwindMode::Dwarf).then_some(self.unwind_memory)

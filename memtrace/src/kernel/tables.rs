@@ -2,8 +2,13 @@
 //! page allocation counts per process, the stack tables; and dropping what is no longer needed.
 use anyhow::Result;
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use std::borrow::Borrow;
+
 use memtrace_common::{
-    counter, python, unwind::EXACT_PC, PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
+    counter,
+    python::{self, PythonStack},
+    unwind::EXACT_PC,
+    PageCount, PageCountCache, PageKey, SwapCounts, UserStack,
 };
 
 use super::tracer::{cpu_list_error, Tracer};
@@ -166,10 +171,17 @@ impl Tracer {
         for id in ids {
             let _ = kernel.remove(&id);
         }
-        let mut last: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.map_mut("LAST_STORED_STACK")?)?;
+        let mut python: HashMap<_, u64, PythonStack> =
+            HashMap::try_from(self.map_mut("PYTHON_STACKS")?)?;
+        let keys: Vec<u64> = python.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            let _ = python.remove(&key);
+        }
         let cpus = aya::util::nr_cpus().map_err(cpu_list_error)?;
-        last.set(0, aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        for name in ["LAST_STORED_STACK", "LAST_PYTHON_STACK"] {
+            let mut last: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map_mut(name)?)?;
+            last.set(0, aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        }
         Ok(())
     }
 
@@ -179,14 +191,32 @@ impl Tracer {
         Ok(HashMap::try_from(map)?)
     }
 
-    /// A handle of its own to the user stack table, to read stacks while the trace runs (the
-    /// Python frames' code objects are read while their process lives).
-    pub fn owned_user_stacks(&self) -> Result<HashMap<MapData, u64, UserStack>> {
-        let aya::maps::Map::HashMap(data) = self.map("USER_STACKS")? else {
-            anyhow::bail!("eBPF map USER_STACKS is not a hash map");
+    /// A handle to read stacks' Python frames by key.
+    pub fn python_stacks(&self) -> Result<HashMap<&MapData, u64, PythonStack>> {
+        Ok(HashMap::try_from(self.map("PYTHON_STACKS")?)?)
+    }
+
+    /// Handles of its own to the user stack tables (native, Python), to read stacks while
+    /// the trace runs (the Python frames' code objects are read while their process lives).
+    #[allow(clippy::type_complexity)]
+    pub fn owned_stack_tables(
+        &self,
+    ) -> Result<(
+        HashMap<MapData, u64, UserStack>,
+        HashMap<MapData, u64, PythonStack>,
+    )> {
+        let again = |name: &str| -> Result<aya::maps::Map> {
+            let aya::maps::Map::HashMap(data) = self.map(name)? else {
+                anyhow::bail!("eBPF map {name} is not a hash map");
+            };
+            Ok(aya::maps::Map::HashMap(MapData::from_id(
+                data.info()?.id(),
+            )?))
         };
-        let again = MapData::from_id(data.info()?.id())?;
-        Ok(HashMap::try_from(aya::maps::Map::HashMap(again))?)
+        Ok((
+            HashMap::try_from(again("USER_STACKS")?)?,
+            HashMap::try_from(again("PYTHON_STACKS")?)?,
+        ))
     }
 
     /// A handle to read (kernel) stacks by id.
@@ -203,9 +233,8 @@ impl Tracer {
 pub struct RecordedStack {
     pub addrs: Vec<u64>,
     pub returns: Vec<bool>,
-    /// The Python frames' words (memtrace-common's `python::frame`), innermost first: the
-    /// native frames come first in the table, then these.
-    pub python: Vec<u64>,
+    /// The key of its Python frames in `PYTHON_STACKS` (memtrace-common's `python`).
+    pub python_key: Option<u64>,
     pub end: u64,
 }
 
@@ -219,7 +248,7 @@ impl RecordedStack {
             returns: (native.iter().enumerate())
                 .map(|(i, &ip)| i > 0 && ip & EXACT_PC == 0)
                 .collect(),
-            python,
+            python_key: python.first().map(|&word| python::frame::referenced(word)),
             end: stack.end,
         }
     }
@@ -235,6 +264,25 @@ pub fn user_stack(stacks: &HashMap<&MapData, u64, UserStack>, key: u64) -> Recor
         Err(err) => {
             log::debug!("user stack {key:#x} unreadable: {err}");
             RecordedStack::default()
+        }
+    }
+}
+
+/// The Python frames' words stored under `key` (two per frame, innermost first).
+pub fn python_words(
+    stacks: &HashMap<impl Borrow<MapData>, u64, PythonStack>,
+    key: u64,
+) -> Vec<u64> {
+    match stacks.get(&key, 0) {
+        Ok(stack) => stack
+            .words
+            .iter()
+            .take_while(|&&w| w != 0)
+            .copied()
+            .collect(),
+        Err(err) => {
+            log::debug!("python stack {key:#x} unreadable: {err}");
+            Vec::new()
         }
     }
 }

@@ -47,6 +47,7 @@ impl Tracer {
             .map_max_entries("EVENTS", config.ring_bytes)
             .map_max_entries("STACKS", config.stack_entries.max(1))
             .map_max_entries("USER_STACKS", config.stack_entries.max(1))
+            .map_max_entries("PYTHON_STACKS", config.stack_entries.max(1))
             .map_max_entries("FILE_FAULTS", sized(config.file_tags, 4096))
             .map_max_entries("SWAP_COUNTS", swap_entries)
             .map_max_entries("MM_STATE", swap_entries)

@@ -8,7 +8,7 @@ use std::fs::File;
 use anyhow::Result;
 use aya::maps::{HashMap as KernelHashMap, MapData};
 use memtrace_common::{
-    python::{frame, PythonProcess},
+    python::{frame, PythonProcess, PythonStack},
     UserStack,
 };
 use serde::Serialize;
@@ -19,7 +19,13 @@ use super::{
     interpreter::Interpreter,
     layout,
 };
-use crate::{kernel::tracer::Tracer, trace::memory_maps::MapsCache};
+use crate::{
+    kernel::{
+        tables::{self, RecordedStack},
+        tracer::Tracer,
+    },
+    trace::memory_maps::MapsCache,
+};
 
 /// What the report says of the Python processes and their frames' names.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -62,8 +68,10 @@ impl Process {
 }
 
 pub struct PythonProcesses {
+    enabled: bool,
     kernel: KernelHashMap<MapData, u32, PythonProcess>,
     stacks: KernelHashMap<MapData, u64, UserStack>,
+    python_stacks: KernelHashMap<MapData, u64, PythonStack>,
     processes: HashMap<u32, Process>,
     /// Processes whose version is not supported, and the versions already said to be.
     unsupported: HashSet<u32>,
@@ -72,10 +80,14 @@ pub struct PythonProcesses {
 }
 
 impl PythonProcesses {
-    pub fn new(tracer: &mut Tracer) -> Result<Self> {
+    /// `enabled`: false leaves every process's stacks native (`--no-python-frames`).
+    pub fn new(tracer: &mut Tracer, enabled: bool) -> Result<Self> {
+        let (stacks, python_stacks) = tracer.owned_stack_tables()?;
         Ok(Self {
+            python_stacks,
+            enabled,
             kernel: KernelHashMap::try_from(tracer.take_map("PYTHON_PROCESSES")?)?,
-            stacks: tracer.owned_user_stacks()?,
+            stacks,
             processes: HashMap::new(),
             unsupported: HashSet::new(),
             said: HashSet::new(),
@@ -85,7 +97,7 @@ impl PythonProcesses {
 
     /// `pid`'s mappings were read: it runs `interpreter` (loaded with `bias`), or none.
     pub fn on_mappings(&mut self, pid: u32, interpreter: Option<(Interpreter, u64)>) {
-        let Some((interpreter, bias)) = interpreter else {
+        let Some((interpreter, bias)) = interpreter.filter(|_| self.enabled) else {
             // An exec replaced the interpreter (or it never was one).
             if self.processes.remove(&pid).is_some() {
                 let _ = self.kernel.remove(&pid);
@@ -138,11 +150,10 @@ impl PythonProcesses {
         let Ok(stack) = self.stacks.get(&key, 0) else {
             return;
         };
-        let words = stack.frames.iter().take_while(|&&word| word != 0);
-        let python: Vec<u64> = words
-            .filter(|&&word| frame::is_python(word))
-            .copied()
-            .collect();
+        let Some(python_key) = RecordedStack::of(&stack).python_key else {
+            return;
+        };
+        let python = tables::python_words(&self.python_stacks, python_key);
         for (word, check) in frames::pairs(&python) {
             let address = frame::decode(word).0;
             if codes.get(address, check).is_some() {

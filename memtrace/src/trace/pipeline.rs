@@ -188,7 +188,11 @@ pub async fn trace(request: TraceRequest, consumer: &mut dyn Consumer) -> Result
         tracer.attach_hook(&hooks::PROCESS_EXIT)?;
     }
     let unwinder = match config.unwind_tables() {
-        Some(capacity) => Some(Unwinder::new(&mut tracer, capacity)?),
+        Some(capacity) => Some(Unwinder::new(
+            &mut tracer,
+            capacity,
+            request.kernel.python_frames,
+        )?),
         None => None,
     };
     let mut drain = Drain::new(tracer.take_events()?, watch_mappings(&target), unwinder)?;

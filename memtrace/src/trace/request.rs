@@ -64,6 +64,8 @@ pub struct KernelOptions {
     /// User stacks are unwound with the binaries' tables, given this many MiB of kernel
     /// memory (None: by frame pointers only, `--unwind fp`).
     pub unwind_memory_mib: Option<u32>,
+    /// With the tables: Python processes' stacks show their Python frames (`python`).
+    pub python_frames: bool,
 }
 
 impl Default for KernelOptions {
@@ -78,6 +80,7 @@ impl Default for KernelOptions {
             page_stacks: false,
             stack_sample_period: 1,
             unwind_memory_mib: Some(DEFAULT_UNWIND_MIB),
+            python_frames: true,
         }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use memtrace_common::EventKind;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
-use memtrace_common::UserStack;
+use memtrace_common::{python::PythonStack, UserStack};
 
 use crate::{
     kernel::{
@@ -105,6 +105,7 @@ pub fn grouped_rows<W: Weight>(
 /// The kernel's stack tables (user and kernel), opened once for a batch of lookups.
 pub struct StackTables<'a> {
     user: BpfHashMap<&'a MapData, u64, UserStack>,
+    python: BpfHashMap<&'a MapData, u64, PythonStack>,
     kernel: StackTraceMap<&'a MapData>,
 }
 
@@ -112,6 +113,7 @@ impl<'a> StackTables<'a> {
     pub fn open(tracer: &'a Tracer) -> Result<Self> {
         Ok(Self {
             user: tracer.user_stacks()?,
+            python: tracer.python_stacks()?,
             kernel: tracer.stacks()?,
         })
     }
@@ -155,7 +157,10 @@ impl<'a> StackTables<'a> {
         let native =
             symbolizer.user_frames(maps, key.tgid, key.generation, &stack.addrs, &stack.returns);
         let codes = maps.python_codes(key.tgid, key.generation);
-        let mut user = python::frames::place(native, &stack.python, codes);
+        let words = (stack.python_key)
+            .map(|python| tables::python_words(&self.python, python))
+            .unwrap_or_default();
+        let mut user = python::frames::place(native, &words, codes);
         user.extend(Frame::stack_end(stack.end));
         (user, symbolizer.kernel_frames(&kernel))
     }

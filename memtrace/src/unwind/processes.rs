@@ -122,8 +122,9 @@ pub struct Unwinder {
 }
 
 impl Unwinder {
-    /// Takes the unwind maps from the loaded object.
-    pub fn new(tracer: &mut Tracer, capacity: Capacity) -> Result<Self> {
+    /// Takes the unwind maps from the loaded object; `python_frames`: Python processes are
+    /// given to the walk (see `python`).
+    pub fn new(tracer: &mut Tracer, capacity: Capacity, python_frames: bool) -> Result<Self> {
         let store = TableStore::new(
             tracer.take_map("UNWIND_ROWS")?,
             tracer.take_map("UNWIND_PAGES")?,
@@ -131,7 +132,7 @@ impl Unwinder {
             capacity,
         )?;
         let processes = KernelHashMap::try_from(tracer.take_map("UNWIND_PROCESSES")?)?;
-        let python = PythonProcesses::new(tracer)?;
+        let python = PythonProcesses::new(tracer, python_frames)?;
         Ok(Self {
             python,
             store,

@@ -78,6 +78,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<()> {
             swap: swap_layout,
             stack_sample_period: 100,
             unwind_memory_mib: args.unwind.memory_mib(),
+            python_frames: args.unwind.python_frames(),
             ..KernelOptions::default()
         },
         hooks,

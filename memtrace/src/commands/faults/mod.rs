@@ -40,6 +40,7 @@ pub async fn run(args: FaultsArgs) -> Result<()> {
         // A file fault's tag is taken by the fault's own program: every fault must run one.
         file_tags: args.kind == Kind::All && args.sample == 1,
         unwind_memory_mib: args.unwind.memory_mib(),
+        python_frames: args.unwind.python_frames(),
         ..KernelOptions::default()
     };
     let period = args.sample;

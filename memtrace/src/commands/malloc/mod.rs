@@ -74,6 +74,7 @@ pub async fn run(args: MallocArgs) -> Result<()> {
             user_stacks: true,
             malloc: Some(args.sample_bytes.unwrap_or(0)),
             unwind_memory_mib: args.unwind.memory_mib(),
+            python_frames: args.unwind.python_frames(),
             ..KernelOptions::default()
         },
         hooks,

@@ -50,6 +50,7 @@ pub async fn run(args: PagesArgs) -> Result<()> {
             kernel_stacks: args.stacks.kernel(),
             stack_sample_period: args.sample,
             unwind_memory_mib: args.unwind.memory_mib(),
+            python_frames: args.unwind.python_frames(),
             ..KernelOptions::default()
         },
         hooks: vec![Attachment::Hook(&hooks::PAGE_ALLOC)],

@@ -91,6 +91,7 @@ pub async fn run(args: SwapArgs) -> Result<()> {
             user_stacks: true, // for swap-in stacks, the only events with stacks here
             swap: swap_layout,
             unwind_memory_mib: args.unwind.memory_mib(),
+            python_frames: args.unwind.python_frames(),
             ..KernelOptions::default()
         },
         hooks,
