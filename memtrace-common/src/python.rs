@@ -25,6 +25,8 @@ pub struct PythonProcess {
     pub thread_native_id: u32,
     /// `PyThreadState.cframe`: the innermost C-level call of the interpreter.
     pub thread_cframe: u32,
+    /// `PyThreadState.datastack_chunk`: the memory the thread's newest frames are in.
+    pub thread_datastack_chunk: u32,
     /// `_PyCFrame.current_frame`.
     pub cframe_current_frame: u32,
     /// `_PyInterpreterFrame.f_code`, `.previous`, `.prev_instr`, `.is_entry`.
@@ -36,12 +38,11 @@ pub struct PythonProcess {
     pub code_instructions: u32,
     /// `PyCodeObject.co_filename`, followed by `co_name`: what [`frame::check`] is made of.
     pub code_filename: u32,
-    pub _pad: u32,
 }
 
 /// Bytes of a `PyThreadState` and of a `_PyInterpreterFrame` the walk reads at once: every
 /// offset in [`PythonProcess`] is below them.
-pub const THREAD_STATE_BYTES: usize = 192;
+pub const THREAD_STATE_BYTES: usize = 304;
 pub const FRAME_BYTES: usize = 72;
 
 /// Python frames a stack keeps (deeper ones are cut, and counted).

@@ -95,6 +95,11 @@ pub static PYTHON_THREADS: LruHashMap<u32, u64> =
 pub static PYTHON_STACKS: HashMap<u64, PythonStack> =
     HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
+/// The Python frame walk in progress on this CPU (see `python::PythonWalk`).
+#[map]
+pub static PYTHON_WALK: PerCpuArray<crate::python::PythonWalk> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// The key of the Python stack this CPU last stored (see `python::store`).
 #[map]
 pub static LAST_PYTHON_STACK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -3,6 +3,12 @@
 //! GIL holder's, else the interpreter's list of threads); from its innermost C-level call
 //! (`cframe`), each `_PyInterpreterFrame` names its code object and instruction and links to
 //! the frame that called it. Userspace reads the code objects.
+//!
+//! A walk costs reads of user memory (about 100-250 ns each on the test VMs, most of it
+//! fixed), so it makes few: the thread state once; the thread's newest frames in one window
+//! (frames are pushed on a per-thread stack of chunks, so a call chain's frames lie side by
+//! side below the newest); and each code object's check only for a (frame, code) pair this
+//! CPU has not seen (see `CheckSlot`).
 use aya_ebpf::helpers::{bpf_probe_read_user, generated};
 use memtrace_common::{
     counter,
@@ -19,10 +25,16 @@ use crate::{
 
 const THREAD_WORDS: usize = THREAD_STATE_BYTES / 8;
 const FRAME_WORDS: usize = FRAME_BYTES / 8;
+/// The frames read at once, below the newest (see `PythonWalk::window`).
+const WINDOW_WORDS: usize = 512;
+const WINDOW_BYTES: u64 = WINDOW_WORDS as u64 * 8;
+/// Checks this CPU remembers (see `CheckSlot`): a power of two.
+const CHECK_SLOTS: usize = 256;
 /// Interpreter objects live in user memory below this.
 const USER_ADDRESS_END: u64 = 1 << 47;
 
-/// One walk's Python state, inside the stack walk's per-CPU state (see `unwind::Walk`).
+/// One walk's Python state, in a per-CPU map value (`PYTHON_WALK`; for the same reasons as
+/// `unwind::Walk`).
 #[repr(C)]
 pub struct PythonWalk {
     process: PythonProcess,
@@ -40,39 +52,87 @@ pub struct PythonWalk {
     incomplete: u64,
     /// The frames walked (stored in `PYTHON_STACKS` at the end).
     stack: PythonStack,
+    /// `window_bytes` of the thread's frame stack up to its newest frame's end, from
+    /// `window_base` (0 bytes: not read).
+    window_base: u64,
+    window_bytes: u64,
+    window: [u64; WINDOW_WORDS],
+    /// Kept across walks.
+    checks: [CheckSlot; CHECK_SLOTS],
+}
+
+/// A code object's check as this CPU's walks took it, for a frame at `frame` running the code
+/// at `code`. A frame holds its code object alive, so while a frame at that address runs that
+/// code, the check stands; the one way it could go stale is a frame popped, its code freed,
+/// and a new code object at the same address run by a new frame at the same address, between
+/// two walks of this CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CheckSlot {
+    frame: u64,
+    code: u64,
+    check: u64,
 }
 
 /// EEXIST, from a map insert of a key present.
 const EEXIST: i32 = -17;
 const BPF_NOEXIST: u64 = 1;
 
-/// Starts the Python walk of thread `tid` of `tgid`, when the process is Python and the
-/// thread is in Python code; false otherwise.
+/// Where the current frame of thread `tid` of `tgid` is named (its innermost C-level call's
+/// `current_frame`), when the process is Python and the thread has a thread state.
 #[inline(always)]
-pub fn start(state: &mut PythonWalk, tgid: u32, tid: u32) -> bool {
-    let Some(process) = (unsafe { PYTHON_PROCESSES.get(tgid) }) else {
-        return false;
-    };
+pub fn current_frame_at(state: &mut PythonWalk, tgid: u32, tid: u32) -> Option<u64> {
+    let process = unsafe { PYTHON_PROCESSES.get(tgid) }?;
     state.process = *process;
+    if thread_state(state, tid).is_none() {
+        count(counter::PYTHON_NO_THREAD_STATE);
+        return None;
+    }
+    let cframe = word(&state.thread, state.process.thread_cframe);
+    if cframe == 0 || cframe >= USER_ADDRESS_END {
+        return None;
+    }
+    Some(cframe + state.process.cframe_current_frame as u64)
+}
+
+/// Starts the walk at the thread's current frame `first` (from `current_frame_at`); false
+/// when there is none (the thread is not in Python code).
+#[inline(always)]
+pub fn start(state: &mut PythonWalk, first: u64) -> bool {
     state.depth = 0;
     state.hash = ustack::SEED;
     state.frames = 0;
     state.incomplete = 0;
-    state.next = 0;
-    if thread_state(state, tid).is_none() {
-        count(counter::PYTHON_NO_THREAD_STATE);
-        return false;
-    }
-    let cframe = word(&state.thread, state.process.thread_cframe);
-    if cframe == 0 || cframe >= USER_ADDRESS_END {
-        return false;
-    }
-    let current = cframe + state.process.cframe_current_frame as u64;
-    let Ok(first) = (unsafe { bpf_probe_read_user(current as *const u64) }) else {
-        return false;
-    };
     state.next = first;
-    first != 0
+    state.window_bytes = 0;
+    if first == 0 || first >= USER_ADDRESS_END {
+        return false;
+    }
+    // The frames below the newest one, within its chunk of the thread's frame stack.
+    let end = first + FRAME_BYTES as u64;
+    let chunk = word(&state.thread, state.process.thread_datastack_chunk);
+    let lowest = end.saturating_sub(WINDOW_BYTES);
+    let base = if chunk <= first && chunk > lowest {
+        chunk
+    } else {
+        lowest
+    } & !7;
+    let length = end - base;
+    if length > WINDOW_BYTES || length < FRAME_BYTES as u64 {
+        return true;
+    }
+    let read = unsafe {
+        generated::bpf_probe_read_user(
+            state.window.as_mut_ptr().cast(),
+            length as u32,
+            base as *const _,
+        )
+    };
+    if read == 0 {
+        state.window_base = base;
+        state.window_bytes = length;
+    }
+    true
 }
 
 /// Records the frame at `state.next` and moves to its caller; false when the walk ends.
@@ -101,12 +161,10 @@ pub fn step(state: &mut PythonWalk) -> bool {
         0
     };
     let value = frame::encode(code, index_plus_one, entry);
-    let names = code + process.code_filename as u64;
-    let Ok([filename, name]) = (unsafe { bpf_probe_read_user(names as *const [u64; 2]) }) else {
+    let Some(check) = code_check(state, at, code) else {
         state.incomplete = 1;
         return false;
     };
-    let check = frame::check(filename, name);
     let frames = &mut state.stack.words;
     if let Some(slot) = frames.get_mut(depth) {
         *slot = value;
@@ -240,8 +298,45 @@ fn is_thread(state: &mut PythonWalk, thread: u64, tid: u32) -> bool {
     word(&state.thread, state.process.thread_native_id) == tid as u64
 }
 
+/// The check of the code object at `code` run by the frame at `frame`: remembered, or read.
+#[inline(always)]
+fn code_check(state: &mut PythonWalk, frame: u64, code: u64) -> Option<u64> {
+    let slot = core::hint::black_box(
+        ((frame ^ code.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize,
+    ) & (CHECK_SLOTS - 1);
+    if let Some(known) = state.checks.get(slot) {
+        if known.frame == frame && known.code == code {
+            return Some(known.check);
+        }
+    }
+    let names = code + state.process.code_filename as u64;
+    let [filename, name] = unsafe { bpf_probe_read_user(names as *const [u64; 2]) }.ok()?;
+    let check = frame::check(filename, name);
+    if let Some(known) = state.checks.get_mut(slot) {
+        *known = CheckSlot { frame, code, check };
+    }
+    Some(check)
+}
+
+/// Copies the frame at `at` into `state.frame`: from the window when it holds it, else read.
 #[inline(always)]
 fn read_frame(state: &mut PythonWalk, at: u64) -> bool {
+    let offset = at.wrapping_sub(state.window_base);
+    if at & 7 == 0
+        && offset < state.window_bytes
+        && state.window_bytes - offset >= FRAME_BYTES as u64
+    {
+        let first = core::hint::black_box((offset >> 3) as usize);
+        for index in 0..FRAME_WORDS {
+            let (Some(&word), Some(slot)) =
+                (state.window.get(first + index), state.frame.get_mut(index))
+            else {
+                return false;
+            };
+            *slot = word;
+        }
+        return true;
+    }
     let read = unsafe {
         generated::bpf_probe_read_user(
             state.frame.as_mut_ptr().cast(),

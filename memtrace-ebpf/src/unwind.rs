@@ -22,8 +22,8 @@ use memtrace_common::{
 
 use crate::{
     maps::{
-        add, count, STACK_TOPS, UNWIND_EMPTY, UNWIND_PAGES, UNWIND_PROCESSES, UNWIND_ROWS,
-        UNWIND_TABLES, WALK_STATE,
+        add, count, PYTHON_WALK, STACK_TOPS, UNWIND_EMPTY, UNWIND_PAGES, UNWIND_PROCESSES,
+        UNWIND_ROWS, UNWIND_TABLES, WALK_STATE,
     },
     python::{self, PythonWalk},
     ustack::{self, UserRegs},
@@ -109,7 +109,6 @@ pub struct Walk {
     /// then the Python frames (see `python`).
     stack: UserStack,
     memo: Memo,
-    python: PythonWalk,
 }
 
 /// This CPU's last walk, what it started from and every stack word it read. A walk's result
@@ -263,8 +262,7 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
             count_walk(walk.memo.end, walk.memo.depth);
             // The native frames are still those in `walk.stack` (see `Memo`).
             let (hash, end, depth) = (walk.memo.hash, walk.memo.end, walk.memo.depth);
-            let (key, new_python_stack) = match with_python(walk, context_pointer, hash, end, depth)
-            {
+            let (key, new_python_stack) = match with_python(walk, hash, end, depth) {
                 Some(stored) => stored,
                 None if walk.memo.python == 0 => (walk.memo.stored, false),
                 // The last stack had Python frames after these; this one ends here.
@@ -292,7 +290,7 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
     };
     count_walk(walk.end, walk.depth as u64);
     let (hash, end, depth) = (walk.hash, walk.end, walk.depth as u64);
-    let (key, new_python_stack) = match with_python(walk, context_pointer, hash, end, depth) {
+    let (key, new_python_stack) = match with_python(walk, hash, end, depth) {
         Some(stored) => stored,
         None => (store_native(walk, hash, end, depth), false),
     };
@@ -309,18 +307,20 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
 /// the stack's key, and whether its Python frames are new; None when the thread is not in
 /// Python code (the native stack is then stored alone).
 #[inline(always)]
-fn with_python(
-    walk: &mut Walk,
-    context_pointer: *mut core::ffi::c_void,
-    hash: u64,
-    end: u64,
-    depth: u64,
-) -> Option<(u64, bool)> {
-    if depth as usize + 1 >= USER_STACK_DEPTH
-        || !python::start(&mut walk.python, walk.tgid, walk.tid)
-    {
+fn with_python(walk: &mut Walk, hash: u64, end: u64, depth: u64) -> Option<(u64, bool)> {
+    if depth as usize + 1 >= USER_STACK_DEPTH {
         return None;
     }
+    let state = unsafe { &mut *PYTHON_WALK.get_ptr_mut(0)? };
+    // The innermost C-level call of the interpreter is a local of its native frame: most
+    // often in the stack window already read.
+    let at = python::current_frame_at(state, walk.tgid, walk.tid)?;
+    let first = read_word(walk, at)?;
+    if !python::start(state, first) {
+        return None;
+    }
+    let mut context: *mut PythonWalk = state;
+    let context_pointer: *mut core::ffi::c_void = (&mut context as *mut *mut PythonWalk).cast();
     unsafe {
         bpf_loop(
             MAX_PYTHON_FRAMES as u32 + 1,
@@ -329,7 +329,7 @@ fn with_python(
             0,
         )
     };
-    let (reference, new, incomplete) = python::finish(&mut walk.python);
+    let (reference, new, incomplete) = python::finish(state);
     if reference == 0 {
         return None;
     }
@@ -371,8 +371,8 @@ fn store_native(walk: &mut Walk, hash: u64, end: u64, depth: u64) -> u64 {
 
 /// bpf_loop's callback: one Python frame. Returns 1 to stop.
 extern "C" fn python_step(_index: u32, context: *mut core::ffi::c_void) -> i64 {
-    let walk = unsafe { &mut **(context as *mut *mut Walk) };
-    i64::from(!python::step(&mut walk.python))
+    let state = unsafe { &mut **(context as *mut *mut PythonWalk) };
+    i64::from(!python::step(state))
 }
 
 /// Counts a walk by how it ended, and its frames.

@@ -596,3 +596,167 @@ fn python_frames_are_told_from_native_ones() {
         assert!(!is_python(native), "{native}");
     }
 }
+
+/// `PY_VERSION_HEX` of CPython 3.12.0 (final), which memtrace has no layout for.
+const PYTHON_3_12_0: u32 = 0x030c_00f0;
+
+/// A little-endian integer of `N` bytes at `at` in `image`.
+fn le<const N: usize>(image: &[u8], at: usize) -> u64 {
+    let bytes: [u8; N] = image[at..at + N].try_into().unwrap();
+    bytes
+        .iter()
+        .rev()
+        .fold(0, |value, byte| value << 8 | u64::from(*byte))
+}
+
+/// What the test reads of an ELF64 section header.
+struct Section {
+    address: u64,
+    offset: u64,
+    size: u64,
+    link: usize,
+    kind: u64,
+    entry_size: u64,
+}
+
+/// The section headers of an ELF64 image.
+fn sections(image: &[u8]) -> Vec<Section> {
+    assert_eq!(&image[..5], b"\x7fELF\x02", "not an ELF64 file");
+    let (table, entry, count) = (
+        le::<8>(image, 0x28),
+        le::<2>(image, 0x3a),
+        le::<2>(image, 0x3c),
+    );
+    (0..count)
+        .map(|index| {
+            let at = (table + index * entry) as usize;
+            Section {
+                kind: le::<4>(image, at + 4),
+                address: le::<8>(image, at + 16),
+                offset: le::<8>(image, at + 24),
+                size: le::<8>(image, at + 32),
+                link: le::<4>(image, at + 40) as usize,
+                entry_size: le::<8>(image, at + 56),
+            }
+        })
+        .collect()
+}
+
+/// The file offset of dynamic symbol `name`'s value: its address in the section holding it.
+fn dynamic_symbol_offset(image: &[u8], name: &str) -> usize {
+    const SHT_DYNSYM: u64 = 11;
+    let sections = sections(image);
+    let dynsym = (sections.iter())
+        .find(|s| s.kind == SHT_DYNSYM)
+        .expect("a dynamic symbol table");
+    let strings = &sections[dynsym.link];
+    let name_at = |symbol: usize| {
+        let start = (strings.offset + le::<4>(image, symbol)) as usize;
+        let end = start + image[start..].iter().position(|b| *b == 0).unwrap();
+        &image[start..end]
+    };
+    let symbol = (0..dynsym.size / dynsym.entry_size)
+        .map(|index| (dynsym.offset + index * dynsym.entry_size) as usize)
+        .find(|symbol| name_at(*symbol) == name.as_bytes())
+        .unwrap_or_else(|| panic!("no dynamic symbol {name}"));
+    let address = le::<8>(image, symbol + 8);
+    let holder = &sections[le::<2>(image, symbol + 6) as usize];
+    assert!(
+        (holder.address..holder.address + holder.size).contains(&address),
+        "{name} at {address:#x} is outside its section"
+    );
+    (address - holder.address + holder.offset) as usize
+}
+
+/// What the interpreter says its `PY_VERSION_HEX` is.
+fn hexversion(python: &str) -> u64 {
+    let out = Command::new(python)
+        .args(["-c", "import sys; print(sys.hexversion)"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    said.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{python} said {said:?}"))
+}
+
+/// A copy of [`PYTHON`] in `dir` whose `Py_Version` (the version memtrace reads from the
+/// binary) says 3.12.0. The interpreter itself does not read it: it runs as 3.11, and finds
+/// its standard library from anywhere (Debian compiles its prefix in).
+fn python_saying_3_12(dir: &tests::TempDir) -> std::path::PathBuf {
+    let mut image = std::fs::read(PYTHON).unwrap();
+    let at = dynamic_symbol_offset(&image, "Py_Version");
+    let version = le::<4>(&image, at);
+    assert_eq!(
+        version,
+        hexversion(PYTHON),
+        "Py_Version is not at {at:#x} of {PYTHON}"
+    );
+    image[at..at + 4].copy_from_slice(&PYTHON_3_12_0.to_le_bytes());
+    let copy = dir.join("python3.11");
+    // Copied first for its mode (executable), then overwritten.
+    std::fs::copy(PYTHON, &copy).unwrap();
+    std::fs::write(&copy, &image).unwrap();
+    copy
+}
+
+/// An interpreter whose `Py_Version` says 3.12.0 (a copy of Debian's 3.11, patched): memtrace
+/// says once that it cannot read its frames, counts it as unsupported, walks none of its
+/// Python frames, and its stacks stay native: the heavy ones pass through the interpreter's
+/// `_PyEval_EvalFrameDefault`, and none holds a Python frame.
+#[test]
+fn an_unsupported_python_version_is_said_once_and_its_stacks_stay_native() {
+    if !tests::require_root() || !tests::require_python() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tests::TempDir::new("python-3.12");
+    let python = python_saying_3_12(&dir);
+    let script = python_workload("alloc_lines.py");
+    let command = [python.to_str().unwrap(), script.to_str().unwrap()];
+    let t = traced::trace("malloc", &["--top", ALL_ROWS], &command);
+    assert_eq!(t.run.code(), 0, "{}", t.run.describe());
+    let rows = rows_of(&t.report, "stacks", t.workload.pid);
+    let context = || report_context(&t, &rows, "bytes");
+
+    let said: Vec<&str> = (t.run.stderr.lines())
+        .filter(|line| line.contains("3.12.0"))
+        .collect();
+    assert_eq!(
+        t.run.stderr.matches("3.12.0").count(),
+        1,
+        "memtrace should say once that it cannot read Python 3.12.0\n{}",
+        context()
+    );
+    assert!(
+        said[0].contains("cannot read"),
+        "{:?} does not say memtrace cannot read the frames\n{}",
+        said[0],
+        context()
+    );
+    let python_figures = &t.report["unwind"]["python"];
+    assert_eq!(python_figures["unsupported_processes"], 1, "{}", context());
+    assert_eq!(python_figures["processes"], 0, "{}", context());
+    assert_eq!(python_figures["walks"], 0, "{}", context());
+
+    let heavy: Vec<&Value> = (rows.iter().copied())
+        .filter(|row| u64_of(row, "bytes") > MIB)
+        .collect();
+    assert!(!heavy.is_empty(), "no stack over 1 MiB\n{}", context());
+    for row in &heavy {
+        assert!(
+            frames(row).contains(&"_PyEval_EvalFrameDefault"),
+            "a heavy stack without the interpreter's native frame: {}\n{}",
+            frames(row).join(" <- "),
+            context()
+        );
+    }
+    for row in &rows {
+        assert!(
+            !frames(row).iter().any(|f| is_python(f)),
+            "a Python frame in a stack of an unsupported interpreter: {}\n{}",
+            frames(row).join(" <- "),
+            context()
+        );
+    }
+}

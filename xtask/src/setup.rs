@@ -52,6 +52,9 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("postgresql", &["pgbench", "--version"]),
     ("stress-ng", &["stress-ng", "--version"]),
     ("python3", &["python3", "--version"]),
+    // The detached debug info of /usr/bin/python3.11: the layout test checks memtrace's
+    // CPython offsets against its DWARF.
+    ("python3.11-dbg", &["test", "-e", "/usr/bin/python3.11d"]),
     // The C library's local symbols (`__libc_start_call_main`, `start_thread`, `clone3`):
     // the unwinding tests name whole stacks down to them, as perf and gdb do.
     ("libc6-dbg", &["test", "-d", "/usr/lib/debug/.build-id"]),

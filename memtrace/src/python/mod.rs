@@ -4,6 +4,8 @@
 //! interpreter's native frames (`frames`).
 pub mod code;
 pub mod codes;
+#[cfg(test)]
+mod dwarf_check;
 pub mod frames;
 pub mod interpreter;
 pub mod layout;
