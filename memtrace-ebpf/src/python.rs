@@ -59,6 +59,14 @@ pub struct PythonWalk {
     window: [u64; WINDOW_WORDS],
     /// Kept across walks.
     checks: [CheckSlot; CHECK_SLOTS],
+    /// The lowest frame this walk read.
+    lowest: u64,
+    /// This CPU's last walk: its thread, where its current frame was named, and its lowest
+    /// frame (see `current_frame_again`).
+    last_tgid: u64,
+    last_tid: u64,
+    last_current_at: u64,
+    last_lowest: u64,
 }
 
 /// A code object's check as this CPU's walks took it, for a frame at `frame` running the code
@@ -92,26 +100,54 @@ pub fn current_frame_at(state: &mut PythonWalk, tgid: u32, tid: u32) -> Option<u
     if cframe == 0 || cframe >= USER_ADDRESS_END {
         return None;
     }
-    Some(cframe + state.process.cframe_current_frame as u64)
+    let at = cframe + state.process.cframe_current_frame as u64;
+    state.last_tgid = tgid as u64;
+    state.last_tid = tid as u64;
+    state.last_current_at = at;
+    Some(at)
 }
 
-/// Starts the walk at the thread's current frame `first` (from `current_frame_at`); false
-/// when there is none (the thread is not in Python code).
+/// `current_frame_at` for a walk whose native stack is this CPU's last one, replayed (same
+/// thread, registers and stack words): the thread state's innermost C-level call is a local
+/// of the innermost interpreter frame on that native stack, so it is where it was, and the
+/// thread state need not be read again. Its `current_frame` is read anew.
 #[inline(always)]
-pub fn start(state: &mut PythonWalk, first: u64) -> bool {
+pub fn current_frame_again(state: &mut PythonWalk, tgid: u32, tid: u32) -> Option<u64> {
+    (state.last_current_at != 0 && state.last_tgid == tgid as u64 && state.last_tid == tid as u64)
+        .then_some(state.last_current_at)
+}
+
+/// Forgets this CPU's last walk (its native stack was not a replay, or it found no frame).
+#[inline(always)]
+pub fn forget_last(state: &mut PythonWalk) {
+    state.last_current_at = 0;
+}
+
+/// Starts the walk at the thread's current frame `first` (from `current_frame_at`, or
+/// `current_frame_again` when `again`); false when there is none (the thread is not in Python
+/// code).
+#[inline(always)]
+pub fn start(state: &mut PythonWalk, first: u64, again: bool) -> bool {
     state.depth = 0;
     state.hash = ustack::SEED;
     state.frames = 0;
     state.incomplete = 0;
     state.next = first;
     state.window_bytes = 0;
+    state.lowest = u64::MAX;
     if first == 0 || first >= USER_ADDRESS_END {
         return false;
     }
-    // The frames below the newest one, within its chunk of the thread's frame stack.
+    // The frames below the newest one, within its chunk of the thread's frame stack; when
+    // the stack is likely the last one, only as low as its frames went (a read costs less
+    // the less it copies).
     let end = first + FRAME_BYTES as u64;
     let chunk = word(&state.thread, state.process.thread_datastack_chunk);
-    let lowest = end.saturating_sub(WINDOW_BYTES);
+    let lowest = if again && state.last_lowest <= first && end - state.last_lowest < WINDOW_BYTES {
+        state.last_lowest
+    } else {
+        end.saturating_sub(WINDOW_BYTES)
+    };
     let base = if chunk <= first && chunk > lowest {
         chunk
     } else {
@@ -143,15 +179,19 @@ pub fn step(state: &mut PythonWalk) -> bool {
         return false;
     }
     let depth = core::hint::black_box(state.depth as usize);
-    if depth + 1 >= PYTHON_STACK_WORDS || at >= USER_ADDRESS_END || !read_frame(state, at) {
+    let fields = match depth + 1 < PYTHON_STACK_WORDS && at < USER_ADDRESS_END {
+        true => frame_fields(state, at),
+        false => None,
+    };
+    let Some([code, previous, prev_instr, entry]) = fields else {
         state.incomplete = 1;
         return false;
+    };
+    let entry = entry != 0;
+    if at < state.lowest {
+        state.lowest = at;
     }
     let process = &state.process;
-    let code = word(&state.frame, process.frame_code);
-    let previous = word(&state.frame, process.frame_previous);
-    let prev_instr = word(&state.frame, process.frame_prev_instr);
-    let entry = byte(&state.frame, process.frame_is_entry) != 0;
     // `prev_instr` is the code unit before the next instruction: one before the first while
     // the frame has not started.
     let first = code + process.code_instructions as u64;
@@ -192,6 +232,7 @@ pub fn finish(state: &mut PythonWalk) -> (u64, bool, bool) {
     if incomplete {
         count(counter::PYTHON_INCOMPLETE);
     }
+    state.last_lowest = state.lowest;
     let key = frame::referenced(ustack::mix(state.hash, state.incomplete)) | 1;
     let (stored, new) = store(&state.stack, key);
     (
@@ -318,24 +359,33 @@ fn code_check(state: &mut PythonWalk, frame: u64, code: u64) -> Option<u64> {
     Some(check)
 }
 
-/// Copies the frame at `at` into `state.frame`: from the window when it holds it, else read.
+/// The frame at `at`'s code object, previous frame, `prev_instr` and `is_entry`: from the
+/// window when it holds the frame, else read.
 #[inline(always)]
-fn read_frame(state: &mut PythonWalk, at: u64) -> bool {
+fn frame_fields(state: &mut PythonWalk, at: u64) -> Option<[u64; 4]> {
+    let process = &state.process;
+    let offsets = [
+        process.frame_code,
+        process.frame_previous,
+        process.frame_prev_instr,
+        process.frame_is_entry,
+    ];
     let offset = at.wrapping_sub(state.window_base);
-    if at & 7 == 0
+    let in_window = at & 7 == 0
         && offset < state.window_bytes
-        && state.window_bytes - offset >= FRAME_BYTES as u64
-    {
+        && state.window_bytes - offset >= FRAME_BYTES as u64;
+    if in_window {
         let first = core::hint::black_box((offset >> 3) as usize);
-        for index in 0..FRAME_WORDS {
-            let (Some(&word), Some(slot)) =
-                (state.window.get(first + index), state.frame.get_mut(index))
-            else {
-                return false;
-            };
-            *slot = word;
-        }
-        return true;
+        let field = |at: u32| {
+            let word = state.window.get(first + (at >> 3) as usize).copied()?;
+            Some(word >> ((at & 7) * 8))
+        };
+        return Some([
+            field(offsets[0])?,
+            field(offsets[1])?,
+            field(offsets[2])?,
+            field(offsets[3])? & 0xff,
+        ]);
     }
     let read = unsafe {
         generated::bpf_probe_read_user(
@@ -344,7 +394,14 @@ fn read_frame(state: &mut PythonWalk, at: u64) -> bool {
             at as *const _,
         )
     };
-    read == 0
+    (read == 0).then(|| {
+        [
+            word(&state.frame, offsets[0]),
+            word(&state.frame, offsets[1]),
+            word(&state.frame, offsets[2]),
+            byte(&state.frame, offsets[3]),
+        ]
+    })
 }
 
 /// The 8-byte field at byte `offset` of a copied object (0 past its end).

@@ -262,7 +262,7 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
             count_walk(walk.memo.end, walk.memo.depth);
             // The native frames are still those in `walk.stack` (see `Memo`).
             let (hash, end, depth) = (walk.memo.hash, walk.memo.end, walk.memo.depth);
-            let (key, new_python_stack) = match with_python(walk, hash, end, depth) {
+            let (key, new_python_stack) = match with_python(walk, hash, end, depth, true) {
                 Some(stored) => stored,
                 None if walk.memo.python == 0 => (walk.memo.stored, false),
                 // The last stack had Python frames after these; this one ends here.
@@ -290,7 +290,7 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
     };
     count_walk(walk.end, walk.depth as u64);
     let (hash, end, depth) = (walk.hash, walk.end, walk.depth as u64);
-    let (key, new_python_stack) = match with_python(walk, hash, end, depth) {
+    let (key, new_python_stack) = match with_python(walk, hash, end, depth, false) {
         Some(stored) => stored,
         None => (store_native(walk, hash, end, depth), false),
     };
@@ -307,16 +307,33 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
 /// the stack's key, and whether its Python frames are new; None when the thread is not in
 /// Python code (the native stack is then stored alone).
 #[inline(always)]
-fn with_python(walk: &mut Walk, hash: u64, end: u64, depth: u64) -> Option<(u64, bool)> {
+fn with_python(
+    walk: &mut Walk,
+    hash: u64,
+    end: u64,
+    depth: u64,
+    replayed: bool,
+) -> Option<(u64, bool)> {
     if depth as usize + 1 >= USER_STACK_DEPTH {
         return None;
     }
     let state = unsafe { &mut *PYTHON_WALK.get_ptr_mut(0)? };
+    let again = match replayed {
+        true => python::current_frame_again(state, walk.tgid, walk.tid),
+        false => None,
+    };
+    let at = match again {
+        Some(at) => at,
+        None => {
+            python::forget_last(state);
+            python::current_frame_at(state, walk.tgid, walk.tid)?
+        }
+    };
     // The innermost C-level call of the interpreter is a local of its native frame: most
     // often in the stack window already read.
-    let at = python::current_frame_at(state, walk.tgid, walk.tid)?;
     let first = read_word(walk, at)?;
-    if !python::start(state, first) {
+    if !python::start(state, first, again.is_some()) {
+        python::forget_last(state);
         return None;
     }
     let mut context: *mut PythonWalk = state;
@@ -453,9 +470,11 @@ extern "C" fn check_reads(group: u32, context: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-/// Whether the last walk's read `index` holds the same value in this walk's window.
+/// Whether the last walk's read `index` holds the same value in this walk's window. A read
+/// above the window moves the window up to it (a stack deeper than a window: the
+/// interpreter's frames are large).
 #[inline(always)]
-fn read_unchanged(walk: &Walk, index: usize) -> bool {
+fn read_unchanged(walk: &mut Walk, index: usize) -> bool {
     let index = core::hint::black_box(index);
     let (Some(&at), Some(&value)) = (
         walk.memo.read_at.get(index),
@@ -463,6 +482,9 @@ fn read_unchanged(walk: &Walk, index: usize) -> bool {
     ) else {
         return false;
     };
+    if at & 7 == 0 && at > walk.window_base && at - walk.window_base >= walk.window_bytes {
+        fill_window(walk, at, walk.memo.highest + 8);
+    }
     let offset = at.wrapping_sub(walk.window_base);
     let word = core::hint::black_box((offset >> 3) as usize);
     offset & 7 == 0 && offset < walk.window_bytes && walk.window.get(word) == Some(&value)
@@ -620,11 +642,17 @@ fn move_window_up_to(walk: &mut Walk, address: u64) {
 /// Reads the window at `base` (8-byte aligned), up to `end` (u64::MAX: as far as a window
 /// goes) and the thread's known stack top. A read that fails ran past the stack's mapping
 /// into the window's last page: that page's start becomes the thread's stack top (one
-/// failure per thread; this walk reads word by word).
+/// failure per thread; this walk reads word by word). A top at or below `base` was not the
+/// stack's top (a read failed on a page the thread never touched, inside a large frame, and
+/// the thread's stack is shallower now): it is forgotten, or every later walk from above it
+/// would read word by word and none could be replayed.
 #[inline(always)]
 fn fill_window(walk: &mut Walk, base: u64, end: u64) {
     walk.window_base = base;
     walk.window_bytes = 0;
+    if walk.stack_top <= base {
+        walk.stack_top = u64::MAX;
+    }
     let room = walk.stack_top.min(end).saturating_sub(base);
     let length = if room < WINDOW_BYTES {
         room & !7
