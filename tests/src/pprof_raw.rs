@@ -27,8 +27,11 @@ pub struct RawLocation {
     pub mapping: Option<u64>,
     /// The first line's function; None when the location has no line (not symbolized).
     pub function: Option<String>,
-    /// The function's file name (memtrace puts the module there: `libc.so.6`, `[kernel]`).
+    /// The function's file name (memtrace puts the module there: `libc.so.6`, `[kernel]`;
+    /// a Python function's source file).
     pub file: Option<String>,
+    /// The first line's line number (0 when memtrace gives none).
+    pub line: i64,
 }
 
 impl RawLocation {
@@ -142,12 +145,13 @@ impl RawProfile {
         // `NAME FILE:LINE s=START`: names may hold spaces, files do not here.
         let mut parts = rest.rsplitn(3, ' ');
         let (_start, file_line, name) = (parts.next(), parts.next(), parts.next());
-        let (function, file) = match (name, file_line) {
-            (Some(name), Some(file_line)) => (
+        let (function, file, line) = match (name, file_line.and_then(|f| f.rsplit_once(':'))) {
+            (Some(name), Some((file, line))) => (
                 Some(name.to_owned()),
-                file_line.rsplit_once(':').map(|(file, _)| file.to_owned()),
+                Some(file.to_owned()),
+                line.parse().unwrap_or(0),
             ),
-            _ => (None, None),
+            _ => (None, None, 0),
         };
         self.locations.insert(
             id,
@@ -156,6 +160,7 @@ impl RawProfile {
                 mapping,
                 function,
                 file,
+                line,
             },
         );
     }

@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
+    pprof_raw::RawProfile,
     python_workload, serial, spawn_waiting_command,
     traced::{self, u64_of, Traced},
     PYTHON,
@@ -562,6 +563,87 @@ fn native_extension_frames_sit_above_the_python_caller() {
 }
 
 /// The parser of Python frame names, on the forms the tests meet.
+/// Go's pprof is the oracle for what a profile says: each Python frame must be a location
+/// whose function is the Python function, in its source file, at its line, carrying the
+/// bytes the JSON report gives that line.
+#[test]
+fn pprof_has_python_functions_with_their_files_and_lines() {
+    if !tests::require_root() || !tests::require_python() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tests::TempDir::new("python-pprof");
+    let profile = dir.path().join("heap.pb.gz");
+    let t = trace_script(
+        "malloc",
+        &[
+            "--leaks",
+            "--top",
+            ALL_ROWS,
+            "--pprof",
+            profile.to_str().unwrap(),
+        ],
+        "alloc_lines.py",
+    );
+    let file = workload_file(&t);
+    let lines = marked_lines(&t, &["large", "method"]);
+    let rows = rows_of(&t.report, "outstanding", t.workload.pid);
+    let Some(raw) = RawProfile::read(&profile, dir.path()) else {
+        return;
+    };
+    for marker in ["large", "method"] {
+        let line = lines[marker];
+        // The JSON's rows whose innermost Python frame is at that line, and that frame's name.
+        let at_line: Vec<(&Value, PyFrame)> = (rows.iter())
+            .filter_map(|row| {
+                let frame = frames(row).into_iter().find_map(python_frame)?;
+                (frame.line == line).then_some((*row, frame))
+            })
+            .collect();
+        assert!(
+            !at_line.is_empty(),
+            "no row at line {line}\n{}",
+            t.run.describe()
+        );
+        let qualname = at_line[0].1.qualname.clone();
+        let json_bytes: u64 = at_line.iter().map(|(row, _)| u64_of(row, "bytes")).sum();
+        // Go's view: locations of that function, in that file, at that line.
+        let ids: BTreeSet<u64> = (raw.locations.iter())
+            .filter(|(_, l)| {
+                l.function.as_deref() == Some(qualname.as_str())
+                    && l.file.as_deref() == Some(file.as_str())
+                    && l.line == line as i64
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        assert!(
+            !ids.is_empty(),
+            "go tool pprof shows no location {qualname} {file}:{line}\n{}",
+            raw.text
+        );
+        // Samples whose innermost Python location is at that line (the first location of a
+        // Python function in the sample, innermost first).
+        let is_python_location = |id: &u64| {
+            (raw.locations.get(id)).is_some_and(|l| l.file.as_deref() == Some(file.as_str()))
+        };
+        let pprof_bytes: i64 = (raw.samples.iter())
+            .filter(|s| {
+                let first = s.locations.iter().find(|id| is_python_location(id));
+                first.is_some_and(|id| ids.contains(id))
+            })
+            .map(|s| s.value)
+            .sum();
+        // Within 1%: the JSON's rows merge stacks by their frames' names, the profile keeps
+        // each stack (a few hundred bytes of the interpreter's own blocks differ).
+        assert!(
+            within(pprof_bytes as u64, json_bytes, 0.01),
+            "{marker} (line {line}): pprof's {pprof_bytes} in-use bytes against the JSON's \
+             {json_bytes}\n{}",
+            raw.text
+        );
+    }
+}
+
 #[test]
 fn python_frames_are_told_from_native_ones() {
     let frame = python_frame("Cache.build (alloc_lines.py:42)").unwrap();

@@ -147,7 +147,9 @@ pub fn bench(which: &[String]) -> Result<()> {
             .and_then(|()| diagnose())
             .and_then(|()| crate::bench_exit::exit())
             // Last: until memtrace has --unwind (issue 17) it stops here, the others written.
-            .and_then(|()| crate::bench_unwind::unwind()),
+            .and_then(|()| crate::bench_unwind::unwind())
+            // After it: it stops when memtrace has no --no-python-frames (issue 18).
+            .and_then(|()| crate::bench_python::python()),
         Some("faults") => faults(),
         Some("swap") => swap(),
         Some("malloc") => malloc(),
@@ -157,12 +159,13 @@ pub fn bench(which: &[String]) -> Result<()> {
         Some("agent") => agent(),
         Some("diagnose") => diagnose(),
         Some("unwind") => crate::bench_unwind::unwind(),
+        Some("python") => crate::bench_python::python(),
         // Ten minutes: run on its own, never as part of the whole set.
         Some("agent-soak") => crate::soak::soak(),
         Some(other) => {
             bail!(
                 "unknown benchmark {other:?}; available: faults, swap, malloc, allocators, \
-                 pages, agent, agent-soak, diagnose, exit, unwind"
+                 pages, agent, agent-soak, diagnose, exit, unwind, python"
             )
         }
     }

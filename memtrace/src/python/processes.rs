@@ -69,6 +69,8 @@ impl Process {
 
 pub struct PythonProcesses {
     enabled: bool,
+    /// The process and stack of the last event looked at.
+    last_stack: (u32, u64),
     kernel: KernelHashMap<MapData, u32, PythonProcess>,
     stacks: KernelHashMap<MapData, u64, UserStack>,
     python_stacks: KernelHashMap<MapData, u64, PythonStack>,
@@ -84,6 +86,7 @@ impl PythonProcesses {
     pub fn new(tracer: &mut Tracer, enabled: bool) -> Result<Self> {
         let (stacks, python_stacks) = tracer.owned_stack_tables()?;
         Ok(Self {
+            last_stack: (0, 0),
             python_stacks,
             enabled,
             kernel: KernelHashMap::try_from(tracer.take_map("PYTHON_PROCESSES")?)?,
@@ -137,9 +140,14 @@ impl PythonProcesses {
         );
     }
 
-    /// An event of `pid` on user stack `key`: the code objects its Python frames name are
-    /// read now, while they exist, into `maps` (kept with the process's address space).
+    /// An event of `pid` on user stack `key` (of any process): the code objects its Python
+    /// frames name are read now, while they exist, into `maps` (kept with the process's
+    /// address space).
     pub fn on_stack(&mut self, pid: u32, key: u64, maps: &mut MapsCache) {
+        // A loop's events repeat their stack: no lookups for the one just looked at.
+        if std::mem::replace(&mut self.last_stack, (pid, key)) == (pid, key) {
+            return;
+        }
         let Some(process) = self.processes.get(&pid) else {
             return;
         };
@@ -167,11 +175,6 @@ impl PythonProcesses {
                 None => self.figures.unnamed_frames += 1,
             }
         }
-    }
-
-    /// Whether `pid` is a Python process the walk serves.
-    pub fn contains(&self, pid: u32) -> bool {
-        self.processes.contains_key(&pid)
     }
 
     /// Drops what is kept of processes that exited.

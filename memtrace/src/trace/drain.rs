@@ -124,7 +124,7 @@ impl Drain {
             if let (Record::Event(event), Some(unwinder)) = (&record, self.unwinder.as_mut()) {
                 // A Python stack's code objects are read while the process lives.
                 let (pid, stack) = (event.raw.tgid, event.raw.user_stack);
-                if stack != 0 && unwinder.python.contains(pid) {
+                if stack != 0 {
                     unwinder.python.on_stack(pid, stack, &mut processes.maps);
                 }
             }

@@ -26,6 +26,8 @@ import threading
 import time
 import tracemalloc
 
+import workload
+
 tracemalloc.start(1)
 
 KIB = 1024
@@ -116,12 +118,7 @@ def main():
         for s in mine.statistics("lineno")
     ]
     report = {
-        "pid": os.getpid(),
-        "minflt": after.ru_minflt,
-        "majflt": after.ru_majflt,
-        "phase_minflt": after.ru_minflt - before.ru_minflt,
-        "phase_majflt": after.ru_majflt - before.ru_majflt,
-        "elapsed_s": elapsed,
+        **workload.phase(before, after, elapsed),
         "file": code_file,
         "blocks": len(KEEP),
         "lines": marked_lines(),

@@ -20,6 +20,8 @@ import os
 import resource
 import time
 
+import workload
+
 MIB = 1 << 20
 KEEP = []
 FAULTS = {}
@@ -64,12 +66,7 @@ def main():
     print(
         json.dumps(
             {
-                "pid": os.getpid(),
-                "minflt": phase_end.ru_minflt,
-                "majflt": phase_end.ru_majflt,
-                "phase_minflt": phase_end.ru_minflt - phase_start.ru_minflt,
-                "phase_majflt": phase_end.ru_majflt - phase_start.ru_majflt,
-                "elapsed_s": time.monotonic() - start,
+                **workload.phase(phase_start, phase_end, time.monotonic() - start),
                 "file": main.__code__.co_filename,
                 "faults": FAULTS,
                 "bytes": {

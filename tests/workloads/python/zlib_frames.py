@@ -17,6 +17,8 @@ import resource
 import time
 import zlib
 
+import workload
+
 
 def squeeze(data):
     return zlib.compress(data, 9)  #@compress
@@ -41,12 +43,7 @@ after = resource.getrusage(resource.RUSAGE_SELF)
 print(
     json.dumps(
         {
-            "pid": os.getpid(),
-            "minflt": after.ru_minflt,
-            "majflt": after.ru_majflt,
-            "phase_minflt": after.ru_minflt - before.ru_minflt,
-            "phase_majflt": after.ru_majflt - before.ru_majflt,
-            "elapsed_s": time.monotonic() - start,
+            **workload.phase(before, after, time.monotonic() - start),
             "file": squeeze.__code__.co_filename,
             "lines": marked_lines(),
             "compressed": len(packed),
