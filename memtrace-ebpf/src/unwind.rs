@@ -253,51 +253,48 @@ pub fn walk(regs: &UserRegs, tgid: u32, tid: u32) -> Walked {
     // lookup per frame.
     let mut context: *mut Walk = walk;
     let context_pointer = (&mut context as *mut *mut Walk).cast();
+    let mut replayed = false;
     if same_start && (walk.window_bytes != 0 || walk.memo.reads == 0) {
         walk.memo.changed = 0;
         let groups = (walk.memo.reads as u32).div_ceil(CHECKS_PER_CALL as u32);
         unsafe { bpf_loop(groups, check_reads as *mut _, context_pointer, 0) };
-        if walk.memo.changed == 0 {
-            count(counter::WALKS_REPLAYED);
-            count_walk(walk.memo.end, walk.memo.depth);
-            // The native frames are still those in `walk.stack` (see `Memo`).
-            let (hash, end, depth) = (walk.memo.hash, walk.memo.end, walk.memo.depth);
-            let (key, new_python_stack) = match with_python(walk, hash, end, depth, true) {
-                Some(stored) => stored,
-                None if walk.memo.python == 0 => (walk.memo.stored, false),
-                // The last stack had Python frames after these; this one ends here.
-                None => (store_native(walk, hash, end, depth), false),
-            };
-            walk.memo.stored = key;
-            return Walked {
-                key,
-                ask_for_tables: false,
-                new_python_stack,
-            };
-        }
+        replayed = walk.memo.changed == 0;
     }
-    walk.memo.valid = 0;
-    walk.memo.used_bp = 0;
-    walk.memo.reads = 0;
-    walk.memo.highest = 0;
-    unsafe {
-        bpf_loop(
-            USER_STACK_DEPTH as u32 + 1,
-            step as *mut _,
-            context_pointer,
-            0,
-        )
+    // The native frames: the last walk's, still in `walk.stack` (see `Memo`), or walked now.
+    let (hash, end, depth) = if replayed {
+        count(counter::WALKS_REPLAYED);
+        (walk.memo.hash, walk.memo.end, walk.memo.depth)
+    } else {
+        walk.memo.valid = 0;
+        walk.memo.used_bp = 0;
+        walk.memo.reads = 0;
+        walk.memo.highest = 0;
+        unsafe {
+            bpf_loop(
+                USER_STACK_DEPTH as u32 + 1,
+                step as *mut _,
+                context_pointer,
+                0,
+            )
+        };
+        (walk.hash, walk.end, walk.depth as u64)
     };
-    count_walk(walk.end, walk.depth as u64);
-    let (hash, end, depth) = (walk.hash, walk.end, walk.depth as u64);
-    let (key, new_python_stack) = match with_python(walk, hash, end, depth, false) {
+    count_walk(end, depth);
+    // One place walks Python frames, for both: the verifier checks that code once.
+    let (key, new_python_stack) = match with_python(walk, hash, end, depth, replayed) {
         Some(stored) => stored,
+        // A replayed stack stored alone last time is stored still.
+        None if replayed && walk.memo.python == 0 => (walk.memo.stored, false),
         None => (store_native(walk, hash, end, depth), false),
     };
-    remember(walk, regs, hash, key);
+    if replayed {
+        walk.memo.stored = key;
+    } else {
+        remember(walk, regs, hash, key);
+    }
     Walked {
         key,
-        ask_for_tables: walk.request != 0,
+        ask_for_tables: !replayed && walk.request != 0,
         new_python_stack,
     }
 }
