@@ -205,15 +205,12 @@ pub fn step(state: &mut PythonWalk) -> bool {
         state.incomplete = 1;
         return false;
     };
-    let frames = &mut state.stack.words;
-    if let Some(slot) = frames.get_mut(depth) {
-        *slot = value;
-    }
-    if let Some(slot) = frames.get_mut(depth + 1) {
-        *slot = check;
-    }
-    if let Some(slot) = frames.get_mut(depth + 2) {
-        *slot = 0;
+    // The frame's two words, then the 0 that ends the stack.
+    for (next, word) in [(0, value), (1, check), (2, 0)] {
+        let index = core::hint::black_box(depth + next);
+        if let Some(slot) = state.stack.words.get_mut(index) {
+            *slot = word;
+        }
     }
     state.depth += 2;
     state.frames += 1;
@@ -377,7 +374,10 @@ fn frame_fields(state: &mut PythonWalk, at: u64) -> Option<[u64; 4]> {
     if in_window {
         let first = core::hint::black_box((offset >> 3) as usize);
         let field = |at: u32| {
-            let word = state.window.get(first + (at >> 3) as usize).copied()?;
+            // Opaque, so the bound the verifier sees is checked on the index used (6.1's
+            // verifier loses it otherwise).
+            let index = core::hint::black_box(first + (at >> 3) as usize);
+            let word = state.window.get(index).copied()?;
             Some(word >> ((at & 7) * 8))
         };
         return Some([

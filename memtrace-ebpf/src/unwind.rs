@@ -109,6 +109,9 @@ pub struct Walk {
     /// then the Python frames (see `python`).
     stack: UserStack,
     memo: Memo,
+    /// What the last Python walk found (see `python_frames`).
+    python_new: u64,
+    python_incomplete: u64,
 }
 
 /// This CPU's last walk, what it started from and every stack word it read. A walk's result
@@ -314,8 +317,43 @@ fn with_python(
     if depth as usize + 1 >= USER_STACK_DEPTH {
         return None;
     }
-    let state = unsafe { &mut *PYTHON_WALK.get_ptr_mut(0)? };
-    let again = match replayed {
+    let reference = python_frames(walk, u64::from(replayed));
+    if reference == 0 {
+        return None;
+    }
+    let (new, incomplete) = (walk.python_new != 0, walk.python_incomplete != 0);
+    let end = if incomplete {
+        end | walk_end::PYTHON_INCOMPLETE
+    } else {
+        end
+    };
+    // The reference, then the 0 that ends the stack (indexes opaque, see `read_word`).
+    for (next, word) in [(0, reference), (1, 0)] {
+        let index = core::hint::black_box(depth as usize + next);
+        if let Some(frame) = walk.stack.frames.get_mut(index) {
+            *frame = word;
+        }
+    }
+    walk.stack.end = end;
+    walk.memo.python = 1;
+    let key = ustack::store(
+        &mut walk.stack,
+        ustack::mix(ustack::mix(hash, reference), end),
+    );
+    Some((key, new))
+}
+
+/// Walks the thread's Python frames and stores them; returns the word that refers to them
+/// (0: none), with `python_new` and `python_incomplete` set. Not inlined: its locals stay off
+/// the calling program's stack, whose size with its callbacks' must stay within the 512
+/// bytes older kernels (6.1) allow, each frame rounded up to 32.
+#[inline(never)]
+fn python_frames(walk: &mut Walk, replayed: u64) -> u64 {
+    let Some(state) = PYTHON_WALK.get_ptr_mut(0) else {
+        return 0;
+    };
+    let state = unsafe { &mut *state };
+    let again = match replayed != 0 {
         true => python::current_frame_again(state, walk.tgid, walk.tid),
         false => None,
     };
@@ -323,15 +361,20 @@ fn with_python(
         Some(at) => at,
         None => {
             python::forget_last(state);
-            python::current_frame_at(state, walk.tgid, walk.tid)?
+            match python::current_frame_at(state, walk.tgid, walk.tid) {
+                Some(at) => at,
+                None => return 0,
+            }
         }
     };
     // The innermost C-level call of the interpreter is a local of its native frame: most
     // often in the stack window already read.
-    let first = read_word(walk, at)?;
+    let Some(first) = read_word(walk, at) else {
+        return 0;
+    };
     if !python::start(state, first, again.is_some()) {
         python::forget_last(state);
-        return None;
+        return 0;
     }
     let mut context: *mut PythonWalk = state;
     let context_pointer: *mut core::ffi::c_void = (&mut context as *mut *mut PythonWalk).cast();
@@ -344,28 +387,9 @@ fn with_python(
         )
     };
     let (reference, new, incomplete) = python::finish(state);
-    if reference == 0 {
-        return None;
-    }
-    let end = if incomplete {
-        end | walk_end::PYTHON_INCOMPLETE
-    } else {
-        end
-    };
-    let depth = core::hint::black_box(depth as usize);
-    if let Some(frame) = walk.stack.frames.get_mut(depth) {
-        *frame = reference;
-    }
-    if let Some(frame) = walk.stack.frames.get_mut(depth + 1) {
-        *frame = 0;
-    }
-    walk.stack.end = end;
-    walk.memo.python = 1;
-    let key = ustack::store(
-        &mut walk.stack,
-        ustack::mix(ustack::mix(hash, reference), end),
-    );
-    Some((key, new))
+    walk.python_new = u64::from(new);
+    walk.python_incomplete = u64::from(incomplete);
+    reference
 }
 
 /// Stores the native frames alone (`depth` of them, hashed to `hash`, ended as `end`).

@@ -296,7 +296,8 @@ fn verifier_summary(err: &aya::programs::ProgramError) -> String {
         } => {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-            let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+            // The three summary lines, and the two before them that say why.
+            let tail = tail[tail.len().saturating_sub(5)..].join(" | ");
             format!("{io_error}; verifier: {tail}")
         }
         other => other.to_string(),
