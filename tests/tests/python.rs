@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
+    chains::frames,
     pprof_raw::RawProfile,
     python_workload, serial, spawn_waiting_command,
     traced::{self, u64_of, Traced},
@@ -58,19 +59,6 @@ fn python_frame(frame: &str) -> Option<PyFrame> {
 /// Whether `frame` is a Python frame, named or not.
 fn is_python(frame: &str) -> bool {
     frame == UNREADABLE || python_frame(frame).is_some()
-}
-
-/// A row's user frames, innermost first.
-fn frames(row: &Value) -> Vec<&str> {
-    row["frames"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a row without frames: {row}"))
-        .iter()
-        .map(|f| {
-            f.as_str()
-                .unwrap_or_else(|| panic!("a frame that is no name: {row}"))
-        })
-        .collect()
 }
 
 /// The rows of `report[key]` (`stacks`, `outstanding`) of process `pid`.

@@ -161,21 +161,12 @@ impl Tracer {
     /// stored last (which would skip storing it again). A stack stored while this runs may
     /// be lost with them.
     pub fn clear_stacks(&mut self) -> Result<()> {
-        let mut user: HashMap<_, u64, UserStack> = HashMap::try_from(self.map_mut("USER_STACKS")?)?;
-        let keys: Vec<u64> = user.keys().filter_map(|k| k.ok()).collect();
-        for key in keys {
-            let _ = user.remove(&key);
-        }
+        remove_every_stack::<UserStack>(self.map_mut("USER_STACKS")?)?;
+        remove_every_stack::<PythonStack>(self.map_mut("PYTHON_STACKS")?)?;
         let mut kernel = StackTraceMap::try_from(self.map_mut("STACKS")?)?;
         let ids: Vec<u32> = kernel.stack_ids().filter_map(|id| id.ok()).collect();
         for id in ids {
             let _ = kernel.remove(&id);
-        }
-        let mut python: HashMap<_, u64, PythonStack> =
-            HashMap::try_from(self.map_mut("PYTHON_STACKS")?)?;
-        let keys: Vec<u64> = python.keys().filter_map(|k| k.ok()).collect();
-        for key in keys {
-            let _ = python.remove(&key);
         }
         let cpus = aya::util::nr_cpus().map_err(cpu_list_error)?;
         for name in ["LAST_STORED_STACK", "LAST_PYTHON_STACK"] {
@@ -224,6 +215,16 @@ impl Tracer {
         let map = self.map("STACKS")?;
         Ok(StackTraceMap::try_from(map)?)
     }
+}
+
+/// Empties a stack table keyed by stack hash (user stacks, their Python frames).
+fn remove_every_stack<V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
+    let mut stacks: HashMap<_, u64, V> = HashMap::try_from(map)?;
+    let keys: Vec<u64> = stacks.keys().filter_map(|k| k.ok()).collect();
+    for key in keys {
+        let _ = stacks.remove(&key);
+    }
+    Ok(())
 }
 
 /// A user stack as recorded: its frames' addresses (innermost first), which of them are

@@ -115,6 +115,35 @@ pub fn read_code(mem: &File, address: u64, layout: &CodeLayout) -> anyhow::Resul
     Ok(code)
 }
 
+/// The fields of a code object that say whether it is the one a frame ran: its type, and
+/// the objects the walk's check is made of (memtrace-common's `python::frame::check`).
+pub struct Identity {
+    pub code_type: u64,
+    pub filename: u64,
+    pub name: u64,
+}
+
+impl Identity {
+    pub fn check(&self) -> u64 {
+        memtrace_common::python::frame::check(self.filename, self.name)
+    }
+}
+
+/// The code object's [`Identity`] at `address`, in one read.
+pub fn read_identity(mem: &File, address: u64, layout: &CodeLayout) -> anyhow::Result<Identity> {
+    let fields = [
+        (layout.object_type, 8),
+        (layout.code_filename, 8),
+        (layout.code_name, 8),
+    ];
+    let header = read(mem, address, span(&fields)).context("reading the code object")?;
+    Ok(Identity {
+        code_type: word(&header, layout.object_type),
+        filename: word(&header, layout.code_filename),
+        name: word(&header, layout.code_name),
+    })
+}
+
 /// The code object's fields up to the last one read, in one read.
 fn read_code_header(mem: &File, address: u64, layout: &CodeLayout) -> anyhow::Result<Vec<u8>> {
     let fields = [

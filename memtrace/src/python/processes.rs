@@ -54,7 +54,7 @@ impl Process {
     fn read_code(&self, address: u64, check: u64) -> Option<CodeObject> {
         let memory = self.memory.as_ref()?;
         let layout = &self.layout.code;
-        let identity = identity(memory, address, layout)
+        let identity = code::read_identity(memory, address, layout)
             .map_err(|err| log::debug!("python code object {address:#x}: {err:#}"))
             .ok()?;
         if identity.code_type != self.code_type || identity.check() != check {
@@ -182,35 +182,4 @@ impl PythonProcesses {
         self.processes.retain(|&pid, _| exists(pid));
         self.unsupported.retain(|&pid| exists(pid));
     }
-}
-
-/// The fields of a code object that say whether it is the one a frame ran.
-struct Identity {
-    code_type: u64,
-    filename: u64,
-    name: u64,
-}
-
-impl Identity {
-    fn check(&self) -> u64 {
-        frame::check(self.filename, self.name)
-    }
-}
-
-/// The code object's type and the names its check is made of, in one read.
-fn identity(memory: &File, address: u64, layout: &code::CodeLayout) -> Result<Identity> {
-    use std::os::unix::fs::FileExt;
-    let fields = [layout.object_type, layout.code_filename, layout.code_name];
-    let length = fields.iter().max().copied().unwrap_or(0) + 8;
-    let mut bytes = vec![0u8; length as usize];
-    memory.read_exact_at(&mut bytes, address)?;
-    let word = |offset: u64| -> Result<u64> {
-        let at = offset as usize;
-        Ok(u64::from_ne_bytes(bytes[at..at + 8].try_into()?))
-    };
-    Ok(Identity {
-        code_type: word(layout.object_type)?,
-        filename: word(layout.code_filename)?,
-        name: word(layout.code_name)?,
-    })
 }

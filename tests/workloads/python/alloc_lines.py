@@ -19,7 +19,6 @@ Then it ends with os._exit(0): no interpreter teardown, so every block is still 
 """
 import json
 import os
-import re
 import resource
 import sys
 import threading
@@ -84,17 +83,6 @@ def allocate():
     big_blocks(3)
 
 
-def marked_lines():
-    """{marker: line} of the lines ending in a "#@name" comment."""
-    marker = re.compile(r"#@(\w+)\s*$")
-    with open(__file__) as source:
-        return {
-            m.group(1): number
-            for number, line in enumerate(source, 1)
-            if (m := marker.search(line))
-        }
-
-
 def main():
     wait, linger = "--wait" in sys.argv[1:], "--linger" in sys.argv[1:]
     if wait:
@@ -121,7 +109,7 @@ def main():
         **workload.phase(before, after, elapsed),
         "file": code_file,
         "blocks": len(KEEP),
-        "lines": marked_lines(),
+        "lines": workload.marked_lines(__file__),
         "tracemalloc": stats,
     }
     print(json.dumps(report), flush=True)

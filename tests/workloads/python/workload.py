@@ -1,7 +1,7 @@
-"""What every Python workload's JSON line starts with: the C workloads' fields
-(tests/workloads/common.h), from getrusage(RUSAGE_SELF) before and after the measured phase
-and the phase's own time."""
+"""What the Python workloads share: their JSON line's first fields (the C workloads',
+tests/workloads/common.h), and the lines they mark for the tests."""
 import os
+import re
 
 
 def phase(before, after, elapsed_s):
@@ -13,3 +13,14 @@ def phase(before, after, elapsed_s):
         "phase_majflt": after.ru_majflt - before.ru_majflt,
         "elapsed_s": elapsed_s,
     }
+
+
+def marked_lines(path):
+    """{marker: line} of the lines of `path` ending in a "#@name" comment."""
+    marker = re.compile(r"#@(\w+)\s*$")
+    with open(path) as source:
+        return {
+            m.group(1): number
+            for number, line in enumerate(source, 1)
+            if (m := marker.search(line))
+        }

@@ -12,7 +12,6 @@ Prints one JSON line: the C workloads' fields, then
 """
 import json
 import os
-import re
 import resource
 import time
 import zlib
@@ -22,17 +21,6 @@ import workload
 
 def squeeze(data):
     return zlib.compress(data, 9)  #@compress
-
-
-def marked_lines():
-    """{marker: line} of the lines ending in a "#@name" comment."""
-    marker = re.compile(r"#@(\w+)\s*$")
-    with open(__file__) as source:
-        return {
-            m.group(1): number
-            for number, line in enumerate(source, 1)
-            if (m := marker.search(line))
-        }
 
 
 payload = os.urandom(4 << 20)
@@ -45,7 +33,7 @@ print(
         {
             **workload.phase(before, after, time.monotonic() - start),
             "file": squeeze.__code__.co_filename,
-            "lines": marked_lines(),
+            "lines": workload.marked_lines(__file__),
             "compressed": len(packed),
         }
     ),
