@@ -437,7 +437,10 @@ pub mod counter {
     pub const PYTHON_NO_THREAD_STATE: u32 = 18;
     /// Python frame walks that stopped early (a read failed, the depth limit).
     pub const PYTHON_INCOMPLETE: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// Python walks that were the same frames as the CPU's last walk, found by comparing
+    /// the frames' fields instead of walking again (also counted in `PYTHON_WALKS`).
+    pub const PYTHON_WALKS_REPLAYED: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// Default capacity of the target set: processes traced at once with `--follow-children`.

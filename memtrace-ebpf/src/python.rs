@@ -9,12 +9,16 @@
 //! (frames are pushed on a per-thread stack of chunks, so a call chain's frames lie side by
 //! side below the newest); and each code object's check only for a (frame, code) pair this
 //! CPU has not seen (see `CheckSlot`).
+//!
+//! Most events of a thread come while the same Python code runs. When the native stack is
+//! the CPU's last one replayed, the frames read are first compared with the last walk's (see
+//! `replay_step`): no code object check looked up, nothing written.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated};
 use memtrace_common::{
     counter,
     python::{
-        frame, PythonProcess, PythonStack, FRAME_BYTES, MAX_THREAD_STATES, PYTHON_STACK_WORDS,
-        THREAD_STATE_BYTES,
+        frame, PythonProcess, PythonStack, FRAME_BYTES, MAX_PYTHON_FRAMES, MAX_THREAD_STATES,
+        PYTHON_STACK_WORDS, THREAD_STATE_BYTES,
     },
 };
 
@@ -50,6 +54,29 @@ pub struct PythonWalk {
     frames: u64,
     /// 1: the walk stopped before the outermost frame.
     incomplete: u64,
+    /// The newest frame, and 1 while every frame walked was read from the window.
+    first: u64,
+    in_window: u64,
+    /// A replay: the frames found the same so far, and 1 once one differs.
+    replay_index: u64,
+    replay_differs: u64,
+    /// The lowest frame this walk read.
+    lowest: u64,
+    /// This CPU's last walk: its thread, where its current frame was named, and its lowest
+    /// frame (see `current_frame_again`).
+    last_tgid: u64,
+    last_tid: u64,
+    last_current_at: u64,
+    last_lowest: u64,
+    /// This CPU's last walk, for a replay (see `start`): its newest frame, its frames, the key
+    /// they are stored under, and 1 when it can be replayed (it ended at the outermost frame,
+    /// and each frame was read from the window).
+    last_first: u64,
+    last_frames: u64,
+    last_key: u64,
+    last_replayable: u64,
+    /// Where each frame walked was (`stack` has what it ran).
+    frame_at: [u64; MAX_PYTHON_FRAMES],
     /// The frames walked (stored in `PYTHON_STACKS` at the end).
     stack: PythonStack,
     /// `window_bytes` of the thread's frame stack up to its newest frame's end, from
@@ -59,14 +86,16 @@ pub struct PythonWalk {
     window: [u64; WINDOW_WORDS],
     /// Kept across walks.
     checks: [CheckSlot; CHECK_SLOTS],
-    /// The lowest frame this walk read.
-    lowest: u64,
-    /// This CPU's last walk: its thread, where its current frame was named, and its lowest
-    /// frame (see `current_frame_again`).
-    last_tgid: u64,
-    last_tid: u64,
-    last_current_at: u64,
-    last_lowest: u64,
+}
+
+/// What `start` found.
+pub enum Start {
+    /// The thread is not in Python code.
+    Nothing,
+    /// Walk the frames (`step`, then `finish`).
+    Walk,
+    /// Compare the frames with the last walk's (`replay_step`, then `replayed`).
+    Replay,
 }
 
 /// A code object's check as this CPU's walks took it, for a frame at `frame` running the code
@@ -124,19 +153,26 @@ pub fn forget_last(state: &mut PythonWalk) {
 }
 
 /// Starts the walk at the thread's current frame `first` (from `current_frame_at`, or
-/// `current_frame_again` when `again`); false when there is none (the thread is not in Python
-/// code).
+/// `current_frame_again` when `again`), and reads the window. A replay when `again` and the
+/// last walk, replayable, started at the same frame.
 #[inline(always)]
-pub fn start(state: &mut PythonWalk, first: u64, again: bool) -> bool {
+pub fn start(state: &mut PythonWalk, first: u64, again: bool) -> Start {
     state.depth = 0;
     state.hash = ustack::SEED;
     state.frames = 0;
     state.incomplete = 0;
     state.next = first;
+    state.first = first;
+    state.in_window = 1;
+    state.replay_index = 0;
+    state.replay_differs = 0;
     state.window_bytes = 0;
     state.lowest = u64::MAX;
+    let replay = again && state.last_replayable != 0 && state.last_first == first;
+    // A walk rewrites the last one's frames.
+    state.last_replayable = 0;
     if first == 0 || first >= USER_ADDRESS_END {
-        return false;
+        return Start::Nothing;
     }
     // The frames below the newest one, within its chunk of the thread's frame stack; when
     // the stack is likely the last one, only as low as its frames went (a read costs less
@@ -155,7 +191,7 @@ pub fn start(state: &mut PythonWalk, first: u64, again: bool) -> bool {
     } & !7;
     let length = end - base;
     if length > WINDOW_BYTES || length < FRAME_BYTES as u64 {
-        return true;
+        return Start::Walk;
     }
     let read = unsafe {
         generated::bpf_probe_read_user(
@@ -164,11 +200,84 @@ pub fn start(state: &mut PythonWalk, first: u64, again: bool) -> bool {
             base as *const _,
         )
     };
-    if read == 0 {
-        state.window_base = base;
-        state.window_bytes = length;
+    if read != 0 {
+        return Start::Walk;
     }
+    state.window_base = base;
+    state.window_bytes = length;
+    if replay {
+        state.last_replayable = 1;
+        Start::Replay
+    } else {
+        Start::Walk
+    }
+}
+
+/// Compares the frame at `state.next`, read from the window, with the last walk's frame as
+/// deep; false when the replay ends (every frame compared, or one differs).
+///
+/// A frame at the same address running the same code object at the same instruction, with
+/// the same entry flag, is written as it was, with the same check (see `CheckSlot`); if every
+/// frame is, so is the stack.
+#[inline(always)]
+pub fn replay_step(state: &mut PythonWalk) -> bool {
+    let index = core::hint::black_box(state.replay_index as usize);
+    let at = state.next;
+    if index as u64 >= state.last_frames {
+        return false;
+    }
+    let same = match (state.frame_at.get(index), window_fields(state, at)) {
+        (Some(&last_at), Some([code, previous, prev_instr, entry])) if last_at == at => {
+            let value = frame_value(&state.process, code, prev_instr, entry);
+            let word = core::hint::black_box(2 * index);
+            state.next = previous;
+            state.stack.words.get(word) == Some(&value)
+        }
+        _ => false,
+    };
+    if !same {
+        state.replay_differs = 1;
+        return false;
+    }
+    state.replay_index += 1;
     true
+}
+
+/// After the replay steps: the reference to the frames and whether they were stored anew
+/// (userspace may have emptied the tables) when every frame was the last walk's, and the
+/// walk ended where it did; else None, and the walk starts again at the newest frame.
+#[inline(always)]
+pub fn replayed(state: &mut PythonWalk) -> Option<(u64, bool)> {
+    let same =
+        state.replay_differs == 0 && state.replay_index == state.last_frames && state.next == 0;
+    let stored = match same {
+        true => store(&state.stack, state.last_key),
+        false => (false, false),
+    };
+    let (true, new) = stored else {
+        state.last_replayable = 0;
+        state.next = state.first;
+        return None;
+    };
+    count(counter::PYTHON_WALKS);
+    count(counter::PYTHON_WALKS_REPLAYED);
+    add(counter::PYTHON_FRAMES, state.last_frames);
+    Some((frame::reference(state.last_key), new))
+}
+
+/// A frame's first word in the stack: its code object, the index of its instruction and
+/// whether a C-level call started there.
+#[inline(always)]
+fn frame_value(process: &PythonProcess, code: u64, prev_instr: u64, entry: u64) -> u64 {
+    // `prev_instr` is the code unit before the next instruction: one before the first while
+    // the frame has not started.
+    let first = code + process.code_instructions as u64;
+    let index_plus_one = if prev_instr + 2 >= first && prev_instr >= code {
+        (prev_instr + 2 - first) / 2
+    } else {
+        0
+    };
+    frame::encode(code, index_plus_one, entry != 0)
 }
 
 /// Records the frame at `state.next` and moves to its caller; false when the walk ends.
@@ -187,20 +296,14 @@ pub fn step(state: &mut PythonWalk) -> bool {
         state.incomplete = 1;
         return false;
     };
-    let entry = entry != 0;
     if at < state.lowest {
         state.lowest = at;
     }
-    let process = &state.process;
-    // `prev_instr` is the code unit before the next instruction: one before the first while
-    // the frame has not started.
-    let first = code + process.code_instructions as u64;
-    let index_plus_one = if prev_instr + 2 >= first && prev_instr >= code {
-        (prev_instr + 2 - first) / 2
-    } else {
-        0
-    };
-    let value = frame::encode(code, index_plus_one, entry);
+    let value = frame_value(&state.process, code, prev_instr, entry);
+    let index = core::hint::black_box(state.frames as usize);
+    if let Some(slot) = state.frame_at.get_mut(index) {
+        *slot = at;
+    }
     let Some(check) = code_check(state, at, code) else {
         state.incomplete = 1;
         return false;
@@ -232,6 +335,10 @@ pub fn finish(state: &mut PythonWalk) -> (u64, bool, bool) {
     state.last_lowest = state.lowest;
     let key = frame::referenced(ustack::mix(state.hash, state.incomplete)) | 1;
     let (stored, new) = store(&state.stack, key);
+    state.last_first = state.first;
+    state.last_frames = state.frames;
+    state.last_key = key;
+    state.last_replayable = u64::from(stored && !incomplete && state.in_window != 0);
     (
         if stored { frame::reference(key) } else { 0 },
         new,
@@ -360,33 +467,10 @@ fn code_check(state: &mut PythonWalk, frame: u64, code: u64) -> Option<u64> {
 /// window when it holds the frame, else read.
 #[inline(always)]
 fn frame_fields(state: &mut PythonWalk, at: u64) -> Option<[u64; 4]> {
-    let process = &state.process;
-    let offsets = [
-        process.frame_code,
-        process.frame_previous,
-        process.frame_prev_instr,
-        process.frame_is_entry,
-    ];
-    let offset = at.wrapping_sub(state.window_base);
-    let in_window = at & 7 == 0
-        && offset < state.window_bytes
-        && state.window_bytes - offset >= FRAME_BYTES as u64;
-    if in_window {
-        let first = core::hint::black_box((offset >> 3) as usize);
-        let field = |at: u32| {
-            // Opaque, so the bound the verifier sees is checked on the index used (6.1's
-            // verifier loses it otherwise).
-            let index = core::hint::black_box(first + (at >> 3) as usize);
-            let word = state.window.get(index).copied()?;
-            Some(word >> ((at & 7) * 8))
-        };
-        return Some([
-            field(offsets[0])?,
-            field(offsets[1])?,
-            field(offsets[2])?,
-            field(offsets[3])? & 0xff,
-        ]);
+    if let Some(fields) = window_fields(state, at) {
+        return Some(fields);
     }
+    state.in_window = 0;
     let read = unsafe {
         generated::bpf_probe_read_user(
             state.frame.as_mut_ptr().cast(),
@@ -394,14 +478,45 @@ fn frame_fields(state: &mut PythonWalk, at: u64) -> Option<[u64; 4]> {
             at as *const _,
         )
     };
+    let process = &state.process;
     (read == 0).then(|| {
         [
-            word(&state.frame, offsets[0]),
-            word(&state.frame, offsets[1]),
-            word(&state.frame, offsets[2]),
-            byte(&state.frame, offsets[3]),
+            word(&state.frame, process.frame_code),
+            word(&state.frame, process.frame_previous),
+            word(&state.frame, process.frame_prev_instr),
+            byte(&state.frame, process.frame_is_entry),
         ]
     })
+}
+
+/// `frame_fields` from the window, when it holds the frame at `at`.
+#[inline(always)]
+fn window_fields(state: &PythonWalk, at: u64) -> Option<[u64; 4]> {
+    let offset = at.wrapping_sub(state.window_base);
+    let in_window = at & 7 == 0
+        && offset < state.window_bytes
+        && state.window_bytes - offset >= FRAME_BYTES as u64;
+    if !in_window {
+        return None;
+    }
+    // One bound checked for the whole frame, then indexes below FRAME_WORDS.
+    let first = (offset >> 3) as usize;
+    let header: &[u64; FRAME_WORDS] = state
+        .window
+        .get(first..first + FRAME_WORDS)?
+        .try_into()
+        .ok()?;
+    let process = &state.process;
+    let field = |offset: u32| {
+        let word = header.get((offset >> 3) as usize).copied().unwrap_or(0);
+        word >> ((offset & 7) * 8)
+    };
+    Some([
+        field(process.frame_code),
+        field(process.frame_previous),
+        field(process.frame_prev_instr),
+        field(process.frame_is_entry) & 0xff,
+    ])
 }
 
 /// The 8-byte field at byte `offset` of a copied object (0 past its end).

@@ -25,7 +25,7 @@ use crate::{
         add, count, PYTHON_WALK, STACK_TOPS, UNWIND_EMPTY, UNWIND_PAGES, UNWIND_PROCESSES,
         UNWIND_ROWS, UNWIND_TABLES, WALK_STATE,
     },
-    python::{self, PythonWalk},
+    python::{self, PythonWalk, Start},
     ustack::{self, UserRegs},
 };
 
@@ -372,12 +372,30 @@ fn python_frames(walk: &mut Walk, replayed: u64) -> u64 {
     let Some(first) = read_word(walk, at) else {
         return 0;
     };
-    if !python::start(state, first, again.is_some()) {
-        python::forget_last(state);
-        return 0;
-    }
     let mut context: *mut PythonWalk = state;
     let context_pointer: *mut core::ffi::c_void = (&mut context as *mut *mut PythonWalk).cast();
+    match python::start(state, first, again.is_some()) {
+        Start::Nothing => {
+            python::forget_last(state);
+            return 0;
+        }
+        Start::Replay => {
+            unsafe {
+                bpf_loop(
+                    (MAX_PYTHON_FRAMES / REPLAY_FRAMES_PER_CALL) as u32 + 1,
+                    python_replay_step as *mut _,
+                    context_pointer,
+                    0,
+                )
+            };
+            if let Some((reference, new)) = python::replayed(state) {
+                walk.python_new = u64::from(new);
+                walk.python_incomplete = 0;
+                return reference;
+            }
+        }
+        Start::Walk => {}
+    }
     unsafe {
         bpf_loop(
             MAX_PYTHON_FRAMES as u32 + 1,
@@ -411,6 +429,23 @@ fn store_native(walk: &mut Walk, hash: u64, end: u64, depth: u64) -> u64 {
 extern "C" fn python_step(_index: u32, context: *mut core::ffi::c_void) -> i64 {
     let state = unsafe { &mut **(context as *mut *mut PythonWalk) };
     i64::from(!python::step(state))
+}
+
+/// Python frames a replay's bpf_loop callback compares: a call and its return cost about as
+/// much as a frame's comparison (return thunks, on CPUs that need them); more per call would
+/// make the verifier's work, and attaching, longer for little.
+const REPLAY_FRAMES_PER_CALL: usize = 2;
+
+/// bpf_loop's callback: the next Python frames compared with the last walk's. Returns 1 to
+/// stop.
+extern "C" fn python_replay_step(_index: u32, context: *mut core::ffi::c_void) -> i64 {
+    let state = unsafe { &mut **(context as *mut *mut PythonWalk) };
+    for _ in 0..REPLAY_FRAMES_PER_CALL {
+        if !python::replay_step(state) {
+            return 1;
+        }
+    }
+    0
 }
 
 /// Counts a walk by how it ended, and its frames.

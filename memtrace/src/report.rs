@@ -266,6 +266,9 @@ pub struct PythonReport {
     pub threads_without_state: u64,
     /// Walks whose Python frames stopped early (a read failed, the depth limit).
     pub incomplete: u64,
+    /// Walks found the same as the CPU's last one by comparing each frame's fields (also in
+    /// `walks`).
+    pub replayed: u64,
     #[serde(flatten)]
     pub processes: PythonFigures,
 }
@@ -285,6 +288,7 @@ impl UnwindReport {
                 frames: counters.python_frames,
                 threads_without_state: counters.python_no_thread_state,
                 incomplete: counters.python_incomplete,
+                replayed: counters.python_walks_replayed,
                 processes,
             });
         Self {

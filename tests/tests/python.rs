@@ -301,6 +301,9 @@ fn is_frame_of(frame: &str, qualname: &str, name: &str) -> bool {
 /// touch_inner and fills 4 MiB of its own), and measure their minor faults with getrusage
 /// around each call. The minor faults whose stacks pass through a function's Python frame are
 /// those it measured, within 2%; and touch_inner's frame is always called from touch_outer's.
+/// touch_two_sites calls touch_leaf, which faults once, from two lines by turns: the faults
+/// under each line are those it measured, within 2% (each stack differs from the one before
+/// in the caller's instruction only, which a replayed walk must still see).
 #[test]
 fn faults_land_on_the_python_functions_that_touch_pages() {
     if !tests::require_root() || !tests::require_python() {
@@ -338,6 +341,31 @@ fn faults_land_on_the_python_functions_that_touch_pages() {
             within(counted, expected, 0.02),
             "{function}: memtrace puts {counted} minor faults under its Python frame, the \
              workload measured {expected}\n{}",
+            context()
+        );
+    }
+    // The same leaf called from two lines of one caller by turns, a fault a call: each line
+    // has its own faults, though only the caller's instruction differs between the stacks.
+    let sites = &t.workload.extra["sites"];
+    for (site, line) in marked_lines(&t, &["first_site", "second_site"]) {
+        let expected = workload_u64(sites, &site);
+        let through_site = |row: &&&Value| {
+            let python = python_part(row);
+            let leaf = python
+                .iter()
+                .position(|f| is_frame_of(f, "touch_leaf", &name));
+            leaf.and_then(|at| python.get(at + 1))
+                .and_then(|caller| python_frame(caller))
+                .is_some_and(|caller| caller.qualname == "touch_two_sites" && caller.line == line)
+        };
+        let counted: u64 = (rows.iter())
+            .filter(through_site)
+            .map(|r| u64_of(r, "count"))
+            .sum();
+        assert!(
+            within(counted, expected, 0.02),
+            "touch_two_sites line {line} ({site}): memtrace puts {counted} minor faults under \
+             touch_leaf called from it, the workload measured {expected}\n{}",
             context()
         );
     }

@@ -31,11 +31,12 @@ pub struct KernelCounters {
     pub unwind_requests_lost: u64,
     pub walks_replayed: u64,
     /// Python frame walks: those that found frames, the frames, threads with no thread state,
-    /// and walks that stopped early.
+    /// walks that stopped early, and walks that were the CPU's last, compared not walked.
     pub python_walks: u64,
     pub python_frames: u64,
     pub python_no_thread_state: u64,
     pub python_incomplete: u64,
+    pub python_walks_replayed: u64,
 }
 
 impl Tracer {
@@ -65,6 +66,7 @@ impl Tracer {
             python_frames: sum(counter::PYTHON_FRAMES)?,
             python_no_thread_state: sum(counter::PYTHON_NO_THREAD_STATE)?,
             python_incomplete: sum(counter::PYTHON_INCOMPLETE)?,
+            python_walks_replayed: sum(counter::PYTHON_WALKS_REPLAYED)?,
         })
     }
 
