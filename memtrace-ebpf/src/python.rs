@@ -31,6 +31,8 @@ const THREAD_WORDS: usize = THREAD_STATE_BYTES / 8;
 const FRAME_WORDS: usize = FRAME_BYTES / 8;
 /// The frames read at once, below the newest (see `PythonWalk::window`).
 const WINDOW_WORDS: usize = 512;
+// A power of two: indexes into the window are masked (see `window_fields`).
+const _: () = assert!(WINDOW_WORDS.is_power_of_two());
 const WINDOW_BYTES: u64 = WINDOW_WORDS as u64 * 8;
 /// Checks this CPU remembers (see `CheckSlot`): a power of two.
 const CHECK_SLOTS: usize = 256;
@@ -241,6 +243,12 @@ pub fn replay_step(state: &mut PythonWalk) -> bool {
     }
     state.replay_index += 1;
     true
+}
+
+/// Whether the replay has frames left to compare, all compared so far the same.
+#[inline(always)]
+pub fn replay_goes_on(state: &PythonWalk) -> bool {
+    state.replay_differs == 0 && state.replay_index < state.last_frames
 }
 
 /// After the replay steps: the reference to the frames and whether they were stored anew
@@ -499,17 +507,14 @@ fn window_fields(state: &PythonWalk, at: u64) -> Option<[u64; 4]> {
     if !in_window {
         return None;
     }
-    // One bound checked for the whole frame, then indexes below FRAME_WORDS.
     let first = (offset >> 3) as usize;
-    let header: &[u64; FRAME_WORDS] = state
-        .window
-        .get(first..first + FRAME_WORDS)?
-        .try_into()
-        .ok()?;
     let process = &state.process;
-    let field = |offset: u32| {
-        let word = header.get((offset >> 3) as usize).copied().unwrap_or(0);
-        word >> ((offset & 7) * 8)
+    let field = |at: u32| {
+        // Masked, not compared: the frame lies in the window (above), and 6.1's verifier
+        // keeps a mask's bound where it can lose a comparison's (a register spilled before
+        // the comparison and reloaded after it).
+        let index = (first + (at >> 3) as usize) & (WINDOW_WORDS - 1);
+        state.window[index] >> ((at & 7) * 8)
     };
     Some([
         field(process.frame_code),

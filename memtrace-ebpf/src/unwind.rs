@@ -380,14 +380,23 @@ fn python_frames(walk: &mut Walk, replayed: u64) -> u64 {
             return 0;
         }
         Start::Replay => {
-            unsafe {
-                bpf_loop(
-                    (MAX_PYTHON_FRAMES / REPLAY_FRAMES_PER_CALL) as u32 + 1,
-                    python_replay_step as *mut _,
-                    context_pointer,
-                    0,
-                )
-            };
+            // Most stacks' frames are compared here, in a loop the verifier unrolls (no call
+            // a frame); deeper ones go on in bpf_loop's calls.
+            for _ in 0..REPLAY_INLINE_FRAMES {
+                if !python::replay_step(state) {
+                    break;
+                }
+            }
+            if python::replay_goes_on(state) {
+                unsafe {
+                    bpf_loop(
+                        (MAX_PYTHON_FRAMES / REPLAY_FRAMES_PER_CALL) as u32 + 1,
+                        python_replay_step as *mut _,
+                        context_pointer,
+                        0,
+                    )
+                };
+            }
             if let Some((reference, new)) = python::replayed(state) {
                 walk.python_new = u64::from(new);
                 walk.python_incomplete = 0;
@@ -430,6 +439,11 @@ extern "C" fn python_step(_index: u32, context: *mut core::ffi::c_void) -> i64 {
     let state = unsafe { &mut **(context as *mut *mut PythonWalk) };
     i64::from(!python::step(state))
 }
+
+/// Python frames a replay compares before its bpf_loop: a call and its return cost about as
+/// much as a frame's comparison (return thunks, on CPUs that need them), and the verifier's
+/// work (attaching) grows with this.
+const REPLAY_INLINE_FRAMES: usize = 16;
 
 /// Python frames a replay's bpf_loop callback compares: a call and its return cost about as
 /// much as a frame's comparison (return thunks, on CPUs that need them); more per call would
