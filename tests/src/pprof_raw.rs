@@ -3,12 +3,15 @@
 //! (from the binaries on this machine), so the names are the profile's.
 use std::{collections::HashMap, path::Path};
 
-/// One sample: its value, its locations (innermost first) and its labels line.
+/// One sample: its values (`value` the first), its locations (innermost first) and its labels
+/// line.
 #[derive(Debug, Clone)]
 pub struct RawSample {
     pub value: i64,
+    /// One per sample type, in the profile's order.
+    pub values: Vec<i64>,
     pub locations: Vec<u64>,
-    /// As Go prints them: `comm:[redis-server] kind:[minor]`.
+    /// As Go prints them: `comm:[redis-server] kind:[minor] pid:[7]`.
     pub labels: String,
 }
 
@@ -59,6 +62,13 @@ impl RawMapping {
 
 #[derive(Debug, Default)]
 pub struct RawProfile {
+    /// `type/unit` of each value, in order (`alloc_space/bytes`), and the one viewers show
+    /// first (marked `[dflt]` by Go; None when unmarked).
+    pub sample_types: Vec<String>,
+    pub default_sample_type: Option<String>,
+    /// `PeriodType: space bytes` as `space/bytes`, and `Period: 524288`.
+    pub period_type: String,
+    pub period: i64,
     pub samples: Vec<RawSample>,
     pub locations: HashMap<u64, RawLocation>,
     pub mappings: HashMap<u64, RawMapping>,
@@ -91,6 +101,8 @@ impl RawProfile {
                 _ => {}
             }
             match section {
+                "" => profile.header_line(line),
+                "Samples:" if profile.sample_types.is_empty() => profile.sample_types_line(line),
                 "Samples:" => profile.sample_line(line),
                 "Locations" => profile.location_line(line),
                 "Mappings" => profile.mapping_line(line),
@@ -100,15 +112,43 @@ impl RawProfile {
         profile
     }
 
-    /// `     19990: 2 3 4 ` then, indented, `comm:[fault_touch] kind:[minor]`.
+    /// `PeriodType: space bytes`, `Period: 524288` (other header lines are left).
+    fn header_line(&mut self, line: &str) {
+        if let Some(types) = line.strip_prefix("PeriodType: ") {
+            self.period_type = types.split_whitespace().collect::<Vec<_>>().join("/");
+        } else if let Some(period) = line.strip_prefix("Period: ") {
+            self.period = period.trim().parse().unwrap_or(0);
+        }
+    }
+
+    /// `alloc_objects/count alloc_space/bytes inuse_space/bytes[dflt]`.
+    fn sample_types_line(&mut self, line: &str) {
+        for kind in line.split_whitespace() {
+            let plain = kind.strip_suffix("[dflt]");
+            if let Some(plain) = plain {
+                self.default_sample_type = Some(plain.to_owned());
+            }
+            self.sample_types.push(plain.unwrap_or(kind).to_owned());
+        }
+    }
+
+    /// `  100  409600: 2 3 4 ` (a value per sample type) then, indented, its labels
+    /// (`comm:[fault_touch] kind:[minor]`).
     fn sample_line(&mut self, line: &str) {
-        let Some((value, locations)) = line.split_once(": ") else {
+        let Some((values, locations)) = line.split_once(": ") else {
             if let (Some(last), true) = (self.samples.last_mut(), line.starts_with("    ")) {
-                last.labels = line.trim().to_owned();
+                // String labels on one line, numeric ones (`pid:[7]`) on the next.
+                last.labels = format!("{} {}", last.labels, line.trim()).trim().to_owned();
             }
             return;
         };
-        let Ok(value) = value.trim().parse() else {
+        let Ok(values) = (values.split_whitespace())
+            .map(str::parse)
+            .collect::<Result<Vec<i64>, _>>()
+        else {
+            return;
+        };
+        let Some(&value) = values.first() else {
             return;
         };
         let locations = locations
@@ -117,6 +157,7 @@ impl RawProfile {
             .collect();
         self.samples.push(RawSample {
             value,
+            values,
             locations,
             labels: String::new(),
         });
@@ -233,11 +274,51 @@ Mappings
 2: 0x7f3f319e5000/0x7f3f31b3b000/0x26000 /usr/lib/libc.so.6  
 ";
 
+    const HEAP: &str = "Comment: memtrace malloc: pid 7 (command)
+PeriodType: space bytes
+Period: 524288
+Duration: 5.19
+Samples:
+alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes[dflt]
+        100     409600        100     409600: 1 2 
+                comm:[malloc_leak] kind:[heap]
+                pid:[7]
+       1233     172430          0          0: 2 
+                comm:[malloc_leak] kind:[heap]
+                pid:[7]
+Locations
+     1: 0x556103b088c6 M=1 leaky_function malloc_leak:0 s=0
+     2: 0x556103b08c62 M=1 main malloc_leak:0 s=0
+";
+
+    #[test]
+    fn parses_a_heap_profiles_four_values() {
+        let p = RawProfile::parse(HEAP);
+        assert_eq!(
+            p.sample_types,
+            [
+                "alloc_objects/count",
+                "alloc_space/bytes",
+                "inuse_objects/count",
+                "inuse_space/bytes"
+            ]
+        );
+        assert_eq!(p.default_sample_type.as_deref(), Some("inuse_space/bytes"));
+        assert_eq!((p.period_type.as_str(), p.period), ("space/bytes", 524288));
+        assert_eq!(p.samples[0].values, [100, 409600, 100, 409600]);
+        assert_eq!(p.samples[1].values, [1233, 172430, 0, 0]);
+        assert_eq!(p.samples[1].value, 1233);
+        assert_eq!(p.samples[0].label("comm"), Some("malloc_leak"));
+        assert_eq!(p.samples[0].label("pid"), Some("7"));
+    }
+
     #[test]
     fn parses_gos_raw_text() {
         let p = RawProfile::parse(RAW);
         assert_eq!(p.samples.len(), 2);
         assert_eq!(p.samples[0].value, 19990);
+        assert_eq!(p.sample_types, ["faults/count"]);
+        assert_eq!((p.period_type.as_str(), p.period), ("faults/count", 10));
         assert_eq!(p.samples[0].locations, [2, 3]);
         assert_eq!(p.samples[1].label("comm"), Some("redis-server"));
         let touch = &p.locations[&2];

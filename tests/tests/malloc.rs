@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 use tests::{
-    memtrace, serial,
+    memtrace,
+    pprof_raw::RawProfile,
+    serial,
     traced::{self, u64_of, Traced},
     workload, TempDir,
 };
@@ -257,6 +259,156 @@ fn leaks_as_flame_graph_and_pprof_space_profile() {
         pprof.describe(),
         t.context()
     );
+}
+
+/// The four values of a heap profile's samples whose innermost user frame is `function`,
+/// summed.
+fn heap_values_in(profile: &RawProfile, function: &str) -> [i64; 4] {
+    let mut sums = [0; 4];
+    for sample in &profile.samples {
+        let innermost = profile.innermost_user(sample);
+        if innermost.and_then(|l| l.function.as_deref()) == Some(function) {
+            for (sum, value) in sums.iter_mut().zip(&sample.values) {
+                *sum += value;
+            }
+        }
+    }
+    sums
+}
+
+/// JSON rows of `key` (`stacks`, `outstanding`) whose innermost frame is `function`: the sums
+/// of their `count_key` and `bytes`.
+fn json_sums(t: &Traced, key: &str, count_key: &str, function: &str) -> [i64; 2] {
+    let rows = t.report[key].as_array().unwrap();
+    let mut sums = [0; 2];
+    for row in rows.iter().filter(|r| r["frames"][0] == function) {
+        sums[0] += u64_of(row, count_key) as i64;
+        sums[1] += u64_of(row, "bytes") as i64;
+    }
+    sums
+}
+
+/// `--pprof` from malloc is a heap profile as Go writes one: go tool pprof reads four sample
+/// types (`alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`), period type
+/// space/bytes, `inuse_space` shown first with --leaks and `alloc_space` without. Per function,
+/// its values are the JSON's (allocations from `stacks`, what is still allocated from
+/// `outstanding`), and those are what malloc_leak made: LEAKS blocks still allocated in
+/// leaky_function, CHURN blocks allocated and freed in churn.
+#[test]
+fn pprof_is_a_heap_profile_with_gos_four_sample_types() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("malloc-heap-profile");
+    let (leaks, size, churn) = (100i64, 4096i64, 2000i64);
+    let workload_args = [leaks.to_string(), size.to_string(), churn.to_string()];
+    let workload_args: Vec<&str> = workload_args.iter().map(String::as_str).collect();
+    for with_leaks in [true, false] {
+        let profile = dir.join(&format!("heap-{with_leaks}.pb.gz"));
+        let mut extra = vec!["--top", "100000", "--pprof", profile.to_str().unwrap()];
+        if with_leaks {
+            extra.push("--leaks");
+        }
+        let t = trace(&extra, "malloc_leak", &workload_args);
+        assert_eq!(t.run.code(), 0, "{}", t.context());
+        let Some(raw) = RawProfile::read(&profile, dir.path()) else {
+            return;
+        };
+        let context = || format!("{}\n{}", raw.text, t.context());
+        assert_eq!(
+            raw.sample_types,
+            [
+                "alloc_objects/count",
+                "alloc_space/bytes",
+                "inuse_objects/count",
+                "inuse_space/bytes"
+            ],
+            "{}",
+            context()
+        );
+        let shown = if with_leaks {
+            "inuse_space/bytes"
+        } else {
+            "alloc_space/bytes"
+        };
+        assert_eq!(
+            raw.default_sample_type.as_deref(),
+            Some(shown),
+            "{}",
+            context()
+        );
+        assert_eq!(raw.period_type, "space/bytes", "{}", context());
+        // The workload's own figures.
+        let leaky = heap_values_in(&raw, "leaky_function");
+        assert_eq!(
+            leaky,
+            [leaks, leaks * size, leaks, leaks * size],
+            "{}",
+            context()
+        );
+        let churned = heap_values_in(&raw, "churn");
+        assert_eq!(
+            [churned[0], churned[2], churned[3]],
+            [churn, 0, 0],
+            "{}",
+            context()
+        );
+        // The JSON's, function by function.
+        for function in ["leaky_function", "churn"] {
+            let values = heap_values_in(&raw, function);
+            let allocated = json_sums(&t, "stacks", "calls", function);
+            assert_eq!(values[..2], allocated, "{function}\n{}", context());
+            if with_leaks {
+                let in_use = json_sums(&t, "outstanding", "allocations", function);
+                assert_eq!(values[2..], in_use, "{function}\n{}", context());
+            }
+        }
+    }
+}
+
+/// `go tool pprof -base` on two runs' heap profiles shows what the second did beyond the
+/// first: malloc_leak leaking 300 blocks against 100, the difference is 200 blocks of SIZE in
+/// leaky_function, and none in churn (both churned as much).
+#[test]
+fn heap_profiles_of_two_runs_diff_with_go_pprof_base() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("malloc-heap-base");
+    let size = 4096i64;
+    let profile_of = |leaks: i64| {
+        let profile = dir.join(&format!("leaks-{leaks}.pb.gz"));
+        let t = trace(
+            &["--leaks", "--pprof", profile.to_str().unwrap()],
+            "malloc_leak",
+            &[&leaks.to_string(), &size.to_string(), "500"],
+        );
+        assert_eq!(t.run.code(), 0, "{}", t.context());
+        profile
+    };
+    let (base, later) = (profile_of(100), profile_of(300));
+    let base_arg = base.to_str().unwrap();
+    let Some(run) = tests::go_pprof(
+        &["-raw", "-symbolize=none", "-base", base_arg],
+        &later,
+        &[],
+        dir.path(),
+    ) else {
+        return;
+    };
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let diff = RawProfile::parse(&run.stdout);
+    let leaky = heap_values_in(&diff, "leaky_function");
+    assert_eq!(
+        leaky,
+        [200, 200 * size, 200, 200 * size],
+        "{}",
+        run.describe()
+    );
+    let churned = heap_values_in(&diff, "churn");
+    assert_eq!([churned[0], churned[2]], [0, 0], "{}", run.describe());
 }
 
 #[test]

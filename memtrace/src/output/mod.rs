@@ -84,6 +84,7 @@ pub(crate) mod testdata {
             rows: stacks(),
             sample_type: ("faults", "count"),
             period: 1,
+            values: None,
             sampling_note: None,
         }
     }

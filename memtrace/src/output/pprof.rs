@@ -171,12 +171,13 @@ impl Builder {
     fn build(mut self, report: &dyn StackProfile) -> Profile {
         self.string(""); // index 0 must be the empty string
         let (kind, unit) = report.sample_type();
-        let value_type = ValueType {
-            r#type: self.string(kind),
-            unit: self.string(unit),
-        };
-        self.profile.sample_type = vec![value_type.clone()];
-        self.profile.period_type = Some(value_type);
+        self.profile.period_type = Some(self.value_type(kind, unit));
+        self.profile.sample_type = (report.value_types().into_iter())
+            .map(|(kind, unit)| self.value_type(kind, unit))
+            .collect();
+        if let Some(default) = report.default_value_type() {
+            self.profile.default_sample_type = self.string(default);
+        }
         self.profile.period = report.period() as i64;
         self.profile.duration_nanos = (report.duration_s() * 1e9) as i64;
         let mut comments = vec![format!(
@@ -193,7 +194,7 @@ impl Builder {
         comments.extend(report.sampling_note());
         self.profile.comment = comments.iter().map(|c| self.string(c)).collect();
 
-        for stack in report.stacks() {
+        for (index, stack) in report.stacks().iter().enumerate() {
             // Leaf first: kernel frames are the innermost when there are any.
             let location_id = (stack.kernel_detail.iter().chain(&stack.user_detail))
                 .map(|frame| self.location(frame))
@@ -219,7 +220,9 @@ impl Builder {
                     },
                 ])
                 .collect();
-            let value = vec![i64::try_from(stack.count).unwrap_or(i64::MAX)];
+            let value = (report.values(index).into_iter())
+                .map(|value| i64::try_from(value).unwrap_or(i64::MAX))
+                .collect();
             self.profile.sample.push(Sample {
                 location_id,
                 value,
@@ -230,6 +233,13 @@ impl Builder {
             mapping.has_functions = !self.unnamed.contains(&mapping.id);
         }
         self.profile
+    }
+
+    fn value_type(&mut self, kind: &str, unit: &str) -> ValueType {
+        ValueType {
+            r#type: self.string(kind),
+            unit: self.string(unit),
+        }
     }
 
     fn string(&mut self, s: &str) -> i64 {

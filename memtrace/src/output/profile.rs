@@ -16,6 +16,20 @@ pub trait StackProfile {
     fn period(&self) -> u64;
     /// Said in the profile when counts are estimates.
     fn sampling_note(&self) -> Option<String>;
+    /// Every value a stack carries in a pprof profile, with its unit (a heap profile's four,
+    /// as Go writes them); by default the one `sample_type` names.
+    fn value_types(&self) -> Vec<(&'static str, &'static str)> {
+        vec![self.sample_type()]
+    }
+    /// The `index`-th stack's values, in the order of `value_types`.
+    fn values(&self, index: usize) -> Vec<u64> {
+        vec![self.stacks()[index].count]
+    }
+    /// The value type a viewer shows first (pprof's `default_sample_type`), when not the
+    /// first.
+    fn default_value_type(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A report's stacks with their counts in another unit (bytes, pages), for the stack sinks.
@@ -28,6 +42,18 @@ pub struct Reweighted {
     pub sample_type: (&'static str, &'static str),
     pub period: u64,
     pub sampling_note: Option<String>,
+    /// Several values a stack, for pprof (None: each row's count alone).
+    pub values: Option<ProfileValues>,
+}
+
+/// Several values a stack (a heap profile's four, as Go writes them).
+pub struct ProfileValues {
+    /// Each value's type and unit, in order.
+    pub types: Vec<(&'static str, &'static str)>,
+    /// Each row's values, in that order.
+    pub rows: Vec<Vec<u64>>,
+    /// The type a viewer shows first.
+    pub shown: &'static str,
 }
 
 impl Reweighted {
@@ -58,6 +84,21 @@ impl StackProfile for Reweighted {
     }
     fn sample_type(&self) -> (&'static str, &'static str) {
         self.sample_type
+    }
+    fn value_types(&self) -> Vec<(&'static str, &'static str)> {
+        match &self.values {
+            Some(values) => values.types.clone(),
+            None => vec![self.sample_type],
+        }
+    }
+    fn values(&self, index: usize) -> Vec<u64> {
+        match &self.values {
+            Some(values) => values.rows[index].clone(),
+            None => vec![self.rows[index].count],
+        }
+    }
+    fn default_value_type(&self) -> Option<&'static str> {
+        self.values.as_ref().map(|values| values.shown)
     }
     fn period(&self) -> u64 {
         self.period.max(1)

@@ -456,6 +456,7 @@ impl AgentFeed {
             rows,
             sample_type: ("faults", "count"),
             period: self.stack_period,
+            values: None,
             sampling_note: Some(format!(
                 "stacks of 1 fault in {}: counts are estimates",
                 self.stack_period

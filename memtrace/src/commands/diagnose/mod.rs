@@ -155,6 +155,7 @@ fn fault_flamegraph(
         rows,
         sample_type: ("faults", "count"),
         period: 1,
+        values: None,
         sampling_note: Some(format!(
             "stacks of 1 minor fault in {MINOR_PERIOD} and every major fault"
         )),

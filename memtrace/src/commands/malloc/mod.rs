@@ -6,6 +6,7 @@
 mod allocators;
 pub mod args;
 mod books;
+mod heap_profile;
 mod probes;
 mod report;
 mod table;
@@ -24,7 +25,7 @@ use self::{
 use crate::{
     commands::options::Format,
     kernel::hooks::{self, Attachment, CommandHooks, UprobeSite},
-    output::{folded, json},
+    output::{folded, json, profile::Reweighted},
     trace::{
         pipeline::{self, Traced},
         progress::Progress,
@@ -99,8 +100,7 @@ pub async fn run(args: MallocArgs) -> Result<()> {
         })
         .collect();
     unhooked::warn(&traced.processes, &allocators);
-    let report = build_report(&args, books, &traced, hooked)?;
-    let profile = table::byte_stacks(&report, args.leaks);
+    let (report, profile) = build_report(&args, books, &traced, hooked)?;
     match args.output.format {
         Format::Table => table::write(&report, &mut outputs.report)?,
         Format::Json => json::write_value(&report, &mut outputs.report)?,
@@ -114,7 +114,7 @@ fn build_report(
     mut books: AllocBooks,
     traced: &Traced,
     allocators: Vec<HookedAllocator>,
-) -> Result<MallocReport> {
+) -> Result<(MallocReport, Reweighted)> {
     let known = &traced.processes;
     let round = |value: f64| value.round() as u64;
     let mut processes: Vec<MallocProcessRow> = books
@@ -161,8 +161,9 @@ fn build_report(
         })
         .collect();
 
+    let in_use = books.outstanding_by_stack(args.min_age.unwrap_or_default());
     let outstanding = if args.leaks {
-        let blocks = books.outstanding_by_stack(args.min_age.unwrap_or_default());
+        let blocks = in_use.clone();
         let label = |key: &StackKey| (known.name(key.tgid), "outstanding");
         let allocations = |o: &Outstanding| o.allocations();
         let (rows, _) = stacks::grouped_rows(
@@ -196,9 +197,24 @@ fn build_report(
             count: round(count),
         })
         .collect();
+    // Every stack, not only the first --top: a profile viewer does its own ranking.
+    let label = |key: &StackKey| (known.name(key.tgid), "heap");
+    let joined = heap_profile::by_stack(&books.stacks, in_use);
+    let (heap_rows, _) = stacks::grouped_rows(
+        &traced.tracer,
+        &mut symbolizer,
+        &known.maps,
+        joined,
+        grouping,
+        None,
+        &|weight: &heap_profile::HeapWeight| weight.values()[1],
+        &label,
+    )?;
+    let header = traced.header("malloc");
+    let profile = heap_profile::profile(&header, heap_rows, args.leaks, books.sample_bytes);
     let counters = traced.tracer.counters()?;
-    Ok(MallocReport {
-        header: traced.header("malloc"),
+    let report = MallocReport {
+        header,
         sampled: books.sample_bytes > 0,
         sample_bytes: books.sample_bytes,
         outstanding_dropped: books.outstanding_dropped,
@@ -218,7 +234,8 @@ fn build_report(
         stacks,
         outstanding,
         sizes,
-    })
+    };
+    Ok((report, profile))
 }
 
 fn calls_of(row: &mut MallocProcessRow, function: AllocFn) -> &mut u64 {

@@ -2,10 +2,7 @@
 use std::io::Write;
 
 use super::report::MallocReport;
-use crate::{
-    output::{profile::Reweighted, text},
-    report::StackRow,
-};
+use crate::{output::text, report::StackRow};
 
 pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
     text::title(out, &report.header)?;
@@ -122,33 +119,4 @@ fn write_frames(out: &mut dyn Write, stack: &StackRow) -> anyhow::Result<()> {
         writeln!(out, "    {}", frame.line())?;
     }
     Ok(())
-}
-
-/// The report's stacks weighed by bytes, for the stack sinks (folded, flame graph, pprof):
-/// outstanding bytes when looking for leaks, allocated bytes otherwise.
-pub fn byte_stacks(report: &MallocReport, leaks: bool) -> Reweighted {
-    let rows = if leaks {
-        (report.outstanding.iter())
-            .map(|r| Reweighted::row(&r.stack, r.bytes))
-            .collect()
-    } else {
-        (report.stacks.iter())
-            .map(|r| Reweighted::row(&r.stack, r.bytes))
-            .collect()
-    };
-    Reweighted {
-        command: report.header.command,
-        target: report.header.target.clone(),
-        duration_s: report.header.duration_s,
-        lost_events: report.header.lost_events,
-        rows,
-        sample_type: ("space", "bytes"),
-        period: report.sample_bytes,
-        sampling_note: report.sampled.then(|| {
-            format!(
-                "sampled: one point per {} bytes on average; bytes are estimates",
-                report.sample_bytes
-            )
-        }),
-    }
 }

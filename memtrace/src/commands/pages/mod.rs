@@ -193,6 +193,7 @@ fn page_stacks(report: &PagesReport) -> Reweighted {
             .collect(),
         sample_type: ("pages", "count"),
         period: report.sample_period,
+        values: None,
         sampling_note: report.sampled.then(|| {
             format!(
                 "stacks sampled 1 in {}: pages per stack are estimates",
