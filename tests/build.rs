@@ -21,6 +21,7 @@ const WORKLOADS: &[&str] = &[
     "malloc_leak",
     "malloc_kinds",
     "malloc_threads",
+    "heap_peak",
     "demo",
     "memory_shape",
     "shared_anon",

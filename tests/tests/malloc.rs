@@ -411,6 +411,63 @@ fn heap_profiles_of_two_runs_diff_with_go_pprof_base() {
     assert_eq!([churned[0], churned[2]], [0, 0], "{}", run.describe());
 }
 
+/// Bytes of the `peak_stacks` rows that pass through `function`.
+fn peak_bytes_through(t: &Traced, function: &str) -> u64 {
+    (t.report["peak_stacks"].as_array().unwrap().iter())
+        .filter(|r| {
+            r["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == function)
+        })
+        .map(|r| u64_of(r, "bytes"))
+        .sum()
+}
+
+/// heap_peak allocates 300 blocks of 1 MiB (200 in grow_a, 100 in grow_b), frees down to 50
+/// and grows to 200 in grow_c. memtrace's peak is the workload's own count within 1% (libc's
+/// few blocks besides), its allocated bytes at the end too; and the stacks at the peak are
+/// grow_a's and grow_b's as they were then, to the byte, and none of grow_c's (whose blocks
+/// came after).
+#[test]
+fn the_peak_and_what_was_allocated_then() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t = trace(&["--top", "1000"], "heap_peak", &[]);
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let process = t.process();
+    for (key, slack) in [("peak_bytes", 0.01), ("live_bytes", 0.01)] {
+        let (ours, theirs) = (u64_of(process, key), t.workload.u64(key));
+        assert!(
+            ours >= theirs && (ours - theirs) as f64 <= theirs as f64 * slack,
+            "{key}: memtrace says {ours}, the workload allocated {theirs}\n{}",
+            t.context()
+        );
+    }
+    let peak_at = process["peak_at_s"].as_f64().unwrap();
+    let duration = t.report["duration_s"].as_f64().unwrap();
+    assert!(
+        peak_at > 0.0 && peak_at <= duration,
+        "peak_at_s {peak_at} outside the trace's {duration} s\n{}",
+        t.context()
+    );
+    for (function, key) in [
+        ("grow_a", "a_at_peak"),
+        ("grow_b", "b_at_peak"),
+        ("grow_c", "c_at_peak"),
+    ] {
+        assert_eq!(
+            peak_bytes_through(&t, function),
+            t.workload.u64(key),
+            "bytes {function} had allocated at the peak\n{}",
+            t.context()
+        );
+    }
+}
+
 #[test]
 fn missing_lib_is_a_usage_error() {
     let _serial = serial();

@@ -4,6 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use memtrace_common::{AllocFn, EventKind};
 
+use super::peak::Peaks;
 use crate::{
     kernel::tracer::Tracer,
     trace::{
@@ -77,6 +78,8 @@ pub struct AllocBooks {
     pub(super) now: Duration,
     progress: Progress,
     pub(super) symbolizer: Symbolizer,
+    /// Each process's peak of bytes allocated, and its stacks then.
+    pub(super) peaks: Peaks,
 }
 
 impl Consumer for AllocBooks {
@@ -109,6 +112,7 @@ impl Consumer for AllocBooks {
                 self.take_block(tgid, addr, &processes.maps);
                 if self.outstanding.len() < self.max_outstanding {
                     self.outstanding.insert((tgid, addr), block);
+                    self.peaks.allocated(tgid, stack, weight, self.now);
                 } else {
                     self.outstanding_dropped += 1;
                 }
@@ -237,6 +241,7 @@ impl AllocBooks {
             now: Duration::ZERO,
             progress,
             symbolizer: Symbolizer::new(),
+            peaks: Peaks::default(),
         }
     }
 
@@ -281,6 +286,7 @@ impl AllocBooks {
     /// and the block was never freed in it.
     fn take_block(&mut self, tgid: u32, addr: u64, maps: &MapsCache) -> Option<Block> {
         let block = self.outstanding.remove(&(tgid, addr))?;
+        self.peaks.freed(tgid, block.stack, block.weight);
         if block.stack.generation == maps.generation(tgid) {
             return Some(block);
         }
@@ -343,6 +349,30 @@ pub fn size_bucket(size: u64) -> usize {
         0
     } else {
         64 - (size - 1).leading_zeros() as usize
+    }
+}
+
+/// Test helpers of the malloc modules: a stack of process 7 (`user_stack` tells them apart),
+/// and a weight.
+#[cfg(test)]
+pub(super) mod test_support {
+    use memtrace_common::EventKind;
+
+    use super::Weight;
+    use crate::trace::stacks::StackKey;
+
+    pub fn key(user_stack: u64) -> StackKey {
+        StackKey {
+            tgid: 7,
+            generation: 0,
+            kind: EventKind::Alloc,
+            user_stack,
+            kernel_stack_id: -1,
+        }
+    }
+
+    pub fn weight(calls: f64, bytes: f64) -> Weight {
+        Weight { calls, bytes }
     }
 }
 

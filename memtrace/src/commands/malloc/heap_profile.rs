@@ -115,24 +115,9 @@ pub fn profile(
 mod tests {
     use std::time::Duration;
 
-    use memtrace_common::EventKind;
-
     use super::*;
+    use crate::commands::malloc::books::test_support::{key, weight};
     use crate::output::profile::StackProfile;
-
-    fn key(user_stack: u64) -> StackKey {
-        StackKey {
-            tgid: 7,
-            generation: 0,
-            kind: EventKind::Alloc,
-            user_stack,
-            kernel_stack_id: -1,
-        }
-    }
-
-    fn weight(calls: f64, bytes: f64) -> Weight {
-        Weight { calls, bytes }
-    }
 
     #[test]
     fn a_stacks_allocations_and_blocks_still_allocated_are_joined() {

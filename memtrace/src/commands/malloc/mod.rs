@@ -7,6 +7,7 @@ mod allocators;
 pub mod args;
 mod books;
 mod heap_profile;
+mod peak;
 mod probes;
 mod report;
 mod table;
@@ -19,7 +20,8 @@ use self::{
     args::MallocArgs,
     books::{AllocBooks, Outstanding, Weight},
     report::{
-        AllocStackRow, HookedAllocator, MallocProcessRow, MallocReport, OutstandingRow, SizeBucket,
+        AllocStackRow, HookedAllocator, MallocProcessRow, MallocReport, OutstandingRow,
+        PeakStackRow, SizeBucket,
     },
 };
 use crate::{
@@ -117,6 +119,7 @@ fn build_report(
 ) -> Result<(MallocReport, Reweighted)> {
     let known = &traced.processes;
     let round = |value: f64| value.round() as u64;
+    let peaks = books.peaks.peaks();
     let mut processes: Vec<MallocProcessRow> = books
         .processes
         .iter()
@@ -131,6 +134,11 @@ fn build_report(
             };
             for (&function, &calls) in &process.calls {
                 *calls_of(&mut row, function) = round(calls);
+            }
+            if let Some(peak) = peaks.get(&pid) {
+                row.peak_bytes = round(peak.bytes);
+                row.peak_at_s = peak.at.as_secs_f64();
+                row.live_bytes = round(peak.live_bytes);
             }
             row
         })
@@ -197,6 +205,27 @@ fn build_report(
             count: round(count),
         })
         .collect();
+    let at_peaks: Vec<(StackKey, Weight)> = (peaks.into_values())
+        .flat_map(|peak| peak.by_stack)
+        .collect();
+    let label = |key: &StackKey| (known.name(key.tgid), "peak");
+    let (rows, _) = stacks::grouped_rows(
+        &traced.tracer,
+        &mut symbolizer,
+        &known.maps,
+        at_peaks,
+        grouping,
+        limit,
+        &calls,
+        &label,
+    )?;
+    let peak_stacks = (rows.into_iter())
+        .map(|(stack, weight)| PeakStackRow {
+            allocations: round(weight.calls),
+            bytes: round(weight.bytes),
+            stack,
+        })
+        .collect();
     // Every stack, not only the first --top: a profile viewer does its own ranking.
     let label = |key: &StackKey| (known.name(key.tgid), "heap");
     let joined = heap_profile::by_stack(&books.stacks, in_use);
@@ -233,6 +262,7 @@ fn build_report(
         stacks_total,
         stacks,
         outstanding,
+        peak_stacks,
         sizes,
     };
     Ok((report, profile))

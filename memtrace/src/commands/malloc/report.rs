@@ -28,6 +28,12 @@ pub struct MallocProcessRow {
     pub bytes_freed: u64,
     /// Frees of blocks allocated before tracing started.
     pub frees_of_untraced_blocks: u64,
+    /// The most bytes the process had allocated at once while traced (the blocks followed),
+    /// and when, in seconds since tracing started.
+    pub peak_bytes: u64,
+    pub peak_at_s: f64,
+    /// Bytes still allocated when tracing ended.
+    pub live_bytes: u64,
 }
 
 /// An allocator memtrace hooked.
@@ -56,6 +62,15 @@ pub struct OutstandingRow {
     pub allocations: u64,
     pub bytes: u64,
     pub oldest_age_s: f64,
+    #[serde(flatten)]
+    pub stack: StackRow,
+}
+
+/// The blocks a stack had allocated when its process peaked (see `MallocProcessRow`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PeakStackRow {
+    pub allocations: u64,
+    pub bytes: u64,
     #[serde(flatten)]
     pub stack: StackRow,
 }
@@ -95,5 +110,8 @@ pub struct MallocReport {
     pub stacks: Vec<AllocStackRow>,
     /// Only with --leaks.
     pub outstanding: Vec<OutstandingRow>,
+    /// What each process had allocated at its peak, by stack (the first --top), most bytes
+    /// first.
+    pub peak_stacks: Vec<PeakStackRow>,
     pub sizes: Vec<SizeBucket>,
 }

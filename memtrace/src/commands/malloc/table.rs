@@ -107,6 +107,31 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
             write_frames(out, &row.stack)?;
         }
     }
+    if !report.peak_stacks.is_empty() {
+        writeln!(
+            out,
+            "\nPEAK (the most bytes allocated at once, and what was allocated then)"
+        )?;
+        for p in report.processes.iter().filter(|p| p.peak_bytes > 0) {
+            writeln!(
+                out,
+                "  pid {} ({}): {} bytes at {:.2}s; {} bytes allocated at the end",
+                p.pid, p.comm, p.peak_bytes, p.peak_at_s, p.live_bytes
+            )?;
+        }
+        for (n, row) in report.peak_stacks.iter().enumerate() {
+            writeln!(
+                out,
+                "#{}  {} bytes in {} blocks  pid {} ({})",
+                n + 1,
+                row.bytes,
+                row.allocations,
+                row.stack.pid,
+                row.stack.comm
+            )?;
+            write_frames(out, &row.stack)?;
+        }
+    }
     writeln!(out, "\nSIZES (bytes: calls)")?;
     for bucket in &report.sizes {
         writeln!(out, "  <= {:>12}: {}", bucket.le, bucket.count)?;
