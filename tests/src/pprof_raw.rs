@@ -229,6 +229,15 @@ impl RawProfile {
         );
     }
 
+    /// The value of `sample` of type `sample_type` (`inuse_space/bytes`); panics when the
+    /// profile has no such type.
+    pub fn value_of(&self, sample: &RawSample, sample_type: &str) -> i64 {
+        let index = (self.sample_types.iter())
+            .position(|t| t == sample_type)
+            .unwrap_or_else(|| panic!("no sample type {sample_type} in\n{}", self.text));
+        sample.values[index]
+    }
+
     /// The samples of process name `comm`.
     pub fn samples_of<'a>(&'a self, comm: &'a str) -> impl Iterator<Item = &'a RawSample> {
         self.samples
@@ -310,6 +319,7 @@ Locations
         assert_eq!(p.samples[1].value, 1233);
         assert_eq!(p.samples[0].label("comm"), Some("malloc_leak"));
         assert_eq!(p.samples[0].label("pid"), Some("7"));
+        assert_eq!(p.value_of(&p.samples[1], "alloc_space/bytes"), 172430);
     }
 
     #[test]

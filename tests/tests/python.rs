@@ -647,7 +647,7 @@ fn pprof_has_python_functions_with_their_files_and_lines() {
                 let first = s.locations.iter().find(|id| is_python_location(id));
                 first.is_some_and(|id| ids.contains(id))
             })
-            .map(|s| s.value)
+            .map(|s| raw.value_of(s, "inuse_space/bytes"))
             .sum();
         // Within 1%: the JSON's rows merge stacks by their frames' names, the profile keeps
         // each stack (a few hundred bytes of the interpreter's own blocks differ).
