@@ -22,6 +22,7 @@ const WORKLOADS: &[&str] = &[
     "malloc_kinds",
     "malloc_threads",
     "heap_peak",
+    "lifetimes",
     "demo",
     "memory_shape",
     "shared_anon",

@@ -83,6 +83,9 @@ pub struct StackEvent {
     pub file_ino: u64,
     /// How much this event stands for (1 per fault).
     pub weight: u64,
+    /// When it happened (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), for the events that need it
+    /// (heap blocks, whose lifetimes are measured); 0 for the others.
+    pub time_ns: u64,
     pub comm: [u8; COMM_LEN],
 }
 

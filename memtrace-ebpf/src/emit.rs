@@ -1,7 +1,7 @@
 //! The one event path: filter, count, take stacks, write a `StackEvent` to the ring buffer.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::tracing::StackIdContext,
 };
 use memtrace_common::{counter, stack_flags, EventKind, StackEvent, COMM_LEN};
@@ -50,6 +50,9 @@ pub struct Record {
     /// Wake the reader now, not when the batch fills: for rare events userspace must act on
     /// while the process still lives (an exec: read the new memory map).
     pub urgent: bool,
+    /// Stamp the event with the time (`StackEvent::time_ns`): heap blocks, whose lifetimes
+    /// userspace measures. Faults go without (~20 ns saved of each).
+    pub timed: bool,
 }
 
 impl Record {
@@ -67,6 +70,7 @@ impl Record {
             file_fault: false,
             comm: true,
             urgent: true,
+            timed: false,
         }
     }
 }
@@ -124,6 +128,12 @@ pub fn emit<C: StackIdContext>(ctx: &C, record: Record) {
         addr: record.addr,
         file_ino: file.map_or(0, |f| f.ino),
         weight: record.weight,
+        // SAFETY: a helper without arguments, callable from every program type.
+        time_ns: if record.timed {
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        },
         comm: if record.comm && (record.urgent || name_not_sent(tid)) {
             bpf_get_current_comm().unwrap_or([0; COMM_LEN])
         } else {
@@ -180,6 +190,7 @@ fn ask_for_unwind_tables(tgid: u32, tid: u32) {
         addr: 0,
         file_ino: 0,
         weight: 0,
+        time_ns: 0,
         comm: [0; COMM_LEN],
     });
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);

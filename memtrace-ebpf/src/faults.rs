@@ -42,6 +42,7 @@ fn fault(ctx: &PerfEventContext, kind: EventKind) {
         file_fault: true,
         comm: true,
         urgent: false,
+        timed: false,
     };
     emit(ctx, record);
 }

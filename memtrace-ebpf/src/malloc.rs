@@ -354,5 +354,6 @@ fn block(
         file_fault: false,
         comm: false,
         urgent: false,
+        timed: true,
     }
 }

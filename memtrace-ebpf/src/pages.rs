@@ -78,6 +78,7 @@ pub fn page_alloc(ctx: TracePointContext) -> u32 {
         file_fault: false,
         comm: true,
         urgent: false,
+        timed: false,
     };
     emit(&ctx, record);
     0

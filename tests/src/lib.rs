@@ -126,6 +126,14 @@ impl Report {
             .unwrap_or_else(|| panic!("no number {key:?} in workload report {self:?}"))
     }
 
+    /// A workload-specific real number, e.g. `report.f64("at_once_max_us")`; panics if absent.
+    pub fn f64(&self, key: &str) -> f64 {
+        self.extra
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| panic!("no number {key:?} in workload report {self:?}"))
+    }
+
     /// A workload-specific list of pids, e.g. `report.pids("children")` or `report.pids("tids")`.
     pub fn pids(&self, key: &str) -> Vec<u32> {
         let list = self.extra.get(key).and_then(|v| v.as_array());

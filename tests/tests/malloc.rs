@@ -468,6 +468,111 @@ fn the_peak_and_what_was_allocated_then() {
     }
 }
 
+/// The rows of report list `list` whose frames include `function`.
+fn rows_through<'a>(t: &'a Traced, list: &str, function: &str) -> Vec<&'a Value> {
+    (t.report[list].as_array().unwrap().iter())
+        .filter(|r| (r["frames"].as_array().unwrap().iter()).any(|frame| frame == function))
+        .collect()
+}
+
+/// lifetimes frees blocks at once (free_at_once), 2 ms after (free_after_2ms) and 200 ms
+/// after (free_after_200ms) their allocation, and keeps 5 to the end, measuring each block's
+/// lifetime itself. Every block freed is in its stack's histogram, in a bucket that the
+/// workload's own measures reach (memtrace's stamps sit just outside the workload's: at
+/// malloc's return probe and free's entry probe, so a preemption in between lengthens a
+/// lifetime the workload does not see: at most 1% of the blocks may sit past that). The
+/// temporary blocks (freed within 1 ms) are exactly free_at_once's that memtrace saw live
+/// less than 1 ms; the blocks kept have no lifetime.
+#[test]
+fn lifetimes_land_in_their_buckets_and_temporaries_are_exact() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    // What a probe pair adds to a lifetime at most, unpreempted.
+    const PROBES_US: f64 = 100.0;
+    let t = trace(&["--top", "1000"], "lifetimes", &[]);
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert_eq!(
+        t.report["temporary_s"].as_f64(),
+        Some(0.001),
+        "{}",
+        t.context()
+    );
+    for (function, name, temporary) in [
+        ("free_at_once", "at_once", true),
+        ("free_after_2ms", "after_2ms", false),
+        ("free_after_200ms", "after_200ms", false),
+    ] {
+        let rows = rows_through(&t, "stacks", function);
+        assert!(
+            !rows.is_empty(),
+            "no stack through {function}\n{}",
+            t.context()
+        );
+        let freed = t.workload.u64(&format!("{name}_freed"));
+        let min_us = t.workload.f64(&format!("{name}_min_us"));
+        let max_us = t.workload.f64(&format!("{name}_max_us")) + PROBES_US;
+        let (mut counted, mut preempted, mut over_1ms) = (0, 0, 0);
+        for bucket in rows.iter().flat_map(|r| r["lifetimes"].as_array().unwrap()) {
+            let le_us = bucket["le_s"].as_f64().unwrap() * 1e6;
+            let count = u64_of(bucket, "count");
+            // The bucket holds (le/2, le] µs (bucket 0: up to 1 µs).
+            let above_us = if le_us <= 1.0 { 0.0 } else { le_us / 2.0 };
+            assert!(
+                le_us >= min_us,
+                "{function}: blocks in the bucket of ({above_us}, {le_us}] us, but the \
+                 workload measured lifetimes of {min_us} us at least\n{}",
+                t.context()
+            );
+            if above_us >= max_us {
+                preempted += count;
+            }
+            if above_us >= 1000.0 {
+                over_1ms += count;
+            }
+            counted += count;
+        }
+        assert_eq!(counted, freed, "{function}'s blocks freed\n{}", t.context());
+        assert!(
+            preempted * 100 <= freed,
+            "{function}: {preempted} of {freed} blocks lived longer than the workload measured \
+             ({max_us} us with the probes')\n{}",
+            t.context()
+        );
+        let temporaries: u64 = rows.iter().map(|r| u64_of(r, "temporary")).sum();
+        let expected = if temporary { freed - over_1ms } else { 0 };
+        assert_eq!(
+            temporaries,
+            expected,
+            "{function}'s temporary blocks\n{}",
+            t.context()
+        );
+        let ranked = rows_through(&t, "temporary_stacks", function);
+        assert_eq!(
+            ranked.iter().map(|r| u64_of(r, "temporary")).sum::<u64>(),
+            expected,
+            "{function} among the stacks that churn\n{}",
+            t.context()
+        );
+    }
+    let kept = rows_through(&t, "stacks", "keep_to_the_end");
+    assert_eq!(
+        kept.iter().map(|r| u64_of(r, "calls")).sum::<u64>(),
+        t.workload.u64("kept"),
+        "{}",
+        t.context()
+    );
+    for row in kept {
+        assert_eq!(u64_of(row, "temporary"), 0, "{}", t.context());
+        assert!(
+            row["lifetimes"].as_array().unwrap().is_empty(),
+            "{}",
+            t.context()
+        );
+    }
+}
+
 #[test]
 fn missing_lib_is_a_usage_error() {
     let _serial = serial();

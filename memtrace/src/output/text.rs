@@ -134,9 +134,33 @@ pub fn kib(kib: u64) -> String {
     }
 }
 
+/// A time in seconds in the unit that reads best: `4us`, `1ms`, `2.0ms`, `1.5s`.
+pub fn seconds(seconds: f64) -> String {
+    let (value, unit) = if seconds < 1e-3 {
+        (seconds * 1e6, "us")
+    } else if seconds < 1.0 {
+        (seconds * 1e3, "ms")
+    } else {
+        (seconds, "s")
+    };
+    if (value - value.round()).abs() < 1e-9 {
+        format!("{value:.0}{unit}")
+    } else {
+        format!("{value:.1}{unit}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::kib;
+    use super::{kib, seconds};
+
+    #[test]
+    fn times_read_in_their_unit() {
+        assert_eq!(seconds(4e-6), "4us");
+        assert_eq!(seconds(0.001), "1ms");
+        assert_eq!(seconds(0.002048), "2.0ms");
+        assert_eq!(seconds(1.5), "1.5s");
+    }
 
     #[test]
     fn sizes_read_in_binary_units() {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::{
     kernel::tracer::Tracer,
-    trace::{processes::Processes, records::Record},
+    trace::{clock::TraceClock, processes::Processes, records::Record},
 };
 
 /// How often the ring is drained even without a wake-up (wake-ups are batched by the kernel
@@ -23,6 +23,8 @@ pub trait Consumer {
     fn tick(&self) -> Duration {
         TICK
     }
+    /// Called once as tracing starts, with the clock its times count from.
+    fn on_start(&mut self, _clock: TraceClock) {}
     /// Called once before tracing with the processes given by pid, or the command's.
     fn on_targets(&mut self, _pids: &[u32]) {}
     /// Called every tick with the time since tracing started; `tracer` gives the kernel's

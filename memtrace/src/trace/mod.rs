@@ -3,6 +3,7 @@
 //! from the ring buffer and decoded once, the processes they come from tracked (names, memory
 //! maps, exec generations), stacks counted and symbolized, progress shown, until a stop.
 pub(crate) mod build_id;
+pub(crate) mod clock;
 pub(crate) mod command_end;
 pub(crate) mod consumer;
 pub(crate) mod drain;

@@ -67,6 +67,7 @@ impl Event {
             addr: bytes.get_u64_ne(),
             file_ino: bytes.get_u64_ne(),
             weight: bytes.get_u64_ne(),
+            time_ns: bytes.get_u64_ne(),
             comm: [0; COMM_LEN],
         };
         bytes.copy_to_slice(&mut raw.comm);
@@ -104,6 +105,7 @@ mod tests {
             addr: 0x1000,
             file_ino: 0,
             weight: 1,
+            time_ns: 0,
             comm,
         };
         let bytes: &[u8] = unsafe {

@@ -9,6 +9,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     kernel::tracer::Tracer,
     trace::{
+        clock::TraceClock,
         consumer::Consumer,
         drain::Drain,
         stop_signals::{StopSignal, StopSignals},
@@ -47,6 +48,7 @@ pub async fn run(
     tracer: &mut Tracer,
 ) -> Result<(StopReason, Duration)> {
     let started = Instant::now();
+    consumer.on_start(TraceClock::start_now());
     let mut signals = StopSignals::install()?;
     // SAFETY: the logger owns its ring buffer fd and lives inside the AsyncFd.
     let mut logger = match logger {

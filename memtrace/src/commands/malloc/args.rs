@@ -65,6 +65,10 @@ pub struct MallocArgs {
     /// Blocks followed at most (the oldest stay; newer ones past this are counted, not kept).
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_outstanding: u64,
+    /// Blocks freed within this of their allocation are temporary (counted per stack, and
+    /// the stacks with the most are ranked: what churns).
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub temporary: Duration,
     /// With --leaks: only blocks at least this old (e.g. 5s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,

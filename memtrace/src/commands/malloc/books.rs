@@ -4,10 +4,11 @@ use std::{collections::HashMap, time::Duration};
 
 use memtrace_common::{AllocFn, EventKind};
 
-use super::peak::Peaks;
+use super::{lifetimes::Lifetimes, peak::Peaks};
 use crate::{
     kernel::tracer::Tracer,
     trace::{
+        clock::TraceClock,
         consumer::Consumer,
         memory_maps::MapsCache,
         processes::Processes,
@@ -40,12 +41,19 @@ impl std::ops::AddAssign for Weight {
     }
 }
 
+/// What one stack allocated, and how long its freed blocks lived.
+#[derive(Default, Clone, Copy)]
+pub struct StackBooks {
+    pub(super) allocated: Weight,
+    pub(super) lifetimes: Lifetimes,
+}
+
 /// A block still allocated.
 #[derive(Clone, Copy)]
 struct Block {
     pub(super) weight: Weight,
     stack: StackKey,
-    /// When it was allocated, since tracing started (to the drain's tick, a few ms).
+    /// When it was allocated, since tracing started.
     at: Duration,
 }
 
@@ -63,7 +71,7 @@ pub struct AllocBooks {
     /// --sample-bytes, or 0.
     pub(super) sample_bytes: u64,
     pub(super) processes: HashMap<u32, ProcessBooks>,
-    pub(super) stacks: HashMap<StackKey, Weight>,
+    pub(super) stacks: HashMap<StackKey, StackBooks>,
     /// Allocations by log2 of their size: bucket i holds sizes in (2^(i-1), 2^i].
     pub(super) sizes: [f64; 65],
     outstanding: HashMap<(u32, u64), Block>,
@@ -74,8 +82,12 @@ pub struct AllocBooks {
     exited: HashMap<StackKey, Outstanding>,
     pub(super) exited_blocks: u64,
     next_exit_check: Duration,
-    /// The drain's last tick: the time given to blocks allocated since.
+    /// The drain's last tick.
     pub(super) now: Duration,
+    /// What the events' kernel timestamps count from.
+    clock: TraceClock,
+    /// --temporary: blocks freed within this are temporary.
+    temporary: Duration,
     progress: Progress,
     pub(super) symbolizer: Symbolizer,
     /// Each process's peak of bytes allocated, and its stacks then.
@@ -88,6 +100,7 @@ impl Consumer for AllocBooks {
             return;
         };
         let (tgid, addr, size) = (event.raw.tgid, event.raw.addr, event.raw.weight);
+        let at = self.clock.since_start(event.raw.time_ns);
         let Some(function) = AllocFn::from_raw(event.raw.detail) else {
             return;
         };
@@ -101,18 +114,14 @@ impl Consumer for AllocBooks {
                 let row = self.processes.entry(tgid).or_default();
                 *row.calls.entry(function).or_default() += weight.calls;
                 row.allocated += weight.bytes;
-                *self.stacks.entry(stack).or_default() += weight;
+                self.stacks.entry(stack).or_default().allocated += weight;
                 self.sizes[size_bucket(size)] += weight.calls;
-                let block = Block {
-                    weight,
-                    stack,
-                    at: self.now,
-                };
+                let block = Block { weight, stack, at };
                 // A block of the image an exec replaced at the same address is not this one.
                 self.take_block(tgid, addr, &processes.maps);
                 if self.outstanding.len() < self.max_outstanding {
                     self.outstanding.insert((tgid, addr), block);
-                    self.peaks.allocated(tgid, stack, weight, self.now);
+                    self.peaks.allocated(tgid, stack, weight, at);
                 } else {
                     self.outstanding_dropped += 1;
                 }
@@ -128,12 +137,22 @@ impl Consumer for AllocBooks {
                     *row.calls.entry(function).or_default() += calls;
                 }
                 match block {
-                    Some(block) => row.freed += block.weight.bytes,
+                    Some(block) => {
+                        row.freed += block.weight.bytes;
+                        if let Some(books) = self.stacks.get_mut(&block.stack) {
+                            let lifetime = at.saturating_sub(block.at);
+                            (books.lifetimes).freed(lifetime, block.weight.calls, self.temporary);
+                        }
+                    }
                     None => row.frees_of_untraced_blocks += 1,
                 }
             }
             _ => {}
         }
+    }
+
+    fn on_start(&mut self, clock: TraceClock) {
+        self.clock = clock;
     }
 
     fn on_tick(&mut self, elapsed: Duration, tracer: &mut Tracer, processes: &mut Processes) {
@@ -200,6 +219,29 @@ impl stack_groups::Weight for Weight {
     }
 }
 
+impl stack_groups::Weight for StackBooks {
+    fn merge(&mut self, other: &Self) {
+        self.allocated += other.allocated;
+        self.lifetimes.merge(&other.lifetimes);
+    }
+    fn heft(&self) -> f64 {
+        self.allocated.bytes
+    }
+}
+
+/// A stack's books ranked by its temporary blocks: the stacks that churn most.
+#[derive(Clone, Copy)]
+pub struct Churn(pub StackBooks);
+
+impl stack_groups::Weight for Churn {
+    fn merge(&mut self, other: &Self) {
+        stack_groups::Weight::merge(&mut self.0, &other.0);
+    }
+    fn heft(&self) -> f64 {
+        self.0.lifetimes.temporary
+    }
+}
+
 impl stack_groups::Weight for Outstanding {
     fn merge(&mut self, other: &Self) {
         self.weight += other.weight;
@@ -226,7 +268,12 @@ impl Outstanding {
 }
 
 impl AllocBooks {
-    pub fn new(sample_bytes: u64, max_outstanding: u64, progress: Progress) -> Self {
+    pub fn new(
+        sample_bytes: u64,
+        max_outstanding: u64,
+        temporary: Duration,
+        progress: Progress,
+    ) -> Self {
         Self {
             processes: HashMap::new(),
             stacks: HashMap::new(),
@@ -239,6 +286,8 @@ impl AllocBooks {
             exited_blocks: 0,
             next_exit_check: EXIT_CHECK_EVERY,
             now: Duration::ZERO,
+            clock: TraceClock::default(),
+            temporary,
             progress,
             symbolizer: Symbolizer::new(),
             peaks: Peaks::default(),

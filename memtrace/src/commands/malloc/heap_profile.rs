@@ -54,16 +54,16 @@ impl HeapWeight {
 /// Each stack's allocations joined with its blocks still allocated (`in_use`, as the leaks
 /// table counts them: blocks of exited processes included).
 pub fn by_stack(
-    allocated: &HashMap<StackKey, Weight>,
+    allocated: impl Iterator<Item = (StackKey, Weight)>,
     in_use: Vec<(StackKey, Outstanding)>,
 ) -> Vec<(StackKey, HeapWeight)> {
-    let mut joined: HashMap<StackKey, HeapWeight> = (allocated.iter())
-        .map(|(key, &allocated)| {
+    let mut joined: HashMap<StackKey, HeapWeight> = allocated
+        .map(|(key, allocated)| {
             let weight = HeapWeight {
                 allocated,
                 in_use: Weight::default(),
             };
-            (*key, weight)
+            (key, weight)
         })
         .collect();
     for (key, outstanding) in in_use {
@@ -121,8 +121,7 @@ mod tests {
 
     #[test]
     fn a_stacks_allocations_and_blocks_still_allocated_are_joined() {
-        let allocated =
-            HashMap::from([(key(1), weight(10.0, 1000.0)), (key(2), weight(5.0, 50.0))]);
+        let allocated = [(key(1), weight(10.0, 1000.0)), (key(2), weight(5.0, 50.0))];
         let in_use = vec![
             (
                 key(1),
@@ -140,9 +139,10 @@ mod tests {
                 },
             ),
         ];
-        let mut joined: Vec<(u64, [u64; 4])> = (by_stack(&allocated, in_use).into_iter())
-            .map(|(key, weight)| (key.user_stack, weight.values()))
-            .collect();
+        let mut joined: Vec<(u64, [u64; 4])> = (by_stack(allocated.into_iter(), in_use)
+            .into_iter())
+        .map(|(key, weight)| (key.user_stack, weight.values()))
+        .collect();
         joined.sort();
         assert_eq!(
             joined,

@@ -7,6 +7,7 @@ mod allocators;
 pub mod args;
 mod books;
 mod heap_profile;
+mod lifetimes;
 mod peak;
 mod probes;
 mod report;
@@ -18,10 +19,10 @@ use memtrace_common::AllocFn;
 
 use self::{
     args::MallocArgs,
-    books::{AllocBooks, Outstanding, Weight},
+    books::{AllocBooks, Churn, Outstanding, StackBooks, Weight},
     report::{
         AllocStackRow, HookedAllocator, MallocProcessRow, MallocReport, OutstandingRow,
-        PeakStackRow, SizeBucket,
+        PeakStackRow, SizeBucket, TemporaryStackRow,
     },
 };
 use crate::{
@@ -85,6 +86,7 @@ pub async fn run(args: MallocArgs) -> Result<()> {
     let mut books = AllocBooks::new(
         args.sample_bytes.unwrap_or(0),
         args.max_outstanding,
+        args.temporary,
         Progress::new(args.interval),
     );
     let traced = pipeline::trace(request, &mut books).await?;
@@ -147,7 +149,7 @@ fn build_report(
 
     let grouping = args.output.grouping();
     let limit = Some(args.output.top);
-    let stacks: Vec<(StackKey, Weight)> = books.stacks.iter().map(|(k, t)| (*k, *t)).collect();
+    let stacks: Vec<(StackKey, StackBooks)> = books.stacks.iter().map(|(k, t)| (*k, *t)).collect();
     let label = |key: &StackKey| (known.name(key.tgid), "alloc");
     let calls = |weight: &Weight| round(weight.calls);
     let mut symbolizer = std::mem::take(&mut books.symbolizer);
@@ -158,15 +160,29 @@ fn build_report(
         stacks,
         grouping,
         limit,
-        &calls,
+        &|books: &StackBooks| calls(&books.allocated),
         &label,
     )?;
     let stacks = (rows.into_iter())
-        .map(|(stack, totals)| AllocStackRow {
-            calls: round(totals.calls),
-            bytes: round(totals.bytes),
-            stack,
-        })
+        .map(|(stack, books)| AllocStackRow::new(stack, &books))
+        .collect();
+    let churning: Vec<(StackKey, Churn)> = (books.stacks.iter())
+        .filter(|(_, books)| books.lifetimes.temporary > 0.0)
+        .map(|(key, books)| (*key, Churn(*books)))
+        .collect();
+    let label = |key: &StackKey| (known.name(key.tgid), "temporary");
+    let (rows, _) = stacks::grouped_rows(
+        &traced.tracer,
+        &mut symbolizer,
+        &known.maps,
+        churning,
+        grouping,
+        limit,
+        &|churn: &Churn| round(churn.0.lifetimes.temporary),
+        &label,
+    )?;
+    let temporary_stacks = (rows.into_iter())
+        .map(|(stack, churn)| TemporaryStackRow::new(stack, &churn.0))
         .collect();
 
     let in_use = books.outstanding_by_stack(args.min_age.unwrap_or_default());
@@ -228,7 +244,8 @@ fn build_report(
         .collect();
     // Every stack, not only the first --top: a profile viewer does its own ranking.
     let label = |key: &StackKey| (known.name(key.tgid), "heap");
-    let joined = heap_profile::by_stack(&books.stacks, in_use);
+    let allocated = (books.stacks.iter()).map(|(key, books)| (*key, books.allocated));
+    let joined = heap_profile::by_stack(allocated, in_use);
     let (heap_rows, _) = stacks::grouped_rows(
         &traced.tracer,
         &mut symbolizer,
@@ -261,6 +278,8 @@ fn build_report(
         processes,
         stacks_total,
         stacks,
+        temporary_stacks,
+        temporary_s: args.temporary.as_secs_f64(),
         outstanding,
         peak_stacks,
         sizes,

@@ -2,7 +2,11 @@
 //! contract (issue #4): keep them, add freely.
 use serde::Serialize;
 
-use super::allocators::Kind;
+use super::{
+    allocators::Kind,
+    books::StackBooks,
+    lifetimes::{LifetimeBucket, Lifetimes},
+};
 use crate::report::{ReportHeader, StackRow};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -52,8 +56,51 @@ pub struct HookedAllocator {
 pub struct AllocStackRow {
     pub calls: u64,
     pub bytes: u64,
+    /// Blocks freed within --temporary of their allocation.
+    pub temporary: u64,
+    /// The blocks freed while traced, by lifetime (log2 buckets of microseconds).
+    pub lifetimes: Vec<LifetimeBucket>,
     #[serde(flatten)]
     pub stack: StackRow,
+}
+
+impl AllocStackRow {
+    pub fn new(stack: StackRow, books: &StackBooks) -> Self {
+        Self {
+            calls: books.allocated.calls.round() as u64,
+            bytes: books.allocated.bytes.round() as u64,
+            temporary: books.lifetimes.temporary.round() as u64,
+            lifetimes: books.lifetimes.buckets(),
+            stack,
+        }
+    }
+}
+
+/// A stack whose blocks churn: freed within --temporary.
+#[derive(Clone, Debug, Serialize)]
+pub struct TemporaryStackRow {
+    pub temporary: u64,
+    pub calls: u64,
+    /// Blocks freed while traced (temporary or not).
+    pub freed: u64,
+    pub bytes: u64,
+    pub lifetimes: Vec<LifetimeBucket>,
+    #[serde(flatten)]
+    pub stack: StackRow,
+}
+
+impl TemporaryStackRow {
+    pub fn new(stack: StackRow, books: &StackBooks) -> Self {
+        let lifetimes: &Lifetimes = &books.lifetimes;
+        Self {
+            temporary: lifetimes.temporary.round() as u64,
+            calls: books.allocated.calls.round() as u64,
+            freed: lifetimes.freed_blocks().round() as u64,
+            bytes: books.allocated.bytes.round() as u64,
+            lifetimes: lifetimes.buckets(),
+            stack,
+        }
+    }
 }
 
 /// Blocks still allocated, by the stack that allocated them.
@@ -108,6 +155,10 @@ pub struct MallocReport {
     /// first --top.
     pub stacks_total: usize,
     pub stacks: Vec<AllocStackRow>,
+    /// The stacks with the most temporary blocks (the first --top), and what temporary means:
+    /// freed within this many seconds (--temporary).
+    pub temporary_stacks: Vec<TemporaryStackRow>,
+    pub temporary_s: f64,
     /// Only with --leaks.
     pub outstanding: Vec<OutstandingRow>,
     /// What each process had allocated at its peak, by stack (the first --top), most bytes

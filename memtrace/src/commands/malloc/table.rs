@@ -1,7 +1,7 @@
 //! The malloc report as a table for people, and as folded stacks (bytes per stack).
 use std::io::Write;
 
-use super::report::MallocReport;
+use super::{lifetimes::LifetimeBucket, report::MallocReport};
 use crate::{output::text, report::StackRow};
 
 pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -91,6 +91,28 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
         write_frames(out, &row.stack)?;
     }
+    if !report.temporary_stacks.is_empty() {
+        writeln!(
+            out,
+            "\nTEMPORARY (blocks freed within {}; the stacks that churn most)",
+            text::seconds(report.temporary_s)
+        )?;
+        for (n, row) in report.temporary_stacks.iter().enumerate() {
+            writeln!(
+                out,
+                "#{}  {} temporary of {} calls ({:.0}%), {} freed  pid {} ({})",
+                n + 1,
+                row.temporary,
+                row.calls,
+                100.0 * row.temporary as f64 / row.calls.max(1) as f64,
+                row.freed,
+                row.stack.pid,
+                row.stack.comm
+            )?;
+            writeln!(out, "    lifetimes: {}", lifetimes_line(&row.lifetimes))?;
+            write_frames(out, &row.stack)?;
+        }
+    }
     if !report.outstanding.is_empty() {
         writeln!(out, "\nOUTSTANDING (allocated, never freed)")?;
         for (n, row) in report.outstanding.iter().enumerate() {
@@ -137,6 +159,14 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "  <= {:>12}: {}", bucket.le, bucket.count)?;
     }
     Ok(())
+}
+
+/// `<= 4us: 120, <= 2ms: 8`: each bucket that holds blocks.
+fn lifetimes_line(buckets: &[LifetimeBucket]) -> String {
+    (buckets.iter())
+        .map(|b| format!("<= {}: {}", text::seconds(b.le_s), b.count))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn write_frames(out: &mut dyn Write, stack: &StackRow) -> anyhow::Result<()> {
