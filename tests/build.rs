@@ -23,6 +23,7 @@ const WORKLOADS: &[&str] = &[
     "malloc_threads",
     "heap_peak",
     "lifetimes",
+    "heap_retained",
     "demo",
     "memory_shape",
     "shared_anon",

@@ -4,7 +4,12 @@ use std::{collections::HashMap, time::Duration};
 
 use memtrace_common::{AllocFn, EventKind};
 
-use super::{lifetimes::Lifetimes, peak::Peaks};
+use super::{
+    lifetimes::Lifetimes,
+    peak::Peaks,
+    resident::{self, AllocatorMappings, ResidentSplit},
+    timeline::{ProcessAt, Timeline},
+};
 use crate::{
     kernel::tracer::Tracer,
     trace::{
@@ -22,6 +27,12 @@ use crate::{
 
 /// How often the blocks of exited processes are folded away.
 const EXIT_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How often each process's resident memory is split (its smaps read: the allocator's
+/// mappings against the rest) when many are traced; up to `FEW_PROCESSES`, at every moment
+/// of the timeline.
+const SPLIT_EVERY: Duration = Duration::from_secs(1);
+const FEW_PROCESSES: usize = 16;
 
 /// Stacks shown in the live view.
 const LIVE_STACKS: usize = 5;
@@ -92,6 +103,11 @@ pub struct AllocBooks {
     pub(super) symbolizer: Symbolizer,
     /// Each process's peak of bytes allocated, and its stacks then.
     pub(super) peaks: Peaks,
+    pub(super) timeline: Timeline,
+    /// The mappings the blocks were in, and each process's last split of its resident memory.
+    allocator_mappings: AllocatorMappings,
+    pub(super) resident: HashMap<u32, ResidentSplit>,
+    next_split: Duration,
 }
 
 impl Consumer for AllocBooks {
@@ -109,6 +125,7 @@ impl Consumer for AllocBooks {
                 // Keeps the process's maps current (a block in memory not mapped before makes
                 // them be read again), so the libraries loaded since exec get symbols.
                 processes.maps.region(tgid, addr);
+                (self.allocator_mappings).block_at(tgid, addr, &processes.maps);
                 let stack = processes.stack_key(event);
                 let weight = self.weigh(size);
                 let row = self.processes.entry(tgid).or_default();
@@ -160,6 +177,9 @@ impl Consumer for AllocBooks {
         if elapsed >= self.next_exit_check {
             self.next_exit_check = elapsed + EXIT_CHECK_EVERY;
             self.fold_exited();
+        }
+        if self.timeline.due(elapsed) {
+            self.take_moment(elapsed);
         }
         if self.progress.interval_due(elapsed).is_none() {
             return;
@@ -272,6 +292,7 @@ impl AllocBooks {
         sample_bytes: u64,
         max_outstanding: u64,
         temporary: Duration,
+        interval: Option<Duration>,
         progress: Progress,
     ) -> Self {
         Self {
@@ -291,7 +312,49 @@ impl AllocBooks {
             progress,
             symbolizer: Symbolizer::new(),
             peaks: Peaks::default(),
+            timeline: Timeline::new(interval),
+            allocator_mappings: AllocatorMappings::default(),
+            resident: HashMap::new(),
+            next_split: Duration::ZERO,
         }
+    }
+
+    /// A moment of the timeline, at `at`: each process's bytes allocated now and in all, and
+    /// its resident memory (split as `SPLIT_EVERY` says; once more at the end, see `finish`).
+    fn take_moment(&mut self, at: Duration) {
+        let split = at >= self.next_split || self.processes.len() <= FEW_PROCESSES;
+        if split {
+            self.next_split = at + SPLIT_EVERY;
+        }
+        let mut moment = Vec::with_capacity(self.processes.len());
+        for (&pid, process) in &self.processes {
+            let live_bytes = self.peaks.live_bytes(pid);
+            let rss_anon_bytes = if split {
+                let read = self.allocator_mappings.read(pid, live_bytes, at);
+                if let Some(read) = read {
+                    self.resident.insert(pid, read);
+                }
+                read.map(|read| read.rss_anon_bytes)
+            } else {
+                resident::rss_anon_bytes(pid)
+            };
+            moment.push(ProcessAt {
+                pid,
+                live_bytes,
+                allocated_bytes: process.allocated,
+                rss_anon_bytes,
+            });
+        }
+        moment.sort_by_key(|p| p.pid);
+        self.timeline.record(at, moment);
+    }
+
+    /// The trace ended at `at`: the timeline's last moment, with the resident memory of the
+    /// processes still alive split once more.
+    pub fn finish(&mut self, at: Duration) {
+        self.now = at;
+        self.next_split = Duration::ZERO;
+        self.take_moment(at);
     }
 
     /// What a block of `size` bytes stands for. Sampled with probability

@@ -11,7 +11,9 @@ mod lifetimes;
 mod peak;
 mod probes;
 mod report;
+mod resident;
 mod table;
+mod timeline;
 mod unhooked;
 
 use anyhow::Result;
@@ -87,10 +89,11 @@ pub async fn run(args: MallocArgs) -> Result<()> {
         args.sample_bytes.unwrap_or(0),
         args.max_outstanding,
         args.temporary,
+        args.interval,
         Progress::new(args.interval),
     );
     let traced = pipeline::trace(request, &mut books).await?;
-    books.now = traced.duration;
+    books.finish(traced.duration);
     // What was hooked, aliases included, in the order tried; then --mmap's.
     let mut attached = traced.attached.iter();
     let hooked: Vec<HookedAllocator> = (allocators.iter().zip(sites))
@@ -141,6 +144,11 @@ fn build_report(
                 row.peak_bytes = round(peak.bytes);
                 row.peak_at_s = peak.at.as_secs_f64();
                 row.live_bytes = round(peak.live_bytes);
+            }
+            if let Some(split) = books.resident.get(&pid) {
+                row.rss_anon_bytes = Some(split.rss_anon_bytes);
+                row.retained_bytes = Some(split.retained_bytes);
+                row.resident = Some(*split);
             }
             row
         })
@@ -282,6 +290,7 @@ fn build_report(
         temporary_s: args.temporary.as_secs_f64(),
         outstanding,
         peak_stacks,
+        timeline: books.timeline.samples(),
         sizes,
     };
     Ok((report, profile))

@@ -66,6 +66,11 @@ impl Peaks {
         }
     }
 
+    /// The bytes `tgid` has allocated now.
+    pub fn live_bytes(&self, tgid: u32) -> f64 {
+        self.processes.get(&tgid).map_or(0.0, |p| p.live.bytes)
+    }
+
     /// Each process's peak, and what was allocated then.
     pub fn peaks(&self) -> HashMap<u32, Peak> {
         (self.processes.iter())

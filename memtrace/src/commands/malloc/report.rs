@@ -6,6 +6,8 @@ use super::{
     allocators::Kind,
     books::StackBooks,
     lifetimes::{LifetimeBucket, Lifetimes},
+    resident::ResidentSplit,
+    timeline::TimelineSample,
 };
 use crate::report::{ReportHeader, StackRow};
 
@@ -38,6 +40,12 @@ pub struct MallocProcessRow {
     pub peak_at_s: f64,
     /// Bytes still allocated when tracing ended.
     pub live_bytes: u64,
+    /// The heap against RSS, at the last reading while the process lived (None: never
+    /// read): its resident anonymous memory, and of it what the allocator keeps that no
+    /// allocated block uses (see `resident` for the whole split and how it is worked out).
+    pub rss_anon_bytes: Option<u64>,
+    pub retained_bytes: Option<u64>,
+    pub resident: Option<ResidentSplit>,
 }
 
 /// An allocator memtrace hooked.
@@ -164,5 +172,8 @@ pub struct MallocReport {
     /// What each process had allocated at its peak, by stack (the first --top), most bytes
     /// first.
     pub peak_stacks: Vec<PeakStackRow>,
+    /// Each process's bytes allocated, allocation rate and anonymous RSS over time (every
+    /// --interval, or 100 ms doubling on long traces).
+    pub timeline: Vec<TimelineSample>,
     pub sizes: Vec<SizeBucket>,
 }

@@ -154,6 +154,43 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
             write_frames(out, &row.stack)?;
         }
     }
+    let resident: Vec<_> = (report.processes.iter())
+        .filter_map(|p| Some((p, p.resident?)))
+        .collect();
+    if !resident.is_empty() {
+        writeln!(
+            out,
+            "\nHEAP AGAINST RSS (retained: resident in the allocator's mappings, not allocated)"
+        )?;
+        for (p, split) in resident {
+            let mib = |bytes: u64| text::kib(bytes / 1024);
+            writeln!(
+                out,
+                "  pid {} ({}) at {:.1}s: RSS anon {} = allocator {} ({} allocated, {} \
+                 retained) + other anon {}; RSS file {}, shmem {}",
+                p.pid,
+                p.comm,
+                split.at_s,
+                mib(split.rss_anon_bytes),
+                mib(split.allocator_rss_bytes),
+                mib(split
+                    .allocator_rss_bytes
+                    .saturating_sub(split.retained_bytes)),
+                mib(split.retained_bytes),
+                mib(split.other_anon_bytes),
+                mib(split.rss_file_bytes),
+                mib(split.rss_shmem_bytes),
+            )?;
+            if split.retained_bytes > split.rss_anon_bytes / 4 && split.retained_bytes > 1 << 24 {
+                writeln!(
+                    out,
+                    "    the allocator keeps {} that no block uses: memory freed, not given \
+                     back (glibc: malloc_trim, or M_TRIM_THRESHOLD / M_MMAP_THRESHOLD)",
+                    mib(split.retained_bytes)
+                )?;
+            }
+        }
+    }
     writeln!(out, "\nSIZES (bytes: calls)")?;
     for bucket in &report.sizes {
         writeln!(out, "  <= {:>12}: {}", bucket.le, bucket.count)?;
