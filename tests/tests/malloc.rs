@@ -641,6 +641,54 @@ fn the_memory_the_allocator_keeps_is_rss_less_what_is_allocated() {
     }
 }
 
+/// `--at-peak --pprof`: the heap profile's in-use values are what heap_peak's functions had
+/// allocated at its peak (grow_a's and grow_b's, none of grow_c's), shown first, as go tool
+/// pprof reads them.
+#[test]
+fn the_peak_as_a_heap_profile() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("malloc-at-peak");
+    let profile = dir.join("peak.pb.gz");
+    let t = trace(
+        &["--at-peak", "--pprof", profile.to_str().unwrap()],
+        "heap_peak",
+        &[],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let Some(raw) = RawProfile::read(&profile, dir.path()) else {
+        return;
+    };
+    let context = || format!("{}\n{}", raw.text, t.context());
+    assert_eq!(
+        raw.default_sample_type.as_deref(),
+        Some("inuse_space/bytes"),
+        "{}",
+        context()
+    );
+    for (function, key) in [
+        ("grow_a", "a_at_peak"),
+        ("grow_b", "b_at_peak"),
+        ("grow_c", "c_at_peak"),
+    ] {
+        let in_use: i64 = (raw.samples.iter())
+            .filter(|sample| {
+                (sample.locations.iter())
+                    .any(|id| raw.locations[id].function.as_deref() == Some(function))
+            })
+            .map(|sample| raw.value_of(sample, "inuse_space/bytes"))
+            .sum();
+        assert_eq!(
+            in_use,
+            t.workload.u64(key) as i64,
+            "bytes {function} had allocated at the peak\n{}",
+            context()
+        );
+    }
+}
+
 #[test]
 fn missing_lib_is_a_usage_error() {
     let _serial = serial();

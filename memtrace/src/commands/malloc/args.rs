@@ -20,7 +20,14 @@ that allocated the most bytes; a histogram of sizes (log2 buckets); with --leaks
 still allocated when tracing stopped (for a command: when it exited), grouped by stack, with
 the age of the oldest. --min-age hides blocks younger than that (in flight, not leaked).
 --format folded, --flamegraph and --pprof weigh stacks by bytes: outstanding bytes with
---leaks, allocated bytes without.
+--leaks, allocated bytes without; with --at-peak, the bytes allocated at each process's peak.
+The pprof profile is a Go heap profile: alloc_objects, alloc_space, inuse_objects,
+inuse_space (`go tool pprof -sample_index=alloc_space`, `-base old.pb.gz` to diff).
+
+Also in the report: each process's peak (when, and the stacks then); lifetimes of the blocks
+freed, per stack (log2 buckets), and the stacks whose blocks are temporary (freed within
+--temporary) ranked; the heap against RSS (what the allocator keeps resident that no block
+uses); and a timeline of bytes allocated, allocation rate and RSS (JSON `timeline`).
 
 The allocators: by default, every one the target uses: libc's, and jemalloc, tcmalloc or
 mimalloc, shared (mapped by the process; for a command, among the libraries it needs) or
@@ -35,6 +42,7 @@ warning with the command to trace it. Whole-system traces hook memtrace's own li
 Examples:
   sudo memtrace malloc --leaks -- ./server --once
   sudo memtrace malloc --pid 1234 --leaks --min-age 5s --interval 5s
+  sudo memtrace malloc --at-peak --pprof peak.pb.gz -- ./batch-job
   sudo memtrace malloc --pid 1234 --lib /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
   sudo memtrace malloc --format json --output allocs.json -- ./batch-job";
 
@@ -54,6 +62,10 @@ pub struct MallocArgs {
     /// Report the blocks still allocated at the end, by stack.
     #[arg(long)]
     pub leaks: bool,
+    /// The profile (--pprof, --flamegraph, --format folded) holds what each process had
+    /// allocated at its peak as the in-use values, not what was allocated at the end.
+    #[arg(long)]
+    pub at_peak: bool,
     /// Also the program's own mmap and munmap calls (not the allocator's), as blocks.
     #[arg(long)]
     pub mmap: bool,

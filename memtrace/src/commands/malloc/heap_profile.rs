@@ -6,7 +6,7 @@
 //! graphs weigh each stack by that same value.
 use std::collections::HashMap;
 
-use super::books::{Outstanding, Weight};
+use super::books::Weight;
 use crate::{
     output::profile::{ProfileValues, Reweighted},
     report::{ReportHeader, StackRow},
@@ -51,11 +51,12 @@ impl HeapWeight {
     }
 }
 
-/// Each stack's allocations joined with its blocks still allocated (`in_use`, as the leaks
-/// table counts them: blocks of exited processes included).
+/// Each stack's allocations joined with its blocks in use (`in_use`: at the end, as the
+/// leaks table counts them, blocks of exited processes included; or with --at-peak, at each
+/// process's peak).
 pub fn by_stack(
     allocated: impl Iterator<Item = (StackKey, Weight)>,
-    in_use: Vec<(StackKey, Outstanding)>,
+    in_use: Vec<(StackKey, Weight)>,
 ) -> Vec<(StackKey, HeapWeight)> {
     let mut joined: HashMap<StackKey, HeapWeight> = allocated
         .map(|(key, allocated)| {
@@ -66,22 +67,22 @@ pub fn by_stack(
             (key, weight)
         })
         .collect();
-    for (key, outstanding) in in_use {
-        joined.entry(key).or_default().in_use += outstanding.weight;
+    for (key, in_use) in in_use {
+        joined.entry(key).or_default().in_use += in_use;
     }
     joined.into_iter().collect()
 }
 
 /// The heap profile of `grouped` stacks (every stack, with its weights), for the stack sinks:
-/// each row's count is the value shown first (in-use bytes with --leaks, allocated bytes
-/// without).
+/// each row's count is the value shown first: in-use bytes when `in_use_first` (--leaks,
+/// --at-peak), allocated bytes otherwise.
 pub fn profile(
     header: &ReportHeader,
     grouped: Vec<(StackRow, HeapWeight)>,
-    leaks: bool,
+    in_use_first: bool,
     sample_bytes: u64,
 ) -> Reweighted {
-    let shown = if leaks { 3 } else { 1 };
+    let shown = if in_use_first { 3 } else { 1 };
     let (rows, values): (Vec<StackRow>, Vec<Vec<u64>>) = (grouped.into_iter())
         .map(|(row, weight)| {
             let values = weight.values();
@@ -113,8 +114,6 @@ pub fn profile(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::commands::malloc::books::test_support::{key, weight};
     use crate::output::profile::StackProfile;
@@ -122,23 +121,8 @@ mod tests {
     #[test]
     fn a_stacks_allocations_and_blocks_still_allocated_are_joined() {
         let allocated = [(key(1), weight(10.0, 1000.0)), (key(2), weight(5.0, 50.0))];
-        let in_use = vec![
-            (
-                key(1),
-                Outstanding {
-                    weight: weight(3.0, 300.0),
-                    oldest: Duration::ZERO,
-                },
-            ),
-            // Blocks in use on a stack the books have no allocations for keep their values.
-            (
-                key(3),
-                Outstanding {
-                    weight: weight(1.0, 8.0),
-                    oldest: Duration::ZERO,
-                },
-            ),
-        ];
+        // Blocks in use on a stack the books have no allocations for keep their values.
+        let in_use = vec![(key(1), weight(3.0, 300.0)), (key(3), weight(1.0, 8.0))];
         let mut joined: Vec<(u64, [u64; 4])> = (by_stack(allocated.into_iter(), in_use)
             .into_iter())
         .map(|(key, weight)| (key.user_stack, weight.values()))

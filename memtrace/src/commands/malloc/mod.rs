@@ -237,7 +237,7 @@ fn build_report(
         &traced.tracer,
         &mut symbolizer,
         &known.maps,
-        at_peaks,
+        at_peaks.clone(),
         grouping,
         limit,
         &calls,
@@ -253,6 +253,13 @@ fn build_report(
     // Every stack, not only the first --top: a profile viewer does its own ranking.
     let label = |key: &StackKey| (known.name(key.tgid), "heap");
     let allocated = (books.stacks.iter()).map(|(key, books)| (*key, books.allocated));
+    let in_use = if args.at_peak {
+        at_peaks
+    } else {
+        (in_use.into_iter())
+            .map(|(key, o)| (key, o.weight))
+            .collect()
+    };
     let joined = heap_profile::by_stack(allocated, in_use);
     let (heap_rows, _) = stacks::grouped_rows(
         &traced.tracer,
@@ -265,7 +272,8 @@ fn build_report(
         &label,
     )?;
     let header = traced.header("malloc");
-    let profile = heap_profile::profile(&header, heap_rows, args.leaks, books.sample_bytes);
+    let in_use_first = args.leaks || args.at_peak;
+    let profile = heap_profile::profile(&header, heap_rows, in_use_first, books.sample_bytes);
     let counters = traced.tracer.counters()?;
     let report = MallocReport {
         header,
