@@ -650,3 +650,64 @@ fn is_live(stat: &str) -> bool {
         .and_then(|rest| rest.chars().next());
     state.is_some_and(|s| s != 'Z' && s != 'X')
 }
+
+/// Whether `chromium` is here to check HTML pages; with CI=true its absence fails the test.
+pub fn require_chromium() -> bool {
+    if on_path("chromium") {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "`chromium` is not on PATH and CI=true: `cargo xtask setup` installs it"
+    );
+    eprintln!("skipped: no `chromium` (install Debian's chromium package)");
+    false
+}
+
+/// Opens `page` in headless Chromium and takes a screenshot (`name`, in `scratch`), which
+/// is also kept in `target/test-artifacts/`: (the screenshot, the kept copy). Chromium must
+/// exit cleanly and log nothing on its console (a page error, an asset it failed to load).
+pub fn chromium_screenshot(page: &Path, scratch: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let screenshot = scratch.join(name);
+    let run = run_command(
+        Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1000,1800",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                scratch.join("chromium-profile").display()
+            ))
+            .arg(format!("--screenshot={}", screenshot.display()))
+            .arg(format!("file://{}", page.display())),
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let console: Vec<&str> = (run.stderr.lines())
+        .filter(|l| l.contains("CONSOLE") || l.contains("Failed to load"))
+        .collect();
+    assert!(console.is_empty(), "console: {console:#?}");
+    let artefact = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artifacts")
+        .join(name);
+    std::fs::create_dir_all(artefact.parent().unwrap()).unwrap();
+    std::fs::copy(&screenshot, &artefact).unwrap();
+    (screenshot, artefact)
+}
+
+/// Pixels of exactly this color in a PNG.
+pub fn count_pixels(path: &Path, rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buffer = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buffer).unwrap();
+    let channels = info.color_type.samples();
+    buffer[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p.len() >= 3 && p[..3] == rgb)
+        .count()
+}

@@ -207,12 +207,7 @@ fn the_html_page_opens_in_chromium_with_its_chart_and_verdicts() {
     if !tests::require_root() {
         return;
     }
-    if !tests::on_path("chromium") {
-        assert!(
-            !tests::in_ci(),
-            "`chromium` is not on PATH and CI=true: `cargo xtask setup` installs it"
-        );
-        eprintln!("skipped: no `chromium` (install Debian's chromium package)");
+    if !tests::require_chromium() {
         return;
     }
     let _serial = serial();
@@ -226,52 +221,14 @@ fn the_html_page_opens_in_chromium_with_its_chart_and_verdicts() {
         assert!(!html.contains(reference), "an external asset: {reference}");
     }
     assert!(!html.contains("<script"), "a script in the page");
-    let screenshot = dir.join("diagnose.png");
-    let run = tests::run_command(
-        std::process::Command::new("chromium")
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--window-size=1000,1800",
-            ])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-            .arg(format!("--screenshot={}", screenshot.display()))
-            .arg(format!("file://{}", page.display())),
-    );
-    assert_eq!(run.code(), 0, "{}", run.describe());
-    let console: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.contains("CONSOLE") || l.contains("Failed to load"))
-        .collect();
-    assert!(console.is_empty(), "console: {console:#?}");
-    let artefact = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/test-artifacts/diagnose.png");
-    std::fs::create_dir_all(artefact.parent().unwrap()).unwrap();
-    std::fs::copy(&screenshot, &artefact).unwrap();
-    let pixels = |rgb: [u8; 3]| count_pixels(&screenshot, rgb);
+    let (screenshot, artefact) = tests::chromium_screenshot(&page, dir.path(), "diagnose.png");
+    let pixels = |rgb: [u8; 3]| tests::count_pixels(&screenshot, rgb);
     let (chart, table) = (pixels([0x1f, 0x77, 0xb4]), pixels([0xfb, 0xee, 0xc2]));
     assert!(
         chart >= 200 && table >= 2000,
         "RSS line {chart} px, warning row {table} px in {}",
         artefact.display()
     );
-}
-
-/// Pixels of exactly this color in a PNG.
-fn count_pixels(path: &std::path::Path, rgb: [u8; 3]) -> usize {
-    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
-    let mut reader = decoder.read_info().unwrap();
-    let mut buffer = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buffer).unwrap();
-    let channels = info.color_type.samples();
-    buffer[..info.buffer_size()]
-        .chunks(channels)
-        .filter(|p| p.len() >= 3 && p[..3] == rgb)
-        .count()
 }
 
 #[test]

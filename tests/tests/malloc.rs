@@ -689,6 +689,67 @@ fn the_peak_as_a_heap_profile() {
     }
 }
 
+/// `--html`: one self-contained page that opens in headless Chromium without console
+/// errors, with heap_peak's bytes allocated over time drawn (the chart's blue line) over its
+/// anonymous RSS, its peak's stacks, its leaks, and the flame graph embedded.
+#[test]
+fn the_html_page_shows_the_heap_over_time() {
+    if !tests::require_root() || !tests::require_chromium() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("malloc-html");
+    let page = dir.join("heap.html");
+    let t = trace(
+        &["--leaks", "--html", page.to_str().unwrap()],
+        "heap_peak",
+        &[],
+    );
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    let html = std::fs::read_to_string(&page).unwrap();
+    for reference in [
+        "src=\"http",
+        "href=\"http",
+        "url(http",
+        "@import",
+        "<script",
+    ] {
+        assert!(!html.contains(reference), "not self-contained: {reference}");
+    }
+    let section = |id: &str| {
+        let start = html
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no {id}"));
+        &html[start..start + html[start..].find("</table>").unwrap()]
+    };
+    assert!(section("peak-stacks").contains("grow_a"), "{html}");
+    assert!(!section("peak-stacks").contains("grow_c"), "{html}");
+    assert!(section("leaks").contains("grow_c"), "{html}");
+    assert!(html.contains("id=\"flamegraph\""), "{html}");
+    let pid = t.workload.pid;
+    assert!(html.contains(&format!("id=\"heap-chart-{pid}\"")), "{html}");
+    // The RSS line is drawn under the allocated one (here they are one: every block is
+    // written), with a point a moment.
+    let rss_line = html
+        .split("<polyline")
+        .find(|l| l.contains("#2ca02c"))
+        .unwrap_or("");
+    let moments = (t.report["timeline"].as_array().unwrap().iter())
+        .filter(|s| s["pid"] == pid && !s["rss_anon_bytes"].is_null())
+        .count();
+    assert!(
+        moments >= 3 && rss_line.matches(',').count() == moments,
+        "an RSS line of {moments} moments: {rss_line}"
+    );
+    let (screenshot, artefact) = tests::chromium_screenshot(&page, dir.path(), "malloc.png");
+    let allocated = tests::count_pixels(&screenshot, [0x1f, 0x77, 0xb4]);
+    assert!(
+        allocated >= 200,
+        "allocated line {allocated} px in {}",
+        artefact.display()
+    );
+}
+
 #[test]
 fn missing_lib_is_a_usage_error() {
     let _serial = serial();

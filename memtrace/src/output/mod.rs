@@ -4,6 +4,7 @@
 pub mod files;
 pub mod flamegraph;
 pub mod folded;
+pub mod html;
 pub mod json;
 pub mod pprof;
 pub mod profile;

@@ -91,6 +91,11 @@ pub struct MallocArgs {
     /// prefix each allocator's own symbols show.
     #[arg(long, value_name = "PREFIX")]
     pub symbol_prefix: Option<String>,
+    /// Also write one self-contained HTML page: the heap against RSS over time, each
+    /// process's peak and what its allocator retains, the stacks at the peak, the leaks, what
+    /// churns, and a flame graph of the heap profile.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

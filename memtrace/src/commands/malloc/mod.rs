@@ -7,6 +7,7 @@ mod allocators;
 pub mod args;
 mod books;
 mod heap_profile;
+mod html;
 mod lifetimes;
 mod peak;
 mod probes;
@@ -30,7 +31,7 @@ use self::{
 use crate::{
     commands::options::Format,
     kernel::hooks::{self, Attachment, CommandHooks, UprobeSite},
-    output::{folded, json, profile::Reweighted},
+    output::{files, flamegraph, folded, json, profile::Reweighted},
     trace::{
         pipeline::{self, Traced},
         progress::Progress,
@@ -108,6 +109,13 @@ pub async fn run(args: MallocArgs) -> Result<()> {
         .collect();
     unhooked::warn(&traced.processes, &allocators);
     let (report, profile) = build_report(&args, books, &traced, hooked)?;
+    if let Some(path) = &args.html {
+        let mut flamegraph = Vec::new();
+        flamegraph::write(&profile, "memtrace malloc", &mut flamegraph)?;
+        let mut page = files::report_writer(Some(path))?;
+        html::write(&report, &flamegraph, &mut page)?;
+        page.flush()?;
+    }
     match args.output.format {
         Format::Table => table::write(&report, &mut outputs.report)?,
         Format::Json => json::write_value(&report, &mut outputs.report)?,

@@ -2,12 +2,12 @@
 //! contract (issue #4): keep them, add freely.
 use serde::Serialize;
 
+pub use super::timeline::TimelineSample;
 use super::{
     allocators::Kind,
     books::StackBooks,
     lifetimes::{LifetimeBucket, Lifetimes},
     resident::ResidentSplit,
-    timeline::TimelineSample,
 };
 use crate::report::{ReportHeader, StackRow};
 
@@ -173,7 +173,7 @@ pub struct MallocReport {
     /// first.
     pub peak_stacks: Vec<PeakStackRow>,
     /// Each process's bytes allocated, allocation rate and anonymous RSS over time (every
-    /// --interval, or 100 ms doubling on long traces).
+    /// --interval, or 20 ms doubling on long traces).
     pub timeline: Vec<TimelineSample>,
     pub sizes: Vec<SizeBucket>,
 }

@@ -1,12 +1,12 @@
 //! The heap over time: every step, each process's bytes allocated (live), the bytes it had
 //! allocated in all (for its rate between two moments) and its anonymous RSS. The step is
-//! --interval, or 100 ms; past `MAX_MOMENTS` moments every other one is dropped and the step
+//! --interval, or 20 ms; past `MAX_MOMENTS` moments every other one is dropped and the step
 //! doubles, so a long trace keeps a timeline of a readable size at an even step.
 use std::{collections::HashMap, time::Duration};
 
 use serde::Serialize;
 
-const DEFAULT_STEP: Duration = Duration::from_millis(100);
+const DEFAULT_STEP: Duration = Duration::from_millis(20);
 const MAX_MOMENTS: usize = 1000;
 
 /// One process at one moment, as the JSON gives it.
@@ -154,8 +154,9 @@ mod tests {
         assert_eq!(timeline.step, DEFAULT_STEP * 2);
         let samples = timeline.samples();
         assert!(samples.len() < MAX_MOMENTS);
-        // Kept moments are 200 ms apart, and a rate spans the moments dropped too.
-        assert!((samples[1].t_s - samples[0].t_s - 0.2).abs() < 1e-9);
-        assert_eq!(samples[1].allocated_bytes_per_s, 10000.0);
+        // Kept moments are two steps apart, and a rate spans the moments dropped too.
+        let apart = samples[1].t_s - samples[0].t_s;
+        assert!((apart - 2.0 * DEFAULT_STEP.as_secs_f64()).abs() < 1e-9);
+        assert_eq!(samples[1].allocated_bytes_per_s, (2000.0 / apart).round());
     }
 }
