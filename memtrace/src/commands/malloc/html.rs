@@ -49,9 +49,9 @@ pub fn write(
                 .filter_map(|s| Some((s.t_s, value(s)?)))
                 .collect()
         };
-        write!(
+        writeln!(
             page,
-            "<h2>pid {} ({}) over time</h2>\n",
+            "<h2>pid {} ({}) over time</h2>",
             process.pid,
             escape(&process.comm)
         )?;
@@ -96,9 +96,9 @@ pub fn write(
             (report.outstanding.iter()).map(|r| (vec![r.bytes, r.allocations], &r.stack)),
         );
     }
-    write!(
+    writeln!(
         page,
-        "<h2>What churns (blocks freed within {} ms)</h2>\n",
+        "<h2>What churns (blocks freed within {} ms)</h2>",
         report.temporary_s * 1e3
     )?;
     page += &stack_table(
