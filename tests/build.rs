@@ -24,6 +24,7 @@ const WORKLOADS: &[&str] = &[
     "heap_peak",
     "lifetimes",
     "heap_retained",
+    "oom_heap",
     "demo",
     "memory_shape",
     "shared_anon",

@@ -750,6 +750,73 @@ fn the_html_page_shows_the_heap_over_time() {
     );
 }
 
+/// oom_heap allocates 1 MiB blocks in a 64 MiB memory cgroup without swap until the OOM
+/// killer ends it: 16 in hold_a, then as many as fit in grow_b, printing what it holds after
+/// each. The report names the kill (its cgroup and limit), and the blocks outstanding per
+/// function are what the workload said it held (grow_b's: the block being allocated when
+/// the kill came may be one more).
+#[test]
+fn the_heap_of_an_oom_killed_process_is_its_heap_at_death() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    const LIMIT_MIB: u64 = 64;
+    let cgroup = tests::swap_env::MemoryCgroup::without_swap(LIMIT_MIB);
+    let shell = format!(
+        "echo $$ > {} && exec {}",
+        cgroup.procs().display(),
+        workload("oom_heap").display()
+    );
+    let (run, report) = traced::run_json(
+        "malloc",
+        &[FRAME_POINTERS, &["--leaks"]].concat(),
+        &["sh", "-c", &shell],
+    );
+    let context = || format!("{}\n{report:#}", run.describe());
+    let said = |name: &str| -> u64 {
+        (run.stdout.lines().rev())
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (a_blocks, b_blocks) = (said("a "), said("b "));
+    assert_eq!(a_blocks, 16, "{}", context());
+    let victim = (report["processes"].as_array().unwrap().iter())
+        .find(|p| p["comm"] == "oom_heap")
+        .unwrap_or_else(|| panic!("no oom_heap row\n{}", context()));
+    let kill = &victim["oom_kill"];
+    assert!(kill.is_object(), "no oom_kill\n{}", context());
+    let name = cgroup.dir.file_name().unwrap().to_str().unwrap();
+    assert!(
+        kill["memcg"].as_str().unwrap().ends_with(name),
+        "memcg {} is not {name}\n{}",
+        kill["memcg"],
+        context()
+    );
+    assert_eq!(kill["limit_bytes"], LIMIT_MIB << 20, "{}", context());
+    assert_eq!(kill["constraint"], "cgroup", "{}", context());
+    let blocks_in = |function: &str| -> u64 {
+        (report["outstanding"].as_array().unwrap().iter())
+            .filter(|r| r["pid"] == victim["pid"])
+            .filter(|r| r["frames"].as_array().unwrap().iter().any(|f| f == function))
+            .map(|r| u64_of(r, "bytes") / (1 << 20))
+            .sum()
+    };
+    assert_eq!(blocks_in("hold_a"), a_blocks, "hold_a's MiB\n{}", context());
+    let b = blocks_in("grow_b");
+    assert!(
+        b == b_blocks || b == b_blocks + 1,
+        "grow_b: memtrace has {b} MiB outstanding, the workload said it held {b_blocks}\n{}",
+        context()
+    );
+    let heap = u64_of(kill, "heap_bytes") >> 20;
+    assert!(
+        heap >= a_blocks + b_blocks && heap <= a_blocks + b_blocks + 1,
+        "heap_bytes at the kill: {heap} MiB\n{}",
+        context()
+    );
+}
+
 #[test]
 fn missing_lib_is_a_usage_error() {
     let _serial = serial();

@@ -2,7 +2,7 @@
 //! what was allocated; sizes; and every block still outstanding, with its age.
 use std::{collections::HashMap, time::Duration};
 
-use memtrace_common::{AllocFn, EventKind};
+use memtrace_common::{AllocFn, EventKind, OomKill};
 
 use super::{
     lifetimes::Lifetimes,
@@ -11,6 +11,8 @@ use super::{
     timeline::{ProcessAt, Timeline},
 };
 use crate::{
+    commands::oom::{self, OomKillRow},
+    host::memcg::MemoryHierarchy,
     kernel::tracer::Tracer,
     trace::{
         clock::TraceClock,
@@ -59,6 +61,15 @@ pub struct StackBooks {
     pub(super) lifetimes: Lifetimes,
 }
 
+/// A traced process the OOM killer chose.
+pub struct OomKillSeen {
+    /// When it was seen (to the drain's tick).
+    pub at: Duration,
+    /// The bytes it had allocated then.
+    pub live_bytes: f64,
+    pub kill: OomKillRow,
+}
+
 /// A block still allocated.
 #[derive(Clone, Copy)]
 struct Block {
@@ -104,6 +115,9 @@ pub struct AllocBooks {
     /// Each process's peak of bytes allocated, and its stacks then.
     pub(super) peaks: Peaks,
     pub(super) timeline: Timeline,
+    /// Traced processes the OOM killer chose, when, and their cgroup then.
+    pub(super) oom_kills: HashMap<u32, OomKillSeen>,
+    memory_cgroups: Option<MemoryHierarchy>,
     /// The mappings the blocks were in, and each process's last split of its resident memory.
     allocator_mappings: AllocatorMappings,
     pub(super) resident: HashMap<u32, ResidentSplit>,
@@ -112,8 +126,10 @@ pub struct AllocBooks {
 
 impl Consumer for AllocBooks {
     fn on_record(&mut self, record: &Record, processes: &mut Processes) {
-        let Record::Event(event) = record else {
-            return;
+        let event = match record {
+            Record::Event(event) => event,
+            Record::OomKill(kill) => return self.on_oom_kill(kill),
+            Record::ProcessExit(_) => return,
         };
         let (tgid, addr, size) = (event.raw.tgid, event.raw.addr, event.raw.weight);
         let at = self.clock.since_start(event.raw.time_ns);
@@ -316,7 +332,23 @@ impl AllocBooks {
             allocator_mappings: AllocatorMappings::default(),
             resident: HashMap::new(),
             next_split: Duration::ZERO,
+            oom_kills: HashMap::new(),
+            memory_cgroups: MemoryHierarchy::find(),
         }
+    }
+
+    /// The OOM killer chose a victim: if it is a traced process, its kill is kept with what
+    /// it had allocated then (its blocks stay as they were: a killed process frees nothing).
+    fn on_oom_kill(&mut self, kill: &OomKill) {
+        if !self.processes.contains_key(&kill.pid) {
+            return;
+        }
+        let seen = OomKillSeen {
+            at: self.now,
+            live_bytes: self.peaks.live_bytes(kill.pid),
+            kill: oom::describe(self.memory_cgroups.as_ref(), kill),
+        };
+        self.oom_kills.insert(kill.pid, seen);
     }
 
     /// A moment of the timeline, at `at`: each process's bytes allocated now and in all, and

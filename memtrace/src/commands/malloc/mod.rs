@@ -24,8 +24,8 @@ use self::{
     args::MallocArgs,
     books::{AllocBooks, Churn, Outstanding, StackBooks, Weight},
     report::{
-        AllocStackRow, HookedAllocator, MallocProcessRow, MallocReport, OutstandingRow,
-        PeakStackRow, SizeBucket, TemporaryStackRow,
+        AllocStackRow, HeapOomKill, HookedAllocator, MallocProcessRow, MallocReport,
+        OutstandingRow, PeakStackRow, SizeBucket, TemporaryStackRow,
     },
 };
 use crate::{
@@ -57,7 +57,8 @@ pub const HOOKS: CommandHooks = CommandHooks {
         &hooks::MMAP_EXIT,
         &hooks::MUNMAP_ENTER,
     ],
-    improves: &[],
+    // A traced process's OOM kill, in its report.
+    improves: &[&hooks::OOM_KILL],
 };
 
 pub async fn run(args: MallocArgs) -> Result<()> {
@@ -72,6 +73,7 @@ pub async fn run(args: MallocArgs) -> Result<()> {
     if args.mmap {
         hooks.extend(probes::mmap_hooks());
     }
+    hooks.push(Attachment::Hook(&hooks::OOM_KILL));
     let request = TraceRequest {
         declared: &HOOKS,
         target: args.target.request(),
@@ -152,6 +154,19 @@ fn build_report(
                 row.peak_bytes = round(peak.bytes);
                 row.peak_at_s = peak.at.as_secs_f64();
                 row.live_bytes = round(peak.live_bytes);
+            }
+            if let Some(seen) = books.oom_kills.get(&pid) {
+                row.oom_kill = Some(HeapOomKill {
+                    at_s: seen.at.as_secs_f64(),
+                    memcg: seen.kill.cgroup.clone(),
+                    limit_bytes: seen.kill.cgroup_limit_bytes,
+                    usage_bytes: seen.kill.cgroup_usage_bytes,
+                    constraint: seen.kill.constraint,
+                    anon_rss_bytes: seen.kill.anon_rss_kb * 1024,
+                    file_rss_bytes: seen.kill.file_rss_kb * 1024,
+                    shmem_rss_bytes: seen.kill.shmem_rss_kb * 1024,
+                    heap_bytes: round(seen.live_bytes),
+                });
             }
             if let Some(split) = books.resident.get(&pid) {
                 row.rss_anon_bytes = Some(split.rss_anon_bytes);

@@ -46,6 +46,29 @@ pub struct MallocProcessRow {
     pub rss_anon_bytes: Option<u64>,
     pub retained_bytes: Option<u64>,
     pub resident: Option<ResidentSplit>,
+    /// The OOM killer chose this process while traced (None: it did not). Its outstanding
+    /// blocks (--leaks, the profile's in-use values) are then those it held at its death.
+    pub oom_kill: Option<HeapOomKill>,
+}
+
+/// A traced process's OOM kill, from the oom tracepoint, and its memory cgroup then.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeapOomKill {
+    /// When memtrace saw it, in seconds since tracing started.
+    pub at_s: f64,
+    /// The victim's memory cgroup ("/" for the root; "" when unknown), its limit and usage
+    /// when the kill was seen.
+    pub memcg: String,
+    pub limit_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
+    /// "cgroup" when a cgroup's limit made the kill, "system" when the machine ran out.
+    pub constraint: &'static str,
+    /// The victim's memory when it was chosen (the tracepoint's).
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+    /// The bytes it had allocated then (the blocks followed).
+    pub heap_bytes: u64,
 }
 
 /// An allocator memtrace hooked.

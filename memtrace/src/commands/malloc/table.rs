@@ -73,6 +73,34 @@ pub fn write(report: &MallocReport, out: &mut dyn Write) -> anyhow::Result<()> {
             )?;
         }
     }
+    for p in &report.processes {
+        let Some(kill) = &p.oom_kill else {
+            continue;
+        };
+        let mib = |bytes: u64| text::kib(bytes / 1024);
+        let limit = kill
+            .limit_bytes
+            .map_or("no limit".into(), |b| format!("limit {}", mib(b)));
+        let usage = kill
+            .usage_bytes
+            .map_or(String::new(), |b| format!(", usage {}", mib(b)));
+        writeln!(
+            out,
+            "\nOOM KILLED: pid {} ({}) at {:.2}s, memcg {} ({limit}{usage}, {} constraint), \
+             RSS anon {}, {} allocated; its outstanding blocks are those it held at its death",
+            p.pid,
+            p.comm,
+            kill.at_s,
+            if kill.memcg.is_empty() {
+                "?"
+            } else {
+                &kill.memcg
+            },
+            kill.constraint,
+            mib(kill.anon_rss_bytes),
+            mib(kill.heap_bytes),
+        )?;
+    }
     writeln!(
         out,
         "\nTOP ALLOCATING STACKS (by bytes; top {} of {})",

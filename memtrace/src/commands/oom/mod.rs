@@ -8,10 +8,7 @@ use std::{io::Write, time::SystemTime};
 use anyhow::Result;
 use memtrace_common::OomKill;
 
-use self::{
-    args::OomArgs,
-    report::{OomKillRow, OomReport},
-};
+use self::{args::OomArgs, report::OomReport};
 use crate::{
     commands::options::TableOrJson,
     host::memcg::MemoryHierarchy,
@@ -37,40 +34,42 @@ struct KillLog {
     kills: Vec<OomKillRow>,
 }
 
-impl KillLog {
-    fn row(&self, kill: &OomKill) -> OomKillRow {
-        let comm = comm_to_string(&kill.comm);
-        let cgroup_path = self.hierarchy.as_ref().and_then(|h| h.victim_cgroup(kill));
-        let cgroup = match (&self.hierarchy, &cgroup_path) {
-            (Some(h), Some(path)) => Some(h.read(path)),
-            _ => None,
-        };
-        let limit_cgroup = match (&self.hierarchy, &cgroup_path) {
-            (Some(h), Some(path)) => limiting_cgroup(h, path),
-            _ => None,
-        };
-        OomKillRow {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            pid: kill.pid,
-            comm,
-            uid: kill.uid,
-            total_vm_kb: kill.total_vm_kb,
-            anon_rss_kb: kill.anon_rss_kb,
-            file_rss_kb: kill.file_rss_kb,
-            shmem_rss_kb: kill.shmem_rss_kb,
-            pgtables_kb: kill.pgtables_kb,
-            oom_score_adj: kill.oom_score_adj,
-            cgroup: cgroup_path.unwrap_or_default(),
-            cgroup_limit_bytes: cgroup.as_ref().and_then(|c| c.limit_bytes),
-            cgroup_usage_bytes: cgroup.as_ref().and_then(|c| c.usage_bytes),
-            constraint: if limit_cgroup.is_some() {
-                "cgroup"
-            } else {
-                "system"
-            },
-            limit_cgroup,
-            trigger_pid: kill.trigger_pid,
-        }
+pub use self::report::OomKillRow;
+
+/// A kill, as the report gives it: the victim's memory from the tracepoint, and its memory
+/// cgroup's path, limit and usage, read now (the kill was just seen).
+pub fn describe(hierarchy: Option<&MemoryHierarchy>, kill: &OomKill) -> OomKillRow {
+    let comm = comm_to_string(&kill.comm);
+    let cgroup_path = hierarchy.and_then(|h| h.victim_cgroup(kill));
+    let cgroup = match (hierarchy, &cgroup_path) {
+        (Some(h), Some(path)) => Some(h.read(path)),
+        _ => None,
+    };
+    let limit_cgroup = match (hierarchy, &cgroup_path) {
+        (Some(h), Some(path)) => limiting_cgroup(h, path),
+        _ => None,
+    };
+    OomKillRow {
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        pid: kill.pid,
+        comm,
+        uid: kill.uid,
+        total_vm_kb: kill.total_vm_kb,
+        anon_rss_kb: kill.anon_rss_kb,
+        file_rss_kb: kill.file_rss_kb,
+        shmem_rss_kb: kill.shmem_rss_kb,
+        pgtables_kb: kill.pgtables_kb,
+        oom_score_adj: kill.oom_score_adj,
+        cgroup: cgroup_path.unwrap_or_default(),
+        cgroup_limit_bytes: cgroup.as_ref().and_then(|c| c.limit_bytes),
+        cgroup_usage_bytes: cgroup.as_ref().and_then(|c| c.usage_bytes),
+        constraint: if limit_cgroup.is_some() {
+            "cgroup"
+        } else {
+            "system"
+        },
+        limit_cgroup,
+        trigger_pid: kill.trigger_pid,
     }
 }
 
@@ -95,7 +94,7 @@ impl Consumer for KillLog {
         let Record::OomKill(kill) = record else {
             return;
         };
-        let row = self.row(kill);
+        let row = describe(self.hierarchy.as_ref(), kill);
         eprintln!("{}", table::line(&row));
         self.kills.push(row);
     }
