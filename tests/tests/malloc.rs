@@ -798,7 +798,13 @@ fn the_heap_of_an_oom_killed_process_is_its_heap_at_death() {
     let blocks_in = |function: &str| -> u64 {
         (report["outstanding"].as_array().unwrap().iter())
             .filter(|r| r["pid"] == victim["pid"])
-            .filter(|r| r["frames"].as_array().unwrap().iter().any(|f| f == function))
+            .filter(|r| {
+                r["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == function)
+            })
             .map(|r| u64_of(r, "bytes") / (1 << 20))
             .sum()
     };

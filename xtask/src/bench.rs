@@ -149,7 +149,8 @@ pub fn bench(which: &[String]) -> Result<()> {
             // Last: until memtrace has --unwind (issue 17) it stops here, the others written.
             .and_then(|()| crate::bench_unwind::unwind())
             // After it: it stops when memtrace has no --no-python-frames (issue 18).
-            .and_then(|()| crate::bench_python::python()),
+            .and_then(|()| crate::bench_python::python())
+            .and_then(|()| crate::bench_heap::heap()),
         Some("faults") => faults(),
         Some("swap") => swap(),
         Some("malloc") => malloc(),
@@ -160,12 +161,13 @@ pub fn bench(which: &[String]) -> Result<()> {
         Some("diagnose") => diagnose(),
         Some("unwind") => crate::bench_unwind::unwind(),
         Some("python") => crate::bench_python::python(),
+        Some("heap") => crate::bench_heap::heap(),
         // Ten minutes: run on its own, never as part of the whole set.
         Some("agent-soak") => crate::soak::soak(),
         Some(other) => {
             bail!(
                 "unknown benchmark {other:?}; available: faults, swap, malloc, allocators, \
-                 pages, agent, agent-soak, diagnose, exit, unwind, python"
+                 pages, agent, agent-soak, diagnose, exit, unwind, python, heap"
             )
         }
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_exit;
+mod bench_heap;
 mod bench_python;
 mod bench_support;
 mod bench_unwind;

@@ -235,10 +235,15 @@ pub fn sites(allocator: &Allocator) -> Vec<(String, Option<UprobeSite>)> {
                 offset: site.offset,
                 cookie: site.cookie,
             };
-            let mut probes = vec![probe(entry)];
+            // The return probe first: a call entering between the two attaches would leave
+            // its thread's slot of calls in progress taken for good (every later call of the
+            // thread then counts as nested in it, and nothing is sent). With the return probe
+            // first, a call whose entry was seen always has its return seen.
+            let mut probes = Vec::new();
             if return_probe {
                 probes.push(probe(&hooks::ALLOC_RETURN));
             }
+            probes.push(probe(entry));
             // malloc and free are the least an allocator has.
             let required = (symbol == format!("{prefix}malloc")
                 || symbol == format!("{prefix}free"))
