@@ -429,7 +429,8 @@ fn peak_bytes_through(t: &Traced, function: &str) -> u64 {
 /// and grows to 200 in grow_c. memtrace's peak is the workload's own count within 1% (libc's
 /// few blocks besides), its allocated bytes at the end too; and the stacks at the peak are
 /// grow_a's and grow_b's as they were then, to the byte, and none of grow_c's (whose blocks
-/// came after).
+/// came after). The timeline never goes above the peak, and its allocation rates add up to
+/// the bytes the workload allocated.
 #[test]
 fn the_peak_and_what_was_allocated_then() {
     if !tests::require_root() {
@@ -452,6 +453,33 @@ fn the_peak_and_what_was_allocated_then() {
     assert!(
         peak_at > 0.0 && peak_at <= duration,
         "peak_at_s {peak_at} outside the trace's {duration} s\n{}",
+        t.context()
+    );
+    // The timeline: never above the peak, and its rates, over the time between moments,
+    // add up to every byte the workload allocated (450 blocks, and libc's few).
+    let timeline: Vec<&Value> = (t.report["timeline"].as_array().unwrap().iter())
+        .filter(|s| s["pid"] == t.workload.pid)
+        .collect();
+    assert!(timeline.len() >= 3, "a timeline of moments\n{}", t.context());
+    let peak = u64_of(process, "peak_bytes");
+    assert!(
+        timeline.iter().all(|s| u64_of(s, "live_bytes") <= peak),
+        "{}",
+        t.context()
+    );
+    let mut before = 0.0;
+    let allocated: f64 = (timeline.iter())
+        .map(|s| {
+            let t_s = s["t_s"].as_f64().unwrap();
+            let bytes = s["allocated_bytes_per_s"].as_f64().unwrap() * (t_s - before);
+            before = t_s;
+            bytes
+        })
+        .sum();
+    let workload = 450.0 * t.workload.u64("block") as f64;
+    assert!(
+        (allocated - workload).abs() <= workload * 0.01,
+        "the timeline's rates add up to {allocated} bytes; the workload allocated {workload}\n{}",
         t.context()
     );
     for (function, key) in [
