@@ -460,7 +460,11 @@ fn the_peak_and_what_was_allocated_then() {
     let timeline: Vec<&Value> = (t.report["timeline"].as_array().unwrap().iter())
         .filter(|s| s["pid"] == t.workload.pid)
         .collect();
-    assert!(timeline.len() >= 3, "a timeline of moments\n{}", t.context());
+    assert!(
+        timeline.len() >= 3,
+        "a timeline of moments\n{}",
+        t.context()
+    );
     let peak = u64_of(process, "peak_bytes");
     assert!(
         timeline.iter().all(|s| u64_of(s, "live_bytes") <= peak),

@@ -17,12 +17,15 @@ mod table;
 mod timeline;
 mod unhooked;
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 use memtrace_common::AllocFn;
 
 use self::{
     args::MallocArgs,
     books::{AllocBooks, Churn, Outstanding, StackBooks, Weight},
+    peak::Peak,
     report::{
         AllocStackRow, HeapOomKill, HookedAllocator, MallocProcessRow, MallocReport,
         OutstandingRow, PeakStackRow, SizeBucket, TemporaryStackRow,
@@ -135,48 +138,7 @@ fn build_report(
     let known = &traced.processes;
     let round = |value: f64| value.round() as u64;
     let peaks = books.peaks.peaks();
-    let mut processes: Vec<MallocProcessRow> = books
-        .processes
-        .iter()
-        .map(|(&pid, process)| {
-            let mut row = MallocProcessRow {
-                pid,
-                comm: known.name(pid),
-                bytes_allocated: round(process.allocated),
-                bytes_freed: round(process.freed),
-                frees_of_untraced_blocks: process.frees_of_untraced_blocks,
-                ..MallocProcessRow::default()
-            };
-            for (&function, &calls) in &process.calls {
-                *calls_of(&mut row, function) = round(calls);
-            }
-            if let Some(peak) = peaks.get(&pid) {
-                row.peak_bytes = round(peak.bytes);
-                row.peak_at_s = peak.at.as_secs_f64();
-                row.live_bytes = round(peak.live_bytes);
-            }
-            if let Some(seen) = books.oom_kills.get(&pid) {
-                row.oom_kill = Some(HeapOomKill {
-                    at_s: seen.at.as_secs_f64(),
-                    memcg: seen.kill.cgroup.clone(),
-                    limit_bytes: seen.kill.cgroup_limit_bytes,
-                    usage_bytes: seen.kill.cgroup_usage_bytes,
-                    constraint: seen.kill.constraint,
-                    anon_rss_bytes: seen.kill.anon_rss_kb * 1024,
-                    file_rss_bytes: seen.kill.file_rss_kb * 1024,
-                    shmem_rss_bytes: seen.kill.shmem_rss_kb * 1024,
-                    heap_bytes: round(seen.live_bytes),
-                });
-            }
-            if let Some(split) = books.resident.get(&pid) {
-                row.rss_anon_bytes = Some(split.rss_anon_bytes);
-                row.retained_bytes = Some(split.retained_bytes);
-                row.resident = Some(*split);
-            }
-            row
-        })
-        .collect();
-    processes.sort_by_key(|p| (std::cmp::Reverse(p.bytes_allocated), p.pid));
+    let processes = process_rows(&books, &peaks, traced);
 
     let grouping = args.output.grouping();
     let limit = Some(args.output.top);
@@ -325,6 +287,45 @@ fn build_report(
         sizes,
     };
     Ok((report, profile))
+}
+
+/// Each process's row, most bytes allocated first: its calls and bytes, its peak, its heap
+/// against RSS, its OOM kill.
+fn process_rows(
+    books: &AllocBooks,
+    peaks: &HashMap<u32, Peak>,
+    traced: &Traced,
+) -> Vec<MallocProcessRow> {
+    let round = |value: f64| value.round() as u64;
+    let mut processes: Vec<MallocProcessRow> = (books.processes.iter())
+        .map(|(&pid, process)| {
+            let mut row = MallocProcessRow {
+                pid,
+                comm: traced.processes.name(pid),
+                bytes_allocated: round(process.allocated),
+                bytes_freed: round(process.freed),
+                frees_of_untraced_blocks: process.frees_of_untraced_blocks,
+                oom_kill: books.oom_kills.get(&pid).map(HeapOomKill::new),
+                ..MallocProcessRow::default()
+            };
+            for (&function, &calls) in &process.calls {
+                *calls_of(&mut row, function) = round(calls);
+            }
+            if let Some(peak) = peaks.get(&pid) {
+                row.peak_bytes = round(peak.bytes);
+                row.peak_at_s = peak.at.as_secs_f64();
+                row.live_bytes = round(peak.live_bytes);
+            }
+            if let Some(split) = books.resident.get(&pid) {
+                row.rss_anon_bytes = Some(split.rss_anon_bytes);
+                row.retained_bytes = Some(split.retained_bytes);
+                row.resident = Some(*split);
+            }
+            row
+        })
+        .collect();
+    processes.sort_by_key(|p| (std::cmp::Reverse(p.bytes_allocated), p.pid));
+    processes
 }
 
 fn calls_of(row: &mut MallocProcessRow, function: AllocFn) -> &mut u64 {

@@ -5,7 +5,7 @@ use serde::Serialize;
 pub use super::timeline::TimelineSample;
 use super::{
     allocators::Kind,
-    books::StackBooks,
+    books::{OomKillSeen, StackBooks},
     lifetimes::{LifetimeBucket, Lifetimes},
     resident::ResidentSplit,
 };
@@ -69,6 +69,22 @@ pub struct HeapOomKill {
     pub shmem_rss_bytes: u64,
     /// The bytes it had allocated then (the blocks followed).
     pub heap_bytes: u64,
+}
+
+impl HeapOomKill {
+    pub fn new(seen: &OomKillSeen) -> Self {
+        Self {
+            at_s: seen.at.as_secs_f64(),
+            memcg: seen.kill.cgroup.clone(),
+            limit_bytes: seen.kill.cgroup_limit_bytes,
+            usage_bytes: seen.kill.cgroup_usage_bytes,
+            constraint: seen.kill.constraint,
+            anon_rss_bytes: seen.kill.anon_rss_kb * 1024,
+            file_rss_bytes: seen.kill.file_rss_kb * 1024,
+            shmem_rss_bytes: seen.kill.shmem_rss_kb * 1024,
+            heap_bytes: seen.live_bytes.round() as u64,
+        }
+    }
 }
 
 /// An allocator memtrace hooked.
