@@ -540,7 +540,10 @@ fn zero_pages_are_told_apart_from_written_and_read_ones() {
         );
         assert!(zero <= 2 * zero_pages, "{}", context());
     }
-    // On every line, the traced process's figures are within the system's.
+    // On every line, the traced process's figures are within the system's. The two are
+    // read a moment apart (the programs' counts at the drain, /proc/vmstat after it), so a
+    // line may tip by a few pages either way: 1%, and 16 pages for short lines (the last
+    // one, cut by the workload's exit, may last a few ms).
     for interval in t.report["intervals"].as_array().unwrap() {
         let system = &interval["system"];
         for key in [
@@ -550,7 +553,7 @@ fn zero_pages_are_told_apart_from_written_and_read_ones() {
         ] {
             let (process, whole) = (u64_of(interval, key), u64_of(system, key));
             assert!(
-                process <= whole + whole / 100,
+                process <= whole + whole / 100 + 16,
                 "at {}s the workload's {key} {process} exceeds the system's {whole}\n{}",
                 interval["t"],
                 context()
