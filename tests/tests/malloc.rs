@@ -413,16 +413,16 @@ fn heap_profiles_of_two_runs_diff_with_go_pprof_base() {
 
 /// Bytes of the `peak_stacks` rows that pass through `function`.
 fn peak_bytes_through(t: &Traced, function: &str) -> u64 {
-    (t.report["peak_stacks"].as_array().unwrap().iter())
-        .filter(|r| {
-            r["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f == function)
-        })
+    (rows_through(&t.report, "peak_stacks", function).iter())
         .map(|r| u64_of(r, "bytes"))
         .sum()
+}
+
+/// The rows of the report's list `list` whose frames include `function`.
+fn rows_through<'a>(report: &'a Value, list: &str, function: &str) -> Vec<&'a Value> {
+    (report[list].as_array().unwrap().iter())
+        .filter(|r| (r["frames"].as_array().unwrap().iter()).any(|frame| frame == function))
+        .collect()
 }
 
 /// heap_peak allocates 300 blocks of 1 MiB (200 in grow_a, 100 in grow_b), frees down to 50
@@ -500,13 +500,6 @@ fn the_peak_and_what_was_allocated_then() {
     }
 }
 
-/// The rows of report list `list` whose frames include `function`.
-fn rows_through<'a>(t: &'a Traced, list: &str, function: &str) -> Vec<&'a Value> {
-    (t.report[list].as_array().unwrap().iter())
-        .filter(|r| (r["frames"].as_array().unwrap().iter()).any(|frame| frame == function))
-        .collect()
-}
-
 /// lifetimes frees blocks at once (free_at_once), 2 ms after (free_after_2ms) and 200 ms
 /// after (free_after_200ms) their allocation, and keeps 5 to the end, measuring each block's
 /// lifetime itself. Every block freed is in its stack's histogram, in a bucket that the
@@ -536,7 +529,7 @@ fn lifetimes_land_in_their_buckets_and_temporaries_are_exact() {
         ("free_after_2ms", "after_2ms", false),
         ("free_after_200ms", "after_200ms", false),
     ] {
-        let rows = rows_through(&t, "stacks", function);
+        let rows = rows_through(&t.report, "stacks", function);
         assert!(
             !rows.is_empty(),
             "no stack through {function}\n{}",
@@ -580,7 +573,7 @@ fn lifetimes_land_in_their_buckets_and_temporaries_are_exact() {
             "{function}'s temporary blocks\n{}",
             t.context()
         );
-        let ranked = rows_through(&t, "temporary_stacks", function);
+        let ranked = rows_through(&t.report, "temporary_stacks", function);
         assert_eq!(
             ranked.iter().map(|r| u64_of(r, "temporary")).sum::<u64>(),
             expected,
@@ -588,7 +581,7 @@ fn lifetimes_land_in_their_buckets_and_temporaries_are_exact() {
             t.context()
         );
     }
-    let kept = rows_through(&t, "stacks", "keep_to_the_end");
+    let kept = rows_through(&t.report, "stacks", "keep_to_the_end");
     assert_eq!(
         kept.iter().map(|r| u64_of(r, "calls")).sum::<u64>(),
         t.workload.u64("kept"),
@@ -828,15 +821,8 @@ fn the_heap_of_an_oom_killed_process_is_its_heap_at_death() {
     assert_eq!(kill["limit_bytes"], LIMIT_MIB << 20, "{}", context());
     assert_eq!(kill["constraint"], "cgroup", "{}", context());
     let blocks_in = |function: &str| -> u64 {
-        (report["outstanding"].as_array().unwrap().iter())
+        (rows_through(&report, "outstanding", function).iter())
             .filter(|r| r["pid"] == victim["pid"])
-            .filter(|r| {
-                r["frames"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f == function)
-            })
             .map(|r| u64_of(r, "bytes") / (1 << 20))
             .sum()
     };
@@ -1102,20 +1088,7 @@ fn the_programs_own_mmaps_with_mmap() {
     );
     assert_eq!(t.run.code(), 0, "{}", t.context());
     // Mappings are grouped by the stack of the mmap call: the wrapper, then its callers.
-    let passing = |function: &str| -> Vec<&Value> {
-        t.report["outstanding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| {
-                r["frames"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f == function)
-            })
-            .collect()
-    };
+    let passing = |function: &str| rows_through(&t.report, "outstanding", function);
     let leaked = passing("mmap_leak");
     assert_eq!(leaked.len(), 1, "{}", t.context());
     assert_eq!(u64_of(leaked[0], "allocations"), k, "{}", t.context());
