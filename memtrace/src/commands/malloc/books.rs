@@ -148,7 +148,7 @@ impl Consumer for AllocBooks {
                 *row.calls.entry(function).or_default() += weight.calls;
                 row.allocated += weight.bytes;
                 self.stacks.entry(stack).or_default().allocated += weight;
-                self.sizes[size_bucket(size)] += weight.calls;
+                self.sizes[log2_bucket(size)] += weight.calls;
                 let block = Block { weight, stack, at };
                 // A block of the image an exec replaced at the same address is not this one.
                 self.take_block(tgid, addr, &processes.maps);
@@ -487,12 +487,13 @@ impl AllocBooks {
     }
 }
 
-/// The log2 bucket of a size: i such that 2^(i-1) < size <= 2^i (0 and 1 in bucket 0).
-pub fn size_bucket(size: u64) -> usize {
-    if size <= 1 {
+/// The log2 bucket of a size (or a lifetime in µs): i such that 2^(i-1) < value <= 2^i (0
+/// and 1 in bucket 0).
+pub fn log2_bucket(value: u64) -> usize {
+    if value <= 1 {
         0
     } else {
-        64 - (size - 1).leading_zeros() as usize
+        64 - (value - 1).leading_zeros() as usize
     }
 }
 
@@ -522,16 +523,16 @@ pub(super) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::size_bucket;
+    use super::log2_bucket;
 
     #[test]
     fn sizes_fall_in_log2_buckets() {
-        assert_eq!(size_bucket(0), 0);
-        assert_eq!(size_bucket(1), 0);
-        assert_eq!(size_bucket(2), 1);
-        assert_eq!(size_bucket(3), 2);
-        assert_eq!(size_bucket(64), 6);
-        assert_eq!(size_bucket(65), 7);
-        assert_eq!(size_bucket(u64::MAX), 64);
+        assert_eq!(log2_bucket(0), 0);
+        assert_eq!(log2_bucket(1), 0);
+        assert_eq!(log2_bucket(2), 1);
+        assert_eq!(log2_bucket(3), 2);
+        assert_eq!(log2_bucket(64), 6);
+        assert_eq!(log2_bucket(65), 7);
+        assert_eq!(log2_bucket(u64::MAX), 64);
     }
 }

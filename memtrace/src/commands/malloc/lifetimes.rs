@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::books::log2_bucket;
+
 /// Bucket 0 holds lifetimes up to 1 µs, bucket i those in (2^(i-1), 2^i] µs; the last one
 /// (2^40 µs, 12.7 days) every longer one too.
 const BUCKETS: usize = 41;
@@ -69,11 +71,7 @@ impl Lifetimes {
 /// The bucket of a lifetime: i such that 2^(i-1) µs < lifetime <= 2^i µs.
 fn bucket(lifetime: Duration) -> usize {
     let micros = u64::try_from(lifetime.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX);
-    if micros <= 1 {
-        0
-    } else {
-        (64 - (micros - 1).leading_zeros() as usize).min(BUCKETS - 1)
-    }
+    log2_bucket(micros).min(BUCKETS - 1)
 }
 
 #[cfg(test)]
