@@ -7,7 +7,7 @@
 //! kernel, sampled or not, so this is the probes' cost, not the sampling's).
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -19,41 +19,29 @@ use crate::{
     bench_support::{prepare, wait_for_detaching_memtraces, Scratch},
 };
 
-const PORT: &str = "6391";
 /// Requests of each test (SET, GET) a run.
 const REQUESTS: u64 = 200_000;
 const SAMPLE_BYTES: &str = "524288";
 
-/// redis-server, stopped when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn heap() -> Result<()> {
     let (_target, memtrace) = prepare()?;
     let scratch = Scratch::new("heap")?;
-    let server = Server(
-        Command::new("redis-server")
-            .args(["--port", PORT, "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (cargo xtask setup installs it)")?,
-    );
-    wait_for_redis()?;
-    let pid = server.0.id();
+    let redis = tests::redis::Redis::start();
+    let (pid, port) = (redis.pid(), redis.port());
     let (mut untraced, mut traced) = (vec![], vec![]);
     for round in 0..rounds() {
         // The last round's memtrace leaves its probes to a child that detaches them: until
         // it ends, redis still traps.
         wait_for_detaching_memtraces();
-        untraced.push(benchmark()?);
+        untraced.push(benchmark(port)?);
         let report = scratch.join(format!("malloc-{round}.json"));
-        let (rps, _) = traced_run(&memtrace, pid, &["--sample-bytes", SAMPLE_BYTES], &report)?;
+        let (rps, _) = traced_run(
+            &memtrace,
+            pid,
+            port,
+            &["--sample-bytes", SAMPLE_BYTES],
+            &report,
+        )?;
         traced.push(rps);
         println!(
             "round {}: untraced {:.0}/{:.0} req/s, traced {:.0}/{:.0} req/s (SET/GET)",
@@ -73,7 +61,13 @@ pub fn heap() -> Result<()> {
     );
     // Sampled counts of small blocks are rough (a sampled 16-byte block stands for 32768
     // calls): the calls a request makes are counted exactly, in one more run unsampled.
-    let (_, calls) = traced_run(&memtrace, pid, &[], &scratch.join("malloc-every.json"))?;
+    let (_, calls) = traced_run(
+        &memtrace,
+        pid,
+        port,
+        &[],
+        &scratch.join("malloc-every.json"),
+    )?;
     let calls = calls / (2 * REQUESTS) as f64;
     println!("allocator calls a request: {calls:.2} (counted in a run without sampling)");
     for (test, pick) in [
@@ -99,26 +93,19 @@ pub fn heap() -> Result<()> {
     )
 }
 
-/// Waits until redis answers PING.
-fn wait_for_redis() -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let pong = Command::new("redis-cli")
-            .args(["-p", PORT, "ping"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
-        if pong {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("redis-server on port {PORT} did not answer within 10 s")
-}
-
 /// One redis-benchmark run: SET's and GET's requests per second.
-fn benchmark() -> Result<(f64, f64)> {
+fn benchmark(port: u16) -> Result<(f64, f64)> {
     let output = Command::new("redis-benchmark")
-        .args(["-p", PORT, "-t", "set,get", "-d", "1024", "--csv", "-q"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "set,get",
+            "-d",
+            "1024",
+            "--csv",
+            "-q",
+        ])
         .args(["-n", &REQUESTS.to_string()])
         .output()
         .context("running redis-benchmark")?;
@@ -139,6 +126,7 @@ fn benchmark() -> Result<(f64, f64)> {
 fn traced_run(
     memtrace: &str,
     pid: u32,
+    port: u16,
     options: &[&str],
     report: &Path,
 ) -> Result<((f64, f64), f64)> {
@@ -161,7 +149,7 @@ fn traced_run(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rps = benchmark()?;
+    let rps = benchmark(port)?;
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
     let status = tracer.wait()?;
