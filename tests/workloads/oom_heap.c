@@ -1,4 +1,4 @@
-/* oom_heap
+/* oom_heap [--wait]
  *
  * Allocates until the OOM killer ends it, from known stacks: hold_a() allocates 16 blocks of
  * 1 MiB, then grow_b() allocates 1 MiB blocks without end. Every block is written (resident),
@@ -8,7 +8,7 @@
  */
 #include "common.h"
 
-static const char *usage = "oom_heap";
+static const char *usage = "oom_heap [--wait]";
 
 enum { MIB = 1 << 20, A_BLOCKS = 16 };
 
@@ -43,6 +43,7 @@ int main(int argc, char **argv)
 	argc = parse_common_flags(argc, argv, usage);
 	if (argc > 1)
 		usage_exit(usage);
+	wait_for_go();
 	hold_a();
 	grow_b();
 	return 0;

@@ -9,6 +9,7 @@ pub mod gfp;
 pub(crate) mod hooks;
 pub mod layout;
 pub(crate) mod probe_site;
+pub(crate) mod process_uprobes;
 pub(crate) mod programs;
 pub(crate) mod settings;
 pub(crate) mod tables;

@@ -7,7 +7,7 @@ use aya::{
     maps::Array,
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint, UProbe,
     },
     util::online_cpus,
@@ -110,8 +110,10 @@ impl Tracer {
     /// Attaches a site's probes in order, stopping at the first that fails: an error when
     /// the site is required (saying why), false (said with -v) when not.
     fn attach_uprobes(&mut self, site: &UprobeSite, single: Option<u32>) -> Result<bool> {
-        let attached = (site.probes.iter())
-            .try_for_each(|probe| self.attach_uprobe(probe, &site.symbol, &site.library, single));
+        let attached = (site.probes.iter()).try_for_each(|probe| {
+            self.attach_uprobe(probe, &site.symbol, &site.library, single)
+                .map(drop)
+        });
         match (attached, &site.required) {
             (Ok(()), _) => Ok(true),
             (Err(err), Some(why)) => Err(err.context(why.clone())),
@@ -158,13 +160,13 @@ impl Tracer {
     /// loading its program the first time. With `process`, the breakpoint is set in that
     /// process only; without, in every process that maps the library (the programs' target
     /// filter narrows what they record, but every call traps).
-    fn attach_uprobe(
+    pub(super) fn attach_uprobe(
         &mut self,
         probe: &Probe,
         symbol: &str,
         library: &Path,
         process: Option<u32>,
-    ) -> Result<()> {
+    ) -> Result<UProbeLinkId> {
         let program = probe.hook.program;
         let (offset, cookie) = (probe.offset, probe.cookie);
         let uprobe: &mut UProbe = self.program(program)?.try_into()?;
@@ -173,7 +175,7 @@ impl Tracer {
                 .load()
                 .with_context(|| format!("the kernel rejected the {program} program"))?;
         }
-        uprobe
+        let link = uprobe
             .attach(
                 UProbeAttachPoint {
                     location: UProbeAttachLocation::SymbolOffset(symbol, offset),
@@ -186,7 +188,7 @@ impl Tracer {
                     .map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess),
             )
             .with_context(|| format!("attaching to {symbol} in {}", library.display()))?;
-        Ok(())
+        Ok(link)
     }
 
     /// Leaves the kernel's detaching of the programs to a child process, so memtrace exits as

@@ -87,6 +87,7 @@ pub(crate) mod testdata {
             period: 1,
             values: None,
             sampling_note: None,
+            context: Vec::new(),
         }
     }
 }

@@ -192,6 +192,7 @@ impl Builder {
             ));
         }
         comments.extend(report.sampling_note());
+        comments.extend((report.context().iter()).map(|(key, value)| format!("{key}: {value}")));
         self.profile.comment = comments.iter().map(|c| self.string(c)).collect();
 
         for (index, stack) in report.stacks().iter().enumerate() {
@@ -219,6 +220,11 @@ impl Builder {
                         ..Default::default()
                     },
                 ])
+                .chain(report.context().iter().map(|(key, value)| Label {
+                    key: self.string(key),
+                    str: self.string(value),
+                    ..Default::default()
+                }))
                 .collect();
             let value = (report.values(index).into_iter())
                 .map(|value| i64::try_from(value).unwrap_or(i64::MAX))

@@ -25,6 +25,10 @@ pub trait StackProfile {
     fn values(&self, index: usize) -> Vec<u64> {
         vec![self.stacks()[index].count]
     }
+    /// What the whole profile is about (key, value): comments, and labels on every sample.
+    fn context(&self) -> &[(&'static str, String)] {
+        &[]
+    }
     /// The value type a viewer shows first (pprof's `default_sample_type`), when not the
     /// first.
     fn default_value_type(&self) -> Option<&'static str> {
@@ -44,6 +48,9 @@ pub struct Reweighted {
     pub sampling_note: Option<String>,
     /// Several values a stack, for pprof (None: each row's count alone).
     pub values: Option<ProfileValues>,
+    /// What the whole profile is about (an OOM kill's cgroup, limit, ...): comments, and
+    /// labels on every sample, in pprof.
+    pub context: Vec<(&'static str, String)>,
 }
 
 /// Several values a stack (a heap profile's four, as Go writes them).
@@ -105,5 +112,8 @@ impl StackProfile for Reweighted {
     }
     fn sampling_note(&self) -> Option<String> {
         self.sampling_note.clone()
+    }
+    fn context(&self) -> &[(&'static str, String)] {
+        &self.context
     }
 }

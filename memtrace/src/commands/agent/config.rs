@@ -34,6 +34,65 @@ pub struct AgentConfig {
     /// Give the memory gauges (RSS, swap) a pid label, one series per process (still at
     /// most `max_series`, the largest first).
     pub pid_labels: bool,
+    /// Heap profiling of the processes named (`[heap]`; none by default).
+    pub heap: HeapConfig,
+}
+
+/// `[heap]`: which processes have their allocator calls traced (uprobes in those processes
+/// only), how they are sampled, and how much the agent keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeapConfig {
+    /// Process names (as /proc/PID/comm says them: the first 15 characters).
+    pub processes: Vec<String>,
+    /// Memory cgroups (paths as /proc/PID/cgroup says them): their processes, and those of
+    /// the cgroups below.
+    pub cgroups: Vec<String>,
+    /// One sample point per this many bytes allocated, on average (0: every block).
+    pub sample_bytes: u64,
+    /// Blocks followed until freed, at most (past it, blocks are counted but not followed).
+    pub max_blocks: usize,
+    /// Distinct (process name, stack) pairs kept, at most.
+    pub max_stacks: usize,
+    /// Where the heap profile of a profiled process the OOM killer ends is written ("": not
+    /// written; the latest are served on /debug/pprof/oom either way).
+    pub oom_profiles: std::path::PathBuf,
+}
+
+impl Default for HeapConfig {
+    fn default() -> Self {
+        Self {
+            processes: Vec::new(),
+            cgroups: Vec::new(),
+            // Go's runtime.MemProfileRate.
+            sample_bytes: 512 * 1024,
+            max_blocks: 200_000,
+            max_stacks: 10_000,
+            oom_profiles: "/var/lib/memtrace/oom".into(),
+        }
+    }
+}
+
+impl HeapConfig {
+    /// Whether any process is to be heap-profiled.
+    pub fn enabled(&self) -> bool {
+        !self.processes.is_empty() || !self.cgroups.is_empty()
+    }
+
+    /// Whether a process of name `comm` in memory cgroup `cgroup` is to be heap-profiled.
+    pub fn wants(&self, comm: &str, cgroup: &str) -> bool {
+        // The kernel keeps 15 characters of a name.
+        let named = |name: &String| name.chars().take(15).eq(comm.chars());
+        let within = |parent: &String| {
+            let parent = parent.trim_end_matches('/');
+            cgroup == parent
+                || parent.is_empty()
+                || cgroup
+                    .strip_prefix(parent)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        self.processes.iter().any(named) || self.cgroups.iter().any(within)
+    }
 }
 
 impl Default for AgentConfig {
@@ -47,6 +106,7 @@ impl Default for AgentConfig {
             swap: Switch::Auto,
             bpf_stats: true,
             pid_labels: false,
+            heap: HeapConfig::default(),
         }
     }
 }
@@ -179,6 +239,28 @@ mod tests {
         );
         assert_eq!(load_text("swap = \"auto\"\n").unwrap().swap, Switch::Auto);
         let err = load_text("\nswap = \"sometimes\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+    }
+
+    #[test]
+    fn heap_profiling_is_asked_for_by_name_or_cgroup() {
+        let config = load_text(
+            "[heap]\nprocesses = [\"redis-server\", \"a-very-long-process-name\"]\n\
+             cgroups = [\"/system.slice/postgresql.service/\"]\nsample_bytes = 0\n",
+        )
+        .unwrap();
+        let heap = &config.heap;
+        assert!(heap.enabled());
+        assert_eq!(heap.sample_bytes, 0);
+        assert!(heap.wants("redis-server", "/"));
+        // The kernel's 15 characters of the long name.
+        assert!(heap.wants("a-very-long-pro", "/"));
+        assert!(!heap.wants("redis-serve", "/"));
+        assert!(heap.wants("postgres", "/system.slice/postgresql.service"));
+        assert!(heap.wants("postgres", "/system.slice/postgresql.service/main"));
+        assert!(!heap.wants("postgres", "/system.slice/postgresql.services"));
+        assert!(!AgentConfig::default().heap.enabled());
+        let err = load_text("[heap]\nprocess = [\"x\"]\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 

@@ -14,9 +14,11 @@ use tokio::sync::mpsc;
 
 use super::{
     config::AgentConfig,
-    http::{ProfileRequest, Window},
+    heap_feed::HeapProfiling,
+    http::{ProfileRequest, Wanted, Window},
+    interned::Stack,
     metrics::{AgentMetrics, Health, ProcessId, ProcessLabels, ProcessMemory},
-    profile::{RollingProfile, Stack},
+    profile::RollingProfile,
 };
 use crate::{
     host::{
@@ -80,6 +82,8 @@ pub struct AgentFeed {
     /// Requests for the next N seconds, waiting for them to pass: (from, until, reply).
     waiting: Vec<(Duration, Duration, ProfileRequest)>,
     symbolizer: Symbolizer,
+    /// The config's [heap] processes' allocations (None: heap profiling is off).
+    heap: Option<HeapProfiling>,
     /// Keeps kernel.bpf_stats collection on while the agent runs.
     _stats: Option<std::os::fd::OwnedFd>,
 }
@@ -136,8 +140,10 @@ impl AgentFeed {
         requests: mpsc::Receiver<ProfileRequest>,
         config: &AgentConfig,
         swap: SwapCounting,
+        heap: Option<HeapProfiling>,
     ) -> Self {
         Self {
+            heap,
             metrics,
             hierarchy: MemoryHierarchy::find(),
             cgroups: HashMap::new(),
@@ -225,6 +231,8 @@ impl AgentFeed {
         let read_swap = system.swap_total_kb > system.swap_free_kb;
         let mut faults = Vec::new();
         let mut memory = Vec::new();
+        // (process, name, cgroup) of every living process, for heap profiling's choice.
+        let mut living = Vec::new();
         for p in live {
             let pid = p.process.0;
             // (An exiting process's /proc/PID/cgroup says "/": its exit record's is kept.)
@@ -232,6 +240,9 @@ impl AgentFeed {
                 self.refresh_cgroup(pid, p.minor_faults + p.major_faults);
             }
             let labels = self.labels(pid, p.comm);
+            if self.heap.is_some() && !self.ended.contains(&p.process) {
+                living.push((p.process, labels.comm.clone(), labels.cgroup.clone()));
+            }
             if !self.ended.contains(&p.process) && pid != std::process::id() {
                 faults.push((p.process, labels.clone(), p.minor_faults, p.major_faults));
             }
@@ -277,6 +288,11 @@ impl AgentFeed {
             .collect();
         let forgotten = tracer.forget_counts(&gone).unwrap_or_default();
         self.cgroups.retain(|pid, _| alive.contains(pid));
+        if let Some(heap) = &mut self.heap {
+            let living =
+                (living.iter()).map(|(p, comm, cgroup)| (*p, comm.as_str(), cgroup.as_str()));
+            heap.update(tracer, living);
+        }
         let counters = tracer.counters().unwrap_or_default();
         let (run_time, _) = tracer.program_runs();
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,6 +317,11 @@ impl AgentFeed {
             processes_held: known.maps.snapshots() as u64,
             stack_table_clears: self.stack_table_clears,
             profile_stacks: self.profile.held().0 as u64,
+            heap: self
+                .heap
+                .as_ref()
+                .map(HeapProfiling::health)
+                .unwrap_or_default(),
         });
         drop(metrics);
         // Their last counts are in.
@@ -376,6 +397,9 @@ impl AgentFeed {
             .insert(exit.tgid, comm_to_string(&exit.comm));
         // Forgotten once its sampled stacks in this drain are symbolized.
         self.departed.push(exit.tgid);
+        if let Some(heap) = &mut self.heap {
+            heap.on_exit(exit.tgid);
+        }
     }
 }
 
@@ -384,7 +408,8 @@ impl AgentFeed {
     /// processes' maps and the kernel's stack tables hold them; then the processes that
     /// ended are forgotten, and the stack tables emptied when they near full.
     fn resolve_samples(&mut self, tracer: &mut Tracer, known: &mut Processes) {
-        if !self.pending.is_empty() {
+        let heap_pending = self.heap.as_ref().is_some_and(HeapProfiling::has_pending);
+        if !self.pending.is_empty() || heap_pending {
             if let Ok(tables) = StackTables::open(tracer) {
                 for (at, key) in std::mem::take(&mut self.pending) {
                     self.stack_keys
@@ -400,6 +425,9 @@ impl AgentFeed {
                         (known.name(key.tgid), Stack::new(user, kernel))
                     });
                 }
+                if let Some(heap) = &mut self.heap {
+                    heap.apply(&tables, &mut self.symbolizer, known);
+                }
             }
             self.pending.clear();
         }
@@ -414,6 +442,9 @@ impl AgentFeed {
             }
             self.stack_keys.clear();
             self.profile.forget_keys();
+            if let Some(heap) = &mut self.heap {
+                heap.forget_keys();
+            }
             self.stack_table_clears += 1;
         }
     }
@@ -422,13 +453,21 @@ impl AgentFeed {
     /// N seconds once they have passed (samples are stamped as they are drained).
     fn answer_requests(&mut self, tracer: &Tracer) {
         while let Ok(request) = self.requests.try_recv() {
-            match request.window {
-                Window::Last(seconds) => {
+            match request.wanted {
+                Wanted::Faults(Window::Last(seconds)) => {
                     let since = self.now.saturating_sub(seconds);
                     let _ = request.reply.send(self.profile(tracer, since, self.now));
                 }
-                Window::Next(seconds) => {
+                Wanted::Faults(Window::Next(seconds)) => {
                     (self.waiting).push((self.now, self.now + seconds, request));
+                }
+                Wanted::Heap { in_use_first } => {
+                    let lost = tracer.counters().map_or(0, |c| c.lost);
+                    let profile = match &self.heap {
+                        Some(heap) => heap.profile(in_use_first, self.now.as_secs_f64(), lost),
+                        None => Err(anyhow::anyhow!("heap profiling is off")),
+                    };
+                    let _ = request.reply.send(profile);
                 }
             }
         }
@@ -461,6 +500,7 @@ impl AgentFeed {
                 "stacks of 1 fault in {}: counts are estimates",
                 self.stack_period
             )),
+            context: Vec::new(),
         };
         let mut bytes = Vec::new();
         pprof::write(&profile, &mut bytes)?;
@@ -484,12 +524,21 @@ impl Consumer for AgentFeed {
         match record {
             Record::ProcessExit(exit) => self.on_exit(exit),
             Record::OomKill(kill) => {
+                if let Some(heap) = &mut self.heap {
+                    heap.on_oom_kill(kill, self.hierarchy.as_ref());
+                }
                 let cgroup = (self.hierarchy.as_ref())
                     .and_then(|h| h.victim_cgroup(kill))
                     .unwrap_or_default();
                 let labels = ProcessLabels::new(comm_to_string(&kill.comm), cgroup);
                 let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
                 metrics.oom_kill(labels);
+            }
+            Record::Event(event) if matches!(event.kind, EventKind::Alloc | EventKind::Free) => {
+                (self.stack_keys).insert((event.raw.user_stack, event.raw.kernel_stack_id));
+                if let Some(heap) = &mut self.heap {
+                    heap.on_event(event, processes);
+                }
             }
             // A sampled fault's stacks, for the rolling profile.
             Record::Event(event) => {

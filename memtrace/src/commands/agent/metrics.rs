@@ -93,6 +93,24 @@ pub struct Health {
     pub stack_table_clears: u64,
     /// Distinct stacks in the rolling fault profile.
     pub profile_stacks: u64,
+    /// Heap profiling's figures (zero when off).
+    pub heap: HeapHealth,
+}
+
+/// What heap profiling holds, and what it dropped to stay bounded.
+#[derive(Debug, Default)]
+pub struct HeapHealth {
+    pub processes: u64,
+    pub blocks: u64,
+    pub stacks: u64,
+    /// Totals.
+    pub dropped_blocks: u64,
+    pub dropped_stacks: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabels {
+    what: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +168,10 @@ pub struct AgentMetrics {
     processes_held: Gauge,
     stack_table_clears: Counter,
     profile_stacks: Gauge,
+    heap_processes: Gauge,
+    heap_blocks: Gauge,
+    heap_stacks: Gauge,
+    heap_dropped: Family<DroppedLabels, Counter>,
     /// What each process had at the last update, with its series.
     last: HashMap<Key, (ProcessLabels, Totals)>,
     /// The series with their own labels, with the update each last grew in.
@@ -263,6 +285,33 @@ impl AgentMetrics {
             "Distinct stacks held in the rolling fault profile",
             profile_stacks.clone(),
         );
+        let heap_processes = Gauge::default();
+        registry.register(
+            "heap_profiled_processes",
+            "Processes heap-profiled now (the config's [heap] section)",
+            heap_processes.clone(),
+        );
+        let heap_blocks = Gauge::default();
+        registry.register(
+            "heap_blocks_followed",
+            "Heap blocks of profiled processes followed until freed (at most [heap] max_blocks)",
+            heap_blocks.clone(),
+        );
+        let heap_stacks = Gauge::default();
+        registry.register(
+            "heap_stacks",
+            "Distinct (process name, stack) pairs in the heap profiles (at most [heap] \
+             max_stacks)",
+            heap_stacks.clone(),
+        );
+        let heap_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register(
+            "heap_dropped",
+            "Heap samples not kept whole: what=\"blocks\" not followed (past max_blocks: \
+             never in use in the profile), what=\"stacks\" counted under \
+             [stacks past max_stacks]",
+            heap_dropped.clone(),
+        );
         Self {
             registry,
             faults,
@@ -280,6 +329,10 @@ impl AgentMetrics {
             processes_held,
             stack_table_clears,
             profile_stacks,
+            heap_processes,
+            heap_blocks,
+            heap_stacks,
+            heap_dropped,
             last: HashMap::new(),
             series: HashMap::new(),
             epoch: 0,
@@ -519,6 +572,17 @@ impl AgentMetrics {
         let cleared = health.stack_table_clears;
         self.stack_table_clears
             .inc_by(cleared.saturating_sub(self.stack_table_clears.get()));
+        let heap = &health.heap;
+        self.heap_processes.set(gauge_value(heap.processes));
+        self.heap_blocks.set(gauge_value(heap.blocks));
+        self.heap_stacks.set(gauge_value(heap.stacks));
+        for (what, total) in [
+            ("blocks", heap.dropped_blocks),
+            ("stacks", heap.dropped_stacks),
+        ] {
+            let counter = self.heap_dropped.get_or_create(&DroppedLabels { what });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// The Prometheus text exposition.

@@ -3,11 +3,19 @@
 //! process's exit), page allocations are counted per process by a program; each second the
 //! agent (`feed`) turns them into monotonic counters per (comm, cgroup), bounded in number
 //! (`metrics`), served over HTTP (`http`) with a rolling profile of fault stacks (`profile`).
+//! Processes the config names are heap-profiled (`heap_feed`): uprobes on their allocators,
+//! their stacks' allocations and blocks in use (`heap`), served as Go's heap profiles, and
+//! what an OOM-killed one held at its death (`oom_profiles`).
 pub mod args;
 mod config;
 mod feed;
+mod heap;
+mod heap_feed;
+mod heap_targets;
 mod http;
+mod interned;
 mod metrics;
+mod oom_profiles;
 mod profile;
 
 use std::sync::{Arc, Mutex};
@@ -19,6 +27,8 @@ use self::{
     args::AgentArgs,
     config::{AgentConfig, Switch},
     feed::{AgentFeed, SwapCounting},
+    heap_feed::HeapProfiling,
+    http::Sources,
     metrics::AgentMetrics,
 };
 use crate::{
@@ -40,8 +50,20 @@ pub const HOOKS: CommandHooks = CommandHooks {
         &hooks::EXIT_COUNTS,
         &hooks::OOM_KILL,
     ],
-    // page_allocations = true needs page_alloc; swap = "auto" goes without swap counts.
+    // page_allocations = true needs page_alloc; swap = "auto" goes without swap counts;
+    // [heap] needs the allocator probes.
     improves: &[
+        &hooks::ALLOC_ENTRIES[0],
+        &hooks::ALLOC_ENTRIES[1],
+        &hooks::ALLOC_ENTRIES[2],
+        &hooks::ALLOC_ENTRIES[3],
+        &hooks::ALLOC_ENTRIES[4],
+        &hooks::ALLOC_ENTRIES[5],
+        &hooks::ALLOC_ENTRIES[6],
+        &hooks::ALLOC_ENTRIES[7],
+        &hooks::ALLOC_ENTRIES[8],
+        &hooks::ALLOC_ENTRIES[9],
+        &hooks::ALLOC_RETURN,
         &hooks::PAGE_ALLOC,
         &hooks::SWAP_RSS_STAT,
         &hooks::SWAP_WRITE_FOLIO,
@@ -77,15 +99,32 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         config.max_series,
         config.pid_labels,
     )));
+    let heap = config
+        .heap
+        .enabled()
+        .then(|| HeapProfiling::new(&config.heap));
     let (requests, profile_requests) = mpsc::channel(8);
-    let router = http::router(Arc::clone(&metrics), requests);
+    let router = http::router(Sources {
+        metrics: Arc::clone(&metrics),
+        requests,
+        heap_profiling: heap.is_some(),
+        oom_profiles: heap
+            .as_ref()
+            .map(|heap| Arc::clone(&heap.oom.latest))
+            .unwrap_or_default(),
+    });
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
             log::error!("HTTP server stopped: {err}");
         }
     });
     eprintln!(
-        "memtrace: agent serving /metrics, /pprof/faults and /healthz on http://{}",
+        "memtrace: agent serving /metrics, /pprof/faults{} and /healthz on http://{}",
+        if heap.is_some() {
+            ", /debug/pprof/heap, /debug/pprof/allocs, /debug/pprof/oom"
+        } else {
+            ""
+        },
         config.listen
     );
 
@@ -138,6 +177,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             kernel_stacks: true,
             swap: swap_layout,
             stack_sample_period: config.stack_sample,
+            malloc: heap.is_some().then_some(config.heap.sample_bytes),
             ..KernelOptions::default()
         },
         hooks,
@@ -147,7 +187,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         _ if swap_now => SwapCounting::On,
         _ => SwapCounting::WhenSwapIsOn,
     };
-    let mut feed = AgentFeed::new(metrics, profile_requests, &config, swap);
+    let mut feed = AgentFeed::new(metrics, profile_requests, &config, swap, heap);
     let mut traced = pipeline::trace(request, &mut feed).await?;
     feed.update(&mut traced.tracer, &mut traced.processes);
     eprintln!("memtrace: agent stopped");

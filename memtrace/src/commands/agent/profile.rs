@@ -13,77 +13,13 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    report::{CodeFile, Frame, StackRow},
-    trace::stacks::StackKey,
-};
+use super::interned::{Interned, Stack};
+use crate::{report::StackRow, trace::stacks::StackKey};
 
 /// The profile covers at most this much of the past...
 pub const PROFILE_WINDOW: Duration = Duration::from_secs(600);
 /// ...and holds at most this many sampled stacks (the oldest go first).
 const PROFILE_SAMPLES: usize = 100_000;
-
-/// A symbolized stack, innermost frames first.
-#[derive(Debug)]
-pub struct Stack {
-    pub user: Vec<Frame>,
-    pub kernel: Vec<Frame>,
-}
-
-impl Stack {
-    /// A stack of frames from many processes: a frame no symbol names and no file holds
-    /// shows as `[unknown]` (its address means nothing across processes, each placed
-    /// elsewhere). One in a file keeps its place there, for the profile's reader to name.
-    pub fn new(user: Vec<Frame>, kernel: Vec<Frame>) -> Self {
-        let name_unknown = |mut frame: Frame| {
-            if frame.function.is_none() && frame.mapping.is_none() {
-                frame.function = Some("[unknown]".to_owned());
-                frame.offset = 0;
-            }
-            frame
-        };
-        Self {
-            user: user.into_iter().map(name_unknown).collect(),
-            kernel: kernel.into_iter().map(name_unknown).collect(),
-        }
-    }
-
-    /// What makes two stacks the same: each frame's function, offset and module, and its
-    /// place in its file (the same in every process that maps the file).
-    fn identity(&self) -> impl Iterator<Item = FrameIdentity<'_>> + '_ {
-        (self.kernel.iter().chain(&self.user)).map(|f| {
-            let place = (f.mapping.as_ref()).map(|m| (&*m.file, m.file_offset(f.address)));
-            (f.function.as_deref(), f.offset, f.module.as_deref(), place)
-        })
-    }
-}
-
-/// A frame as stacks are compared: function, offset, module, (file, file offset).
-type FrameIdentity<'a> = (
-    Option<&'a str>,
-    u64,
-    Option<&'a str>,
-    Option<(&'a CodeFile, u64)>,
-);
-
-/// Shared by content.
-#[derive(Debug)]
-struct Held(Arc<Stack>);
-
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.user.len() == other.0.user.len() && self.0.identity().eq(other.0.identity())
-    }
-}
-
-impl Eq for Held {}
-
-impl Hash for Held {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.user.len().hash(state);
-        self.0.identity().for_each(|frame| frame.hash(state));
-    }
-}
 
 /// What a sample counts toward: a process name, a kind of fault, a stack.
 struct Group {
@@ -141,10 +77,8 @@ pub struct RollingProfile {
     by_key: HashMap<StackKey, Arc<Group>>,
     /// Every group held, once.
     groups: HashSet<HeldGroup>,
-    /// Every stack held, once.
-    stacks: HashSet<Held>,
-    /// Every process name held, once.
-    comms: HashSet<Arc<str>>,
+    /// Every stack and process name held, once.
+    interned: Interned,
 }
 
 impl RollingProfile {
@@ -165,9 +99,9 @@ impl RollingProfile {
             None => {
                 let (comm, stack) = resolve();
                 let group = Group {
-                    comm: self.intern_comm(comm),
+                    comm: self.interned.comm(comm),
                     kind,
-                    stack: self.intern_stack(stack),
+                    stack: self.interned.stack(stack),
                 };
                 let group = self.intern_group(group);
                 self.by_key.insert(key, Arc::clone(&group));
@@ -190,25 +124,6 @@ impl RollingProfile {
         shared
     }
 
-    fn intern_comm(&mut self, comm: String) -> Arc<str> {
-        if let Some(held) = self.comms.get(comm.as_str()) {
-            return Arc::clone(held);
-        }
-        let comm: Arc<str> = comm.into();
-        self.comms.insert(Arc::clone(&comm));
-        comm
-    }
-
-    fn intern_stack(&mut self, stack: Stack) -> Arc<Stack> {
-        let stack = Held(Arc::new(stack));
-        if let Some(held) = self.stacks.get(&stack) {
-            return Arc::clone(&held.0);
-        }
-        let shared = Arc::clone(&stack.0);
-        self.stacks.insert(stack);
-        shared
-    }
-
     /// Drops the samples older than the window at `now`, and the names and stacks no sample
     /// holds.
     pub fn expire(&mut self, now: Duration) {
@@ -219,8 +134,7 @@ impl RollingProfile {
         // Groups first: they hold the names and stacks.
         self.by_key.clear();
         self.groups.retain(|held| Arc::strong_count(&held.0) > 1);
-        self.stacks.retain(|held| Arc::strong_count(&held.0) > 1);
-        self.comms.retain(|comm| Arc::strong_count(comm) > 1);
+        self.interned.forget_unused();
     }
 
     /// The kernel's stack tables were cleared: their keys may now name other stacks.
@@ -257,13 +171,14 @@ impl RollingProfile {
 
     /// Distinct stacks and process names held.
     pub fn held(&self) -> (usize, usize) {
-        (self.stacks.len(), self.comms.len())
+        self.interned.held()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Frame;
     use memtrace_common::EventKind;
 
     fn key(tgid: u32) -> StackKey {

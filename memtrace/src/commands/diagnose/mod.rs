@@ -159,6 +159,7 @@ fn fault_flamegraph(
         sampling_note: Some(format!(
             "stacks of 1 minor fault in {MINOR_PERIOD} and every major fault"
         )),
+        context: Vec::new(),
     };
     let mut svg = Vec::new();
     flamegraph::write(

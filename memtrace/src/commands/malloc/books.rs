@@ -43,8 +43,34 @@ const LIVE_STACKS: usize = 5;
 /// estimates (weighted by the inverse of its chance of being sampled).
 #[derive(Default, Clone, Copy)]
 pub struct Weight {
-    pub(super) calls: f64,
-    pub(super) bytes: f64,
+    pub(crate) calls: f64,
+    pub(crate) bytes: f64,
+}
+
+impl Weight {
+    /// What a block of `size` bytes stands for when 1 point in `sample_bytes` bytes is
+    /// sampled (0: every block). Sampled with probability p = 1 - exp(-size/N), it stands for
+    /// 1/p calls and size/p bytes (unbiased).
+    pub fn of_block(size: u64, sample_bytes: u64) -> Self {
+        if sample_bytes == 0 {
+            return Self {
+                calls: 1.0,
+                bytes: size as f64,
+            };
+        }
+        let p = -(-(size.max(1) as f64) / sample_bytes as f64).exp_m1();
+        Self {
+            calls: 1.0 / p,
+            bytes: size as f64 / p,
+        }
+    }
+}
+
+impl std::ops::SubAssign for Weight {
+    fn sub_assign(&mut self, other: Self) {
+        self.calls -= other.calls;
+        self.bytes -= other.bytes;
+    }
 }
 
 impl std::ops::AddAssign for Weight {
@@ -389,20 +415,8 @@ impl AllocBooks {
         self.take_moment(at);
     }
 
-    /// What a block of `size` bytes stands for. Sampled with probability
-    /// p = 1 - exp(-size/N), it stands for 1/p calls and size/p bytes (unbiased).
     fn weigh(&self, size: u64) -> Weight {
-        if self.sample_bytes == 0 {
-            return Weight {
-                calls: 1.0,
-                bytes: size as f64,
-            };
-        }
-        let p = -(-(size.max(1) as f64) / self.sample_bytes as f64).exp_m1();
-        Weight {
-            calls: 1.0 / p,
-            bytes: size as f64 / p,
-        }
+        Weight::of_block(size, self.sample_bytes)
     }
 
     /// The blocks of processes that have exited: never freed, they join the per-stack totals

@@ -109,6 +109,7 @@ pub fn profile(
             rows: values,
             shown: VALUE_TYPES[shown].0,
         }),
+        context: Vec::new(),
     }
 }
 

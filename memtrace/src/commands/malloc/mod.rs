@@ -5,12 +5,12 @@
 //! stack, sizes, and the blocks still outstanding.
 mod allocators;
 pub mod args;
-mod books;
-mod heap_profile;
+pub(crate) mod books;
+pub(crate) mod heap_profile;
 mod html;
 mod lifetimes;
 mod peak;
-mod probes;
+pub(crate) mod probes;
 mod report;
 mod resident;
 mod table;

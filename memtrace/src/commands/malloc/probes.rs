@@ -40,12 +40,7 @@ pub fn allocators(args: &MallocArgs) -> Result<Vec<Allocator>> {
     }
     let (found, looked_in) = match args.target.request() {
         TargetRequest::Pids(pids) => {
-            let found = (pids.iter())
-                .flat_map(|&pid| {
-                    let root = PathBuf::from(format!("/proc/{pid}/root"));
-                    allocators::find(&candidates(program_files::of_process(pid)), &root)
-                })
-                .collect();
+            let found = pids.iter().flat_map(|&pid| of_process(pid)).collect();
             let maps: Vec<String> = pids.iter().map(|p| format!("/proc/{p}/maps")).collect();
             (found, maps.join(", "))
         }
@@ -115,6 +110,22 @@ fn named_library(lib: &Path, prefix: Option<&str>) -> Result<Allocator> {
         shown: lib.to_path_buf(),
         prefixes,
     })
+}
+
+/// The allocators process `pid` runs (found in its executable and libraries, through its
+/// root).
+pub fn of_process(pid: u32) -> Vec<Allocator> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    allocators::find(&candidates(program_files::of_process(pid)), &root)
+}
+
+/// The probe sites of every allocator process `pid` runs, each file once; empty when it runs
+/// none memtrace knows.
+pub fn sites_of_process(pid: u32) -> Vec<UprobeSite> {
+    (distinct_files(of_process(pid)).iter())
+        .flat_map(sites)
+        .filter_map(|(_, site)| site)
+        .collect()
 }
 
 /// Each file once, by identity: two processes name the same file through their own roots,

@@ -200,5 +200,6 @@ fn page_stacks(report: &PagesReport) -> Reweighted {
                 report.sample_period
             )
         }),
+        context: Vec::new(),
     }
 }

@@ -1,0 +1,151 @@
+//! The heap profiles of heap-profiled processes the OOM killer ended: what each held at its
+//! death, by stack, with the kill (cgroup, limit, usage, constraint) as the profile's comments
+//! and labels. Each is written to the configured directory (never deleted by the agent) and
+//! the latest are kept in memory for /debug/pprof/oom.
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    commands::{
+        malloc::heap_profile::{self, HeapWeight},
+        oom::OomKillRow,
+    },
+    output::pprof,
+    report::{ReportHeader, StackRow},
+};
+
+/// Profiles kept in memory, the latest first.
+const KEPT: usize = 16;
+
+/// One victim's profile.
+pub struct OomProfile {
+    /// Its file's name: `<time>-<comm>-<pid>.pb.gz`.
+    pub name: String,
+    pub pid: u32,
+    pub comm: String,
+    /// When the kill was seen (RFC 3339).
+    pub time: String,
+    pub cgroup: String,
+    /// gzip'd pprof.
+    pub bytes: Vec<u8>,
+}
+
+/// The latest profiles, shared with the HTTP side.
+pub type Latest = Arc<Mutex<VecDeque<OomProfile>>>;
+
+pub struct OomProfiles {
+    /// Where they are written (None: not written).
+    dir: Option<PathBuf>,
+    pub latest: Latest,
+}
+
+impl OomProfiles {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: (!dir.as_os_str().is_empty()).then(|| dir.to_path_buf()),
+            latest: Arc::default(),
+        }
+    }
+
+    /// The heap profile of `kill`'s victim, from its `rows` (what it allocated while profiled,
+    /// and held at its death), written and kept.
+    pub fn save(&self, kill: &OomKillRow, rows: Vec<(StackRow, HeapWeight)>, sample_bytes: u64) {
+        match self.build(kill, rows, sample_bytes) {
+            Ok(profile) => {
+                if let Some(dir) = &self.dir {
+                    match write(dir, &profile) {
+                        Ok(path) => log::info!(
+                            "heap profile of OOM-killed pid {} ({}) written to {}",
+                            profile.pid,
+                            profile.comm,
+                            path.display()
+                        ),
+                        Err(err) => log::warn!("{err:#}"),
+                    }
+                }
+                let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+                latest.push_front(profile);
+                latest.truncate(KEPT);
+            }
+            Err(err) => log::warn!("the heap profile of pid {}: {err:#}", kill.pid),
+        }
+    }
+
+    fn build(
+        &self,
+        kill: &OomKillRow,
+        rows: Vec<(StackRow, HeapWeight)>,
+        sample_bytes: u64,
+    ) -> Result<OomProfile> {
+        let header = ReportHeader {
+            command: "agent",
+            duration_s: 0.0,
+            lost_events: 0,
+            target: format!("pid {} ({}), OOM-killed", kill.pid, kill.comm),
+            exit: None,
+            tracer: Default::default(),
+            unwind: None,
+        };
+        let mut profile = heap_profile::profile(&header, rows, true, sample_bytes);
+        profile.context = context(kill);
+        let mut bytes = Vec::new();
+        pprof::write(&profile, &mut bytes)?;
+        // A name that sorts by time and says whose it is.
+        let stamp: String = (kill.time.chars())
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let comm: String = (kill.comm.chars())
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        Ok(OomProfile {
+            name: format!("{stamp}-{comm}-{}.pb.gz", kill.pid),
+            pid: kill.pid,
+            comm: kill.comm.clone(),
+            time: kill.time.clone(),
+            cgroup: kill.cgroup.clone(),
+            bytes,
+        })
+    }
+}
+
+/// The kill, as the profile's comments and labels.
+fn context(kill: &OomKillRow) -> Vec<(&'static str, String)> {
+    let mut context = vec![
+        ("oom_kill_time", kill.time.clone()),
+        ("oom_pid", kill.pid.to_string()),
+        ("oom_comm", kill.comm.clone()),
+        ("oom_memcg", kill.cgroup.clone()),
+        ("oom_constraint", kill.constraint.to_owned()),
+        ("oom_anon_rss_bytes", (kill.anon_rss_kb * 1024).to_string()),
+        ("oom_file_rss_bytes", (kill.file_rss_kb * 1024).to_string()),
+        (
+            "oom_shmem_rss_bytes",
+            (kill.shmem_rss_kb * 1024).to_string(),
+        ),
+    ];
+    if let Some(limit) = kill.cgroup_limit_bytes {
+        context.push(("oom_limit_bytes", limit.to_string()));
+    }
+    if let Some(usage) = kill.cgroup_usage_bytes {
+        context.push(("oom_usage_bytes", usage.to_string()));
+    }
+    if let Some(cgroup) = &kill.limit_cgroup {
+        context.push(("oom_limit_cgroup", cgroup.clone()));
+    }
+    context
+}
+
+/// Writes `profile` into `dir` (made if missing); its path.
+fn write(dir: &Path, profile: &OomProfile) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot make {} for OOM heap profiles", dir.display()))?;
+    let path = dir.join(&profile.name);
+    std::fs::write(&path, &profile.bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}

@@ -1,0 +1,86 @@
+//! Uprobes in one process, attached and detached while tracing goes on: the agent's heap
+//! profiling follows the processes its config names as they come and go.
+use anyhow::Result;
+use aya::programs::{uprobe::UProbeLink, UProbe};
+
+use super::{hooks::UprobeSite, tracer::Tracer, uprobe_lock};
+
+/// One process's probes; they stay until `detach_in_background` (or drop, which detaches at
+/// once).
+pub struct ProcessUprobes {
+    links: Vec<UProbeLink>,
+    /// The sites that could not be hooked (not required ones; said with -v).
+    pub missed: usize,
+}
+
+impl Tracer {
+    /// Attaches the probes of `sites` to break in process `pid` only, under the uprobe lock
+    /// (see `uprobe_lock`). A required site that fails fails the whole (its probes attached
+    /// so far are detached in the background).
+    pub fn attach_process_uprobes(
+        &mut self,
+        sites: &[UprobeSite],
+        pid: u32,
+    ) -> Result<ProcessUprobes> {
+        let lock = uprobe_lock::UprobeLock::exclusive();
+        let mut attached = ProcessUprobes {
+            links: Vec::new(),
+            missed: 0,
+        };
+        for site in sites {
+            // In order, the return probe first (see `malloc::probes::sites`).
+            for probe in &site.probes {
+                let link = self
+                    .attach_uprobe(probe, &site.symbol, &site.library, Some(pid))
+                    .and_then(|id| {
+                        let program: &mut UProbe = self.program(probe.hook.program)?.try_into()?;
+                        Ok(program.take_link(id)?)
+                    });
+                match (link, &site.required) {
+                    (Ok(link), _) => attached.links.push(link),
+                    (Err(err), Some(why)) => {
+                        drop(lock);
+                        attached.detach_in_background();
+                        return Err(err.context(why.clone()));
+                    }
+                    (Err(err), None) => {
+                        log::debug!("{} not hooked in pid {pid}: {err:#}", site.symbol);
+                        attached.missed += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(attached)
+    }
+}
+
+impl ProcessUprobes {
+    /// Probes attached.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Detaches the probes in a thread of its own: each detach waits for RCU grace periods
+    /// (about 0.1 s an uprobe), which the tracing loop must not. Under the uprobe lock, so
+    /// that no probe on the same instruction is attached meanwhile (see `uprobe_lock`).
+    pub fn detach_in_background(self) {
+        if self.links.is_empty() {
+            return;
+        }
+        let links = self.links;
+        let spawned = std::thread::Builder::new()
+            .name("uprobe-detach".to_owned())
+            .spawn(move || {
+                let _lock = uprobe_lock::UprobeLock::exclusive();
+                drop(links);
+            });
+        if let Err(err) = spawned {
+            log::warn!("cannot detach uprobes in the background ({err}): detached now");
+        }
+    }
+}
