@@ -291,10 +291,17 @@ fn sampled(pid_tgid: u64, address: u64, size: u64) -> bool {
         return true;
     }
     let tid = pid_tgid as u32;
-    let Some(countdown) = SAMPLE_COUNTDOWN.get_ptr_mut(tid) else {
-        // A thread's first block: its first sample point is a random distance ahead.
-        let _ = SAMPLE_COUNTDOWN.insert(tid, interval(every) as i64 - size as i64, 0);
-        return false;
+    let countdown = match SAMPLE_COUNTDOWN.get_ptr_mut(tid) {
+        Some(countdown) => countdown,
+        None => {
+            // A thread's first block: its first sample point is a random distance from its
+            // start (this block included: it is sampled as any other would be).
+            let _ = SAMPLE_COUNTDOWN.insert(tid, interval(every) as i64, 0);
+            match SAMPLE_COUNTDOWN.get_ptr_mut(tid) {
+                Some(countdown) => countdown,
+                None => return false,
+            }
+        }
     };
     let countdown = unsafe { &mut *countdown };
     *countdown -= size as i64;

@@ -226,6 +226,16 @@ impl Waiting {
         parse_report(&line).unwrap_or_else(|e| panic!("workload {}: {e:#}", self.pid))
     }
 
+    /// Releases the workload and reads what it prints until it ends (a workload that never
+    /// prints its report: one killed on the way); its exit status and output.
+    pub fn go_to_the_end(mut self) -> (std::process::ExitStatus, String) {
+        self.release();
+        drop(self.stdin.take());
+        let mut output = String::new();
+        self.stdout.read_to_string(&mut output).unwrap();
+        (self.child.wait().unwrap(), output)
+    }
+
     /// Lets the lingering workload exit and checks that it succeeded.
     pub fn finish(mut self) {
         self.release();

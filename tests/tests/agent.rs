@@ -936,3 +936,271 @@ fn no_request_makes_the_agent_work_without_bound() {
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
 }
+
+/// Polls /metrics until `metric` (with `labels`) reaches `least`, for at most `seconds`; its
+/// last value.
+fn wait_for_metric(port: u16, metric: &str, labels: &[&str], least: f64, seconds: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let text = get(port, "/metrics");
+        let value = sample(&text, metric, labels).unwrap_or(0.0);
+        if value >= least {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{metric} {labels:?} is {value}, not {least} or more, after {seconds} s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A profile read by `go tool pprof` from the agent itself (Go's own HTTP client), as
+/// `-raw` prints it; None when go is missing outside CI.
+fn pprof_from_url(port: u16, path: &str, scratch: &Path) -> Option<RawProfile> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let run = tests::go_pprof(&["-raw", "-symbolize=none"], Path::new(&url), &[], scratch)?;
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    Some(RawProfile::parse(&run.stdout))
+}
+
+/// A heap profile's `value` (`inuse_space/bytes`, ...) summed over the samples through
+/// `function`.
+fn heap_value(raw: &RawProfile, function: &str, value: &str) -> i64 {
+    (raw.samples.iter())
+        .filter(|sample| {
+            (sample.locations.iter())
+                .any(|id| raw.locations[id].function.as_deref() == Some(function))
+        })
+        .map(|sample| raw.value_of(sample, value))
+        .sum()
+}
+
+/// Heap profiling in the agent. heap_peak, named in [heap], is hooked at the agent's next
+/// pass over /proc; then it allocates 200, 100 and 150 blocks in grow_a, grow_b and grow_c
+/// and frees 150 of grow_a's and all of grow_b's. `go tool pprof`, fetching
+/// /debug/pprof/heap and /debug/pprof/allocs itself, finds per function what the workload
+/// allocated (its own figures) and what it still holds, which adds up to the live bytes it
+/// reports. Sampled one point in 64 KiB: a 1 MiB block is all but certain to be sampled,
+/// and stands for itself (the weights' rounding aside).
+#[test]
+fn the_heap_endpoints_hold_what_the_workload_allocated_and_holds() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("agent-heap");
+    let port = free_port();
+    let mut workload = tests::spawn_waiting("heap_peak", &[]);
+    let (agent, _config) = start_agent(
+        port,
+        "[heap]\nprocesses = [\"heap_peak\"]\nsample_bytes = 65536\n",
+    );
+    wait_for_metric(port, "memtrace_heap_profiled_processes", &[], 1.0, 10);
+    let report = workload.go();
+    // The events are drained every tenth of a second.
+    std::thread::sleep(Duration::from_millis(500));
+    let heap = pprof_from_url(port, "/debug/pprof/heap", dir.path());
+    let allocs = pprof_from_url(port, "/debug/pprof/allocs", dir.path());
+    let metrics = get(port, "/metrics");
+    workload.finish();
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let (Some(heap), Some(allocs)) = (heap, allocs) else {
+        return;
+    };
+    assert_eq!(
+        heap.default_sample_type.as_deref(),
+        Some("inuse_space/bytes"),
+        "{}",
+        heap.text
+    );
+    assert_eq!(
+        allocs.default_sample_type.as_deref(),
+        Some("alloc_space/bytes"),
+        "{}",
+        allocs.text
+    );
+    assert_eq!(
+        (heap.period_type.as_str(), heap.period),
+        ("space/bytes", 65536),
+        "{}",
+        heap.text
+    );
+    let block = report.u64("block") as i64;
+    let close = |measured: i64, wanted: i64| (measured - wanted).abs() <= wanted / 10_000;
+    for (function, allocated, in_use) in [
+        ("grow_a", report.u64("a_at_peak") as i64, 50 * block),
+        ("grow_b", report.u64("b_at_peak") as i64, 0),
+        ("grow_c", 150 * block, 150 * block),
+    ] {
+        for raw in [&heap, &allocs] {
+            let measured = heap_value(raw, function, "alloc_space/bytes");
+            assert!(
+                close(measured, allocated),
+                "{function} allocated {measured} bytes, the workload {allocated}\n{}",
+                raw.text
+            );
+            let measured = heap_value(raw, function, "inuse_space/bytes");
+            assert!(
+                close(measured, in_use),
+                "{function} holds {measured} bytes, the workload {in_use}\n{}",
+                raw.text
+            );
+        }
+    }
+    let live: i64 = ["grow_a", "grow_b", "grow_c"]
+        .iter()
+        .map(|f| heap_value(&heap, f, "inuse_space/bytes"))
+        .sum();
+    let wanted = report.u64("live_bytes") as i64;
+    assert!(
+        close(live, wanted),
+        "in use {live}, the workload's live bytes {wanted}\n{}",
+        heap.text
+    );
+    assert!(
+        heap.samples_of("heap_peak").count() >= 3,
+        "samples are labelled with the process name\n{}",
+        heap.text
+    );
+    assert_eq!(
+        sample(&metrics, "memtrace_heap_dropped_total", &["blocks"]),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+/// An OOM kill of a heap-profiled process: oom_heap allocates 1 MiB blocks in a 64 MiB
+/// memory cgroup without swap (16 in hold_a, then grow_b's) until the kernel kills it. Its
+/// heap profile is written to the configured directory and served on /debug/pprof/oom: in
+/// use, hold_a's 16 MiB and grow_b's what the workload last said it held (or one more, the
+/// block being allocated at the kill), with the kill's cgroup, limit and constraint in its
+/// comments and labels.
+#[test]
+fn an_oom_killed_processs_heap_is_written_and_served() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    const LIMIT_MIB: u64 = 64;
+    let dir = TempDir::new("agent-oom-heap");
+    let written = dir.join("oom");
+    let port = free_port();
+    let (agent, _config) = start_agent(
+        port,
+        &format!(
+            "[heap]\nprocesses = [\"oom_heap\"]\nsample_bytes = 0\noom_profiles = \"{}\"\n",
+            written.display()
+        ),
+    );
+    let cgroup = MemoryCgroup::without_swap(LIMIT_MIB);
+    let mut shell = std::process::Command::new("sh");
+    shell.args([
+        "-c",
+        &format!(
+            "echo $$ > {} && exec {} \"$@\"",
+            cgroup.procs().display(),
+            tests::workload("oom_heap").display()
+        ),
+        "oom_heap",
+    ]);
+    let workload = tests::spawn_waiting_command(shell);
+    let pid = workload.pid;
+    wait_for_metric(port, "memtrace_heap_profiled_processes", &[], 1.0, 10);
+    let (status, output) = workload.go_to_the_end();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "not OOM-killed: {status}\n{output}"
+    );
+    let said = |name: &str| -> i64 {
+        (output.lines().rev())
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (a_blocks, b_blocks) = (said("a "), said("b "));
+    assert_eq!(a_blocks, 16, "{output}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let file = loop {
+        let found = std::fs::read_dir(&written)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.to_string_lossy()
+                    .ends_with(&format!("-oom_heap-{pid}.pb.gz"))
+            });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heap profile of pid {pid} in {}",
+            written.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let served = get_bytes(port, "/debug/pprof/oom");
+    let list = get(port, "/debug/pprof/oom/list");
+    agent.signal(libc::SIGTERM);
+    let run = agent.wait();
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert_eq!(
+        served,
+        std::fs::read(&file).unwrap(),
+        "/debug/pprof/oom is not the file written"
+    );
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert!(
+        list.contains(name) && list.contains(&pid.to_string()),
+        "{list}"
+    );
+    let Some(raw) = RawProfile::read(&file, dir.path()) else {
+        return;
+    };
+    let memcg = cgroup.dir.file_name().unwrap().to_str().unwrap();
+    for comment in [
+        format!("oom_limit_bytes: {}", LIMIT_MIB << 20),
+        "oom_constraint: cgroup".to_owned(),
+        format!("oom_pid: {pid}"),
+    ] {
+        assert!(
+            raw.text.contains(&comment),
+            "no comment {comment:?}\n{}",
+            raw.text
+        );
+    }
+    assert!(
+        raw.text
+            .lines()
+            .any(|l| l.starts_with("Comment: oom_memcg: ") && l.ends_with(memcg)),
+        "the kill's cgroup is not {memcg}\n{}",
+        raw.text
+    );
+    assert_eq!(
+        raw.default_sample_type.as_deref(),
+        Some("inuse_space/bytes"),
+        "{}",
+        raw.text
+    );
+    for s in &raw.samples {
+        assert_eq!(
+            s.label("pid"),
+            Some(pid.to_string().as_str()),
+            "{}",
+            raw.text
+        );
+        assert_eq!(s.label("oom_constraint"), Some("cgroup"), "{}", raw.text);
+    }
+    let mib = |function| heap_value(&raw, function, "inuse_space/bytes") >> 20;
+    assert_eq!(mib("hold_a"), a_blocks, "hold_a's MiB\n{}", raw.text);
+    let b = mib("grow_b");
+    assert!(
+        b == b_blocks || b == b_blocks + 1,
+        "grow_b: {b} MiB in use, the workload said it held {b_blocks}\n{}",
+        raw.text
+    );
+}

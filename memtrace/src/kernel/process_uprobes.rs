@@ -1,5 +1,7 @@
 //! Uprobes in one process, attached and detached while tracing goes on: the agent's heap
 //! profiling follows the processes its config names as they come and go.
+use std::{sync::Mutex, thread::JoinHandle};
+
 use anyhow::Result;
 use aya::programs::{uprobe::UProbeLink, UProbe};
 
@@ -79,8 +81,25 @@ impl ProcessUprobes {
                 let _lock = uprobe_lock::UprobeLock::exclusive();
                 drop(links);
             });
-        if let Err(err) = spawned {
-            log::warn!("cannot detach uprobes in the background ({err}): detached now");
+        match spawned {
+            Ok(thread) => {
+                let mut detaching = DETACHING.lock().unwrap_or_else(|e| e.into_inner());
+                detaching.retain(|thread| !thread.is_finished());
+                detaching.push(thread);
+            }
+            Err(err) => log::warn!("cannot detach uprobes in the background ({err}): detached now"),
         }
+    }
+}
+
+/// The threads detaching probes (see `detach_in_background`).
+static DETACHING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Waits for the probes being detached in the background. Before a fork: a child forked while
+/// a thread holds the uprobe lock would inherit the held lock, and keep it held for good.
+pub fn finish_detaching() {
+    let threads = std::mem::take(&mut *DETACHING.lock().unwrap_or_else(|e| e.into_inner()));
+    for thread in threads {
+        let _ = thread.join();
     }
 }

@@ -200,6 +200,8 @@ impl Tracer {
     /// and pays the waits; its standard streams go to /dev/null, so whoever reads memtrace's
     /// output sees it end with memtrace. Call it last, after the report is written.
     pub fn hand_off_detach(&self) {
+        // The child must not inherit the uprobe lock held by a thread detaching.
+        super::process_uprobes::finish_detaching();
         let parent = unsafe { libc::getpid() };
         let null = c"/dev/null";
         match unsafe { libc::fork() } {
