@@ -533,7 +533,9 @@ impl Drop for PrometheusServer {
 }
 
 /// Prometheus itself scrapes the agent: the workload's minor-fault series, queried through
-/// Prometheus's HTTP API, is within 5% of the workload's getrusage.
+/// Prometheus's HTTP API, is within 5% of the workload's getrusage. Heap profiling is on
+/// (heap_peak's, run meanwhile): it leaves the series whole, and its own figures reach
+/// Prometheus too.
 #[test]
 fn prometheus_sees_the_workloads_faults() {
     if !tests::require_root() {
@@ -541,10 +543,13 @@ fn prometheus_sees_the_workloads_faults() {
     }
     let _serial = serial();
     let agent_port = free_port();
-    let (agent, _config) = start_agent(agent_port, "");
+    let mut heap_workload = tests::spawn_waiting("heap_peak", &[]);
+    let (agent, _config) = start_agent(agent_port, "[heap]\nprocesses = [\"heap_peak\"]\n");
     let Some(prometheus) = PrometheusServer::start(agent_port) else {
         return;
     };
+    wait_for_metric(agent_port, "memtrace_heap_profiled_processes", &[], 1.0, 10);
+    heap_workload.go();
     let report = run_workload("fault_touch", &["20000"]);
     let wanted = report.minflt as f64;
     let promql = "sum(memtrace_page_faults_total{comm=\"fault_touch\",kind=\"minor\"})";
@@ -556,10 +561,23 @@ fn prometheus_sees_the_workloads_faults() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let heap_stacks = loop {
+        let stacks = prometheus.query("memtrace_heap_stacks");
+        if stacks.is_some_and(|v| v >= 3.0) || Instant::now() > deadline {
+            break stacks;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     drop(prometheus);
+    heap_workload.finish();
     agent.signal(libc::SIGTERM);
     let run = agent.wait();
     assert_eq!(run.code(), 0, "{}", run.describe());
+    // grow_a, grow_b and grow_c at least.
+    assert!(
+        heap_stacks.is_some_and(|v| v >= 3.0),
+        "Prometheus has memtrace_heap_stacks {heap_stacks:?}"
+    );
     let seen = seen.unwrap_or_else(|| panic!("Prometheus has no value for {promql}"));
     assert!(
         (seen - wanted).abs() <= wanted * 0.05,

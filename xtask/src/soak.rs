@@ -1,8 +1,11 @@
 //! `cargo xtask bench agent-soak`: `memtrace agent`, everything on, for ten minutes
-//! (MEMTRACE_SOAK_SECONDS) beside a fault storm run over and over and a churn of short-lived
-//! processes with a thousand names. Every 30 s it records the agent's RSS, the entries of its
-//! kernel tables and the processes it holds; at the end, the fault counts the agent served for
-//! the storm against the storm's own getrusage. Figures go to BENCHMARKS.md.
+//! (MEMTRACE_SOAK_SECONDS) beside a fault storm run over and over, a churn of short-lived
+//! processes with a thousand names, and a malloc storm under heap profiling, restarted over
+//! and over (its probes attached and detached each time). Every 30 s it records the agent's
+//! RSS, the entries of its kernel tables, the processes it holds and the heap profiles' size;
+//! at the end, the fault counts the agent served for the storm against the storm's own
+//! getrusage, and whether the heap profile names the malloc storm's function. Figures go to
+//! BENCHMARKS.md.
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -37,7 +40,10 @@ pub fn soak() -> Result<()> {
     let config = scratch.join("agent.toml");
     std::fs::write(
         &config,
-        format!("listen = \"{LISTEN}\"\npage_allocations = true\nswap = true\n"),
+        format!(
+            "listen = \"{LISTEN}\"\npage_allocations = true\nswap = true\n\
+             [heap]\nprocesses = [\"malloc_leak\"]\noom_profiles = \"\"\n"
+        ),
     )?;
     let mut agent = Command::new(&memtrace)
         .args(["agent", "--config"])
@@ -53,6 +59,11 @@ pub fn soak() -> Result<()> {
         let stop = Arc::clone(&stop);
         let storm = target.join("workloads/fault_storm");
         thread::spawn(move || storm_until(&storm, &stop))
+    };
+    let heap = {
+        let stop = Arc::clone(&stop);
+        let workload = target.join("workloads/malloc_leak");
+        thread::spawn(move || heap_storm_until(&workload, &stop))
     };
     // The storm is the host's long-running service: it gets its series before the churn.
     thread::sleep(Duration::from_secs(3));
@@ -95,6 +106,9 @@ pub fn soak() -> Result<()> {
     let (storm_runs, storm_minflt) = storm
         .join()
         .map_err(|_| anyhow::anyhow!("storm thread"))??;
+    let heap_runs = heap
+        .join()
+        .map_err(|_| anyhow::anyhow!("heap storm thread"))??;
     // The last storm's exit, then the agent's next read.
     thread::sleep(Duration::from_secs(3));
     let metrics = get_metrics()?;
@@ -104,6 +118,7 @@ pub fn soak() -> Result<()> {
         rows.last().map_or(0, |r| r.churned),
     ));
     let pprof_names_storm = storm_in_profile(&scratch)?;
+    let heap_names_churn = heap_storm_in_profile(&scratch)?;
     let served = sum_series(
         &metrics,
         "memtrace_page_faults_total",
@@ -118,8 +133,8 @@ pub fn soak() -> Result<()> {
 
     let mut table = String::from(
         "| time | agent RSS | page_counts entries | swap_counts entries | processes held | \
-         stack-table clears | profile stacks | processes churned |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         stack-table clears | profile stacks | processes churned | heap blocks | heap stacks |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in &rows {
         table += &row.markdown();
@@ -137,11 +152,22 @@ pub fn soak() -> Result<()> {
             "does NOT name"
         }
     );
+    table += &format!(
+        "\nThe malloc storm ran {heap_runs} times under heap profiling (each a process hooked \
+         at the agent's next pass, and unhooked at its exit); `go tool pprof -top` on \
+         /debug/pprof/allocs at the end {} its `churn`.\n",
+        if heap_names_churn {
+            "names"
+        } else {
+            "does NOT name"
+        }
+    );
     println!("{table}");
     let header = format!(
         "Measured by `MEMTRACE_SOAK_SECONDS={seconds} cargo xtask bench agent-soak` on {}: \
-         `memtrace agent` with page_allocations and swap on, beside `fault_storm 64 4` run \
-         over and over and a shell starting /bin/true under {CHURN_NAMES} names in a loop.",
+         `memtrace agent` with page_allocations and swap on and heap profiling of \
+         malloc_leak, beside `fault_storm 64 4` run over and over, a shell starting /bin/true \
+         under {CHURN_NAMES} names in a loop, and `malloc_leak {HEAP_STORM}` run over and over.",
         today()
     );
     write_section_as("agent-soak", &header, &table)
@@ -157,6 +183,8 @@ struct Row {
     clears: f64,
     stacks: f64,
     churned: u64,
+    heap_blocks: f64,
+    heap_stacks: f64,
 }
 
 impl Row {
@@ -178,12 +206,14 @@ impl Row {
             clears: sum_series(metrics, "memtrace_stack_table_clears_total", &[]),
             stacks: sum_series(metrics, "memtrace_profile_stacks", &[]),
             churned,
+            heap_blocks: sum_series(metrics, "memtrace_heap_blocks_followed", &[]),
+            heap_stacks: sum_series(metrics, "memtrace_heap_stacks", &[]),
         }
     }
 
     fn markdown(&self) -> String {
         format!(
-            "| {:.0} s | {:.1} MiB | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |\n",
+            "| {:.0} s | {:.1} MiB | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} |\n",
             self.at.as_secs_f64(),
             self.rss_bytes / (1 << 20) as f64,
             self.page_entries,
@@ -191,7 +221,9 @@ impl Row {
             self.held,
             self.clears,
             self.stacks,
-            self.churned
+            self.churned,
+            self.heap_blocks,
+            self.heap_stacks
         )
     }
 }
@@ -210,6 +242,39 @@ fn storm_until(storm: &Path, stop: &AtomicBool) -> Result<(u64, u64)> {
         runs += 1;
     }
     Ok((runs, minflt))
+}
+
+/// The malloc storm's arguments: 1000 blocks of 64 bytes leaked, 5 million malloc/free pairs
+/// (about 12 s with every call trapping).
+const HEAP_STORM: &str = "1000 64 5000000";
+
+/// Runs the malloc storm until told to stop, each run held back a moment (`--wait`) so the
+/// agent's next pass over /proc hooks it first: how many runs.
+fn heap_storm_until(workload: &Path, stop: &AtomicBool) -> Result<u64> {
+    let mut runs = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut child = Command::new(workload)
+            .args(HEAP_STORM.split(' '))
+            .arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        thread::sleep(Duration::from_millis(1500));
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, b"\n")?;
+        }
+        child.wait()?;
+        runs += 1;
+    }
+    Ok(runs)
+}
+
+/// Whether `go tool pprof -top` finds the malloc storm's `churn` in the agent's allocations.
+fn heap_storm_in_profile(scratch: &Path) -> Result<bool> {
+    let profile = scratch.join("allocs.pb.gz");
+    std::fs::write(&profile, get("/debug/pprof/allocs")?)?;
+    let top = tests::go_pprof_top(&profile, &[], scratch).context("go is not installed")?;
+    Ok(top.stdout.contains("churn"))
 }
 
 /// Whether `go tool pprof -top` finds the storm's function in the agent's fault profile.
