@@ -119,13 +119,18 @@ impl HeapProfiling {
         self.books.forget_keys();
     }
 
-    /// Each second: hooks the living processes the config names, lets go of those gone.
+    /// Each second: hooks the living processes the config names, lets go of those gone
+    /// (and of their blocks, should their exit record have been lost).
     pub fn update<'a>(
         &mut self,
         tracer: &mut Tracer,
         living: impl Iterator<Item = (ProcessId, &'a str, &'a str)>,
     ) {
-        self.targets.update(tracer, living);
+        for tgid in self.targets.update(tracer, living) {
+            if self.books.has_process(tgid) {
+                self.pending.push(HeapEvent::Exit { tgid });
+            }
+        }
     }
 
     /// The gzip'd heap profile of every profiled process, per name: in-use bytes shown first

@@ -48,12 +48,12 @@ impl HeapTargets {
 
     /// Each second, given every living process (its id, name and memory cgroup): hooks those
     /// the config names that are not yet, and lets go of those gone (a pid reused by
-    /// another process is another process).
+    /// another process is another process); the pids let go of.
     pub fn update<'a>(
         &mut self,
         tracer: &mut Tracer,
         living: impl Iterator<Item = (ProcessId, &'a str, &'a str)>,
-    ) {
+    ) -> Vec<u32> {
         let own = std::process::id();
         let mut alive = HashSet::new();
         let mut wanted = Vec::new();
@@ -71,13 +71,14 @@ impl HeapTargets {
             .filter(|(_, attached)| !alive.contains(&attached.process))
             .map(|(pid, _)| *pid)
             .collect();
-        for pid in gone {
+        for &pid in &gone {
             self.ended(pid);
         }
         self.refused.retain(|process| alive.contains(process));
         for (process, comm) in wanted {
             self.attach(tracer, process, &comm);
         }
+        gone
     }
 
     fn attach(&mut self, tracer: &mut Tracer, process: ProcessId, comm: &str) {
