@@ -17,14 +17,19 @@ pub struct ProcessUprobes {
 
 impl Tracer {
     /// Attaches the probes of `sites` to break in process `pid` only, under the uprobe lock
-    /// (see `uprobe_lock`). A required site that fails fails the whole (its probes attached
-    /// so far are detached in the background).
+    /// (see `uprobe_lock`); None, at once, while the lock is busy (probes being detached can
+    /// take seconds: try again later). A required site that fails fails the whole (its
+    /// probes attached so far are detached in the background).
     pub fn attach_process_uprobes(
         &mut self,
         sites: &[UprobeSite],
         pid: u32,
-    ) -> Result<ProcessUprobes> {
-        let lock = uprobe_lock::UprobeLock::exclusive();
+    ) -> Result<Option<ProcessUprobes>> {
+        let lock = match uprobe_lock::UprobeLock::try_exclusive() {
+            uprobe_lock::TryLock::Busy => return Ok(None),
+            uprobe_lock::TryLock::Held(lock) => Some(lock),
+            uprobe_lock::TryLock::NoLockFile => None,
+        };
         let mut attached = ProcessUprobes {
             links: Vec::new(),
             missed: 0,
@@ -53,7 +58,7 @@ impl Tracer {
                 }
             }
         }
-        Ok(attached)
+        Ok(Some(attached))
     }
 }
 

@@ -29,6 +29,32 @@ impl UprobeLock {
     }
 }
 
+/// The lock taken without waiting (the agent attaches between other work, and tries again
+/// later rather than stall).
+pub enum TryLock {
+    Held(UprobeLock),
+    /// Another memtrace (or a thread of this one) is attaching or detaching.
+    Busy,
+    /// No lock file: attach without it.
+    NoLockFile,
+}
+
+impl UprobeLock {
+    pub fn try_exclusive() -> TryLock {
+        let Some(fd) = open() else {
+            return TryLock::NoLockFile;
+        };
+        let lock = Self {
+            _file: unsafe { OwnedFd::from_raw_fd(fd) },
+        };
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            TryLock::Held(lock)
+        } else {
+            TryLock::Busy
+        }
+    }
+}
+
 /// The lock file, opened (created when missing); async-signal-safe, for a forked child.
 pub fn open() -> Option<RawFd> {
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC;

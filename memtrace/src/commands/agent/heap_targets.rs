@@ -1,7 +1,9 @@
 //! Which processes the agent heap-profiles: those its config names (`[heap]`), found at each
 //! second's pass over /proc, each given uprobes on its allocators that break in it alone;
 //! detached when it ends. A process the probes cannot hook (no allocator memtrace knows, a
-//! static stripped binary) is said once and not tried again.
+//! static stripped binary) is said once and not tried again. While probes are being detached
+//! (this agent's, another memtrace's), attaching waits for a later pass instead of stalling
+//! the agent.
 use std::collections::{HashMap, HashSet};
 
 use super::{config::HeapConfig, metrics::ProcessId};
@@ -93,7 +95,9 @@ impl HeapTargets {
             return;
         }
         match tracer.attach_process_uprobes(&sites, pid) {
-            Ok(uprobes) => {
+            // Probes being detached: at the next pass.
+            Ok(None) => log::debug!("heap profiling: pid {pid} waits for the uprobe lock"),
+            Ok(Some(uprobes)) => {
                 log::info!(
                     "heap profiling pid {pid} ({comm}): {} probes on {} functions",
                     uprobes.len(),
