@@ -6,12 +6,52 @@
 //! `max_stacks` stacks, what is past them counted as dropped.
 use std::{collections::HashMap, sync::Arc};
 
+use anyhow::Result;
+
 use super::interned::{Interned, Stack};
 use crate::{
-    commands::malloc::{books::Weight, heap_profile::HeapWeight},
-    report::{Frame, StackRow},
+    commands::malloc::{
+        books::Weight,
+        heap_profile::{self, HeapWeight},
+    },
+    output::pprof,
+    report::{Frame, ReportHeader, StackRow},
     trace::stacks::StackKey,
 };
+
+/// What a heap profile the agent serves or writes is of.
+pub struct ProfileOf {
+    /// Said in its first comment.
+    pub target: String,
+    pub duration_s: f64,
+    pub lost_events: u64,
+    /// In-use bytes shown first (else allocated bytes).
+    pub in_use_first: bool,
+    /// Comments, and labels on every sample (an OOM kill's).
+    pub context: Vec<(&'static str, String)>,
+}
+
+/// `rows` as a gzip'd pprof heap profile, as Go writes one.
+pub fn pprof_bytes(
+    of: ProfileOf,
+    rows: Vec<(StackRow, HeapWeight)>,
+    sample_bytes: u64,
+) -> Result<Vec<u8>> {
+    let header = ReportHeader {
+        command: "agent",
+        duration_s: of.duration_s,
+        lost_events: of.lost_events,
+        target: of.target,
+        exit: None,
+        tracer: Default::default(),
+        unwind: None,
+    };
+    let mut profile = heap_profile::profile(&header, rows, of.in_use_first, sample_bytes);
+    profile.context = of.context;
+    let mut bytes = Vec::new();
+    pprof::write(&profile, &mut bytes)?;
+    Ok(bytes)
+}
 
 /// A heap event of a profiled process, kept in order until its stack is symbolized (at the
 /// drain's tick): a free must find the block allocated before it.

@@ -10,21 +10,16 @@ use memtrace_common::{AllocFn, EventKind, OomKill};
 
 use super::{
     config::HeapConfig,
-    heap::{HeapBooks, HeapEvent},
+    heap::{self, HeapBooks, HeapEvent, ProfileOf},
     heap_targets::HeapTargets,
     interned::Stack,
     metrics::{HeapHealth, ProcessId},
     oom_profiles::OomProfiles,
 };
 use crate::{
-    commands::{
-        malloc::heap_profile,
-        oom::{self, OomKillRow},
-    },
+    commands::oom::{self, OomKillRow},
     host::memcg::MemoryHierarchy,
     kernel::tracer::Tracer,
-    output::pprof,
-    report::ReportHeader,
     trace::{processes::Processes, records::Event, stacks::StackTables, symbolize::Symbolizer},
 };
 
@@ -141,24 +136,14 @@ impl HeapProfiling {
         duration_s: f64,
         lost_events: u64,
     ) -> Result<Vec<u8>> {
-        let header = ReportHeader {
-            command: "agent",
+        let of = ProfileOf {
+            target: "heap-profiled processes".to_owned(),
             duration_s,
             lost_events,
-            target: "heap-profiled processes".to_owned(),
-            exit: None,
-            tracer: Default::default(),
-            unwind: None,
-        };
-        let profile = heap_profile::profile(
-            &header,
-            self.books.rows(),
             in_use_first,
-            self.books.sample_bytes(),
-        );
-        let mut bytes = Vec::new();
-        pprof::write(&profile, &mut bytes)?;
-        Ok(bytes)
+            context: Vec::new(),
+        };
+        heap::pprof_bytes(of, self.books.rows(), self.books.sample_bytes())
     }
 
     pub fn health(&self) -> HeapHealth {

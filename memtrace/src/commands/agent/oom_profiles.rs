@@ -10,13 +10,10 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use super::heap::{self, ProfileOf};
 use crate::{
-    commands::{
-        malloc::heap_profile::{self, HeapWeight},
-        oom::OomKillRow,
-    },
-    output::pprof,
-    report::{ReportHeader, StackRow},
+    commands::{malloc::heap_profile::HeapWeight, oom::OomKillRow},
+    report::StackRow,
 };
 
 /// Profiles kept in memory, the latest first.
@@ -82,19 +79,14 @@ impl OomProfiles {
         rows: Vec<(StackRow, HeapWeight)>,
         sample_bytes: u64,
     ) -> Result<OomProfile> {
-        let header = ReportHeader {
-            command: "agent",
+        let of = ProfileOf {
+            target: format!("pid {} ({}), OOM-killed", kill.pid, kill.comm),
             duration_s: 0.0,
             lost_events: 0,
-            target: format!("pid {} ({}), OOM-killed", kill.pid, kill.comm),
-            exit: None,
-            tracer: Default::default(),
-            unwind: None,
+            in_use_first: true,
+            context: context(kill),
         };
-        let mut profile = heap_profile::profile(&header, rows, true, sample_bytes);
-        profile.context = context(kill);
-        let mut bytes = Vec::new();
-        pprof::write(&profile, &mut bytes)?;
+        let bytes = heap::pprof_bytes(of, rows, sample_bytes)?;
         // A name that sorts by time and says whose it is.
         let stamp: String = (kill.time.chars())
             .filter(|c| c.is_ascii_alphanumeric())
