@@ -36,25 +36,18 @@ impl Tracer {
         };
         for site in sites {
             // In order, the return probe first (see `malloc::probes::sites`).
-            for probe in &site.probes {
-                let link = self
-                    .attach_uprobe(probe, &site.symbol, &site.library, Some(pid))
-                    .and_then(|id| {
-                        let program: &mut UProbe = self.program(probe.hook.program)?.try_into()?;
-                        Ok(program.take_link(id)?)
-                    });
-                match (link, &site.required) {
-                    (Ok(link), _) => attached.links.push(link),
-                    (Err(err), Some(why)) => {
-                        drop(lock);
-                        attached.detach_in_background();
-                        return Err(err.context(why.clone()));
-                    }
-                    (Err(err), None) => {
-                        log::debug!("{} not hooked in pid {pid}: {err:#}", site.symbol);
-                        attached.missed += 1;
-                        break;
-                    }
+            let hooked = self.attach_site(site, Some(pid), &mut |tracer, probe, link| {
+                let program: &mut UProbe = tracer.program(probe.hook.program)?.try_into()?;
+                attached.links.push(program.take_link(link)?);
+                Ok(())
+            });
+            match hooked {
+                Ok(true) => {}
+                Ok(false) => attached.missed += 1,
+                Err(err) => {
+                    drop(lock);
+                    attached.detach_in_background();
+                    return Err(err);
                 }
             }
         }

@@ -110,9 +110,20 @@ impl Tracer {
     /// Attaches a site's probes in order, stopping at the first that fails: an error when
     /// the site is required (saying why), false (said with -v) when not.
     fn attach_uprobes(&mut self, site: &UprobeSite, single: Option<u32>) -> Result<bool> {
+        self.attach_site(site, single, &mut |_, _, _| Ok(()))
+    }
+
+    /// `attach_uprobes`, handing each probe's link to `keep` as it is attached (the link
+    /// stays with its program otherwise).
+    pub(super) fn attach_site(
+        &mut self,
+        site: &UprobeSite,
+        single: Option<u32>,
+        keep: &mut dyn FnMut(&mut Self, &Probe, UProbeLinkId) -> Result<()>,
+    ) -> Result<bool> {
         let attached = (site.probes.iter()).try_for_each(|probe| {
-            self.attach_uprobe(probe, &site.symbol, &site.library, single)
-                .map(drop)
+            let link = self.attach_uprobe(probe, &site.symbol, &site.library, single)?;
+            keep(self, probe, link)
         });
         match (attached, &site.required) {
             (Ok(()), _) => Ok(true),
@@ -160,7 +171,7 @@ impl Tracer {
     /// loading its program the first time. With `process`, the breakpoint is set in that
     /// process only; without, in every process that maps the library (the programs' target
     /// filter narrows what they record, but every call traps).
-    pub(super) fn attach_uprobe(
+    fn attach_uprobe(
         &mut self,
         probe: &Probe,
         symbol: &str,
