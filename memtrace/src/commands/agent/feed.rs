@@ -534,22 +534,24 @@ impl Consumer for AgentFeed {
                 let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
                 metrics.oom_kill(labels);
             }
-            Record::Event(event) if matches!(event.kind, EventKind::Alloc | EventKind::Free) => {
-                (self.stack_keys).insert((event.raw.user_stack, event.raw.kernel_stack_id));
-                if let Some(heap) = &mut self.heap {
-                    heap.on_event(event, processes);
-                }
-            }
-            // A sampled fault's stacks, for the rolling profile.
             Record::Event(event) => {
                 // Whatever carried them, its stacks are in the kernel's tables.
                 (self.stack_keys).insert((event.raw.user_stack, event.raw.kernel_stack_id));
-                if matches!(event.kind, EventKind::MinorFault | EventKind::MajorFault) {
-                    // Symbolized at the next tick: a process that started before the agent
-                    // has its maps read now, before it can exit.
-                    processes.maps.capture_unknown(event.raw.tgid);
-                    let key = processes.stack_key(event);
-                    self.pending.push((self.now, key));
+                match event.kind {
+                    // A sampled fault's stacks, for the rolling profile.
+                    EventKind::MinorFault | EventKind::MajorFault => {
+                        // Symbolized at the next tick: a process that started before the
+                        // agent has its maps read now, before it can exit.
+                        processes.maps.capture_unknown(event.raw.tgid);
+                        let key = processes.stack_key(event);
+                        self.pending.push((self.now, key));
+                    }
+                    EventKind::Alloc | EventKind::Free => {
+                        if let Some(heap) = &mut self.heap {
+                            heap.on_event(event, processes);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
