@@ -169,7 +169,7 @@ impl Consumer for AllocBooks {
                 processes.maps.region(tgid, addr);
                 (self.allocator_mappings).block_at(tgid, addr, &processes.maps);
                 let stack = processes.stack_key(event);
-                let weight = self.weigh(size);
+                let weight = Weight::of_block(size, self.sample_bytes);
                 let row = self.processes.entry(tgid).or_default();
                 *row.calls.entry(function).or_default() += weight.calls;
                 row.allocated += weight.bytes;
@@ -413,10 +413,6 @@ impl AllocBooks {
         self.now = at;
         self.next_split = Duration::ZERO;
         self.take_moment(at);
-    }
-
-    fn weigh(&self, size: u64) -> Weight {
-        Weight::of_block(size, self.sample_bytes)
     }
 
     /// The blocks of processes that have exited: never freed, they join the per-stack totals
