@@ -238,6 +238,18 @@ impl RawProfile {
         sample.values[index]
     }
 
+    /// The values of type `sample_type` summed over the samples whose stacks go through
+    /// `function`.
+    pub fn value_through(&self, function: &str, sample_type: &str) -> i64 {
+        (self.samples.iter())
+            .filter(|sample| {
+                (sample.locations.iter())
+                    .any(|id| self.locations[id].function.as_deref() == Some(function))
+            })
+            .map(|sample| self.value_of(sample, sample_type))
+            .sum()
+    }
+
     /// The samples of process name `comm`.
     pub fn samples_of<'a>(&'a self, comm: &'a str) -> impl Iterator<Item = &'a RawSample> {
         self.samples

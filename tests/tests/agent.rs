@@ -982,18 +982,6 @@ fn pprof_from_url(port: u16, path: &str, scratch: &Path) -> Option<RawProfile> {
     Some(RawProfile::parse(&run.stdout))
 }
 
-/// A heap profile's `value` (`inuse_space/bytes`, ...) summed over the samples through
-/// `function`.
-fn heap_value(raw: &RawProfile, function: &str, value: &str) -> i64 {
-    (raw.samples.iter())
-        .filter(|sample| {
-            (sample.locations.iter())
-                .any(|id| raw.locations[id].function.as_deref() == Some(function))
-        })
-        .map(|sample| raw.value_of(sample, value))
-        .sum()
-}
-
 /// Heap profiling in the agent. heap_peak, named in [heap], is hooked at the agent's next
 /// pass over /proc; then it allocates 200, 100 and 150 blocks in grow_a, grow_b and grow_c
 /// and frees 150 of grow_a's and all of grow_b's. `go tool pprof`, fetching
@@ -1054,13 +1042,13 @@ fn the_heap_endpoints_hold_what_the_workload_allocated_and_holds() {
         ("grow_c", 150 * block, 150 * block),
     ] {
         for raw in [&heap, &allocs] {
-            let measured = heap_value(raw, function, "alloc_space/bytes");
+            let measured = raw.value_through(function, "alloc_space/bytes");
             assert!(
                 close(measured, allocated),
                 "{function} allocated {measured} bytes, the workload {allocated}\n{}",
                 raw.text
             );
-            let measured = heap_value(raw, function, "inuse_space/bytes");
+            let measured = raw.value_through(function, "inuse_space/bytes");
             assert!(
                 close(measured, in_use),
                 "{function} holds {measured} bytes, the workload {in_use}\n{}",
@@ -1070,7 +1058,7 @@ fn the_heap_endpoints_hold_what_the_workload_allocated_and_holds() {
     }
     let live: i64 = ["grow_a", "grow_b", "grow_c"]
         .iter()
-        .map(|f| heap_value(&heap, f, "inuse_space/bytes"))
+        .map(|f| heap.value_through(f, "inuse_space/bytes"))
         .sum();
     let wanted = report.u64("live_bytes") as i64;
     assert!(
@@ -1213,7 +1201,7 @@ fn an_oom_killed_processs_heap_is_written_and_served() {
         );
         assert_eq!(s.label("oom_constraint"), Some("cgroup"), "{}", raw.text);
     }
-    let mib = |function| heap_value(&raw, function, "inuse_space/bytes") >> 20;
+    let mib = |function| raw.value_through(function, "inuse_space/bytes") >> 20;
     assert_eq!(mib("hold_a"), a_blocks, "hold_a's MiB\n{}", raw.text);
     let b = mib("grow_b");
     assert!(

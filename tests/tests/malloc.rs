@@ -698,13 +698,7 @@ fn the_peak_as_a_heap_profile() {
         ("grow_b", "b_at_peak"),
         ("grow_c", "c_at_peak"),
     ] {
-        let in_use: i64 = (raw.samples.iter())
-            .filter(|sample| {
-                (sample.locations.iter())
-                    .any(|id| raw.locations[id].function.as_deref() == Some(function))
-            })
-            .map(|sample| raw.value_of(sample, "inuse_space/bytes"))
-            .sum();
+        let in_use = raw.value_through(function, "inuse_space/bytes");
         assert_eq!(
             in_use,
             t.workload.u64(key) as i64,
