@@ -85,6 +85,77 @@ fn shared_anonymous_and_sysv_memory_are_regions_of_their_own() {
     }
 }
 
+/// The same workload run while memtrace cannot read its maps: memtrace is stopped (SIGSTOP)
+/// from before the workload starts until after it has exited, as a drain busy elsewhere would
+/// be. Its faults name no file (shmem faults skip filemap_fault) and its maps are gone when the
+/// drain comes; the kernel's records of its mappings, kept for the command, still say what the
+/// memory was.
+#[test]
+fn shared_memory_of_a_command_that_exited_unread_is_still_named() {
+    if !tests::require_root() {
+        return;
+    }
+    let _serial = serial();
+    let program = workload("shared_anon");
+    let dir = TempDir::new("shared-unread");
+    let (go, done, out) = (dir.join("go"), dir.join("done"), dir.join("report.json"));
+    let fifo = std::ffi::CString::new(go.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let script = format!(
+        "read x < {}; {} 3000; touch {}",
+        go.display(),
+        program.display(),
+        done.display()
+    );
+    let mut tracer = spawn_memtrace(&[
+        "faults",
+        "--stacks",
+        "none",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    tracer.wait_attached();
+    tracer.signal(libc::SIGSTOP);
+    // Opening the fifo waits for the shell's read end: the workload starts after this.
+    std::fs::write(&go, "\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload did not finish within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracer.signal(libc::SIGCONT);
+    let run = tracer.wait();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap())
+        .unwrap_or_else(|e| panic!("report: {e}\n{}", run.describe()));
+    let workload = tests::parse_report(&run.stdout)
+        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
+    let context = || format!("{}\n--- report ---\n{report:#}", run.describe());
+    let segment = format!("[sysv shm key 0x00000000 shmid {}]", workload.u64("shmid"));
+    for (name, oracle) in [
+        (SHARED_ANON, workload.u64("shared_minflt")),
+        (segment.as_str(), workload.u64("sysv_minflt")),
+    ] {
+        let counted = region_minor(&report, workload.pid, name);
+        assert!(
+            within(counted, oracle, 0.02) && oracle >= workload.u64("pages"),
+            "{name}: memtrace counted {counted} minor faults, the workload's getrusage {oracle} \
+             around its touch of {} pages\n{}",
+            workload.u64("pages"),
+            context()
+        );
+    }
+}
+
 /// The pages one fault may map at most: fault-around maps up to fault_around_bytes of a file
 /// (shmem included) on a read fault.
 fn fault_around_pages() -> u64 {

@@ -1,6 +1,6 @@
 //! The one ring-buffer reader every subcommand uses: waits for the kernel's (batched) wake-up
 //! or the caller's timer, decodes each record once, applies what it says of processes (forks,
-//! execs, names, executable mappings that came in meanwhile), and hands it to the consumer.
+//! execs, names, executable and shared mappings that came in meanwhile), and hands it to the consumer.
 use std::os::fd::OwnedFd;
 
 use anyhow::Result;
@@ -12,7 +12,7 @@ use memtrace_common::EventKind;
 use crate::{
     trace::{
         consumer::Consumer,
-        mapping_records::{drain_epoll, MappingRecords, MmapRecord},
+        mapping_records::{drain_epoll, MappingKind, MappingRecords, MmapRecord},
         processes::Processes,
         records::Record,
     },
@@ -94,7 +94,9 @@ impl Drain {
         if let Some(mappings) = self.mappings.as_mut() {
             self.mappings_lost += mappings.read(&mut |record| {
                 if let (Some(unwinder), MmapRecord::Mapping(mapping)) = (&mut unwinder, &record) {
-                    unwinder.on_new_mapping(mapping.pid);
+                    if mapping.kind == MappingKind::Code {
+                        unwinder.on_new_mapping(mapping.pid);
+                    }
                 }
                 processes.on_mapping_record(record)
             });

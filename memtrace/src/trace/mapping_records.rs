@@ -1,11 +1,14 @@
-//! Executable mappings and execs of traced processes, from perf side-band records.
+//! Executable and shared mappings and execs of traced processes, from perf side-band records.
 //!
 //! A process that exits before userspace reads /proc/PID/maps leaves nothing to read. Like
 //! `perf record`, we open a software "dummy" perf event (it counts nothing) only for the
 //! PERF_RECORD_MMAP2 and PERF_RECORD_COMM records the kernel writes into its ring buffers as
 //! mappings and execs happen, so they survive the process.
 //!
-//! Besides files, the kernel reports the `[vdso]` mapping (device and inode 0).
+//! Besides files, the kernel reports the `[vdso]` mapping (device and inode 0). For the
+//! command memtrace starts, data mappings are reported too, and the shared ones kept: a
+//! fault on shared memory names no file (shmem faults skip filemap_fault), so a command that
+//! exits before its maps are read has only this record to say the memory was shared.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -24,14 +27,25 @@ pub enum MappingScope {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MmapRecord {
-    /// An executable file mapping was made (PERF_RECORD_MMAP2).
-    Mapping(ExecMapping),
+    /// An executable or shared mapping was made (PERF_RECORD_MMAP2).
+    Mapping(NewMapping),
     /// The process called exec (PERF_RECORD_COMM with PERF_RECORD_MISC_COMM_EXEC).
     Exec { pid: u32, comm: String },
 }
 
+/// What a reported mapping holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappingKind {
+    /// Executable code: a file to symbolize and unwind from.
+    Code,
+    /// Shared memory (MAP_SHARED, not executable): `/dev/zero (deleted)` for shared anonymous
+    /// memory, `/SYSV<key> (deleted)` for a System V segment, or a shared file.
+    Shared,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecMapping {
+pub struct NewMapping {
+    pub kind: MappingKind,
     pub pid: u32,
     pub start: u64,
     /// start + len
@@ -58,6 +72,7 @@ const PERF_EVENT_IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
 const ATTR_INHERIT: u64 = 1 << 1;
 const ATTR_MMAP: u64 = 1 << 8;
 const ATTR_COMM: u64 = 1 << 9;
+const ATTR_MMAP_DATA: u64 = 1 << 17;
 const ATTR_SAMPLE_ID_ALL: u64 = 1 << 18;
 const ATTR_MMAP2: u64 = 1 << 23;
 const ATTR_COMM_EXEC: u64 = 1 << 24;
@@ -81,8 +96,9 @@ const DATA_TAIL_OFFSET: usize = 1032;
 const DATA_OFFSET_OFFSET: usize = 1040;
 const DATA_SIZE_OFFSET: usize = 1048;
 
-/// Data pages per CPU (a power of two, as the kernel requires). A whole machine maps more.
-const PROCESS_DATA_PAGES: usize = 16;
+/// Data pages per CPU (a power of two, as the kernel requires). A command's data mappings
+/// are reported too (every large malloc is one), so it has as many as a whole machine.
+const PROCESS_DATA_PAGES: usize = 64;
 const SYSTEM_DATA_PAGES: usize = 64;
 
 /// struct perf_event_attr up to config3 (PERF_ATTR_SIZE_VER8); a kernel that knows less
@@ -118,18 +134,19 @@ struct PerfEventAttr {
 const PERF_ATTR_SIZE_VER8: u32 = 136;
 const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == PERF_ATTR_SIZE_VER8 as usize);
 
-/// A dummy event that only emits exec-mapping and exec records, each stamped with pid/tid and
+/// A dummy event that only emits mapping and exec records, each stamped with pid/tid and
 /// time. CLOCK_MONOTONIC (rather than the per-CPU perf clock) keeps times from different CPUs
 /// comparable for the merge, and comparable with bpf_ktime_get_ns().
 fn dummy_attr(inherit: bool) -> PerfEventAttr {
     let mut flags =
         ATTR_MMAP | ATTR_MMAP2 | ATTR_COMM | ATTR_COMM_EXEC | ATTR_SAMPLE_ID_ALL | ATTR_USE_CLOCKID;
     // A command's records wake the reader at once (a watermark of one byte): its mappings'
-    // unwind tables must be given before its code runs. The whole system's do not (they
-    // would wake it at every mapping on the machine).
+    // unwind tables must be given before its code runs. Its data mappings are reported too,
+    // for the shared ones among them. The whole system's records do neither (they would wake
+    // the reader at every mapping on the machine, and data mappings would multiply them).
     let mut wakeup_watermark = 0;
     if inherit {
-        flags |= ATTR_INHERIT | ATTR_WATERMARK;
+        flags |= ATTR_INHERIT | ATTR_WATERMARK | ATTR_MMAP_DATA;
         wakeup_watermark = 1;
     }
     PerfEventAttr {
@@ -144,7 +161,7 @@ fn dummy_attr(inherit: bool) -> PerfEventAttr {
     }
 }
 
-/// Watches executable mappings and execs through one perf ring buffer per online CPU.
+/// Watches executable (and, for a command, shared) mappings and execs through one perf ring buffer per online CPU.
 pub struct MappingRecords {
     buffers: Vec<RingBuffer>,
     /// Every event, including those whose output goes to another event's buffer.
@@ -466,12 +483,16 @@ fn parse_record(kind: u32, misc: u16, payload: &[u8]) -> Option<(u64, PerfRecord
     Some((time, event))
 }
 
-/// PERF_RECORD_MMAP2 body; None unless it maps executable code.
-fn parse_mmap2(misc: u16, body: &[u8]) -> Option<ExecMapping> {
-    let prot = u32_at(body, 56)?;
-    if prot & libc::PROT_EXEC as u32 == 0 {
+/// PERF_RECORD_MMAP2 body; None unless it maps executable code or shared memory.
+fn parse_mmap2(misc: u16, body: &[u8]) -> Option<NewMapping> {
+    let (prot, flags) = (u32_at(body, 56)?, u32_at(body, 60)?);
+    let kind = if prot & libc::PROT_EXEC as u32 != 0 {
+        MappingKind::Code
+    } else if flags & libc::MAP_SHARED as u32 != 0 {
+        MappingKind::Shared
+    } else {
         return None;
-    }
+    };
     let start = u64_at(body, 8)?;
     // With a build id in place of device and inode, those are unknown.
     let (dev_major, dev_minor, inode) = if misc & PERF_RECORD_MISC_MMAP_BUILD_ID != 0 {
@@ -479,7 +500,8 @@ fn parse_mmap2(misc: u16, body: &[u8]) -> Option<ExecMapping> {
     } else {
         (u32_at(body, 32)?, u32_at(body, 36)?, u64_at(body, 40)?)
     };
-    Some(ExecMapping {
+    Some(NewMapping {
+        kind,
         pid: u32_at(body, 0)?,
         start,
         end: start.checked_add(u64_at(body, 16)?)?,
@@ -556,6 +578,10 @@ mod tests {
     }
 
     fn mmap2_body(pid: u32, tid: u32, prot: u32, path: &str) -> Vec<u8> {
+        mmap2_body_with_flags(pid, tid, prot, libc::MAP_PRIVATE as u32, path)
+    }
+
+    fn mmap2_body_with_flags(pid: u32, tid: u32, prot: u32, flags: u32, path: &str) -> Vec<u8> {
         let mut body = Vec::new();
         body.extend(pid.to_ne_bytes());
         body.extend(tid.to_ne_bytes());
@@ -567,7 +593,7 @@ mod tests {
         body.extend(1234u64.to_ne_bytes()); // ino
         body.extend(7u64.to_ne_bytes()); // ino_generation
         body.extend(prot.to_ne_bytes());
-        body.extend((libc::MAP_PRIVATE as u32).to_ne_bytes());
+        body.extend(flags.to_ne_bytes());
         body.extend(path.as_bytes());
         body.push(0);
         body
@@ -604,7 +630,8 @@ mod tests {
         lost.extend(9u64.to_ne_bytes());
         lost.extend(5u64.to_ne_bytes());
         bytes.extend(record(PERF_RECORD_LOST, 0, &lost, 0, 15));
-        let mapping = ExecMapping {
+        let mapping = NewMapping {
+            kind: MappingKind::Code,
             pid: 42,
             start: 0x7f00_0000_1000,
             end: 0x7f00_0000_3000,
@@ -655,6 +682,29 @@ mod tests {
         let events = parse_records(&bytes);
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].0, 5);
+    }
+
+    #[test]
+    fn shared_data_mappings_are_kept_and_private_ones_skipped() {
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let shared = libc::MAP_SHARED as u32;
+        let bytes = [
+            record(
+                PERF_RECORD_MMAP2,
+                0,
+                &mmap2_body_with_flags(6, 6, rw, shared, "/dev/zero (deleted)"),
+                6,
+                1,
+            ),
+            record(PERF_RECORD_MMAP2, 0, &mmap2_body(6, 6, rw, "//anon"), 6, 2),
+        ]
+        .concat();
+        let events = parse_records(&bytes);
+        let [(1, PerfRecord::Record(MmapRecord::Mapping(mapping)))] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        assert_eq!(mapping.kind, MappingKind::Shared);
+        assert_eq!(mapping.path, "/dev/zero (deleted)");
     }
 
     #[test]
@@ -757,7 +807,8 @@ mod tests {
 
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-        let expected = ExecMapping {
+        let expected = NewMapping {
+            kind: MappingKind::Code,
             pid: std::process::id(),
             start: addr as u64,
             end: addr as u64 + (len as u64).next_multiple_of(page),
@@ -770,6 +821,54 @@ mod tests {
         assert!(
             records.contains(&MmapRecord::Mapping(expected.clone())),
             "want {expected:?} in {records:?}"
+        );
+    }
+
+    /// Shared anonymous memory and a System V segment mapped by this process are reported
+    /// with the names /proc/PID/maps gives them (the region they are counted in).
+    #[test]
+    fn sees_shared_memory_mappings_of_this_process() {
+        let mut watch = MappingRecords::open(MappingScope::Process(std::process::id())).unwrap();
+        let len = 4 * 4096;
+        // SAFETY: fresh mappings of our own, unmapped and removed below.
+        let (shared, shmid, segment) = unsafe {
+            let shared = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(shared, libc::MAP_FAILED);
+            let shmid = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
+            assert!(shmid >= 0);
+            let segment = libc::shmat(shmid, std::ptr::null(), 0);
+            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+            assert_ne!(segment as isize, -1);
+            (shared, shmid, segment)
+        };
+        let records = read_all(&mut watch);
+        // SAFETY: exactly the mappings made above.
+        unsafe {
+            libc::munmap(shared, len);
+            libc::shmdt(segment);
+        }
+        let reported = |start: *mut libc::c_void| {
+            records.iter().find_map(|record| match record {
+                MmapRecord::Mapping(mapping) if mapping.start == start as u64 => Some(mapping),
+                _ => None,
+            })
+        };
+        let shared = reported(shared).unwrap_or_else(|| panic!("no shared mapping in {records:?}"));
+        assert_eq!(
+            (shared.kind, shared.path.as_str(), shared.end - shared.start),
+            (MappingKind::Shared, "/dev/zero (deleted)", len as u64)
+        );
+        let segment = reported(segment).unwrap_or_else(|| panic!("no segment in {records:?}"));
+        assert_eq!(
+            (segment.kind, segment.path.as_str(), segment.inode),
+            (MappingKind::Shared, "/SYSV00000000 (deleted)", shmid as u64)
         );
     }
 

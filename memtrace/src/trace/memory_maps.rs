@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use procfs::process::{MMPermissions, MMapPath, MemoryMap, Process};
 
 use crate::python::CodeObjects;
-use crate::trace::mapping_records::ExecMapping;
+use crate::trace::mapping_records::{MappingKind, NewMapping};
 use crate::trace::region::Region;
 
 /// A miss re-reads maps at most this often per pid: a storm of faults on fresh mappings must
@@ -331,25 +331,42 @@ impl MapsCache {
         }
     }
 
-    /// An executable file mapping the kernel reported as it was made (see `mapping_records`):
-    /// the only record of a library loaded by a process that exits before its maps are read.
-    /// `generation` counts the execs of the process before the mapping.
-    pub fn add_exec_mapping(&mut self, generation: u32, record: &ExecMapping) {
+    /// A mapping the kernel reported as it was made (see `mapping_records`): the only record
+    /// of a library loaded, or shared memory mapped, by a process that exits before its maps
+    /// are read. `generation` counts the execs of the process before the mapping.
+    pub fn add_mapping(&mut self, generation: u32, record: &NewMapping) {
         let pid = record.pid;
         let id = FileId {
             dev: (record.dev_major as i32, record.dev_minor as i32),
             inode: record.inode,
         };
-        let path = Path::new(&record.path);
+        let (perms, file) = match record.kind {
+            MappingKind::Code => (
+                MMPermissions::READ | MMPermissions::EXECUTE | MMPermissions::PRIVATE,
+                open_shared(
+                    pid,
+                    record.start,
+                    record.end,
+                    Path::new(&record.path),
+                    id,
+                    &mut self.files,
+                ),
+            ),
+            // Classified by its name alone: nothing in it is symbolized.
+            MappingKind::Shared => (
+                MMPermissions::READ | MMPermissions::WRITE | MMPermissions::SHARED,
+                None,
+            ),
+        };
         let mapping = Mapping {
             start: record.start,
             end: record.end,
-            perms: MMPermissions::READ | MMPermissions::EXECUTE | MMPermissions::PRIVATE,
+            perms,
             offset: record.offset,
             dev: id.dev,
             inode: id.inode,
             region: Region::of_path(&record.path, record.inode),
-            file: open_shared(pid, record.start, record.end, path, id, &mut self.files),
+            file,
         };
         let current = self.generation(pid);
         let snapshot = if generation > current {
@@ -493,9 +510,10 @@ mod tests {
     }
 
     /// A mapping record of `path` at `start` for a pid that does not exist.
-    fn exec_record(path: &str, start: u64) -> ExecMapping {
+    fn exec_record(path: &str, start: u64) -> NewMapping {
         let meta = std::fs::metadata(path).unwrap();
-        ExecMapping {
+        NewMapping {
+            kind: MappingKind::Code,
             pid: u32::MAX - 1,
             start,
             end: start + 0x1000,
@@ -513,19 +531,49 @@ mod tests {
         let record = exec_record("/usr/bin/true", 0x10000);
         let pid = record.pid;
         // Before its exec event: kept aside, not in the current image.
-        maps.add_exec_mapping(1, &record);
+        maps.add_mapping(1, &record);
         assert!(maps.lookup(pid, 0x10800).is_none());
         maps.exec(pid);
         let found = maps.lookup(pid, 0x10800).expect("installed at the exec");
         assert_eq!(found.module(), "true");
         assert!(found.symbol_path().is_some(), "the file is kept open");
         // A late record of the old image goes to the old image.
-        maps.add_exec_mapping(0, &exec_record("/usr/bin/true", 0x20000));
+        maps.add_mapping(0, &exec_record("/usr/bin/true", 0x20000));
         assert!(maps.lookup(pid, 0x20800).is_none());
         assert!(maps.lookup_in(pid, 0, 0x20800).is_some());
         // The current image's own records merge into it.
-        maps.add_exec_mapping(1, &exec_record("/usr/bin/true", 0x30000));
+        maps.add_mapping(1, &exec_record("/usr/bin/true", 0x30000));
         assert!(maps.lookup(pid, 0x10800).is_some() && maps.lookup(pid, 0x30800).is_some());
+    }
+
+    /// Shared memory a process mapped and faulted on before it exited unread: its records
+    /// classify the faults, and no file is opened for them.
+    #[test]
+    fn shared_memory_records_classify_a_gone_process() {
+        let mut maps = MapsCache::default();
+        let shared = |path: &str, start: u64, inode: u64| NewMapping {
+            kind: MappingKind::Shared,
+            pid: u32::MAX - 1,
+            start,
+            end: start + 0x3000,
+            offset: 0,
+            dev_major: 0,
+            dev_minor: 1,
+            inode,
+            path: path.to_owned(),
+        };
+        let pid = u32::MAX - 1;
+        maps.add_mapping(0, &shared("/dev/zero (deleted)", 0x10000, 5));
+        maps.add_mapping(0, &shared("/SYSV00000000 (deleted)", 0x20000, 65571));
+        assert_eq!(maps.region(pid, 0x12fff), Region::SharedAnon);
+        assert_eq!(
+            maps.region(pid, 0x21000),
+            Region::SysvShm {
+                key: 0,
+                shmid: 65571
+            }
+        );
+        assert!(maps.lookup(pid, 0x10000).unwrap().symbol_path().is_none());
     }
 
     /// A child that forks, execs and maps its libraries between two drains: the mapping
@@ -535,7 +583,7 @@ mod tests {
         let mut maps = MapsCache::default();
         let record = exec_record("/usr/bin/true", 0x10000);
         let child = record.pid;
-        maps.add_exec_mapping(1, &record);
+        maps.add_mapping(1, &record);
         maps.fork(std::process::id(), child);
         maps.exec(child);
         let found = maps.lookup(child, 0x10800).expect("installed at the exec");

@@ -52,8 +52,9 @@ impl Processes {
         self.undecodable += 1;
     }
 
-    /// A record of the kernel's executable mappings (see `mapping_records`): short-lived
-    /// processes get their libraries' symbols even when they exit before their maps are read.
+    /// A record of the kernel's executable and shared mappings (see `mapping_records`):
+    /// short-lived processes get their libraries' symbols, and their shared memory its region,
+    /// even when they exit before their maps are read.
     pub fn on_mapping_record(&mut self, record: MmapRecord) {
         match record {
             MmapRecord::Exec { pid, .. } => *self.mapping_generations.entry(pid).or_default() += 1,
@@ -65,7 +66,7 @@ impl Processes {
                     .get(&mapping.pid)
                     .copied()
                     .unwrap_or(0);
-                self.maps.add_exec_mapping(generation, &mapping);
+                self.maps.add_mapping(generation, &mapping);
             }
         }
     }

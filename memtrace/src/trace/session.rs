@@ -91,8 +91,8 @@ pub async fn run(
     drain.drain_now(consumer);
     if drain.mappings_lost() > 0 {
         log::warn!(
-            "{} records of executable mappings were lost: short-lived processes may lack \
-             library symbols",
+            "{} records of mappings were lost: short-lived processes may lack library \
+             symbols and shared-memory regions",
             drain.mappings_lost()
         );
     }
