@@ -12,7 +12,7 @@ use memtrace_common::EventKind;
 use crate::{
     trace::{
         consumer::Consumer,
-        mapping_records::{drain_epoll, MappingKind, MappingRecords, MmapRecord},
+        mapping_records::{drain_epoll, Lost, MappingKind, MappingRecords, MmapRecord},
         processes::Processes,
         records::Record,
     },
@@ -28,7 +28,7 @@ pub struct Drain {
     /// or no user stacks).
     pub unwinder: Option<Unwinder>,
     /// Mapping records the kernel could not deliver (its buffer was full).
-    mappings_lost: u64,
+    mappings_lost: Lost,
     /// What is known of the traced processes, kept current by the records as they pass.
     pub processes: Processes,
 }
@@ -58,12 +58,12 @@ impl Drain {
             mappings,
             mappings_waiting,
             unwinder,
-            mappings_lost: 0,
+            mappings_lost: Lost::default(),
             processes: Processes::default(),
         })
     }
 
-    pub fn mappings_lost(&self) -> u64 {
+    pub fn mappings_lost(&self) -> Lost {
         self.mappings_lost
     }
 
@@ -92,7 +92,7 @@ impl Drain {
         let processes = &mut self.processes;
         let mut unwinder = self.unwinder.as_mut();
         if let Some(mappings) = self.mappings.as_mut() {
-            self.mappings_lost += mappings.read(&mut |record| {
+            let lost = mappings.read(&mut |record| {
                 if let (Some(unwinder), MmapRecord::Mapping(mapping)) = (&mut unwinder, &record) {
                     if mapping.kind == MappingKind::Code {
                         unwinder.on_new_mapping(mapping.pid);
@@ -100,6 +100,7 @@ impl Drain {
                 }
                 processes.on_mapping_record(record)
             });
+            self.mappings_lost += lost;
         }
         let ring = self.ring.get_mut();
         let mut records = 0;

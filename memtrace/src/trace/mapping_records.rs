@@ -6,9 +6,10 @@
 //! mappings and execs happen, so they survive the process.
 //!
 //! Besides files, the kernel reports the `[vdso]` mapping (device and inode 0). For the
-//! command memtrace starts, data mappings are reported too, and the shared ones kept: a
-//! fault on shared memory names no file (shmem faults skip filemap_fault), so a command that
-//! exits before its maps are read has only this record to say the memory was shared.
+//! command memtrace starts, a second event reports data mappings, and the shared ones are
+//! kept: a fault on shared memory names no file (shmem faults skip filemap_fault), so a
+//! command that exits before its maps are read has only this record to say the memory was
+//! shared.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -96,9 +97,11 @@ const DATA_TAIL_OFFSET: usize = 1032;
 const DATA_OFFSET_OFFSET: usize = 1040;
 const DATA_SIZE_OFFSET: usize = 1048;
 
-/// Data pages per CPU (a power of two, as the kernel requires). A command's data mappings
-/// are reported too (every large malloc is one), so it has as many as a whole machine.
-const PROCESS_DATA_PAGES: usize = 64;
+/// Data pages per CPU (a power of two, as the kernel requires). A whole machine maps more.
+const PROCESS_DATA_PAGES: usize = 16;
+/// For a command's data mappings: every large malloc is one, and they are read only when the
+/// drain comes (they never wake it).
+const DATA_WATCH_PAGES: usize = 64;
 const SYSTEM_DATA_PAGES: usize = 64;
 
 /// struct perf_event_attr up to config3 (PERF_ATTR_SIZE_VER8); a kernel that knows less
@@ -134,21 +137,34 @@ struct PerfEventAttr {
 const PERF_ATTR_SIZE_VER8: u32 = 136;
 const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == PERF_ATTR_SIZE_VER8 as usize);
 
-/// A dummy event that only emits mapping and exec records, each stamped with pid/tid and
-/// time. CLOCK_MONOTONIC (rather than the per-CPU perf clock) keeps times from different CPUs
-/// comparable for the merge, and comparable with bpf_ktime_get_ns().
-fn dummy_attr(inherit: bool) -> PerfEventAttr {
+/// A dummy event that only emits executable-mapping and exec records, each stamped with
+/// pid/tid and time. CLOCK_MONOTONIC (rather than the per-CPU perf clock) keeps times from
+/// different CPUs comparable for the merge, and comparable with bpf_ktime_get_ns().
+fn code_attr(inherit: bool) -> PerfEventAttr {
     let mut flags =
         ATTR_MMAP | ATTR_MMAP2 | ATTR_COMM | ATTR_COMM_EXEC | ATTR_SAMPLE_ID_ALL | ATTR_USE_CLOCKID;
     // A command's records wake the reader at once (a watermark of one byte): its mappings'
-    // unwind tables must be given before its code runs. Its data mappings are reported too,
-    // for the shared ones among them. The whole system's records do neither (they would wake
-    // the reader at every mapping on the machine, and data mappings would multiply them).
+    // unwind tables must be given before its code runs. The whole system's do not (they
+    // would wake it at every mapping on the machine).
     let mut wakeup_watermark = 0;
     if inherit {
-        flags |= ATTR_INHERIT | ATTR_WATERMARK | ATTR_MMAP_DATA;
+        flags |= ATTR_INHERIT | ATTR_WATERMARK;
         wakeup_watermark = 1;
     }
+    dummy_attr(flags, wakeup_watermark)
+}
+
+/// A dummy event for a command's data mappings (mmap_data; with mmap2 the kernel sends its
+/// executable ones too, which the code event already gives). It wakes no reader: a program
+/// that maps and unmaps in a loop would otherwise wake memtrace at each call.
+fn data_attr() -> PerfEventAttr {
+    dummy_attr(
+        ATTR_MMAP2 | ATTR_MMAP_DATA | ATTR_INHERIT | ATTR_SAMPLE_ID_ALL | ATTR_USE_CLOCKID,
+        0,
+    )
+}
+
+fn dummy_attr(flags: u64, wakeup_watermark: u32) -> PerfEventAttr {
     PerfEventAttr {
         wakeup_events: wakeup_watermark,
         kind: PERF_TYPE_SOFTWARE,
@@ -161,13 +177,77 @@ fn dummy_attr(inherit: bool) -> PerfEventAttr {
     }
 }
 
-/// Watches executable (and, for a command, shared) mappings and execs through one perf ring buffer per online CPU.
+/// Watches executable mappings and execs, and a command's shared mappings, through perf ring
+/// buffers (one per online CPU and event).
 pub struct MappingRecords {
+    code: Watch,
+    /// A command's data mappings, of which the shared ones are kept (see `data_attr`).
+    data: Option<Watch>,
+    /// Whether records wake a reader (a command's: see `code_attr`).
+    wakes: bool,
+}
+
+/// Records the kernel could not write because a buffer was full, since the last read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    /// Executable mappings and execs: library symbols of short-lived processes.
+    pub code: u64,
+    /// Data mappings: a short-lived command's shared memory may lose its region.
+    pub data: u64,
+}
+
+impl std::ops::AddAssign for Lost {
+    fn add_assign(&mut self, other: Self) {
+        self.code = self.code.saturating_add(other.code);
+        self.data = self.data.saturating_add(other.data);
+    }
+}
+
+/// One dummy event per CPU, following the given tasks (and what they create later, with
+/// inherit), each CPU's records in one buffer.
+struct Watch {
     buffers: Vec<RingBuffer>,
     /// Every event, including those whose output goes to another event's buffer.
     events: Vec<OwnedFd>,
-    /// Whether records wake a reader (a command's: see `dummy_attr`).
-    wakes: bool,
+}
+
+impl Watch {
+    /// `what` names the records, for errors.
+    fn open(
+        what: &str,
+        attr: &PerfEventAttr,
+        tasks: &[i32],
+        cpus: &[u32],
+        data_pages: usize,
+    ) -> Result<Self> {
+        let target = match tasks[0] {
+            -1 => String::new(),
+            pid => format!(" of process {pid}"),
+        };
+        let mut events = Vec::new();
+        let mut buffers = Vec::with_capacity(cpus.len());
+        for &cpu in cpus {
+            let leader = open_event(attr, tasks[0], cpu)
+                .map_err(|err| anyhow::Error::new(err).context(open_failure(what, &target, cpu)))?;
+            buffers.push(RingBuffer::map(leader.as_fd(), cpu, data_pages)?);
+            for &tid in &tasks[1..] {
+                if let Some(event) = open_thread_event(attr, tid, cpu, leader.as_fd())? {
+                    events.push(event);
+                }
+            }
+            events.push(leader);
+        }
+        Ok(Self { buffers, events })
+    }
+
+    /// Every record waiting, in no particular order across CPUs.
+    fn take(&mut self) -> Vec<(u64, PerfRecord)> {
+        let mut records = Vec::new();
+        for buffer in &mut self.buffers {
+            records.extend(parse_records(&buffer.take()));
+        }
+        records
+    }
 }
 
 impl MappingRecords {
@@ -178,27 +258,28 @@ impl MappingRecords {
             MappingScope::Process(pid) => (process_threads(pid)?, true, PROCESS_DATA_PAGES),
             MappingScope::System => (vec![-1], false, SYSTEM_DATA_PAGES),
         };
-        let attr = dummy_attr(inherit);
-        let target = match tasks[0] {
-            -1 => String::new(),
-            pid => format!(" of process {pid}"),
-        };
-        let mut events = Vec::new();
-        let mut buffers = Vec::with_capacity(cpus.len());
-        for cpu in cpus {
-            let leader = open_event(&attr, tasks[0], cpu)
-                .map_err(|err| anyhow::Error::new(err).context(open_failure(&target, cpu)))?;
-            buffers.push(RingBuffer::map(leader.as_fd(), cpu, data_pages)?);
-            for &tid in &tasks[1..] {
-                if let Some(event) = open_thread_event(&attr, tid, cpu, leader.as_fd())? {
-                    events.push(event);
-                }
-            }
-            events.push(leader);
-        }
+        let code = Watch::open(
+            "executable mappings",
+            &code_attr(inherit),
+            &tasks,
+            &cpus,
+            data_pages,
+        )?;
+        // The whole system's data mappings would multiply the records; there, the maps answer.
+        let data = inherit
+            .then(|| {
+                Watch::open(
+                    "data mappings",
+                    &data_attr(),
+                    &tasks,
+                    &cpus,
+                    DATA_WATCH_PAGES,
+                )
+            })
+            .transpose()?;
         Ok(Self {
-            buffers,
-            events,
+            code,
+            data,
             wakes: inherit,
         })
     }
@@ -206,17 +287,30 @@ impl MappingRecords {
     /// An fd that becomes readable when records wait, for a reader to wait on (None where
     /// records do not wake: the whole system's).
     pub fn wake_fd(&self) -> Result<Option<OwnedFd>> {
-        self.wakes.then(|| epoll_over(&self.events)).transpose()
+        self.wakes
+            .then(|| epoll_over(&self.code.events))
+            .transpose()
     }
 
-    /// Every record waiting in the buffers, oldest first (merged across CPUs by timestamp),
-    /// handed to `sink`. Returns how many records the kernel reported lost since the last call.
-    pub fn read(&mut self, sink: &mut dyn FnMut(MmapRecord)) -> u64 {
-        let mut events = Vec::new();
-        for buffer in &mut self.buffers {
-            events.extend(parse_records(&buffer.take()));
+    /// Every record waiting in the buffers, oldest first (merged across CPUs and events by
+    /// timestamp), handed to `sink`. Returns what the kernel reported lost since the last call.
+    pub fn read(&mut self, sink: &mut dyn FnMut(MmapRecord)) -> Lost {
+        let mut records = self.code.take();
+        let mut lost = Lost::default();
+        for (time, record) in self.data.as_mut().map(Watch::take).unwrap_or_default() {
+            match record {
+                PerfRecord::Record(MmapRecord::Mapping(mapping))
+                    if mapping.kind == MappingKind::Shared =>
+                {
+                    records.push((time, PerfRecord::Record(MmapRecord::Mapping(mapping))));
+                }
+                PerfRecord::Lost(count) => lost.data = lost.data.saturating_add(count),
+                // Executable mappings come from the code event.
+                PerfRecord::Record(_) => {}
+            }
         }
-        deliver(events, sink)
+        lost.code = deliver(records, sink);
+        lost
     }
 }
 
@@ -271,8 +365,8 @@ fn process_threads(pid: u32) -> Result<Vec<i32>> {
 }
 
 /// What failed, for errors: `target` is "" for the whole machine, else " of process N".
-fn open_failure(target: &str, cpu: u32) -> String {
-    format!("perf_event_open for executable mappings{target} on CPU {cpu}")
+fn open_failure(what: &str, target: &str, cpu: u32) -> String {
+    format!("perf_event_open for {what}{target} on CPU {cpu}")
 }
 
 /// Opens the event for a secondary thread and points its output at the CPU's buffer. A thread
@@ -287,9 +381,11 @@ fn open_thread_event(
         Ok(event) => event,
         Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
         Err(err) => {
-            return Err(
-                anyhow::Error::new(err).context(open_failure(&format!(" of thread {tid}"), cpu))
-            )
+            return Err(anyhow::Error::new(err).context(open_failure(
+                "mappings",
+                &format!(" of thread {tid}"),
+                cpu,
+            )))
         }
     };
     // SAFETY: both descriptors are open perf events; the ioctl takes an fd number as argument.

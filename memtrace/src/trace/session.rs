@@ -89,11 +89,19 @@ pub async fn run(
     };
     let elapsed = started.elapsed();
     drain.drain_now(consumer);
-    if drain.mappings_lost() > 0 {
+    let lost = drain.mappings_lost();
+    if lost.code > 0 {
         log::warn!(
-            "{} records of mappings were lost: short-lived processes may lack library \
-             symbols and shared-memory regions",
-            drain.mappings_lost()
+            "{} records of executable mappings were lost: short-lived processes may lack \
+             library symbols",
+            lost.code
+        );
+    }
+    if lost.data > 0 {
+        log::warn!(
+            "{} records of data mappings were lost: shared memory of processes that exited \
+             before their maps were read may be counted as [anon, since unmapped]",
+            lost.data
         );
     }
     drain.processes.report_undecodable();
