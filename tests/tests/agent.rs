@@ -1093,11 +1093,19 @@ fn an_oom_killed_processs_heap_is_written_and_served() {
     const LIMIT_MIB: u64 = 64;
     let dir = TempDir::new("agent-oom-heap");
     let written = dir.join("oom");
+    // An older profile as the agent names them, and a file of the user's: with
+    // oom_profiles_kept = 1, the first goes when the new profile is written, the second stays.
+    std::fs::create_dir_all(&written).unwrap();
+    let older = written.join("20000101T000000000Z-oom_heap-1.pb.gz");
+    let users = written.join("kept-by-hand.pb.gz");
+    std::fs::write(&older, b"old").unwrap();
+    std::fs::write(&users, b"mine").unwrap();
     let port = free_port();
     let (agent, _config) = start_agent(
         port,
         &format!(
-            "[heap]\nprocesses = [\"oom_heap\"]\nsample_bytes = 0\noom_profiles = \"{}\"\n",
+            "[heap]\nprocesses = [\"oom_heap\"]\nsample_bytes = 0\noom_profiles = \"{}\"\n\
+             oom_profiles_kept = 1\n",
             written.display()
         ),
     );
@@ -1149,6 +1157,19 @@ fn an_oom_killed_processs_heap_is_written_and_served() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    while older.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "past oom_profiles_kept = 1, {} was not deleted",
+            older.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        users.exists(),
+        "{} is not the agent's to delete",
+        users.display()
+    );
     let served = get_bytes(port, "/debug/pprof/oom");
     let list = get(port, "/debug/pprof/oom/list");
     agent.signal(libc::SIGTERM);

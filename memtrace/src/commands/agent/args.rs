@@ -70,6 +70,7 @@ Config file (TOML, every key optional; the command line wins; deploy/agent.toml)
   max_blocks = 200000        # blocks followed until freed, at most
   max_stacks = 10000         # (process name, stack) pairs kept, at most
   oom_profiles = \"/var/lib/memtrace/oom\"   # \"\": not written
+  oom_profiles_kept = 100    # past it, the oldest written are deleted (0: never)
 
 Heap profiling puts uprobes on the allocator (glibc, jemalloc, tcmalloc, mimalloc) of each
 process named, found at the agent's pass over /proc each second (a process living less

@@ -57,6 +57,10 @@ pub struct HeapConfig {
     /// Where the heap profile of a profiled process the OOM killer ends is written ("": not
     /// written; the latest are served on /debug/pprof/oom either way).
     pub oom_profiles: std::path::PathBuf,
+    /// The profiles kept in `oom_profiles`, at most: past it the oldest the agent wrote are
+    /// deleted (0: never deleted). A process that the OOM killer ends over and over (a
+    /// crash-looping container) would otherwise fill the disk.
+    pub oom_profiles_kept: usize,
 }
 
 impl Default for HeapConfig {
@@ -69,6 +73,7 @@ impl Default for HeapConfig {
             max_blocks: 200_000,
             max_stacks: 10_000,
             oom_profiles: "/var/lib/memtrace/oom".into(),
+            oom_profiles_kept: 100,
         }
     }
 }
@@ -246,12 +251,13 @@ mod tests {
     fn heap_profiling_is_asked_for_by_name_or_cgroup() {
         let config = load_text(
             "[heap]\nprocesses = [\"redis-server\", \"a-very-long-process-name\"]\n\
-             cgroups = [\"/system.slice/postgresql.service/\"]\nsample_bytes = 0\n",
+             cgroups = [\"/system.slice/postgresql.service/\"]\nsample_bytes = 0\n\
+             oom_profiles_kept = 3\n",
         )
         .unwrap();
         let heap = &config.heap;
         assert!(heap.enabled());
-        assert_eq!(heap.sample_bytes, 0);
+        assert_eq!((heap.sample_bytes, heap.oom_profiles_kept), (0, 3));
         assert!(heap.wants("redis-server", "/"));
         // The kernel's 15 characters of the long name.
         assert!(heap.wants("a-very-long-pro", "/"));

@@ -37,7 +37,7 @@ impl HeapProfiling {
     pub fn new(config: &HeapConfig) -> Self {
         Self {
             books: HeapBooks::new(config.sample_bytes, config.max_blocks, config.max_stacks),
-            oom: OomProfiles::new(&config.oom_profiles),
+            oom: OomProfiles::new(&config.oom_profiles, config.oom_profiles_kept),
             targets: HeapTargets::new(config.clone()),
             pending: Vec::new(),
             victims: HashMap::new(),

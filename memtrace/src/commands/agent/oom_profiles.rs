@@ -1,7 +1,7 @@
 //! The heap profiles of heap-profiled processes the OOM killer ended: what each held at its
 //! death, by stack, with the kill (cgroup, limit, usage, constraint) as the profile's comments
-//! and labels. Each is written to the configured directory (never deleted by the agent) and
-//! the latest are kept in memory for /debug/pprof/oom.
+//! and labels. Each is written to the configured directory (the oldest the agent wrote are
+//! deleted past the configured count) and the latest are kept in memory for /debug/pprof/oom.
 use std::{
     collections::VecDeque,
     path::{Path, PathBuf},
@@ -38,13 +38,16 @@ pub type Latest = Arc<Mutex<VecDeque<OomProfile>>>;
 pub struct OomProfiles {
     /// Where they are written (None: not written).
     dir: Option<PathBuf>,
+    /// How many of the agent's profiles the directory keeps (0: all).
+    kept_on_disk: usize,
     pub latest: Latest,
 }
 
 impl OomProfiles {
-    pub fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path, kept_on_disk: usize) -> Self {
         Self {
             dir: (!dir.as_os_str().is_empty()).then(|| dir.to_path_buf()),
+            kept_on_disk,
             latest: Arc::default(),
         }
     }
@@ -63,6 +66,11 @@ impl OomProfiles {
                             path.display()
                         ),
                         Err(err) => log::warn!("{err:#}"),
+                    }
+                    if self.kept_on_disk > 0 {
+                        if let Err(err) = prune(dir, self.kept_on_disk) {
+                            log::warn!("{err:#}");
+                        }
                     }
                 }
                 let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
@@ -140,4 +148,74 @@ fn write(dir: &Path, profile: &OomProfile) -> Result<PathBuf> {
     std::fs::write(&path, &profile.bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+/// Whether `name` is a profile the agent wrote: `<time>-<comm>-<pid>.pb.gz`, the time's
+/// digits first (so names sort by time).
+fn is_agents_profile(name: &str) -> bool {
+    name.ends_with(".pb.gz")
+        && name.split('-').count() >= 3
+        && name.split('-').next().is_some_and(|stamp| {
+            stamp.len() >= 8 && stamp.starts_with(|c: char| c.is_ascii_digit())
+        })
+}
+
+/// Deletes the oldest of the agent's profiles in `dir` past the `kept` newest; other files
+/// are left alone. The paths deleted.
+fn prune(dir: &Path, kept: usize) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {} to delete old OOM profiles", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| is_agents_profile(name))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(kept);
+    let mut deleted = Vec::new();
+    for name in &names[..excess] {
+        let path = dir.join(name);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot delete the old OOM profile {}", path.display()))?;
+        deleted.push(path);
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_of_the_agents_profiles_go_past_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = [
+            "20261205T030000Z-redis_server-100.pb.gz",
+            "20261205T030500Z-redis_server-200.pb.gz",
+            "20261205T031000Z-postgres-300.pb.gz",
+            "20261205T031500Z-redis_server-400.pb.gz",
+        ];
+        let theirs = ["notes.txt", "saved.pb.gz", "baseline-heap.pb.gz"];
+        for name in ours.iter().chain(&theirs) {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let deleted = prune(dir.path(), 2).unwrap();
+        assert_eq!(
+            deleted,
+            vec![dir.path().join(ours[0]), dir.path().join(ours[1])]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = ours[2..]
+            .iter()
+            .chain(&theirs)
+            .map(|name| name.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(left, expected);
+        // Within the count: nothing goes.
+        assert!(prune(dir.path(), 2).unwrap().is_empty());
+    }
 }
