@@ -528,6 +528,20 @@ impl Drop for Background {
     }
 }
 
+/// Makes a named pipe at `path` (its opener for writing waits for a reader, and the reverse).
+pub fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
 /// True when `name` is an executable file in a directory of `$PATH`.
 pub fn on_path(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {

@@ -4,7 +4,6 @@
 //! into chains of function names with counts.
 use std::{
     collections::HashMap,
-    ffi::CString,
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -273,10 +272,7 @@ impl PerfRecord {
         let data = dir.join("perf.data");
         let (control, ack) = (dir.join("control"), dir.join("ack"));
         for fifo in [&control, &ack] {
-            let path = CString::new(fifo.to_str().unwrap()).unwrap();
-            // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
-            let rc = unsafe { libc::mkfifo(path.as_ptr(), 0o600) };
-            assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+            crate::mkfifo(fifo);
         }
         let child = Command::new("perf")
             .args(record_args(event, stack_bytes, &data))

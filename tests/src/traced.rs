@@ -35,12 +35,19 @@ impl Traced {
 /// prints a workload line.
 pub fn trace(subcommand: &str, extra: &[&str], command: &[&str]) -> Traced {
     let (run, report) = run_json(subcommand, extra, command);
-    let workload = parse_report(&run.stdout)
-        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
-    Traced {
-        run,
-        report,
-        workload,
+    Traced::of(run, report)
+}
+
+impl Traced {
+    /// The run, its report, and the workload line the run printed last.
+    fn of(run: Run, report: Value) -> Self {
+        let workload = parse_report(&run.stdout)
+            .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
+        Traced {
+            run,
+            report,
+            workload,
+        }
     }
 }
 
@@ -53,11 +60,16 @@ pub fn run_json(subcommand: &str, extra: &[&str], command: &[&str]) -> (Run, Val
     argv.push("--");
     argv.extend_from_slice(command);
     let run = memtrace(&argv);
-    let text = std::fs::read_to_string(&out)
-        .unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
-    let report = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
+    let report = report_at(&out, &run);
     (run, report)
+}
+
+/// The JSON report `run` wrote to `out`, or a panic showing the run.
+fn report_at(out: &std::path::Path, run: &Run) -> Value {
+    let text = std::fs::read_to_string(out)
+        .unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()))
 }
 
 /// `<subcommand> --format json --output OUT <extra>`.
@@ -81,7 +93,8 @@ pub fn u64_of(value: &Value, key: &str) -> u64 {
 }
 
 /// `memtrace <subcommand> --format json --output FILE <extra>` in the background (a `--pid`
-/// target, or the whole system), attached once [`JsonTracer::start`] returns.
+/// target, the whole system, or `-- COMMAND` at the end of `extra`), attached once
+/// [`JsonTracer::start`] returns.
 pub struct JsonTracer {
     tracer: Background,
     out: PathBuf,
@@ -102,16 +115,25 @@ impl JsonTracer {
         }
     }
 
+    /// Sends `signal` to memtrace.
+    pub fn signal(&self, signal: i32) {
+        self.tracer.signal(signal);
+    }
+
     /// Stops memtrace with SIGINT; its run (which must have succeeded) and its report.
     pub fn stop(self) -> (Run, Value) {
         self.tracer.signal(libc::SIGINT);
         let run = self.tracer.wait();
         assert_eq!(run.code(), 0, "memtrace after SIGINT\n{}", run.describe());
-        let text = std::fs::read_to_string(&self.out)
-            .unwrap_or_else(|e| panic!("no report ({e})\n{}", run.describe()));
-        let report = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", run.describe()));
+        let report = report_at(&self.out, &run);
         (run, report)
+    }
+
+    /// Waits for memtrace to end with its command, which prints a workload line.
+    pub fn wait_for_command(self) -> Traced {
+        let run = self.tracer.wait();
+        let report = report_at(&self.out, &run);
+        Traced::of(run, report)
     }
 }
 

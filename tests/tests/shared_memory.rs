@@ -63,7 +63,13 @@ fn shared_anonymous_and_sysv_memory_are_regions_of_their_own() {
         &[program.to_str().unwrap(), "3000"],
     );
     assert_eq!(t.run.code(), 0, "{}", t.context());
-    let pid = t.workload.pid;
+    assert_each_shared_region_has_its_faults(&t);
+}
+
+/// shared_anon's two regions: the shared anonymous mapping and the SysV segment (named by the
+/// shmid shmget gave it), each with the minor faults its own getrusage counted around its
+/// touch, and no region named by the unlinked shmem files behind them.
+fn assert_each_shared_region_has_its_faults(t: &traced::Traced) {
     let context = || t.context();
     assert_no_shmem_file_names(&t.report, &context);
     let segment = format!(
@@ -74,7 +80,7 @@ fn shared_anonymous_and_sysv_memory_are_regions_of_their_own() {
         (SHARED_ANON, t.workload.u64("shared_minflt")),
         (segment.as_str(), t.workload.u64("sysv_minflt")),
     ] {
-        let counted = region_minor(&t.report, pid, name);
+        let counted = region_minor(&t.report, t.workload.pid, name);
         assert!(
             within(counted, oracle, 0.02) && oracle >= t.workload.u64("pages"),
             "{name}: memtrace counted {counted} minor faults, the workload's getrusage {oracle} \
@@ -98,30 +104,16 @@ fn shared_memory_of_a_command_that_exited_unread_is_still_named() {
     let _serial = serial();
     let program = workload("shared_anon");
     let dir = TempDir::new("shared-unread");
-    let (go, done, out) = (dir.join("go"), dir.join("done"), dir.join("report.json"));
-    let fifo = std::ffi::CString::new(go.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let (go, done) = (dir.join("go"), dir.join("done"));
+    tests::mkfifo(&go);
     let script = format!(
         "read x < {}; {} 3000; touch {}",
         go.display(),
         program.display(),
         done.display()
     );
-    let mut tracer = spawn_memtrace(&[
-        "faults",
-        "--stacks",
-        "none",
-        "--format",
-        "json",
-        "--output",
-        out.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    tracer.wait_attached();
+    let tracer =
+        traced::JsonTracer::start("faults", &["--stacks", "none", "--", "sh", "-c", &script]);
     tracer.signal(libc::SIGSTOP);
     // Opening the fifo waits for the shell's read end: the workload starts after this.
     std::fs::write(&go, "\n").unwrap();
@@ -134,26 +126,9 @@ fn shared_memory_of_a_command_that_exited_unread_is_still_named() {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracer.signal(libc::SIGCONT);
-    let run = tracer.wait();
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap())
-        .unwrap_or_else(|e| panic!("report: {e}\n{}", run.describe()));
-    let workload = tests::parse_report(&run.stdout)
-        .unwrap_or_else(|e| panic!("workload line: {e:#}\n{}", run.describe()));
-    let context = || format!("{}\n--- report ---\n{report:#}", run.describe());
-    let segment = format!("[sysv shm key 0x00000000 shmid {}]", workload.u64("shmid"));
-    for (name, oracle) in [
-        (SHARED_ANON, workload.u64("shared_minflt")),
-        (segment.as_str(), workload.u64("sysv_minflt")),
-    ] {
-        let counted = region_minor(&report, workload.pid, name);
-        assert!(
-            within(counted, oracle, 0.02) && oracle >= workload.u64("pages"),
-            "{name}: memtrace counted {counted} minor faults, the workload's getrusage {oracle} \
-             around its touch of {} pages\n{}",
-            workload.u64("pages"),
-            context()
-        );
-    }
+    let t = tracer.wait_for_command();
+    assert_eq!(t.run.code(), 0, "{}", t.context());
+    assert_each_shared_region_has_its_faults(&t);
 }
 
 /// The pages one fault may map at most: fault-around maps up to fault_around_bytes of a file
