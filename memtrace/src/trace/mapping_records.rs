@@ -652,6 +652,7 @@ fn c_string_at(bytes: &[u8], offset: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::memory_maps::TestSharedMemory;
 
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
@@ -926,30 +927,9 @@ mod tests {
     fn sees_shared_memory_mappings_of_this_process() {
         let mut watch = MappingRecords::open(MappingScope::Process(std::process::id())).unwrap();
         let len = 4 * 4096;
-        // SAFETY: fresh mappings of our own, unmapped and removed below.
-        let (shared, shmid, segment) = unsafe {
-            let shared = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(shared, libc::MAP_FAILED);
-            let shmid = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
-            assert!(shmid >= 0);
-            let segment = libc::shmat(shmid, std::ptr::null(), 0);
-            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
-            assert_ne!(segment as isize, -1);
-            (shared, shmid, segment)
-        };
+        let memory = TestSharedMemory::map(len);
         let records = read_all(&mut watch);
-        // SAFETY: exactly the mappings made above.
-        unsafe {
-            libc::munmap(shared, len);
-            libc::shmdt(segment);
-        }
+        let (shared, segment, shmid) = (memory.shared, memory.segment, memory.shmid);
         let reported = |start: *mut libc::c_void| {
             records.iter().find_map(|record| match record {
                 MmapRecord::Mapping(mapping) if mapping.start == start as u64 => Some(mapping),

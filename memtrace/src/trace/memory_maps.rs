@@ -499,6 +499,57 @@ fn open_by_path(pid: u32, path: &Path, inode: u64) -> Option<File> {
     found
 }
 
+/// Shared memory of this process, for tests: a shared anonymous mapping and a System V
+/// segment (IPC_PRIVATE, removed at once so it goes when detached, even if a test fails),
+/// `len` bytes each, released on drop.
+#[cfg(test)]
+pub(crate) struct TestSharedMemory {
+    pub shared: *mut libc::c_void,
+    pub segment: *mut libc::c_void,
+    pub shmid: i32,
+    len: usize,
+}
+
+#[cfg(test)]
+impl TestSharedMemory {
+    pub fn map(len: usize) -> Self {
+        // SAFETY: fresh mappings and a fresh segment, released on drop; nothing else uses them.
+        unsafe {
+            let shared = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(shared, libc::MAP_FAILED);
+            let shmid = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
+            assert!(shmid >= 0, "shmget: {}", std::io::Error::last_os_error());
+            let segment = libc::shmat(shmid, std::ptr::null(), 0);
+            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+            assert_ne!(segment as isize, -1, "shmat");
+            Self {
+                shared,
+                segment,
+                shmid,
+                len,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestSharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping and segment made in `map`.
+        unsafe {
+            libc::shmdt(self.segment);
+            libc::munmap(self.shared, self.len);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,23 +739,10 @@ mod tests {
     fn shared_memory_regions() {
         let pid = std::process::id();
         let len = 4 * 4096;
-        // SAFETY: fresh mappings and a fresh segment, released below; nothing else uses them.
+        let memory = TestSharedMemory::map(len);
+        let (shared, segment, shmid) = (memory.shared, memory.segment, memory.shmid);
+        // SAFETY: a fresh memfd and mapping, released below; nothing else uses them.
         unsafe {
-            let shared = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(shared, libc::MAP_FAILED);
-            let shmid = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
-            assert!(shmid >= 0, "shmget: {}", std::io::Error::last_os_error());
-            let segment = libc::shmat(shmid, std::ptr::null(), 0);
-            // Removed now: it goes when detached, even if an assertion fails.
-            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
-            assert_ne!(segment as isize, -1, "shmat");
             let fd = libc::memfd_create(c"memtrace-test".as_ptr(), 0);
             assert!(fd >= 0);
             assert_eq!(libc::ftruncate(fd, len as i64), 0);
@@ -739,8 +777,6 @@ mod tests {
 
             libc::munmap(memfd, len);
             libc::close(fd);
-            libc::shmdt(segment);
-            libc::munmap(shared, len);
         }
     }
 

@@ -153,11 +153,12 @@ fn write(dir: &Path, profile: &OomProfile) -> Result<PathBuf> {
 /// Whether `name` is a profile the agent wrote: `<time>-<comm>-<pid>.pb.gz`, the time's
 /// digits first (so names sort by time).
 fn is_agents_profile(name: &str) -> bool {
+    let mut parts = name.split('-');
     name.ends_with(".pb.gz")
-        && name.split('-').count() >= 3
-        && name.split('-').next().is_some_and(|stamp| {
+        && parts.next().is_some_and(|stamp| {
             stamp.len() >= 8 && stamp.starts_with(|c: char| c.is_ascii_digit())
         })
+        && parts.count() >= 2
 }
 
 /// Deletes the oldest of the agent's profiles in `dir` past the `kept` newest; other files
