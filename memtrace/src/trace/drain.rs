@@ -1,6 +1,7 @@
 //! The one ring-buffer reader every subcommand uses: waits for the kernel's (batched) wake-up
 //! or the caller's timer, decodes each record once, applies what it says of processes (forks,
-//! execs, names, executable and shared mappings that came in meanwhile), and hands it to the consumer.
+//! execs, names, executable and shared mappings that came in meanwhile), and hands it to the
+//! consumer.
 use std::os::fd::OwnedFd;
 
 use anyhow::Result;
@@ -92,7 +93,7 @@ impl Drain {
         let processes = &mut self.processes;
         let mut unwinder = self.unwinder.as_mut();
         if let Some(mappings) = self.mappings.as_mut() {
-            let lost = mappings.read(&mut |record| {
+            self.mappings_lost += mappings.read(&mut |record| {
                 if let (Some(unwinder), MmapRecord::Mapping(mapping)) = (&mut unwinder, &record) {
                     if mapping.kind == MappingKind::Code {
                         unwinder.on_new_mapping(mapping.pid);
@@ -100,7 +101,6 @@ impl Drain {
                 }
                 processes.on_mapping_record(record)
             });
-            self.mappings_lost += lost;
         }
         let ring = self.ring.get_mut();
         let mut records = 0;

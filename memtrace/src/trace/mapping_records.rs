@@ -231,7 +231,7 @@ impl Watch {
                 .map_err(|err| anyhow::Error::new(err).context(open_failure(what, &target, cpu)))?;
             buffers.push(RingBuffer::map(leader.as_fd(), cpu, data_pages)?);
             for &tid in &tasks[1..] {
-                if let Some(event) = open_thread_event(attr, tid, cpu, leader.as_fd())? {
+                if let Some(event) = open_thread_event(what, attr, tid, cpu, leader.as_fd())? {
                     events.push(event);
                 }
             }
@@ -372,6 +372,7 @@ fn open_failure(what: &str, target: &str, cpu: u32) -> String {
 /// Opens the event for a secondary thread and points its output at the CPU's buffer. A thread
 /// that exited meanwhile is no error: there is nothing left to watch.
 fn open_thread_event(
+    what: &str,
     attr: &PerfEventAttr,
     tid: i32,
     cpu: u32,
@@ -382,7 +383,7 @@ fn open_thread_event(
         Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
         Err(err) => {
             return Err(anyhow::Error::new(err).context(open_failure(
-                "mappings",
+                what,
                 &format!(" of thread {tid}"),
                 cpu,
             )))

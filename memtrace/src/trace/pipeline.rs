@@ -377,9 +377,9 @@ fn say_uprobes_trap_everywhere(attachments: &[Attachment]) {
 
 /// The kernel's records of executable mappings, for the symbols of processes that exit before
 /// their maps can be read (and, for a command, of shared ones, for their regions): the command
-/// and everything it starts, or every process when
-/// tracing the whole system. Given pids and cgroups are long-lived and read on demand. Without
-/// the records (perf events unavailable), such processes may lack library symbols.
+/// and everything it starts, or every process when tracing the whole system. Given pids and
+/// cgroups are long-lived and read on demand. Without the records (perf events unavailable),
+/// such processes may lack library symbols.
 fn watch_mappings(target: &Target) -> Option<MappingRecords> {
     let scope = match target {
         Target::Command(gated) => MappingScope::Process(gated.pid),
